@@ -1,0 +1,205 @@
+-- Generated from src/lumen.h by src/tools/gen_cdef.lua (make cdef). Do not edit.
+return [==[
+/* The ABI: a plugin or Lua binding of another major version is refused. */
+enum { LM_ABI_MAJOR = 0, LM_ABI_MINOR = 1, LM_MAX_DIMS = 8 };
+
+typedef struct lm_ctx lm_ctx;
+typedef struct lm_tensor lm_tensor;
+typedef struct lm_plugin_handle lm_plugin_handle;
+typedef int32_t lm_status;
+
+enum {
+  LM_OK = 0,
+  LM_E_ARG = -1,         /* a bad argument value or an unknown option */
+  LM_E_SHAPE = -2,       /* shapes that do not fit the op */
+  LM_E_DTYPE = -3,       /* a dtype the op does not take */
+  LM_E_INDEX = -4,       /* an index out of range */
+  LM_E_OOM = -5,         /* out of memory */
+  LM_E_IO = -6,          /* a file that cannot be opened, read or written */
+  LM_E_FORMAT = -7,      /* a file whose contents are corrupt or truncated */
+  LM_E_DEVICE = -8,      /* a device error, or tensors on different devices */
+  LM_E_UNSUPPORTED = -9, /* valid, but not implemented for these inputs */
+  LM_E_ABI = -10,        /* a plugin built for another ABI */
+  LM_E_ABORTED = -11     /* a long job stopped by lm_ctx_request_abort */
+};
+
+enum { LM_F32 = 0, LM_F64, LM_I32, LM_I64, LM_U8, LM_BOOL, LM_NDTYPES };
+enum { LM_CPU = 0, LM_CUDA = 1 };
+
+/* The core op set. lm_op_name() names each; plugin ops get ids from
+   LM_OP_COUNT upwards. */
+enum {
+  /* unary elementwise */
+  LM_OP_NEG = 0, LM_OP_ABS, LM_OP_EXP, LM_OP_LOG, LM_OP_LOG1P, LM_OP_SQRT,
+  LM_OP_RSQRT, LM_OP_SIN, LM_OP_COS, LM_OP_SIGMOID, LM_OP_TANH, LM_OP_RELU,
+  LM_OP_FLOOR, LM_OP_CEIL, LM_OP_ROUND, LM_OP_SIGN, LM_OP_RECIPROCAL,
+  LM_OP_LOGICAL_NOT,
+  /* binary elementwise */
+  LM_OP_ADD, LM_OP_SUB, LM_OP_MUL, LM_OP_DIV, LM_OP_POW, LM_OP_MAXIMUM,
+  LM_OP_MINIMUM, LM_OP_EQ, LM_OP_NE, LM_OP_LT, LM_OP_LE, LM_OP_GT, LM_OP_GE,
+  LM_OP_LOGICAL_AND, LM_OP_LOGICAL_OR, LM_OP_LOGICAL_XOR,
+  /* reductions */
+  LM_OP_SUM, LM_OP_MEAN, LM_OP_PROD, LM_OP_MAX, LM_OP_MIN, LM_OP_ARGMAX,
+  LM_OP_ARGMIN, LM_OP_VAR, LM_OP_STD, LM_OP_NORM, LM_OP_ALL, LM_OP_ANY,
+  LM_OP_COUNT_NONZERO,
+  /* everything else */
+  LM_OP_COPY, LM_OP_FILL, LM_OP_CLAMP, LM_OP_WHERE, LM_OP_CUMSUM,
+  LM_OP_MATMUL, LM_OP_ADDMM, LM_OP_CAT, LM_OP_FLIP, LM_OP_ROLL, LM_OP_PAD,
+  LM_OP_GATHER, LM_OP_SCATTER, LM_OP_INDEX_SELECT, LM_OP_MASKED_SELECT,
+  LM_OP_MASKED_FILL, LM_OP_SORT, LM_OP_TOPK, LM_OP_UNIQUE, LM_OP_NONZERO,
+  LM_OP_ARANGE, LM_OP_LINSPACE, LM_OP_EYE, LM_OP_UNIFORM, LM_OP_NORMAL,
+  LM_OP_BERNOULLI, LM_OP_RANDINT, LM_OP_RANDPERM,
+  LM_OP_COUNT
+};
+
+enum { LM_PAD_CONSTANT = 0, LM_PAD_REFLECT = 1, LM_PAD_REPLICATE = 2 };
+enum { LM_SCATTER_SET = 0, LM_SCATTER_ADD = 1 };
+
+/* A snapshot of a tensor's layout. data points at element [0,...,0]. */
+typedef struct lm_tensor_info {
+  int32_t dtype;
+  int32_t device;
+  int32_t ndim;
+  int32_t contiguous;
+  int64_t shape[8];
+  int64_t stride[8];
+  int64_t offset; /* in elements, from the start of the storage */
+  int64_t numel;
+  void *data;
+} lm_tensor_info;
+
+typedef struct lm_mem_stats {
+  int64_t live_bytes;    /* held by live tensors */
+  int64_t peak_bytes;    /* highest live_bytes since start or reset */
+  int64_t cached_bytes;  /* freed blocks kept for reuse */
+  int64_t total_allocs;  /* allocations served, cached or not */
+} lm_mem_stats;
+
+/* library and context */
+uint32_t lm_abi_version(void); /* (major << 16) | minor */
+const char *lm_version(void);
+const char *lm_op_name(int32_t op);
+lm_status lm_ctx_new(lm_ctx **out);
+void lm_ctx_free(lm_ctx *ctx);
+const char *lm_ctx_errmsg(const lm_ctx *ctx);
+void lm_ctx_clear_error(lm_ctx *ctx);
+void lm_ctx_request_abort(lm_ctx *ctx);
+int32_t lm_ctx_abort_requested(const lm_ctx *ctx);
+
+/* threads and BLAS */
+void lm_set_num_threads(lm_ctx *ctx, int32_t n);
+int32_t lm_get_num_threads(const lm_ctx *ctx);
+const char *lm_blas_info(void); /* OpenBLAS build and the kernel set in use */
+
+/* memory */
+void lm_mem_get_stats(lm_ctx *ctx, lm_mem_stats *out);
+void lm_mem_empty_cache(lm_ctx *ctx);
+void lm_mem_reset_peak(lm_ctx *ctx);
+/* Bytes allocated since the last call with reset != 0 (GC pacing). */
+int64_t lm_mem_allocated_since(lm_ctx *ctx, int32_t reset);
+
+/* dtypes */
+int32_t lm_dtype_size(int32_t dtype);
+const char *lm_dtype_name(int32_t dtype);
+int32_t lm_dtype_promote(int32_t a, int32_t b);
+
+/* tensor handles */
+void lm_tensor_retain(lm_tensor *t);
+void lm_tensor_release(lm_tensor *t);
+void lm_tensor_get_info(const lm_tensor *t, lm_tensor_info *out);
+int32_t lm_tensor_same_storage(const lm_tensor *a, const lm_tensor *b);
+
+/* creation */
+lm_status lm_empty(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
+/* Wraps memory the caller owns and keeps alive; stride NULL means contiguous. */
+lm_status lm_from_ptr(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, const int64_t *stride, void *data, lm_tensor **out);
+lm_status lm_fill(lm_ctx *ctx, lm_tensor *t, double value);
+lm_status lm_arange(lm_ctx *ctx, double start, double step, int64_t n, int32_t dtype, lm_tensor **out);
+lm_status lm_linspace(lm_ctx *ctx, double start, double stop, int64_t n, int32_t dtype, lm_tensor **out);
+lm_status lm_eye(lm_ctx *ctx, int64_t n, int64_t m, int32_t dtype, lm_tensor **out);
+
+/* random numbers: Philox 4x32-10, a counter-based generator; element i of a
+   draw uses counter (offset + i), so results do not depend on threads. */
+void lm_seed(lm_ctx *ctx, uint64_t seed);
+void lm_rng_get_state(const lm_ctx *ctx, uint64_t *seed, uint64_t *offset);
+void lm_rng_set_state(lm_ctx *ctx, uint64_t seed, uint64_t offset);
+lm_status lm_uniform_(lm_ctx *ctx, lm_tensor *t, double lo, double hi);
+lm_status lm_normal_(lm_ctx *ctx, lm_tensor *t, double mean, double std);
+lm_status lm_bernoulli_(lm_ctx *ctx, lm_tensor *t, double p);
+lm_status lm_bernoulli(lm_ctx *ctx, const lm_tensor *probs, lm_tensor **out);
+lm_status lm_randint_(lm_ctx *ctx, lm_tensor *t, int64_t lo, int64_t hi);
+lm_status lm_randperm(lm_ctx *ctx, int64_t n, int32_t dtype, lm_tensor **out);
+
+/* views (share storage) and copies */
+lm_status lm_as_strided(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, const int64_t *stride, int64_t offset, lm_tensor **out);
+lm_status lm_view(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out);
+lm_status lm_reshape(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out);
+lm_status lm_slice(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t start, int64_t stop, int64_t step, lm_tensor **out);
+lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index, lm_tensor **out);
+lm_status lm_transpose(lm_ctx *ctx, const lm_tensor *t, int32_t dim0, int32_t dim1, lm_tensor **out);
+lm_status lm_permute(lm_ctx *ctx, const lm_tensor *t, const int32_t *perm, lm_tensor **out);
+lm_status lm_expand(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out);
+lm_status lm_squeeze(lm_ctx *ctx, const lm_tensor *t, int32_t all, int32_t dim, lm_tensor **out);
+lm_status lm_unsqueeze(lm_ctx *ctx, const lm_tensor *t, int32_t dim, lm_tensor **out);
+lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out);
+lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out);
+lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out);
+/* dst = src, broadcasting src to dst's shape and converting its dtype. */
+lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src);
+
+/* elementwise, with broadcasting */
+lm_status lm_unary(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_tensor *dst, lm_tensor **out);
+lm_status lm_binary(lm_ctx *ctx, int32_t op, const lm_tensor *a, const lm_tensor *b, lm_tensor *dst, lm_tensor **out);
+/* a op s, or s op a when scalar_first != 0 */
+lm_status lm_binary_scalar(lm_ctx *ctx, int32_t op, const lm_tensor *a, double s, int32_t scalar_first, lm_tensor *dst, lm_tensor **out);
+/* lo = -inf or hi = +inf leaves that side open */
+lm_status lm_clamp(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_tensor *dst, lm_tensor **out);
+lm_status lm_where(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const lm_tensor *b, lm_tensor **out);
+
+/* reductions: ndims == 0 reduces over every dimension. param is the
+   correction for VAR/STD (1 = unbiased) and p for NORM. indices (may be
+   NULL) receives i64 positions for MAX/MIN over one dimension. */
+lm_status lm_reduce(lm_ctx *ctx, int32_t op, const lm_tensor *x, int32_t ndims, const int32_t *dims, int32_t keepdim, double param, lm_tensor **values, lm_tensor **indices);
+lm_status lm_cumsum(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out);
+
+/* linear algebra on BLAS (f32, f64) */
+lm_status lm_matmul(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tensor **out);
+/* beta * c + alpha * (a @ b) for 2-D a, b; c broadcasts to the result */
+lm_status lm_addmm(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b, double beta, double alpha, lm_tensor **out);
+
+/* joining, reordering, padding */
+lm_status lm_cat(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32_t dim, lm_tensor **out);
+lm_status lm_flip(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int32_t *dims, lm_tensor **out);
+/* ndims == 0 rolls the flattened tensor by shifts[0] */
+lm_status lm_roll(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int64_t *shifts, const int32_t *dims, lm_tensor **out);
+/* pad holds (before, after) pairs starting from the last dimension */
+lm_status lm_pad(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t *pad, int32_t mode, double value, lm_tensor **out);
+
+/* indexing; index tensors are i64 (i32 accepted) */
+lm_status lm_gather(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out);
+lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, const lm_tensor *src, int32_t mode, lm_tensor *dst, lm_tensor **out);
+lm_status lm_index_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out);
+lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out);
+lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out);
+lm_status lm_nonzero(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out);
+lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descending, lm_tensor **values, lm_tensor **indices);
+lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32_t largest, lm_tensor **values, lm_tensor **indices);
+/* over the flattened tensor, sorted ascending; inverse and counts may be NULL */
+lm_status lm_unique(lm_ctx *ctx, const lm_tensor *t, lm_tensor **values, lm_tensor **inverse, lm_tensor **counts);
+
+/* files: exact reads and atomic writes (temp file, fsync, rename) */
+lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);
+lm_status lm_file_read(lm_ctx *ctx, const char *path, int64_t offset, int64_t nbytes, void *dst);
+lm_status lm_file_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes);
+void lm_byteswap(void *data, int64_t count, int32_t width);
+
+/* plugins */
+lm_status lm_plugin_load(lm_ctx *ctx, const char *path, lm_plugin_handle **out);
+const char *lm_plugin_name(const lm_plugin_handle *p);
+const char *lm_plugin_version(const lm_plugin_handle *p);
+int32_t lm_plugin_op_count(const lm_plugin_handle *p);
+int32_t lm_plugin_op_id(const lm_plugin_handle *p, int32_t i);
+lm_status lm_op_lookup(lm_ctx *ctx, const char *name, int32_t *op, int32_t *n_in, int32_t *n_out);
+lm_status lm_op_forward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, const double *params, int32_t n_params, lm_tensor **out);
+lm_status lm_op_backward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, lm_tensor *const *out, lm_tensor *const *grad_out, const double *params, int32_t n_params, lm_tensor **grad_in);
+]==]

@@ -1,0 +1,202 @@
+-- core.lua: loads liblumen, owns the context, boxes tensor handles, turns
+-- status codes into Lua errors. Every other module builds on this one.
+local ffi = require 'ffi'
+local bit = require 'bit'
+
+assert(jit and ffi.abi('gc64'), 'lumen needs LuaJIT 2.1 built with GC64')
+
+local M = {}
+
+-- The repository root, from this file's path (lua/lumen/core.lua).
+local src = debug.getinfo(1, 'S').source:gsub('^@', '')
+M.root = os.getenv('LUMEN_ROOT') or src:match('^(.*)/lua/lumen/core%.lua$') or '.'
+
+ffi.cdef(require 'lumen.cdef')
+ffi.cdef [[
+int setenv(const char *name, const char *value, int overwrite);
+char *getenv(const char *name);
+typedef struct lumen_tensor_box { lm_tensor *h; } lumen_tensor_box;
+]]
+
+-- OpenBLAS picks its kernels when it loads and falls back to slow SSE3 ones
+-- on CPUs newer than its release (Debian's 0.3.21 misses AVX-512 Xeons).
+-- Choose from the CPU flags before liblumen pulls OpenBLAS in, unless the
+-- user already chose.
+local function choose_openblas_core()
+  if os.getenv('OPENBLAS_CORETYPE') then return end
+  local f = io.open('/proc/cpuinfo', 'r')
+  if not f then return end
+  local info = f:read('*a')
+  f:close()
+  local flags = ' ' .. (info:match('\nflags%s*:%s*([^\n]*)') or '') .. ' '
+  local function has(x) return flags:find(' ' .. x .. ' ', 1, true) ~= nil end
+  local core
+  if has('avx512f') and has('avx512bw') and has('avx512vl') and has('avx512dq') then
+    core = 'SkylakeX'
+  elseif has('avx2') and has('fma') then
+    core = info:find('AuthenticAMD', 1, true) and 'Zen' or 'Haswell'
+  end
+  if core then ffi.C.setenv('OPENBLAS_CORETYPE', core, 0) end
+end
+choose_openblas_core()
+
+local function load_lib()
+  local tried = {}
+  local env = os.getenv('LUMEN_LIB')
+  for _, p in ipairs { env or M.root .. '/build/liblumen.so', 'liblumen.so' } do
+    local ok, lib = pcall(ffi.load, p)
+    if ok then return lib, p end
+    tried[#tried + 1] = tostring(lib)
+  end
+  error('lumen: cannot load liblumen.so (run make first)\n  ' .. table.concat(tried, '\n  '), 0)
+end
+-- Anchored in the module table for the life of the process.
+M.C, M.libpath = load_lib()
+local C = M.C
+
+if bit.rshift(C.lm_abi_version(), 16) ~= C.LM_ABI_MAJOR then
+  error(string.format('lumen: liblumen at %s has ABI %d, these Lua files expect %d (rebuild with make)',
+    M.libpath, bit.rshift(C.lm_abi_version(), 16), C.LM_ABI_MAJOR), 0)
+end
+
+do
+  local p = ffi.new('lm_ctx*[1]')
+  assert(C.lm_ctx_new(p) == 0, 'lumen: cannot create a context')
+  M.ctx = ffi.gc(p[0], C.lm_ctx_free)
+end
+local ctx = M.ctx
+
+-- Raises the context's message as a Lua error at the caller's caller.
+function M.fail(level)
+  local msg = ffi.string(C.lm_ctx_errmsg(ctx))
+  C.lm_ctx_clear_error(ctx)
+  error('lumen.' .. msg, (level or 2) + 1)
+end
+
+-- check(status): errors with the context's message when status is not OK.
+function M.check(st, level)
+  if st ~= 0 then
+    if st == C.LM_E_OOM then
+      -- free what the collector can, drop the cache; the caller may retry
+      collectgarbage('collect')
+      C.lm_mem_empty_cache(ctx)
+    end
+    M.fail((level or 2) + 1)
+  end
+end
+
+---------------------------------------------------------------------------
+-- dtypes
+M.dtypes = { f32 = C.LM_F32, f64 = C.LM_F64, i32 = C.LM_I32, i64 = C.LM_I64, u8 = C.LM_U8, bool = C.LM_BOOL }
+local aliases = { float32 = 'f32', float = 'f32', float64 = 'f64', double = 'f64', int32 = 'i32', int = 'i32',
+  int64 = 'i64', long = 'i64', uint8 = 'u8', byte = 'u8' }
+M.dtype_names = {}
+for k, v in pairs(M.dtypes) do M.dtype_names[v] = k end
+M.ctypes = { [C.LM_F32] = 'float*', [C.LM_F64] = 'double*', [C.LM_I32] = 'int32_t*', [C.LM_I64] = 'int64_t*',
+  [C.LM_U8] = 'uint8_t*', [C.LM_BOOL] = 'uint8_t*' }
+
+-- Accepts 'f32', 'float32', ... or a dtype code; errors on anything else.
+function M.dtype_code(d, level)
+  if d == nil then return C.LM_F32 end
+  if type(d) == 'number' and M.dtype_names[d] then return d end
+  local code = M.dtypes[d] or M.dtypes[aliases[d] or '']
+  if not code then
+    error(string.format("lumen: unknown dtype '%s' (expected f32, f64, i32, i64, u8 or bool)", tostring(d)), (level or 2) + 1)
+  end
+  return code
+end
+
+function M.is_float(code) return code == C.LM_F32 or code == C.LM_F64 end
+
+---------------------------------------------------------------------------
+-- tensor boxes: a one-field struct whose finalizer releases the handle.
+local Tensor = {}        -- methods
+M.Tensor = Tensor
+local mt = { __index = Tensor }  -- metamethods; tensor.lua extends it
+M.tensor_mt = mt
+
+local box_ct = ffi.typeof('lumen_tensor_box')
+mt.__gc = function(b)
+  if b.h ~= nil then
+    C.lm_tensor_release(b.h)
+    b.h = nil
+  end
+end
+ffi.metatype(box_ct, mt)
+
+function M.is_tensor(x) return ffi.istype(box_ct, x) end
+
+-- GC pacing: LuaJIT's collector does not see tensor memory, so after enough
+-- bytes have been allocated since the last look, step the collector hard
+-- enough to finalize dead boxes. The threshold grows with live memory.
+local gc_threshold = 32 * 2 ^ 20
+local stats = ffi.new('lm_mem_stats')
+local function pace_gc()
+  if C.lm_mem_allocated_since(ctx, 0) < gc_threshold then return end
+  C.lm_mem_allocated_since(ctx, 1)
+  collectgarbage('collect')
+  C.lm_mem_get_stats(ctx, stats)
+  gc_threshold = math.max(32 * 2 ^ 20, tonumber(stats.live_bytes) / 2)
+end
+
+-- wrap(handle): boxes a +1 handle (takes ownership).
+function M.wrap(h)
+  pace_gc()
+  return box_ct(h)
+end
+
+-- Out-parameter slots, reused: each call site copies the handle out at once.
+M.out1 = ffi.new('lm_tensor*[1]')
+M.out2 = ffi.new('lm_tensor*[1]')
+M.out3 = ffi.new('lm_tensor*[1]')
+
+-- call(fn, ...): runs a C function whose last argument is a tensor out-slot,
+-- checks the status and returns the boxed result.
+function M.call(fn, ...)
+  local out = M.out1
+  out[0] = nil
+  local st = fn(ctx, ...)
+  if st ~= 0 then M.fail(2) end
+  return M.wrap(out[0])
+end
+
+-- The handle of a tensor argument, or an error naming the op.
+function M.handle(t, op, what)
+  if not ffi.istype(box_ct, t) then
+    error(string.format('lumen.%s: %s must be a tensor, got %s', op, what or 'argument', type(t)), 3)
+  end
+  local h = t.h
+  if h == nil then error(string.format('lumen.%s: %s was freed', op, what or 'tensor'), 3) end
+  return h
+end
+
+function Tensor.free(t)
+  if t.h ~= nil then
+    C.lm_tensor_release(t.h)
+    t.h = nil
+  end
+end
+
+local info = ffi.new('lm_tensor_info')
+-- Layout snapshot (shared struct: copy what you need before the next call).
+function M.info(t)
+  C.lm_tensor_get_info(M.handle(t, 'info', 'tensor'), info)
+  return info
+end
+
+-- Registers fn as lumen.name and as the method t:name(...).
+function M.export(lumen, name, fn, method_only)
+  if not method_only then lumen[name] = fn end
+  Tensor[name] = fn
+end
+
+-- Wraps a 0-based dimension argument; nil stays nil.
+function M.dim_arg(d, op)
+  if d == nil then return nil end
+  if type(d) ~= 'number' or d ~= math.floor(d) then
+    error(string.format('lumen.%s: dimension must be an integer, got %s', op, tostring(d)), 3)
+  end
+  return d
+end
+
+return M

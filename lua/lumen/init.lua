@@ -1,0 +1,38 @@
+-- lumen: tensors, autodiff and medical imaging on LuaJIT.
+-- local lumen = require 'lumen'
+local ffi = require 'ffi'
+local core = require 'lumen.core'
+local C, ctx = core.C, core.ctx
+
+local lumen = { core = core }
+lumen.version = ffi.string(C.lm_version())
+
+-- Each family module adds its functions to lumen and methods to tensors.
+for _, name in ipairs { 'tensor', 'elementwise', 'reduce', 'linalg', 'shape', 'index', 'random', 'io', 'print', 'plugin' } do
+  local ok, mod = pcall(require, 'lumen.' .. name)
+  if ok then
+    mod(lumen)
+  elseif not tostring(mod):find("module 'lumen." .. name .. "' not found", 1, true) then
+    error(mod, 0)
+  end
+end
+
+function lumen.set_num_threads(n)
+  if type(n) ~= 'number' or n < 1 then error('lumen.set_num_threads: expected a positive integer', 2) end
+  C.lm_set_num_threads(ctx, n)
+end
+function lumen.get_num_threads() return C.lm_get_num_threads(ctx) end
+
+-- memory() -> {live, peak, cached, allocs} in bytes (allocs: a count)
+local stats = ffi.new('lm_mem_stats')
+function lumen.memory()
+  C.lm_mem_get_stats(ctx, stats)
+  return { live = tonumber(stats.live_bytes), peak = tonumber(stats.peak_bytes),
+    cached = tonumber(stats.cached_bytes), allocs = tonumber(stats.total_allocs) }
+end
+function lumen.empty_cache() C.lm_mem_empty_cache(ctx) end
+function lumen.reset_peak_memory() C.lm_mem_reset_peak(ctx) end
+
+function lumen.blas_info() return ffi.string(C.lm_blas_info()) end
+
+return lumen

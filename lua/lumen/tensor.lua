@@ -1,0 +1,387 @@
+-- tensor.lua: creating tensors, reading their layout, views, indexing and
+-- conversion. Dimensions and positions are 0-based; negatives count from
+-- the end. Tables of sizes are ordinary Lua lists.
+local ffi = require 'ffi'
+local core = require 'lumen.core'
+local C, ctx, Tensor, mt = core.C, core.ctx, core.Tensor, core.tensor_mt
+local call, handle, export, wrap = core.call, core.handle, core.export, core.wrap
+
+return function(lumen)
+  local MAXD = 8
+  local shape_buf = ffi.new('int64_t[8]')
+  local stride_buf = ffi.new('int64_t[8]')
+  local dims_buf = ffi.new('int32_t[8]')
+
+  -- Fills shape_buf from a Lua list; returns its length.
+  local function put_shape(list, op)
+    local n = #list
+    if n > MAXD then error(string.format('lumen.%s: %d dimensions, at most %d', op, n, MAXD), 4) end
+    for i = 1, n do
+      local v = list[i]
+      if type(v) ~= 'number' or v ~= math.floor(v) then
+        error(string.format('lumen.%s: size %d is %s, expected an integer', op, i, tostring(v)), 4)
+      end
+      shape_buf[i - 1] = v
+    end
+    return n
+  end
+  core.put_shape = put_shape
+  core.shape_buf, core.stride_buf, core.dims_buf = shape_buf, stride_buf, dims_buf
+
+  -- Parses (2, 3, 'f64'), ({2, 3}, 'f64') or ({2, 3}, {dtype = 'f64'}):
+  -- returns the shape list and the dtype code.
+  local function shape_args(op, ...)
+    local a = ...
+    local shape, rest
+    if type(a) == 'table' and not core.is_tensor(a) then
+      shape, rest = a, select(2, ...)
+    else
+      shape = {}
+      local n = select('#', ...)
+      local i = 1
+      while i <= n and type((select(i, ...))) == 'number' do
+        shape[i] = (select(i, ...))
+        i = i + 1
+      end
+      rest = select(i, ...)
+    end
+    local dtype = rest
+    if type(rest) == 'table' then dtype = rest.dtype end
+    return shape, core.dtype_code(dtype, 3)
+  end
+  core.shape_args = shape_args
+
+  local function empty(op, shape, dtype)
+    local n = put_shape(shape, op)
+    return call(C.lm_empty, dtype, n, shape_buf, core.out1)
+  end
+
+  function lumen.empty(...)
+    local shape, dtype = shape_args('empty', ...)
+    return empty('empty', shape, dtype)
+  end
+  function lumen.zeros(...)
+    local shape, dtype = shape_args('zeros', ...)
+    local t = empty('zeros', shape, dtype)
+    C.lm_fill(ctx, t.h, 0)
+    return t
+  end
+  function lumen.ones(...)
+    local shape, dtype = shape_args('ones', ...)
+    local t = empty('ones', shape, dtype)
+    C.lm_fill(ctx, t.h, 1)
+    return t
+  end
+  -- full({2, 3}, value[, dtype])
+  function lumen.full(shape, value, dtype)
+    if type(shape) == 'number' then shape = { shape } end
+    if type(value) == 'boolean' then value = value and 1 or 0 end
+    if type(value) ~= 'number' then error('lumen.full: value must be a number', 2) end
+    local t = empty('full', shape, core.dtype_code(type(dtype) == 'table' and dtype.dtype or dtype, 2))
+    C.lm_fill(ctx, t.h, value)
+    return t
+  end
+
+  -- arange(stop) or arange(start, stop[, step][, dtype]): [start, stop)
+  function lumen.arange(a, b, c, d)
+    local start, stop, step, dtype = 0, a, 1, nil
+    if type(b) == 'number' then
+      start, stop = a, b
+      if type(c) == 'number' then step, dtype = c, d else dtype = c end
+    else
+      dtype = b
+    end
+    if type(start) ~= 'number' or type(stop) ~= 'number' then error('lumen.arange: bounds must be numbers', 2) end
+    if step == 0 then error('lumen.arange: step must not be zero', 2) end
+    local n = math.max(0, math.ceil((stop - start) / step))
+    if dtype == nil then
+      local int = start == math.floor(start) and stop == math.floor(stop) and step == math.floor(step)
+      dtype = int and 'i64' or 'f32'
+    end
+    return call(C.lm_arange, start, step, n, core.dtype_code(dtype, 2), core.out1)
+  end
+  function lumen.linspace(start, stop, n, dtype)
+    return call(C.lm_linspace, start, stop, n, core.dtype_code(dtype, 2), core.out1)
+  end
+  function lumen.eye(n, m, dtype)
+    if type(m) ~= 'number' then m, dtype = n, m end
+    return call(C.lm_eye, n, m, core.dtype_code(dtype, 2), core.out1)
+  end
+
+  -- tensor(nested tables or a number[, dtype]): copies Lua values in.
+  function lumen.tensor(data, dtype)
+    if core.is_tensor(data) then return data:clone() end
+    local shape, flat = {}, {}
+    local any_bool, all_int = false, true
+    local function walk(x, d)
+      if type(x) == 'table' then
+        if shape[d] == nil then shape[d] = #x
+        elseif shape[d] ~= #x then
+          error(string.format('lumen.tensor: ragged nested table (dimension %d has lengths %d and %d)', d - 1, shape[d], #x), 4)
+        end
+        for i = 1, #x do walk(x[i], d + 1) end
+      else
+        if shape[d] ~= nil then error('lumen.tensor: ragged nested table (a number where a table was expected)', 4) end
+        if type(x) == 'boolean' then any_bool = true; x = x and 1 or 0
+        elseif type(x) ~= 'number' then error('lumen.tensor: element is ' .. type(x) .. ', expected a number or boolean', 4)
+        elseif x ~= math.floor(x) then all_int = false end
+        flat[#flat + 1] = x
+      end
+    end
+    walk(data, 1)
+    local code = core.dtype_code(dtype or (any_bool and 'bool') or 'f32', 2)
+    local t = empty('tensor', shape, code)
+    if #flat > 0 then
+      local buf = ffi.new('double[?]', #flat, flat)
+      local n = put_shape(shape, 'tensor')
+      local src = call(C.lm_from_ptr, C.LM_F64, n, shape_buf, nil, buf, core.out1)
+      core.check(C.lm_copy_(ctx, t.h, src.h))
+      src:free()
+    end
+    return t
+  end
+
+  -- from_ptr(ptr, shape[, dtype[, strides]]): wraps memory without copying.
+  -- The memory must outlive every tensor made from it.
+  local anchors = setmetatable({}, { __mode = 'k' })
+  function lumen.from_ptr(ptr, shape, dtype, strides)
+    local n = put_shape(shape, 'from_ptr')
+    local st = nil
+    if strides then
+      for i = 1, n do stride_buf[i - 1] = strides[i] end
+      st = stride_buf
+    end
+    local t = call(C.lm_from_ptr, core.dtype_code(dtype, 2), n, shape_buf, st, ffi.cast('void*', ptr), core.out1)
+    anchors[t] = ptr
+    return t
+  end
+
+  ---------------------------------------------------------------------------
+  -- layout
+  function Tensor.dim(t) return core.info(t).ndim end
+  Tensor.ndim = Tensor.dim
+  function Tensor.numel(t) return tonumber(core.info(t).numel) end
+  function Tensor.dtype(t) return core.dtype_names[core.info(t).dtype] end
+  function Tensor.device(t) return core.info(t).device == C.LM_CPU and 'cpu' or 'cuda' end
+  function Tensor.is_contiguous(t) return core.info(t).contiguous ~= 0 end
+  function Tensor.data_ptr(t) return core.info(t).data end
+  -- size() -> list of sizes; size(d) -> one size
+  function Tensor.size(t, d)
+    local i = core.info(t)
+    if d ~= nil then
+      local w = d < 0 and d + i.ndim or d
+      if w < 0 or w >= i.ndim then
+        error(string.format('lumen.size: dimension %d out of range for a %d-D tensor', d, i.ndim), 2)
+      end
+      return tonumber(i.shape[w])
+    end
+    local s = {}
+    for k = 0, i.ndim - 1 do s[k + 1] = tonumber(i.shape[k]) end
+    return s
+  end
+  Tensor.shape = Tensor.size
+  function Tensor.stride(t, d)
+    local i = core.info(t)
+    local s = {}
+    for k = 0, i.ndim - 1 do s[k + 1] = tonumber(i.stride[k]) end
+    if d ~= nil then return s[(d < 0 and d + i.ndim or d) + 1] end
+    return s
+  end
+  mt.__len = function(t)
+    local i = core.info(t)
+    return i.ndim > 0 and tonumber(i.shape[0]) or 0
+  end
+
+  ---------------------------------------------------------------------------
+  -- views: they share storage with t
+  local function view_like(fname, cfn)
+    return function(t, ...)
+      local shape = ...
+      if type(shape) ~= 'table' then shape = { ... } end
+      local n = put_shape(shape, fname)
+      return call(cfn, handle(t, fname, 'tensor'), n, shape_buf, core.out1)
+    end
+  end
+  export(lumen, 'view', view_like('view', C.lm_view))
+  export(lumen, 'reshape', view_like('reshape', C.lm_reshape))
+  export(lumen, 'expand', view_like('expand', C.lm_expand))
+  function Tensor.expand_as(t, o) return t:expand(o:size()) end
+  function Tensor.view_as(t, o) return t:view(o:size()) end
+  function Tensor.flatten(t) return t:reshape(-1) end
+
+  -- slice(dim, start, stop[, step]): positions start, start+step, ... < stop
+  export(lumen, 'slice', function(t, dim, start, stop, step)
+    local i = core.info(t)
+    return call(C.lm_slice, handle(t, 'slice', 'tensor'), dim, start or 0, stop or 2 ^ 62, step or 1, core.out1)
+  end)
+  -- narrow(dim, start, length)
+  export(lumen, 'narrow', function(t, dim, start, length)
+    local n = t:size(dim)
+    if start < 0 then start = start + n end
+    if start < 0 or length < 0 or start + length > n then
+      error(string.format('lumen.narrow: range [%d, %d) out of bounds for dimension %d of size %d',
+        start, start + length, dim, n), 2)
+    end
+    return call(C.lm_slice, t.h, dim, start, start + length, 1, core.out1)
+  end)
+  export(lumen, 'select', function(t, dim, index)
+    return call(C.lm_select, handle(t, 'select', 'tensor'), dim, index, core.out1)
+  end)
+  export(lumen, 'transpose', function(t, d0, d1)
+    return call(C.lm_transpose, handle(t, 'transpose', 'tensor'), d0 or 0, d1 or 1, core.out1)
+  end)
+  function Tensor.t(t)
+    if t:dim() ~= 2 then error('lumen.t: expected a 2-D tensor, got ' .. t:dim() .. '-D', 2) end
+    return t:transpose(0, 1)
+  end
+  export(lumen, 'permute', function(t, ...)
+    local p = ...
+    if type(p) ~= 'table' then p = { ... } end
+    local h = handle(t, 'permute', 'tensor')
+    local nd = t:dim()
+    if #p ~= nd then error(string.format('lumen.permute: %d dimensions given for a %d-D tensor', #p, nd), 2) end
+    for k = 1, nd do dims_buf[k - 1] = p[k] end
+    return call(C.lm_permute, h, dims_buf, core.out1)
+  end)
+  export(lumen, 'squeeze', function(t, dim)
+    return call(C.lm_squeeze, handle(t, 'squeeze', 'tensor'), dim == nil and 1 or 0, dim or 0, core.out1)
+  end)
+  export(lumen, 'unsqueeze', function(t, dim)
+    return call(C.lm_unsqueeze, handle(t, 'unsqueeze', 'tensor'), dim, core.out1)
+  end)
+  export(lumen, 'contiguous', function(t)
+    return call(C.lm_contiguous, handle(t, 'contiguous', 'tensor'), core.out1)
+  end)
+  export(lumen, 'clone', function(t)
+    return call(C.lm_clone, handle(t, 'clone', 'tensor'), core.out1)
+  end)
+  -- to(dtype) / type(dtype): a converted copy (t itself when already dtype)
+  local function to(t, dtype)
+    if type(dtype) == 'table' then dtype = dtype.dtype end
+    if dtype == 'cpu' then return t end
+    local code = core.dtype_code(dtype, 3)
+    if core.info(t).dtype == code then return t end
+    return call(C.lm_to_dtype, handle(t, 'to', 'tensor'), code, core.out1)
+  end
+  Tensor.to = to
+  Tensor.type = function(t, dtype)
+    if dtype == nil then return t:dtype() end
+    return to(t, dtype)
+  end
+  for name, code in pairs(core.dtypes) do
+    Tensor[name] = function(t) return to(t, name) end
+  end
+  Tensor.float, Tensor.double, Tensor.long, Tensor.int = Tensor.f32, Tensor.f64, Tensor.i64, Tensor.i32
+
+  -- copy_(src): copies src (broadcast, converted) into t
+  function Tensor.copy_(t, src)
+    if type(src) == 'number' or type(src) == 'boolean' then return t:fill_(src) end
+    core.check(C.lm_copy_(ctx, handle(t, 'copy_', 'destination'), handle(src, 'copy_', 'source')))
+    return t
+  end
+  function Tensor.fill_(t, v)
+    if type(v) == 'boolean' then v = v and 1 or 0 end
+    if type(v) ~= 'number' then error('lumen.fill_: value must be a number', 2) end
+    core.check(C.lm_fill(ctx, handle(t, 'fill_', 'tensor'), v))
+    return t
+  end
+  function Tensor.zero_(t) return t:fill_(0) end
+
+  ---------------------------------------------------------------------------
+  -- reading values back
+  local function scalar_of(code, p)
+    if code == C.LM_BOOL then return p[0] ~= 0 end
+    return tonumber(p[0])
+  end
+  -- item(): the value of a one-element tensor
+  function Tensor.item(t)
+    local i = core.info(t)
+    if i.numel ~= 1 then error(string.format('lumen.item: tensor has %d elements, expected 1', tonumber(i.numel)), 2) end
+    return scalar_of(i.dtype, ffi.cast(core.ctypes[i.dtype], i.data))
+  end
+  -- totable(): nested Lua tables (numbers, or booleans for bool tensors)
+  function Tensor.totable(t)
+    local i = core.info(t)
+    local nd, code = i.ndim, i.dtype
+    local shape, stride = {}, {}
+    for k = 0, nd - 1 do shape[k + 1], stride[k + 1] = tonumber(i.shape[k]), tonumber(i.stride[k]) end
+    local p = ffi.cast(core.ctypes[code], i.data)
+    local anchor = t -- keep t alive while reading
+    local function build(d, off)
+      if d > nd then return scalar_of(code, p + off) end
+      local r = {}
+      for k = 0, shape[d] - 1 do r[k + 1] = build(d + 1, off + k * stride[d]) end
+      return r
+    end
+    local r = build(1, 0)
+    anchor = nil
+    return r
+  end
+
+  ---------------------------------------------------------------------------
+  -- indexing: t[i] selects along dim 0 (a Lua number when the result is 0-D);
+  -- t[{a, {lo, hi, step}, {}, ...}] indexes successive dims (a number
+  -- selects, {lo, hi[, step]} slices [lo, hi), {} keeps the whole dim);
+  -- t[mask] with a bool tensor selects elements; t[idx] with an integer
+  -- tensor picks rows along dim 0.
+  local function index_view(t, key)
+    if type(key) == 'number' then
+      return C.LM_OK, t:select(0, key)
+    end
+    local v = t
+    local d = 0
+    for k = 1, #key do
+      local e = key[k]
+      if type(e) == 'number' then
+        v = v:select(d, e)
+      elseif type(e) == 'table' then
+        if e[1] ~= nil or e[2] ~= nil or e[3] ~= nil then
+          v = v:slice(d, e[1] or 0, e[2] or 2 ^ 62, e[3] or 1)
+        end
+        d = d + 1
+      elseif e == ':' then
+        d = d + 1
+      else
+        error('lumen.index: entry ' .. k .. ' is ' .. type(e) .. ', expected a number, a range table or ":"', 3)
+      end
+    end
+    return C.LM_OK, v
+  end
+
+  local methods = Tensor
+  mt.__index = function(t, k)
+    local m = methods[k]
+    if m ~= nil then return m end
+    local kt = type(k)
+    if kt == 'number' or (kt == 'table' and not core.is_tensor(k)) then
+      local _, v = index_view(t, k)
+      if core.info(v).ndim == 0 then return v:item() end
+      return v
+    end
+    if core.is_tensor(k) then
+      if k:dtype() == 'bool' then return lumen.masked_select(t, k) end
+      return lumen.index_select(t, 0, k)
+    end
+    error(string.format("lumen: tensor has no method or index '%s'", tostring(k)), 2)
+  end
+  mt.__newindex = function(t, k, value)
+    if core.is_tensor(k) then
+      if k:dtype() ~= 'bool' then error('lumen.index: assignment through an index tensor needs a bool mask', 2) end
+      if core.is_tensor(value) then
+        lumen.where(k, value, t):copy_to(t)
+      else
+        lumen.masked_fill(t, k, value, t)
+      end
+      return
+    end
+    local kt = type(k)
+    if kt ~= 'number' and kt ~= 'table' then
+      error(string.format("lumen: cannot assign to field '%s' of a tensor", tostring(k)), 2)
+    end
+    local _, v = index_view(t, k)
+    v:copy_(value)
+  end
+  function Tensor.copy_to(src, dst) dst:copy_(src); return dst end
+
+  export(lumen, 'is_tensor', core.is_tensor)
+end

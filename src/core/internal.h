@@ -1,0 +1,122 @@
+/* internal.h - what the engine's own files share; never installed. */
+#ifndef LUMEN_INTERNAL_H
+#define LUMEN_INTERNAL_H
+
+#include "../lumen.h"
+#include "../plugin.h"
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+/* Invariants of our own code (never user input) may assert. */
+#include <assert.h>
+#define LM_ASSERT(c) assert(c)
+
+typedef struct lm_storage {
+  atomic_int refcount;
+  void *data;
+  size_t nbytes;
+  int32_t device;
+  bool external; /* memory owned by the caller of lm_from_ptr */
+} lm_storage;
+
+struct lm_tensor {
+  atomic_int refcount;
+  int32_t dtype;
+  int32_t ndim;
+  int64_t shape[LM_MAX_DIMS];
+  int64_t stride[LM_MAX_DIMS];
+  int64_t offset;
+  lm_storage *storage;
+};
+
+typedef struct lm_plugin_op_entry {
+  const lm_plugin_op *op;
+  const lm_plugin_handle *plugin;
+} lm_plugin_op_entry;
+
+struct lm_ctx {
+  char errmsg[1024];
+  lm_status last;
+  int32_t nthreads;
+  uint64_t rng_seed;
+  uint64_t rng_offset;
+  atomic_int abort_requested;
+  int64_t allocated_since; /* bytes, for GC pacing */
+  lm_plugin_op_entry *plugin_ops;
+  int32_t n_plugin_ops;
+};
+
+/* ---- errors: set the message, return the code ---- */
+lm_status lm_err(lm_ctx *ctx, lm_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* "2x3x4" (or "scalar") into buf; returns buf */
+const char *lm_shape_str(int32_t ndim, const int64_t *shape, char *buf, size_t n);
+#define LM_SHAPE_BUF 96
+/* Shorthand used inside op functions: shape string of a tensor. */
+#define LM_SHP(t, buf) lm_shape_str((t)->ndim, (t)->shape, (buf), sizeof(buf))
+/* Wraps a negative dim; returns -1 when out of range. */
+int32_t lm_wrap_dim(int32_t dim, int32_t ndim);
+
+/* ---- allocator (process-wide, size-bucketed cache) ---- */
+void *lm_alloc(lm_ctx *ctx, size_t nbytes); /* NULL on OOM; 64-byte aligned */
+void lm_free(void *p, size_t nbytes);
+
+/* ---- tensors ---- */
+int64_t lm_numel(const lm_tensor *t);
+bool lm_is_contiguous(const lm_tensor *t);
+static inline char *lm_data(const lm_tensor *t) {
+  return (char *)t->storage->data + t->offset * lm_dtype_size(t->dtype);
+}
+/* A new contiguous tensor (uninitialised); sets an OOM error naming op. */
+lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
+/* A new tensor header over t's storage. */
+lm_tensor *lm_view_header(const lm_tensor *t);
+bool lm_dtype_valid(int32_t dtype);
+static inline bool lm_dtype_is_float(int32_t d) { return d == LM_F32 || d == LM_F64; }
+/* Broadcast shape of a and b into shape/ndim; error names op. */
+lm_status lm_broadcast_shape(lm_ctx *ctx, const char *op, int32_t na, const int64_t *sa, int32_t nb, const int64_t *sb, int32_t *ndim, int64_t *shape);
+/* Strides (elements) of t read as if broadcast to (ndim, shape): 0 on
+   broadcast dims. Caller guarantees compatibility. */
+void lm_broadcast_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape, int64_t *stride);
+/* Resolves the dst / out convention: if dst is given it must have shape
+   (ndim, shape); otherwise a new tensor of dtype is made. *res is +1. */
+lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **res);
+/* Hands res to the caller's out (or releases it when out is NULL). */
+static inline lm_status lm_finish_out(lm_tensor *res, lm_tensor **out) {
+  if (out) *out = res; else lm_tensor_release(res);
+  return LM_OK;
+}
+
+/* ---- loops over strided operands ----
+   fn(ptrs, strides, n, arg) handles n elements of the innermost dim; ptrs[k]
+   and strides[k] (bytes) belong to operand k. */
+typedef void (*lm_loop_fn)(char **ptrs, const int64_t *strides, int64_t n, void *arg);
+#define LM_MAX_OPERANDS 4
+typedef struct lm_operand {
+  char *data;
+  int64_t stride[LM_MAX_DIMS]; /* elements; 0 on broadcast dims */
+  int32_t esize;
+} lm_operand;
+/* Runs fn over every position of (ndim, shape), splitting the outer
+   positions across threads when the work is large enough and parallel is
+   set (operands written by fn must not overlap between positions). */
+void lm_foreach(lm_ctx *ctx, int32_t ndim, const int64_t *shape, int32_t nops, lm_operand *ops, lm_loop_fn fn, void *arg, bool parallel);
+/* Operand for tensor t as seen through a broadcast to (ndim, shape). */
+lm_operand lm_operand_of(const lm_tensor *t, int32_t ndim, const int64_t *shape);
+
+/* parallel_for over [0, n) in chunks of at least grain; fn(arg, begin, end) */
+void lm_parallel_for(lm_ctx *ctx, int64_t n, int64_t grain, void (*fn)(void *arg, int64_t begin, int64_t end), void *arg);
+
+/* ---- dtype conversion ---- */
+/* Converts n elements between dtypes with byte strides. */
+void lm_cast_strided(int32_t dst_dtype, char *dst, int64_t dst_stride, int32_t src_dtype, const char *src, int64_t src_stride, int64_t n);
+double lm_read_as_double(int32_t dtype, const char *p);
+void lm_write_from_double(int32_t dtype, char *p, double v);
+/* t itself (+1) when already dtype, else a converted contiguous copy. */
+lm_status lm_cast_if_needed(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out);
+
+/* ---- host API table handed to plugins ---- */
+const lm_host_api *lm_host_api_get(void);
+
+#endif

@@ -1,0 +1,473 @@
+/* tensor.c - tensor handles, creation, views and copies. */
+#include "internal.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- handles ---- */
+
+static void storage_release(lm_storage *s) {
+  if (atomic_fetch_sub(&s->refcount, 1) != 1) return;
+  if (!s->external) lm_free(s->data, s->nbytes);
+  free(s);
+}
+
+void lm_tensor_retain(lm_tensor *t) {
+  if (t) atomic_fetch_add(&t->refcount, 1);
+}
+
+void lm_tensor_release(lm_tensor *t) {
+  if (!t || atomic_fetch_sub(&t->refcount, 1) != 1) return;
+  storage_release(t->storage);
+  free(t);
+}
+
+int64_t lm_numel(const lm_tensor *t) {
+  int64_t n = 1;
+  for (int32_t d = 0; d < t->ndim; d++) n *= t->shape[d];
+  return n;
+}
+
+bool lm_is_contiguous(const lm_tensor *t) {
+  int64_t expect = 1;
+  for (int32_t d = t->ndim - 1; d >= 0; d--) {
+    if (t->shape[d] != 1 && t->stride[d] != expect) return false;
+    expect *= t->shape[d];
+  }
+  return true;
+}
+
+void lm_tensor_get_info(const lm_tensor *t, lm_tensor_info *out) {
+  memset(out, 0, sizeof *out);
+  out->dtype = t->dtype;
+  out->device = t->storage->device;
+  out->ndim = t->ndim;
+  out->contiguous = lm_is_contiguous(t);
+  memcpy(out->shape, t->shape, sizeof t->shape);
+  memcpy(out->stride, t->stride, sizeof t->stride);
+  out->offset = t->offset;
+  out->numel = lm_numel(t);
+  out->data = lm_data(t);
+}
+
+int32_t lm_tensor_same_storage(const lm_tensor *a, const lm_tensor *b) {
+  return a->storage == b->storage;
+}
+
+lm_tensor *lm_view_header(const lm_tensor *t) {
+  lm_tensor *v = malloc(sizeof *v);
+  if (!v) return NULL;
+  memcpy(v, t, sizeof *v);
+  atomic_init(&v->refcount, 1);
+  atomic_fetch_add(&t->storage->refcount, 1);
+  return v;
+}
+
+static void contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *stride) {
+  int64_t s = 1;
+  for (int32_t d = ndim - 1; d >= 0; d--) {
+    stride[d] = s;
+    s *= shape[d] > 0 ? shape[d] : 1;
+  }
+}
+
+static lm_status check_shape(lm_ctx *ctx, const char *op, int32_t ndim, const int64_t *shape) {
+  if (ndim < 0 || ndim > LM_MAX_DIMS)
+    return lm_err(ctx, LM_E_SHAPE, "%s: %d dimensions, expected 0 to %d", op, ndim, LM_MAX_DIMS);
+  for (int32_t d = 0; d < ndim; d++)
+    if (shape[d] < 0)
+      return lm_err(ctx, LM_E_SHAPE, "%s: size %lld in dimension %d is negative", op, (long long)shape[d], d);
+  return LM_OK;
+}
+
+lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  if (!lm_dtype_valid(dtype)) return lm_err(ctx, LM_E_DTYPE, "%s: unknown dtype %d", op, dtype);
+  lm_status st = check_shape(ctx, op, ndim, shape);
+  if (st) return st;
+  int64_t numel = 1;
+  for (int32_t d = 0; d < ndim; d++) {
+    if (shape[d] && numel > INT64_MAX / 16 / shape[d])
+      return lm_err(ctx, LM_E_OOM, "%s: %d-D shape too large to allocate", op, ndim);
+    numel *= shape[d];
+  }
+  size_t nbytes = (size_t)numel * lm_dtype_size(dtype);
+  lm_tensor *t = calloc(1, sizeof *t);
+  lm_storage *s = calloc(1, sizeof *s);
+  void *data = (t && s) ? lm_alloc(ctx, nbytes) : NULL;
+  if (!data) {
+    free(t);
+    free(s);
+    char buf[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_OOM, "%s: out of memory allocating %s %s (%zu bytes)", op,
+                  lm_dtype_name(dtype), lm_shape_str(ndim, shape, buf, sizeof buf), nbytes);
+  }
+  atomic_init(&s->refcount, 1);
+  s->data = data;
+  s->nbytes = nbytes;
+  s->device = LM_CPU;
+  atomic_init(&t->refcount, 1);
+  t->dtype = dtype;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, ndim * sizeof *shape);
+  contiguous_strides(ndim, shape, t->stride);
+  t->storage = s;
+  *out = t;
+  return LM_OK;
+}
+
+lm_status lm_empty(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  return lm_new(ctx, "empty", dtype, ndim, shape, out);
+}
+
+lm_status lm_from_ptr(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, const int64_t *stride, void *data, lm_tensor **out) {
+  if (!lm_dtype_valid(dtype)) return lm_err(ctx, LM_E_DTYPE, "from_ptr: unknown dtype %d", dtype);
+  lm_status st = check_shape(ctx, "from_ptr", ndim, shape);
+  if (st) return st;
+  if (!data) return lm_err(ctx, LM_E_ARG, "from_ptr: data pointer is NULL");
+  lm_tensor *t = calloc(1, sizeof *t);
+  lm_storage *s = calloc(1, sizeof *s);
+  if (!t || !s) {
+    free(t);
+    free(s);
+    return lm_err(ctx, LM_E_OOM, "from_ptr: out of memory");
+  }
+  atomic_init(&s->refcount, 1);
+  s->data = data;
+  s->external = true;
+  atomic_init(&t->refcount, 1);
+  t->dtype = dtype;
+  t->ndim = ndim;
+  memcpy(t->shape, shape, ndim * sizeof *shape);
+  if (stride) memcpy(t->stride, stride, ndim * sizeof *stride);
+  else contiguous_strides(ndim, shape, t->stride);
+  t->storage = s;
+  *out = t;
+  return LM_OK;
+}
+
+/* ---- broadcasting ---- */
+
+lm_status lm_broadcast_shape(lm_ctx *ctx, const char *op, int32_t na, const int64_t *sa, int32_t nb, const int64_t *sb, int32_t *ndim, int64_t *shape) {
+  int32_t n = na > nb ? na : nb;
+  for (int32_t i = 0; i < n; i++) {
+    int64_t a = i < n - na ? 1 : sa[i - (n - na)];
+    int64_t b = i < n - nb ? 1 : sb[i - (n - nb)];
+    if (a != b && a != 1 && b != 1) {
+      char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+      return lm_err(ctx, LM_E_SHAPE, "%s: shapes %s and %s cannot broadcast (dimension %d: %lld vs %lld)",
+                    op, lm_shape_str(na, sa, x, sizeof x), lm_shape_str(nb, sb, y, sizeof y), i,
+                    (long long)a, (long long)b);
+    }
+    shape[i] = a == 1 ? b : a;
+  }
+  *ndim = n;
+  return LM_OK;
+}
+
+void lm_broadcast_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape, int64_t *stride) {
+  int32_t lead = ndim - t->ndim;
+  for (int32_t d = 0; d < ndim; d++) {
+    int32_t s = d - lead;
+    stride[d] = (s < 0 || t->shape[s] != shape[d]) ? 0 : t->stride[s];
+  }
+}
+
+lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **res) {
+  if (!dst) return lm_new(ctx, op, dtype, ndim, shape, res);
+  bool same = dst->ndim == ndim;
+  for (int32_t d = 0; same && d < ndim; d++) same = dst->shape[d] == shape[d];
+  if (!same) {
+    char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_SHAPE, "%s: destination has shape %s, expected %s", op,
+                  LM_SHP(dst, x), lm_shape_str(ndim, shape, y, sizeof y));
+  }
+  lm_tensor_retain(dst);
+  *res = dst;
+  return LM_OK;
+}
+
+/* ---- copies ---- */
+
+typedef struct { int32_t dd, sd; } cast_arg;
+
+static void cast_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
+  const cast_arg *a = arg;
+  if (a->dd == a->sd && s[0] == s[1] && s[0] == lm_dtype_size(a->dd)) {
+    memcpy(p[0], p[1], n * s[0]);
+    return;
+  }
+  lm_cast_strided(a->dd, p[0], s[0], a->sd, p[1], s[1], n);
+}
+
+lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
+  int32_t nd;
+  int64_t shape[LM_MAX_DIMS];
+  lm_status st = lm_broadcast_shape(ctx, "copy", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape);
+  if (st) return st;
+  bool same = nd == dst->ndim;
+  for (int32_t d = 0; same && d < nd; d++) same = shape[d] == dst->shape[d];
+  if (!same) {
+    char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_SHAPE, "copy: source of shape %s does not broadcast to destination %s",
+                  LM_SHP(src, x), LM_SHP(dst, y));
+  }
+  lm_operand ops[2] = {lm_operand_of(dst, nd, shape), lm_operand_of(src, nd, shape)};
+  cast_arg a = {dst->dtype, src->dtype};
+  lm_foreach(ctx, nd, shape, 2, ops, cast_kernel, &a, true);
+  return LM_OK;
+}
+
+lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
+  return lm_to_dtype(ctx, t, t->dtype, out) ;
+}
+
+lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
+  lm_tensor *r;
+  lm_status st = lm_new(ctx, "to", dtype, t->ndim, t->shape, &r);
+  if (st) return st;
+  st = lm_copy_(ctx, r, t);
+  if (st) { lm_tensor_release(r); return st; }
+  *out = r;
+  return LM_OK;
+}
+
+lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
+  if (lm_is_contiguous(t)) {
+    lm_tensor_retain((lm_tensor *)t);
+    *out = (lm_tensor *)t;
+    return LM_OK;
+  }
+  return lm_clone(ctx, t, out);
+}
+
+/* ---- views ---- */
+
+static lm_status make_view(lm_ctx *ctx, const char *op, const lm_tensor *t, int32_t ndim, const int64_t *shape, const int64_t *stride, int64_t offset, lm_tensor **out) {
+  lm_tensor *v = lm_view_header(t);
+  if (!v) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+  v->ndim = ndim;
+  memmove(v->shape, shape, ndim * sizeof *shape);
+  memmove(v->stride, stride, ndim * sizeof *stride);
+  v->offset = offset;
+  *out = v;
+  return LM_OK;
+}
+
+lm_status lm_as_strided(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, const int64_t *stride, int64_t offset, lm_tensor **out) {
+  lm_status st = check_shape(ctx, "as_strided", ndim, shape);
+  if (st) return st;
+  /* every reachable element must lie inside the storage */
+  int64_t lo = offset, hi = offset, numel = 1;
+  for (int32_t d = 0; d < ndim; d++) {
+    numel *= shape[d];
+    if (shape[d] == 0) continue;
+    int64_t ext = (shape[d] - 1) * stride[d];
+    if (ext < 0) lo += ext; else hi += ext;
+  }
+  int64_t cap = t->storage->external ? INT64_MAX : (int64_t)(t->storage->nbytes / lm_dtype_size(t->dtype));
+  if (numel > 0 && (lo < 0 || hi >= cap))
+    return lm_err(ctx, LM_E_INDEX, "as_strided: view reaches elements %lld..%lld outside storage of %lld elements",
+                  (long long)lo, (long long)hi, (long long)cap);
+  return make_view(ctx, "as_strided", t, ndim, shape, stride, offset, out);
+}
+
+/* Fills in a -1 and checks the element count. */
+static lm_status infer_shape(lm_ctx *ctx, const char *op, const lm_tensor *t, int32_t ndim, const int64_t *shape, int64_t *res) {
+  if (ndim < 0 || ndim > LM_MAX_DIMS)
+    return lm_err(ctx, LM_E_SHAPE, "%s: %d dimensions, expected 0 to %d", op, ndim, LM_MAX_DIMS);
+  int64_t known = 1, numel = lm_numel(t);
+  int32_t infer = -1;
+  for (int32_t d = 0; d < ndim; d++) {
+    res[d] = shape[d];
+    if (shape[d] == -1) {
+      if (infer >= 0) return lm_err(ctx, LM_E_SHAPE, "%s: only one dimension can be -1", op);
+      infer = d;
+    } else if (shape[d] < 0) {
+      return lm_err(ctx, LM_E_SHAPE, "%s: size %lld in dimension %d is negative", op, (long long)shape[d], d);
+    } else {
+      known *= shape[d];
+    }
+  }
+  if (infer >= 0 && known != 0 && numel % known == 0) {
+    res[infer] = numel / known;
+    known = numel;
+  }
+  if (known != numel || (infer >= 0 && known == 0)) {
+    char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_SHAPE, "%s: cannot reshape %s (%lld elements) to %s", op, LM_SHP(t, x),
+                  (long long)numel, lm_shape_str(ndim, shape, y, sizeof y));
+  }
+  return LM_OK;
+}
+
+/* Strides for viewing t with a new shape without copying, if possible.
+   The old dims split into runs that are contiguous within themselves; each
+   run must be covered exactly by a run of new dims. */
+static bool view_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape, int64_t *stride) {
+  if (lm_numel(t) == 0 || t->ndim == 0) {
+    contiguous_strides(ndim, shape, stride);
+    return true;
+  }
+  int32_t nd = ndim - 1;
+  int64_t base = t->stride[t->ndim - 1], old_n = 1, new_n = 1;
+  for (int32_t od = t->ndim - 1; od >= 0; od--) {
+    old_n *= t->shape[od];
+    bool run_ends = od == 0 || (t->shape[od - 1] != 1 && t->stride[od - 1] != old_n * base);
+    if (!run_ends) continue;
+    while (nd >= 0 && (new_n < old_n || shape[nd] == 1)) {
+      stride[nd] = new_n * base;
+      new_n *= shape[nd--];
+    }
+    if (new_n != old_n) return false;
+    if (od > 0) {
+      base = t->stride[od - 1];
+      old_n = new_n = 1;
+    }
+  }
+  return nd < 0;
+}
+
+lm_status lm_view(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  int64_t s[LM_MAX_DIMS], st[LM_MAX_DIMS];
+  lm_status e = infer_shape(ctx, "view", t, ndim, shape, s);
+  if (e) return e;
+  if (!view_strides(t, ndim, s, st)) {
+    char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_SHAPE, "view: a %s tensor with these strides cannot be viewed as %s without a copy (use reshape)",
+                  LM_SHP(t, x), lm_shape_str(ndim, s, y, sizeof y));
+  }
+  return make_view(ctx, "view", t, ndim, s, st, t->offset, out);
+}
+
+lm_status lm_reshape(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  int64_t s[LM_MAX_DIMS], st[LM_MAX_DIMS];
+  lm_status e = infer_shape(ctx, "reshape", t, ndim, shape, s);
+  if (e) return e;
+  if (view_strides(t, ndim, s, st)) return make_view(ctx, "reshape", t, ndim, s, st, t->offset, out);
+  lm_tensor *c;
+  e = lm_clone(ctx, t, &c);
+  if (e) return e;
+  e = lm_view(ctx, c, ndim, s, out);
+  lm_tensor_release(c);
+  return e;
+}
+
+#define WRAP_DIM(op, dim, nd)                                                              \
+  int32_t dim##_w = lm_wrap_dim(dim, nd);                                                  \
+  if (dim##_w < 0)                                                                         \
+    return lm_err(ctx, LM_E_INDEX, "%s: dimension %d out of range for a %d-D tensor", op, dim, nd);
+
+lm_status lm_slice(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t start, int64_t stop, int64_t step, lm_tensor **out) {
+  WRAP_DIM("slice", dim, t->ndim);
+  if (step <= 0) return lm_err(ctx, LM_E_ARG, "slice: step %lld must be positive", (long long)step);
+  int64_t n = t->shape[dim_w];
+  /* Python rules: negatives count from the end, out-of-range bounds clip */
+  if (start < 0) start += n;
+  if (stop < 0) stop += n;
+  start = start < 0 ? 0 : start > n ? n : start;
+  stop = stop < start ? start : stop > n ? n : stop;
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  memcpy(shape, t->shape, sizeof shape);
+  memcpy(stride, t->stride, sizeof stride);
+  shape[dim_w] = (stop - start + step - 1) / step;
+  stride[dim_w] = t->stride[dim_w] * step;
+  int64_t off = t->offset + (shape[dim_w] > 0 ? start * t->stride[dim_w] : 0);
+  return make_view(ctx, "slice", t, t->ndim, shape, stride, off, out);
+}
+
+lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index, lm_tensor **out) {
+  WRAP_DIM("select", dim, t->ndim);
+  int64_t n = t->shape[dim_w];
+  if (index < -n || index >= n)
+    return lm_err(ctx, LM_E_INDEX, "select: index %lld out of range for dimension %d of size %lld",
+                  (long long)index, dim_w, (long long)n);
+  if (index < 0) index += n;
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  int32_t k = 0;
+  for (int32_t d = 0; d < t->ndim; d++) {
+    if (d == dim_w) continue;
+    shape[k] = t->shape[d];
+    stride[k++] = t->stride[d];
+  }
+  return make_view(ctx, "select", t, k, shape, stride, t->offset + index * t->stride[dim_w], out);
+}
+
+lm_status lm_transpose(lm_ctx *ctx, const lm_tensor *t, int32_t d0, int32_t d1, lm_tensor **out) {
+  WRAP_DIM("transpose", d0, t->ndim);
+  WRAP_DIM("transpose", d1, t->ndim);
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  memcpy(shape, t->shape, sizeof shape);
+  memcpy(stride, t->stride, sizeof stride);
+  shape[d0_w] = t->shape[d1_w]; shape[d1_w] = t->shape[d0_w];
+  stride[d0_w] = t->stride[d1_w]; stride[d1_w] = t->stride[d0_w];
+  return make_view(ctx, "transpose", t, t->ndim, shape, stride, t->offset, out);
+}
+
+lm_status lm_permute(lm_ctx *ctx, const lm_tensor *t, const int32_t *perm, lm_tensor **out) {
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  bool seen[LM_MAX_DIMS] = {false};
+  for (int32_t d = 0; d < t->ndim; d++) {
+    int32_t p = lm_wrap_dim(perm[d], t->ndim);
+    if (p < 0 || seen[p])
+      return lm_err(ctx, LM_E_ARG, "permute: entry %d (%d) is not a distinct dimension of a %d-D tensor", d, perm[d], t->ndim);
+    seen[p] = true;
+    shape[d] = t->shape[p];
+    stride[d] = t->stride[p];
+  }
+  return make_view(ctx, "permute", t, t->ndim, shape, stride, t->offset, out);
+}
+
+lm_status lm_expand(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  if (ndim < t->ndim || ndim > LM_MAX_DIMS)
+    return lm_err(ctx, LM_E_SHAPE, "expand: cannot expand a %d-D tensor to %d dimensions", t->ndim, ndim);
+  int64_t s[LM_MAX_DIMS], st[LM_MAX_DIMS];
+  int32_t lead = ndim - t->ndim;
+  for (int32_t d = 0; d < ndim; d++) {
+    int64_t have = d < lead ? 1 : t->shape[d - lead];
+    int64_t want = shape[d] == -1 ? have : shape[d];
+    if (d < lead && shape[d] == -1)
+      return lm_err(ctx, LM_E_SHAPE, "expand: -1 is not allowed for new leading dimension %d", d);
+    if (have != want && have != 1) {
+      char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+      return lm_err(ctx, LM_E_SHAPE, "expand: cannot expand %s to %s (dimension %d has size %lld, not 1)",
+                    LM_SHP(t, x), lm_shape_str(ndim, shape, y, sizeof y), d, (long long)have);
+    }
+    if (want < 0) return lm_err(ctx, LM_E_SHAPE, "expand: size %lld in dimension %d is negative", (long long)want, d);
+    s[d] = want;
+    st[d] = (d < lead || have != want) ? 0 : t->stride[d - lead];
+  }
+  return make_view(ctx, "expand", t, ndim, s, st, t->offset, out);
+}
+
+lm_status lm_squeeze(lm_ctx *ctx, const lm_tensor *t, int32_t all, int32_t dim, lm_tensor **out) {
+  int32_t dw = -1;
+  if (!all) {
+    dw = lm_wrap_dim(dim, t->ndim);
+    if (dw < 0) return lm_err(ctx, LM_E_INDEX, "squeeze: dimension %d out of range for a %d-D tensor", dim, t->ndim);
+  }
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  int32_t k = 0;
+  for (int32_t d = 0; d < t->ndim; d++) {
+    if (t->shape[d] == 1 && (all || d == dw)) continue;
+    shape[k] = t->shape[d];
+    stride[k++] = t->stride[d];
+  }
+  return make_view(ctx, "squeeze", t, k, shape, stride, t->offset, out);
+}
+
+lm_status lm_unsqueeze(lm_ctx *ctx, const lm_tensor *t, int32_t dim, lm_tensor **out) {
+  int32_t dw = lm_wrap_dim(dim, t->ndim + 1);
+  if (dw < 0 || t->ndim >= LM_MAX_DIMS)
+    return lm_err(ctx, LM_E_INDEX, "unsqueeze: dimension %d out of range for a %d-D tensor", dim, t->ndim);
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  for (int32_t d = 0, k = 0; d <= t->ndim; d++) {
+    if (d == dw) {
+      shape[d] = 1;
+      stride[d] = k < t->ndim ? t->stride[k] * t->shape[k] : 1;
+    } else {
+      shape[d] = t->shape[k];
+      stride[d] = t->stride[k++];
+    }
+  }
+  return make_view(ctx, "unsqueeze", t, t->ndim + 1, shape, stride, t->offset, out);
+}

@@ -1,0 +1,45 @@
+-- check.lua: comparing tensors in specs, independent of the ops under test.
+local lumen = require 'lumen'
+local ffi = require 'ffi'
+
+local check = {}
+
+-- Values of t as a flat Lua list of numbers (read through strides).
+function check.values(t)
+  local flat = {}
+  local function walk(x)
+    if type(x) == 'table' then for _, v in ipairs(x) do walk(v) end
+    else flat[#flat + 1] = (x == true and 1) or (x == false and 0) or x end
+  end
+  walk(t:totable())
+  return flat
+end
+
+-- close(actual, expected, opts) -> ok, message
+-- opts: rtol (1e-5), atol (1e-6), dtype (true: dtypes must match)
+function check.close(a, e, opts)
+  opts = opts or {}
+  local rtol, atol = opts.rtol or 1e-5, opts.atol or 1e-6
+  local sa, se = table.concat(a:size(), 'x'), table.concat(e:size(), 'x')
+  if sa ~= se then return false, string.format('shape %s, expected %s', sa, se) end
+  if opts.dtype ~= false and a:dtype() ~= e:dtype() then
+    return false, string.format('dtype %s, expected %s', a:dtype(), e:dtype())
+  end
+  local va, ve = check.values(a), check.values(e)
+  for i = 1, #ve do
+    local x, y = va[i], ve[i]
+    local same = (x == y) or (x ~= x and y ~= y)
+    if not same and math.abs(x - y) > atol + rtol * math.abs(y) then
+      return false, string.format('element %d (flat, 0-based) is %.9g, expected %.9g', i - 1, x, y)
+    end
+  end
+  return true
+end
+
+-- assert_close for busted specs: fails with the first differing element.
+function check.assert_close(a, e, opts, what)
+  local ok, msg = check.close(a, e, opts)
+  if not ok then error((what and (what .. ': ') or '') .. msg, 2) end
+end
+
+return check

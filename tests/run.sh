@@ -1,0 +1,28 @@
+#!/bin/sh
+# Runs every test: the C unit tests, then the busted specs. Ends with one
+# line "N passed, N failed" totalling both.
+cd "$(dirname "$0")/.." || exit 1
+out=build/test-results
+mkdir -p "$out"
+passed=0; failed=0
+
+# C unit tests print their own "N passed, N failed" last.
+if make --no-print-directory -s build/tests/c_tests >"$out/c-build.log" 2>&1; then
+  build/tests/c_tests | tee "$out/c.log"
+  line=$(tail -n 1 "$out/c.log")
+else
+  cat "$out/c-build.log"; line="0 passed, 1 failed"
+fi
+passed=$((passed + $(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p')))
+failed=$((failed + $(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')))
+
+# Busted specs, as TAP: "ok N" / "not ok N" lines are counted.
+busted -o TAP "$@" | tee "$out/spec.log"
+p=$(grep -c '^ok ' "$out/spec.log")
+f=$(grep -c '^not ok ' "$out/spec.log")
+# a spec file that fails to load shows up as "not ok" too; none at all is a failure
+[ "$p" -eq 0 ] && [ "$f" -eq 0 ] && f=1
+passed=$((passed + p)); failed=$((failed + f))
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,50 @@
+-- Views and creation against PyTorch.
+local lumen = require 'lumen'
+local oracle = require 'helpers.oracle'
+local check = require 'helpers.check'
+
+describe('views', function()
+  local x = lumen.arange(24, 'f32'):reshape(2, 3, 4)
+  local cases = {
+    { 'x.transpose(0, 2)', lumen = x:transpose(0, 2) },
+    { 'x.permute(2, 0, 1)', lumen = x:permute(2, 0, 1) },
+    { 'x[:, 1:3, ::2]', lumen = x[{ {}, { 1, 3 }, { 0, nil, 2 } }] },
+    { 'x[1]', lumen = x[1] },
+    { 'x.transpose(0, 1).reshape(6, 4)', lumen = x:transpose(0, 1):reshape(6, 4) },
+    { 'x.unsqueeze(1).expand(2, 5, 3, 4)', lumen = x:unsqueeze(1):expand(2, 5, 3, 4) },
+    { 'x[:, :1].squeeze()', lumen = x[{ {}, { 0, 1 } }]:squeeze() },
+    { 'x.narrow(2, 1, 2).contiguous()', lumen = x:narrow(2, 1, 2):contiguous() },
+    { 'x.view(4, 6)[:, -2:]', lumen = x:view(4, 6)[{ {}, { -2 } }] },
+    { 'x[:, 0:0]', lumen = x[{ {}, { 0, 0 } }] },
+    { 'torch.eye(3, 4, dtype=torch.int64)', lumen = lumen.eye(3, 4, 'i64') },
+    { 'torch.linspace(-1, 2, 7)', lumen = lumen.linspace(-1, 2, 7) },
+    { 'torch.arange(2, 11, 3)', lumen = lumen.arange(2, 11, 3) },
+    { 'torch.full((2, 2), 7, dtype=torch.uint8)', lumen = lumen.full({ 2, 2 }, 7, 'u8') },
+    { 'torch.tensor([[True, False]])', lumen = lumen.tensor({ { true, false } }) },
+    { 'x.to(torch.int32)[1, 2]', lumen = x:i32()[{ 1, 2 }] },
+  }
+  local batch = {}
+  for i, c in ipairs(cases) do batch[i] = { c[1], x = x } end
+  local ref = oracle.run(batch)
+  for i, c in ipairs(cases) do
+    it(c[1], function()
+      assert(not ref[i].error, ref[i].error)
+      check.assert_close(c.lumen, ref[i][1], { rtol = 0, atol = 0 })
+    end)
+  end
+
+  it('assigns through indexing', function()
+    local t = lumen.zeros(3, 4)
+    t[{ 1, { 1, 3 } }] = 5
+    t[2] = lumen.tensor({ 1, 2, 3, 4 })
+    assert.are.same({ { 0, 0, 0, 0 }, { 0, 5, 5, 0 }, { 1, 2, 3, 4 } }, t:totable())
+    assert.are.equal(5, t[{ 1, 2 }])
+  end)
+
+  it('reports bad views clearly', function()
+    assert.has_error(function() x:view(5, 5) end, 'lumen.view: cannot reshape 2x3x4 (24 elements) to 5x5')
+    assert.has_error(function() x:select(3, 0) end, 'lumen.select: dimension 3 out of range for a 3-D tensor')
+    assert.has_error(function() x:permute(0, 0, 1) end)
+    assert.has_error(function() lumen.zeros(2, 'f16') end)
+  end)
+end)
