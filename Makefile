@@ -15,7 +15,14 @@ HEADERS := src/lumen.h src/plugin.h src/core/internal.h
 DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev \
             libpng-dev zlib1g-dev lua-busted python3-torch python3-numpy
 
-TARGETS := $(B)/liblumen.so $(B)/lumen
+# Plugins: each plugins/<name>/ holds the C sources of one, built to
+# $(B)/plugins/<name>.so without liblumen (it reaches the engine through the
+# host table of src/plugin.h). The test plugins live in tests/plugin/.
+PLUGINS      := $(patsubst plugins/%/,$(B)/plugins/%.so,$(wildcard plugins/*/))
+TEST_PLUGINS := $(B)/tests/plugins/clip_relu.so $(B)/tests/plugins/clip_relu_abi99.so
+PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared
+
+TARGETS := $(B)/liblumen.so $(B)/lumen $(PLUGINS)
 ifneq ($(NVCC),)
 TARGETS += $(B)/liblumen_cuda.so
 endif
@@ -33,14 +40,32 @@ $(B)/liblumen.so: $(LIB_OBJ)
 # The host embeds LuaJIT but does not link liblumen: the Lua module loads it
 # after choosing OpenBLAS's kernel set (OpenBLAS reads that when it loads).
 $(B)/lumen: src/host/main.c src/lumen.h
-	@mkdir -p build
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -DLUMEN_ROOT='"$(CURDIR)"' -o $@ src/host/main.c $(LUAJIT_LIBS) -ldl -lm -Wl,-E
 
-# The CUDA backend: its own library, loaded at run time when a GPU is there.
+# The CUDA backend: its own library, loaded at run time when a GPU is there
+# (lumen info says why not otherwise). It links the shared CUDA runtime from
+# the toolkit nvcc belongs to, found again at run time through the rpath.
+CUDA_LIB := $(patsubst %/bin/nvcc,%,$(NVCC))/lib64
 $(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu) $(HEADERS)
-	@mkdir -p build
+	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -shared -Xcompiler -fPIC -gencode arch=compute_90,code=sm_90 \
-	  -gencode arch=compute_90,code=compute_90 -o $@ $(wildcard src/cuda/*.cu) -lcudart
+	  -gencode arch=compute_90,code=compute_90 -o $@ $(wildcard src/cuda/*.cu) \
+	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker -rpath,$(CUDA_LIB)
+
+.SECONDEXPANSION:
+$(B)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) src/plugin.h src/lumen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -Iplugins/$* -o $@ $(wildcard plugins/$*/*.c)
+
+$(B)/tests/plugins/clip_relu.so: tests/plugin/clip_relu.c src/plugin.h src/lumen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -o $@ $<
+
+# The same plugin claiming ABI major 99, which the loader must refuse.
+$(B)/tests/plugins/clip_relu_abi99.so: tests/plugin/clip_relu.c src/plugin.h src/lumen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -DCLIP_RELU_ABI_MAJOR=99 -o $@ $<
 
 # lua/lumen/cdef.lua is generated from the marked region of lumen.h.
 cdef:
@@ -50,7 +75,7 @@ deps:
 	@sh tools/deps.sh $(DEB_PKGS)
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(TEST_PLUGINS)
 	@sh tests/run.sh
 
 demo: deps

@@ -199,6 +199,7 @@ const char *lm_plugin_name(const lm_plugin_handle *p);
 const char *lm_plugin_version(const lm_plugin_handle *p);
 int32_t lm_plugin_op_count(const lm_plugin_handle *p);
 int32_t lm_plugin_op_id(const lm_plugin_handle *p, int32_t i);
+const char *lm_plugin_op_name(const lm_plugin_handle *p, int32_t i); /* "" when out of range */
 lm_status lm_op_lookup(lm_ctx *ctx, const char *name, int32_t *op, int32_t *n_in, int32_t *n_out);
 lm_status lm_op_forward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, const double *params, int32_t n_params, lm_tensor **out);
 lm_status lm_op_backward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, lm_tensor *const *out, lm_tensor *const *grad_out, const double *params, int32_t n_params, lm_tensor **grad_in);

@@ -211,7 +211,6 @@ return function(lumen)
 
   -- slice(dim, start, stop[, step]): positions start, start+step, ... < stop
   export(lumen, 'slice', function(t, dim, start, stop, step)
-    local i = core.info(t)
     return call(C.lm_slice, handle(t, 'slice', 'tensor'), dim, start or 0, stop or 2 ^ 62, step or 1, core.out1)
   end)
   -- narrow(dim, start, length)
@@ -325,9 +324,7 @@ return function(lumen)
   -- t[mask] with a bool tensor selects elements; t[idx] with an integer
   -- tensor picks rows along dim 0.
   local function index_view(t, key)
-    if type(key) == 'number' then
-      return C.LM_OK, t:select(0, key)
-    end
+    if type(key) == 'number' then return t:select(0, key) end
     local v = t
     local d = 0
     for k = 1, #key do
@@ -345,7 +342,7 @@ return function(lumen)
         error('lumen.index: entry ' .. k .. ' is ' .. type(e) .. ', expected a number, a range table or ":"', 3)
       end
     end
-    return C.LM_OK, v
+    return v
   end
 
   local methods = Tensor
@@ -354,7 +351,7 @@ return function(lumen)
     if m ~= nil then return m end
     local kt = type(k)
     if kt == 'number' or (kt == 'table' and not core.is_tensor(k)) then
-      local _, v = index_view(t, k)
+      local v = index_view(t, k)
       if core.info(v).ndim == 0 then return v:item() end
       return v
     end
@@ -368,7 +365,7 @@ return function(lumen)
     if core.is_tensor(k) then
       if k:dtype() ~= 'bool' then error('lumen.index: assignment through an index tensor needs a bool mask', 2) end
       if core.is_tensor(value) then
-        lumen.where(k, value, t):copy_to(t)
+        t:copy_(lumen.where(k, value, t))
       else
         lumen.masked_fill(t, k, value, t)
       end
@@ -378,10 +375,7 @@ return function(lumen)
     if kt ~= 'number' and kt ~= 'table' then
       error(string.format("lumen: cannot assign to field '%s' of a tensor", tostring(k)), 2)
     end
-    local _, v = index_view(t, k)
-    v:copy_(value)
+    index_view(t, k):copy_(value)
   end
-  function Tensor.copy_to(src, dst) dst:copy_(src); return dst end
-
   export(lumen, 'is_tensor', core.is_tensor)
 end

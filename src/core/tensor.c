@@ -108,7 +108,7 @@ lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const
   atomic_init(&t->refcount, 1);
   t->dtype = dtype;
   t->ndim = ndim;
-  memcpy(t->shape, shape, ndim * sizeof *shape);
+  if (ndim) memcpy(t->shape, shape, ndim * sizeof *shape);
   contiguous_strides(ndim, shape, t->stride);
   t->storage = s;
   *out = t;
@@ -137,8 +137,8 @@ lm_status lm_from_ptr(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *s
   atomic_init(&t->refcount, 1);
   t->dtype = dtype;
   t->ndim = ndim;
-  memcpy(t->shape, shape, ndim * sizeof *shape);
-  if (stride) memcpy(t->stride, stride, ndim * sizeof *stride);
+  if (ndim) memcpy(t->shape, shape, ndim * sizeof *shape);
+  if (stride && ndim) memcpy(t->stride, stride, ndim * sizeof *stride);
   else contiguous_strides(ndim, shape, t->stride);
   t->storage = s;
   *out = t;

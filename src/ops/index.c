@@ -1,0 +1,610 @@
+/* index.c - gather, scatter, index_select, masked_select, masked_fill and
+ * nonzero. Indices are checked against their dimension before any element
+ * moves, so a bad index is an LM_E_INDEX error and never a stray access. */
+#include "../core/internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+#define GRAIN 32768 /* elements per thread below which threads do not pay */
+
+/* ---- shared helpers ---- */
+
+static lm_status on_cpu(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what) {
+  if (!t) return lm_err(ctx, LM_E_ARG, "%s: %s is NULL", op, what);
+  if (t->storage->device != LM_CPU)
+    return lm_err(ctx, LM_E_DEVICE, "%s: %s is not on the CPU", op, what);
+  return LM_OK;
+}
+
+/* A header copy of t that is at least 1-D: PyTorch treats a 0-d tensor as
+   one element along dimension 0 in these ops. Read-only, no reference. */
+static void as_1d(const lm_tensor *t, lm_tensor *v) {
+  memcpy(v, t, sizeof *v);
+  if (v->ndim == 0) {
+    v->ndim = 1;
+    v->shape[0] = 1;
+    v->stride[0] = 1;
+  }
+}
+
+static lm_status bad_dim(lm_ctx *ctx, const char *op, int32_t dim, int32_t ndim) {
+  return lm_err(ctx, LM_E_INDEX, "%s: dimension %d out of range for a %d-D tensor", op, dim, ndim);
+}
+
+/* Index tensors: i64 as given, i32 converted, anything else refused. */
+static lm_status index_i64(lm_ctx *ctx, const char *op, const lm_tensor *index, lm_tensor **out) {
+  lm_status st = on_cpu(ctx, op, index, "index");
+  if (st) return st;
+  if (index->dtype != LM_I64 && index->dtype != LM_I32)
+    return lm_err(ctx, LM_E_DTYPE, "%s: index has dtype %s, expected i64 or i32", op, lm_dtype_name(index->dtype));
+  return lm_cast_if_needed(ctx, index, LM_I64, out);
+}
+
+typedef struct range_arg {
+  int64_t size, bad;
+  bool found;
+} range_arg;
+
+static void range_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
+  range_arg *a = arg;
+  if (a->found) return;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t v = *(const int64_t *)(p[0] + i * s[0]);
+    if ((uint64_t)v >= (uint64_t)a->size) { /* negatives wrap to huge */
+      a->found = true;
+      a->bad = v;
+      return;
+    }
+  }
+}
+
+/* Every element of the i64 tensor idx must lie in [0, size); reports the
+   first one (in row-major order) that does not. */
+static lm_status check_range(lm_ctx *ctx, const char *op, const lm_tensor *idx, int32_t dim, int64_t size) {
+  range_arg a = {size, 0, false};
+  lm_operand o = lm_operand_of(idx, idx->ndim, idx->shape);
+  lm_foreach(ctx, idx->ndim, idx->shape, 1, &o, range_kernel, &a, false);
+  if (!a.found) return LM_OK;
+  if (size == 0)
+    return lm_err(ctx, LM_E_INDEX, "%s: index %lld is out of range for dimension %d of size 0 (it has no valid index)",
+                  op, (long long)a.bad, dim);
+  return lm_err(ctx, LM_E_INDEX, "%s: index %lld is out of range for dimension %d of size %lld (valid range 0 to %lld)",
+                op, (long long)a.bad, dim, (long long)size, (long long)(size - 1));
+}
+
+/* ---- gather and index_select: out[pos] = t[pos with pos[dim] = idx[pos]] ---- */
+
+typedef struct gather_arg {
+  int32_t es;
+  int64_t dim_stride; /* bytes between neighbours along dim in t */
+} gather_arg;
+
+#define GATHER_LOOP(T)                                                           \
+  for (int64_t i = 0; i < n; i++) {                                              \
+    int64_t v = *(const int64_t *)(p[1] + i * s[1]);                             \
+    *(T *)(p[0] + i * s[0]) = *(const T *)(p[2] + i * s[2] + v * a->dim_stride); \
+  }
+
+/* operands: 0 out, 1 index (i64), 2 t with stride 0 along dim */
+static void gather_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
+  const gather_arg *a = arg;
+  if (s[1] == 0 && s[0] == a->es && s[2] == a->es) { /* one index for a contiguous run */
+    memcpy(p[0], p[2] + *(const int64_t *)p[1] * a->dim_stride, n * a->es);
+    return;
+  }
+  switch (a->es) {
+  case 1: GATHER_LOOP(uint8_t) break;
+  case 4: GATHER_LOOP(uint32_t) break;
+  default: GATHER_LOOP(uint64_t) break;
+  }
+}
+
+/* Runs the gather over (nd, shape) with an i64 index operand already set
+   up; out is a fresh contiguous tensor of that shape (read as 1-D if 0-d). */
+static void run_gather(lm_ctx *ctx, const lm_tensor *tv, int32_t dim, lm_tensor *out, lm_operand idx, int32_t nd, const int64_t *shape) {
+  lm_tensor ov;
+  as_1d(out, &ov);
+  lm_operand src;
+  src.data = lm_data(tv);
+  src.esize = lm_dtype_size(tv->dtype);
+  for (int32_t d = 0; d < nd; d++) src.stride[d] = d == dim ? 0 : tv->stride[d];
+  lm_operand ops[3] = {lm_operand_of(&ov, nd, shape), idx, src};
+  gather_arg a = {src.esize, tv->stride[dim] * src.esize};
+  lm_foreach(ctx, nd, shape, 3, ops, gather_kernel, &a, true);
+}
+
+/* index.size(d) <= other.size(d) for every d (but skip, when skip >= 0). */
+static lm_status check_fits(lm_ctx *ctx, const char *op, const lm_tensor *iv, const lm_tensor *ov, const char *oname, int32_t skip) {
+  for (int32_t d = 0; d < iv->ndim; d++) {
+    if (d == skip || iv->shape[d] <= ov->shape[d]) continue;
+    char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+    if (skip >= 0)
+      return lm_err(ctx, LM_E_SHAPE, "%s: index of shape %s is larger than %s of shape %s in dimension %d (only dimension %d may be larger)",
+                    op, LM_SHP(iv, x), oname, LM_SHP(ov, y), d, skip);
+    return lm_err(ctx, LM_E_SHAPE, "%s: index of shape %s is larger than %s of shape %s in dimension %d",
+                  op, LM_SHP(iv, x), oname, LM_SHP(ov, y), d);
+  }
+  return LM_OK;
+}
+
+lm_status lm_gather(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
+  const char *op = "gather";
+  lm_tensor *idx = NULL, *res = NULL;
+  lm_status st = on_cpu(ctx, op, t, "input");
+  if (st) return st;
+  if ((st = on_cpu(ctx, op, index, "index"))) return st;
+  lm_tensor tv, iv;
+  as_1d(t, &tv);
+  as_1d(index, &iv);
+  int32_t d = lm_wrap_dim(dim, tv.ndim);
+  if (d < 0) return bad_dim(ctx, op, dim, t->ndim);
+  if (iv.ndim != tv.ndim)
+    return lm_err(ctx, LM_E_SHAPE, "%s: index has %d dimensions but input has %d (they must match)", op, index->ndim, t->ndim);
+  if ((st = check_fits(ctx, op, &iv, &tv, "input", d))) return st;
+  if ((st = index_i64(ctx, op, index, &idx))) return st;
+  as_1d(idx, &iv);
+  if ((st = check_range(ctx, op, &iv, d, tv.shape[d]))) goto done;
+  if ((st = lm_new(ctx, op, t->dtype, index->ndim, index->shape, &res))) goto done;
+  run_gather(ctx, &tv, d, res, lm_operand_of(&iv, iv.ndim, iv.shape), iv.ndim, iv.shape);
+  lm_finish_out(res, out);
+  res = NULL;
+done:
+  lm_tensor_release(idx);
+  lm_tensor_release(res);
+  return st;
+}
+
+lm_status lm_index_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
+  const char *op = "index_select";
+  lm_tensor *idx = NULL, *res = NULL;
+  lm_status st = on_cpu(ctx, op, t, "input");
+  if (st) return st;
+  if ((st = on_cpu(ctx, op, index, "index"))) return st;
+  lm_tensor tv;
+  as_1d(t, &tv);
+  int32_t d = lm_wrap_dim(dim, tv.ndim);
+  if (d < 0) return bad_dim(ctx, op, dim, t->ndim);
+  if (index->ndim > 1) {
+    char x[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_SHAPE, "%s: index must be 0-D or 1-D, got shape %s", op, LM_SHP(index, x));
+  }
+  int64_t n = lm_numel(index);
+  if (t->ndim == 0 && n != 1)
+    return lm_err(ctx, LM_E_SHAPE, "%s: a 0-D input takes exactly one index, got %lld", op, (long long)n);
+  if ((st = index_i64(ctx, op, index, &idx))) return st;
+  lm_tensor iv;
+  as_1d(idx, &iv);
+  if ((st = check_range(ctx, op, &iv, d, tv.shape[d]))) goto done;
+  int64_t shape[LM_MAX_DIMS];
+  memcpy(shape, tv.shape, sizeof shape);
+  shape[d] = n;
+  if ((st = lm_new(ctx, op, t->dtype, t->ndim, shape, &res))) goto done;
+  /* the index varies along dim only: an operand with stride 0 elsewhere */
+  lm_operand io;
+  io.data = lm_data(idx);
+  io.esize = 8;
+  for (int32_t k = 0; k < tv.ndim; k++) io.stride[k] = k == d ? iv.stride[0] : 0;
+  run_gather(ctx, &tv, d, res, io, tv.ndim, shape);
+  lm_finish_out(res, out);
+  res = NULL;
+done:
+  lm_tensor_release(idx);
+  lm_tensor_release(res);
+  return st;
+}
+
+/* ---- scatter ---- */
+
+/* Each task owns whole lines along dim: positions that differ outside dim
+   write different elements of dst, so tasks never collide, and within a
+   line later indices win (SET) or add in order (ADD), as PyTorch on CPU. */
+typedef struct scatter_plan {
+  int32_t nouter;            /* dims other than dim */
+  int64_t shape[LM_MAX_DIMS]; /* their sizes (from the index) */
+  int64_t stride[3][LM_MAX_DIMS]; /* elements: 0 dst, 1 index, 2 src */
+  int64_t len;               /* index.size(dim) */
+  int64_t step[3];           /* elements along dim: dst (per index value), index, src */
+  char *base[3];
+  int32_t dtype, mode;
+} scatter_plan;
+
+#define SCATTER_LINE(T, OP)                                          \
+  do {                                                               \
+    T *dp = (T *)dst;                                                \
+    const T *sp = (const T *)src;                                    \
+    for (int64_t j = 0; j < p->len; j++) {                           \
+      T *e = dp + ip[j * p->step[1]] * p->step[0];                   \
+      T v = sp[j * p->step[2]];                                      \
+      OP(T, e, v);                                                   \
+    }                                                                \
+  } while (0)
+#define SET(T, e, v) (*(e) = (v))
+#define ADD(T, e, v) (*(e) = (T)(*(e) + (v)))
+/* integers wrap like PyTorch's: add as unsigned, no signed overflow */
+#define ADD_I32(T, e, v) (*(e) = (T)((uint32_t)*(e) + (uint32_t)(v)))
+#define ADD_I64(T, e, v) (*(e) = (T)((uint64_t)*(e) + (uint64_t)(v)))
+#define OR(T, e, v) (*(e) = (T)(*(e) || (v)))
+
+static void scatter_line(const scatter_plan *p, char *dst, const int64_t *ip, const char *src) {
+  if (p->mode == LM_SCATTER_SET) {
+    switch (lm_dtype_size(p->dtype)) {
+    case 1: SCATTER_LINE(uint8_t, SET); break;
+    case 4: SCATTER_LINE(uint32_t, SET); break;
+    default: SCATTER_LINE(uint64_t, SET); break;
+    }
+    return;
+  }
+  switch (p->dtype) {
+  case LM_F32: SCATTER_LINE(float, ADD); break;
+  case LM_F64: SCATTER_LINE(double, ADD); break;
+  case LM_I32: SCATTER_LINE(int32_t, ADD_I32); break;
+  case LM_I64: SCATTER_LINE(int64_t, ADD_I64); break;
+  case LM_U8: SCATTER_LINE(uint8_t, ADD); break;
+  default: SCATTER_LINE(uint8_t, OR); break; /* bool */
+  }
+}
+
+static void scatter_lines(void *p_, int64_t begin, int64_t end) {
+  const scatter_plan *p = p_;
+  int64_t coord[LM_MAX_DIMS], off[3] = {0, 0, 0}, r = begin;
+  for (int32_t d = p->nouter - 1; d >= 0; d--) {
+    coord[d] = r % p->shape[d];
+    r /= p->shape[d];
+    for (int k = 0; k < 3; k++) off[k] += coord[d] * p->stride[k][d];
+  }
+  int32_t es = lm_dtype_size(p->dtype);
+  for (int64_t line = begin; line < end; line++) {
+    scatter_line(p, p->base[0] + off[0] * es, (const int64_t *)p->base[1] + off[1], p->base[2] + off[2] * es);
+    for (int32_t d = p->nouter - 1; d >= 0; d--) {
+      for (int k = 0; k < 3; k++) off[k] += p->stride[k][d];
+      if (++coord[d] < p->shape[d]) break;
+      for (int k = 0; k < 3; k++) off[k] -= p->stride[k][d] * p->shape[d];
+      coord[d] = 0;
+    }
+  }
+}
+
+lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, const lm_tensor *src, int32_t mode, lm_tensor *dst, lm_tensor **out) {
+  const char *op = mode == LM_SCATTER_ADD ? "scatter_add" : "scatter";
+  lm_tensor *idx = NULL, *sc = NULL, *res = NULL, *tmp = NULL;
+  lm_status st;
+  if (mode != LM_SCATTER_SET && mode != LM_SCATTER_ADD)
+    return lm_err(ctx, LM_E_ARG, "scatter: unknown mode %d (expected LM_SCATTER_SET or LM_SCATTER_ADD)", mode);
+  if ((st = on_cpu(ctx, op, t, "input"))) return st;
+  if ((st = on_cpu(ctx, op, index, "index"))) return st;
+  if ((st = on_cpu(ctx, op, src, "src"))) return st;
+  if (dst && (st = on_cpu(ctx, op, dst, "destination"))) return st;
+  lm_tensor tv, iv, sv;
+  as_1d(t, &tv);
+  as_1d(index, &iv);
+  as_1d(src, &sv);
+  int32_t d = lm_wrap_dim(dim, tv.ndim);
+  if (d < 0) return bad_dim(ctx, op, dim, t->ndim);
+  if (iv.ndim != tv.ndim)
+    return lm_err(ctx, LM_E_SHAPE, "%s: index has %d dimensions but input has %d (they must match)", op, index->ndim, t->ndim);
+  if ((st = check_fits(ctx, op, &iv, &tv, "input", d))) return st;
+  bool scalar_src = src->ndim == 0; /* one value for every index */
+  if (!scalar_src) {
+    if (sv.ndim != iv.ndim)
+      return lm_err(ctx, LM_E_SHAPE, "%s: src has %d dimensions but index has %d (they must match, or src is 0-D)", op, src->ndim, index->ndim);
+    if ((st = check_fits(ctx, op, &iv, &sv, "src", -1))) return st;
+  }
+  if (dst && dst != t && dst->dtype != t->dtype)
+    return lm_err(ctx, LM_E_DTYPE, "%s: destination has dtype %s, expected %s like the input", op,
+                  lm_dtype_name(dst->dtype), lm_dtype_name(t->dtype));
+  if ((st = index_i64(ctx, op, index, &idx))) goto done;
+  as_1d(idx, &iv);
+  if ((st = check_range(ctx, op, &iv, d, tv.shape[d]))) goto done;
+  if ((st = lm_cast_if_needed(ctx, src, t->dtype, &sc))) goto done;
+  if (dst == t) {
+    lm_tensor_retain(dst);
+    res = dst;
+  } else {
+    if ((st = lm_prepare_out(ctx, op, dst, t->dtype, t->ndim, t->shape, &res))) goto done;
+    if ((st = lm_copy_(ctx, res, t))) goto done;
+  }
+  /* reading src or the index through storage being written: read a copy */
+  if (lm_tensor_same_storage(sc, res)) {
+    if ((st = lm_clone(ctx, sc, &tmp))) goto done;
+    lm_tensor_release(sc);
+    sc = tmp;
+    tmp = NULL;
+  }
+  if (lm_tensor_same_storage(idx, res)) {
+    if ((st = lm_clone(ctx, idx, &tmp))) goto done;
+    lm_tensor_release(idx);
+    idx = tmp;
+    tmp = NULL;
+    as_1d(idx, &iv);
+  }
+  lm_tensor rv;
+  as_1d(res, &rv);
+  as_1d(sc, &sv);
+  scatter_plan p;
+  p.nouter = 0;
+  p.len = iv.shape[d];
+  p.dtype = t->dtype;
+  p.mode = mode;
+  int64_t lines = 1;
+  for (int32_t k = 0; k < iv.ndim; k++) {
+    int64_t ss = scalar_src ? 0 : sv.stride[k];
+    if (k == d) {
+      p.step[0] = rv.stride[k];
+      p.step[1] = iv.stride[k];
+      p.step[2] = ss;
+      continue;
+    }
+    p.shape[p.nouter] = iv.shape[k];
+    p.stride[0][p.nouter] = rv.stride[k];
+    p.stride[1][p.nouter] = iv.stride[k];
+    p.stride[2][p.nouter] = ss;
+    p.nouter++;
+    lines *= iv.shape[k];
+  }
+  p.base[0] = lm_data(res);
+  p.base[1] = lm_data(idx);
+  p.base[2] = lm_data(sc);
+  if (lines > 0 && p.len > 0) {
+    int64_t grain = GRAIN / p.len;
+    lm_parallel_for(ctx, lines, grain < 1 ? 1 : grain, scatter_lines, &p);
+  }
+  lm_finish_out(res, out);
+  res = NULL;
+done:
+  lm_tensor_release(idx);
+  lm_tensor_release(sc);
+  lm_tensor_release(res);
+  return st;
+}
+
+/* ---- masked_fill ---- */
+
+typedef struct fill_arg {
+  int32_t es;
+  union { char b[8]; uint64_t align; } value; /* written as a double/int64 */
+} fill_arg;
+
+#define FILL_LOOP(T)                                                   \
+  do {                                                                 \
+    T v;                                                               \
+    memcpy(&v, a->value.b, sizeof v);                                    \
+    for (int64_t i = 0; i < n; i++)                                    \
+      if (p[1][i * s[1]]) *(T *)(p[0] + i * s[0]) = v;                 \
+  } while (0)
+
+/* operands: 0 result, 1 mask (bool) */
+static void fill_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
+  const fill_arg *a = arg;
+  switch (a->es) {
+  case 1: FILL_LOOP(uint8_t); break;
+  case 4: FILL_LOOP(uint32_t); break;
+  default: FILL_LOOP(uint64_t); break;
+  }
+}
+
+static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask) {
+  lm_status st = on_cpu(ctx, op, mask, "mask");
+  if (st) return st;
+  if (mask->dtype != LM_BOOL)
+    return lm_err(ctx, LM_E_DTYPE, "%s: mask has dtype %s, expected bool", op, lm_dtype_name(mask->dtype));
+  return LM_OK;
+}
+
+lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out) {
+  const char *op = "masked_fill";
+  lm_tensor *res = NULL, *m = NULL;
+  lm_status st = on_cpu(ctx, op, t, "input");
+  if (st) return st;
+  if ((st = check_mask(ctx, op, mask))) return st;
+  if (dst && (st = on_cpu(ctx, op, dst, "destination"))) return st;
+  int32_t nd;
+  int64_t shape[LM_MAX_DIMS];
+  if (dst == t) {
+    /* in place: the mask must broadcast to t without growing it */
+    if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
+    bool same = nd == t->ndim;
+    for (int32_t d = 0; same && d < nd; d++) same = shape[d] == t->shape[d];
+    if (!same) {
+      char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
+      return lm_err(ctx, LM_E_SHAPE, "%s: mask of shape %s does not broadcast to the destination's shape %s", op,
+                    LM_SHP(mask, x), LM_SHP(t, y));
+    }
+    lm_tensor_retain(dst);
+    res = dst;
+  } else {
+    if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
+    if ((st = lm_prepare_out(ctx, op, dst, t->dtype, nd, shape, &res))) return st;
+    if ((st = lm_copy_(ctx, res, t))) goto done;
+  }
+  if (lm_tensor_same_storage(mask, res)) { /* the fill would change the mask under us */
+    if ((st = lm_clone(ctx, mask, &m))) goto done;
+  } else {
+    lm_tensor_retain((lm_tensor *)mask);
+    m = (lm_tensor *)mask;
+  }
+  fill_arg a;
+  a.es = lm_dtype_size(res->dtype);
+  lm_write_from_double(res->dtype, a.value.b, value);
+  lm_operand ops[2] = {lm_operand_of(res, res->ndim, res->shape), lm_operand_of(m, res->ndim, res->shape)};
+  lm_foreach(ctx, res->ndim, res->shape, 2, ops, fill_kernel, &a, true);
+  lm_finish_out(res, out);
+  res = NULL;
+done:
+  lm_tensor_release(m);
+  lm_tensor_release(res);
+  return st;
+}
+
+/* ---- masked_select and nonzero: count per chunk, then write per chunk ---- */
+
+/* A row-major walk over a shape with element offsets into two operands. */
+typedef struct walker {
+  int32_t ndim;
+  int64_t shape[LM_MAX_DIMS];
+  int64_t stride[2][LM_MAX_DIMS];
+  int64_t idx[LM_MAX_DIMS];
+  int64_t off[2];
+} walker;
+
+static void walker_seek(walker *w, int64_t pos) {
+  w->off[0] = w->off[1] = 0;
+  for (int32_t d = w->ndim - 1; d >= 0; d--) {
+    w->idx[d] = pos % w->shape[d];
+    pos /= w->shape[d];
+    w->off[0] += w->idx[d] * w->stride[0][d];
+    w->off[1] += w->idx[d] * w->stride[1][d];
+  }
+}
+
+static inline void walker_next(walker *w) {
+  for (int32_t d = w->ndim - 1; d >= 0; d--) {
+    w->off[0] += w->stride[0][d];
+    w->off[1] += w->stride[1][d];
+    if (++w->idx[d] < w->shape[d]) return;
+    w->off[0] -= w->stride[0][d] * w->shape[d];
+    w->off[1] -= w->stride[1][d] * w->shape[d];
+    w->idx[d] = 0;
+  }
+}
+
+typedef struct select_plan {
+  walker w;         /* operand 0: mask (bool), 1: values (masked_select) */
+  int64_t n, chunks;
+  int64_t *start;   /* per chunk: its count, then its first output row */
+  const uint8_t *mask;
+  const char *vals; /* NULL for nonzero */
+  int32_t es, coords; /* element size of vals; coordinates per row (nonzero) */
+  char *out;
+} select_plan;
+
+static void select_count(void *p_, int64_t begin, int64_t end) {
+  select_plan *p = p_;
+  for (int64_t c = begin; c < end; c++) {
+    int64_t lo = p->n * c / p->chunks, hi = p->n * (c + 1) / p->chunks, cnt = 0;
+    if (p->w.ndim == 1 && p->w.stride[0][0] == 1) {
+      for (int64_t i = lo; i < hi; i++) cnt += p->mask[i] != 0;
+    } else {
+      walker w = p->w;
+      walker_seek(&w, lo);
+      for (int64_t i = lo; i < hi; i++, walker_next(&w)) cnt += p->mask[w.off[0]] != 0;
+    }
+    p->start[c] = cnt;
+  }
+}
+
+static void select_write(void *p_, int64_t begin, int64_t end) {
+  select_plan *p = p_;
+  for (int64_t c = begin; c < end; c++) {
+    int64_t lo = p->n * c / p->chunks, hi = p->n * (c + 1) / p->chunks, row = p->start[c];
+    walker w = p->w;
+    walker_seek(&w, lo);
+    for (int64_t i = lo; i < hi; i++, walker_next(&w)) {
+      if (!p->mask[w.off[0]]) continue;
+      if (p->vals) {
+        memcpy(p->out + row * p->es, p->vals + w.off[1] * p->es, p->es);
+      } else {
+        int64_t *o = (int64_t *)p->out + row * p->coords;
+        for (int32_t d = 0; d < p->coords; d++) o[d] = w.idx[d];
+      }
+      row++;
+    }
+  }
+}
+
+/* Runs the plan (walker, mask, vals, es, coords set) and makes the N x
+   coords i64 (nonzero) or N-element (masked_select) result. */
+static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t dtype, lm_tensor **out) {
+  p->n = 1;
+  for (int32_t d = 0; d < p->w.ndim; d++) p->n *= p->w.shape[d];
+  int64_t nt = ctx->nthreads > 0 ? ctx->nthreads : 1;
+  p->chunks = (p->n + GRAIN - 1) / GRAIN;
+  if (p->chunks > nt) p->chunks = nt;
+  if (p->chunks < 1) p->chunks = 1;
+  p->start = malloc(p->chunks * sizeof *p->start);
+  if (!p->start) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+  if (p->n > 0) lm_parallel_for(ctx, p->chunks, 1, select_count, p);
+  else p->start[0] = 0;
+  int64_t total = 0;
+  for (int64_t c = 0; c < p->chunks; c++) {
+    int64_t k = p->start[c];
+    p->start[c] = total;
+    total += k;
+  }
+  lm_tensor *res;
+  int64_t shape[2] = {total, p->coords};
+  lm_status st = lm_new(ctx, op, dtype, p->vals ? 1 : 2, shape, &res);
+  if (!st) {
+    p->out = lm_data(res);
+    if (total > 0) lm_parallel_for(ctx, p->chunks, 1, select_write, p);
+    *out = res;
+  }
+  free(p->start);
+  return st;
+}
+
+lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out) {
+  const char *op = "masked_select";
+  lm_status st = on_cpu(ctx, op, t, "input");
+  if (st) return st;
+  if ((st = check_mask(ctx, op, mask))) return st;
+  select_plan p;
+  int32_t nd;
+  int64_t shape[LM_MAX_DIMS];
+  if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
+  /* coalesce: drop size-1 dims, merge dims contiguous for both operands */
+  int64_t sm[LM_MAX_DIMS], sv[LM_MAX_DIMS];
+  lm_broadcast_strides(mask, nd, shape, sm);
+  lm_broadcast_strides(t, nd, shape, sv);
+  walker *w = &p.w;
+  w->ndim = 0;
+  for (int32_t d = 0; d < nd; d++) {
+    if (shape[d] == 1) continue;
+    int32_t j = w->ndim;
+    if (j > 0 && w->stride[0][j - 1] == sm[d] * shape[d] && w->stride[1][j - 1] == sv[d] * shape[d]) {
+      w->shape[j - 1] *= shape[d];
+      w->stride[0][j - 1] = sm[d];
+      w->stride[1][j - 1] = sv[d];
+    } else {
+      w->shape[j] = shape[d];
+      w->stride[0][j] = sm[d];
+      w->stride[1][j] = sv[d];
+      w->ndim++;
+    }
+  }
+  if (w->ndim == 0) {
+    w->ndim = 1;
+    w->shape[0] = 1;
+    w->stride[0][0] = w->stride[1][0] = 0;
+  }
+  p.mask = (const uint8_t *)lm_data(mask);
+  p.vals = lm_data(t);
+  p.es = lm_dtype_size(t->dtype);
+  p.coords = 1;
+  return run_select(ctx, op, &p, t->dtype, out);
+}
+
+lm_status lm_nonzero(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
+  const char *op = "nonzero";
+  lm_status st = on_cpu(ctx, op, t, "input");
+  if (st) return st;
+  /* bool conversion is exactly "!= 0" for every dtype (NaN counts, -0 not) */
+  lm_tensor *m;
+  if ((st = lm_cast_if_needed(ctx, t, LM_BOOL, &m))) return st;
+  select_plan p;
+  lm_tensor mv;
+  as_1d(m, &mv);
+  /* no merging: the walker's position is the coordinate we report */
+  p.w.ndim = mv.ndim;
+  for (int32_t d = 0; d < mv.ndim; d++) {
+    p.w.shape[d] = mv.shape[d];
+    p.w.stride[0][d] = mv.stride[d];
+    p.w.stride[1][d] = 0;
+  }
+  p.mask = (const uint8_t *)lm_data(m);
+  p.vals = NULL;
+  p.es = 0;
+  p.coords = t->ndim;
+  st = run_select(ctx, op, &p, LM_I64, out);
+  lm_tensor_release(m);
+  return st;
+}

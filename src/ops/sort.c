@@ -1,0 +1,274 @@
+/* sort.c - sort, topk and unique.
+ * Every dtype sorts through one unsigned 64-bit key per element whose order
+ * is the value's order (NaN above +inf, -0 equal to +0, as PyTorch), so one
+ * merge sort serves all dtypes; ties go by original position (stable), and
+ * descending order sorts the inverted keys, which keeps that tie order. */
+#include "../core/internal.h"
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct kv {
+  uint64_t key;
+  int64_t idx;
+} kv;
+
+#define SIGN_BIT (UINT64_C(1) << 63)
+
+static inline uint64_t key_of_double(double v) {
+  if (v != v) return UINT64_MAX;
+  if (v == 0) v = 0; /* -0 -> +0 */
+  uint64_t b;
+  memcpy(&b, &v, sizeof b);
+  return (b & SIGN_BIT) ? ~b : b | SIGN_BIT;
+}
+
+#define KEY_LOOP(T, EXPR)                          \
+  for (int64_t i = 0; i < n; i++) {                \
+    T v = *(const T *)(p + i * stride);            \
+    a[i].key = (EXPR);                             \
+    a[i].idx = i;                                  \
+  }
+
+/* Keys for n elements at p, stride bytes apart; inverted when flip. */
+static void make_keys(kv *a, int32_t dtype, const char *p, int64_t stride, int64_t n, bool flip) {
+  switch (dtype) {
+  case LM_F32: KEY_LOOP(float, key_of_double(v)) break;
+  case LM_F64: KEY_LOOP(double, key_of_double(v)) break;
+  case LM_I32: KEY_LOOP(int32_t, (uint64_t)(int64_t)v ^ SIGN_BIT) break;
+  case LM_I64: KEY_LOOP(int64_t, (uint64_t)v ^ SIGN_BIT) break;
+  case LM_U8: KEY_LOOP(uint8_t, v) break;
+  default: KEY_LOOP(uint8_t, v != 0) break; /* bool */
+  }
+  if (flip)
+    for (int64_t i = 0; i < n; i++) a[i].key = ~a[i].key;
+}
+
+/* Entries start in original order (idx ascending), so ordering by (key,
+   idx) is the stable order, and a strict total order for selection. */
+static inline bool kv_less(kv a, kv b) { return a.key < b.key || (a.key == b.key && a.idx < b.idx); }
+
+/* Merge sort of a[0..n) by kv_less; tmp holds n entries. */
+static void msort(kv *a, kv *tmp, int64_t n) {
+  if (n <= 16) {
+    for (int64_t i = 1; i < n; i++) {
+      kv x = a[i];
+      int64_t j = i;
+      for (; j > 0 && kv_less(x, a[j - 1]); j--) a[j] = a[j - 1];
+      a[j] = x;
+    }
+    return;
+  }
+  int64_t h = n / 2;
+  msort(a, tmp, h);
+  msort(a + h, tmp + h, n - h);
+  if (!kv_less(a[h], a[h - 1])) return; /* already in order */
+  memcpy(tmp, a, n * sizeof *a);
+  int64_t i = 0, j = h, k = 0;
+  while (i < h && j < n) a[k++] = kv_less(tmp[j], tmp[i]) ? tmp[j++] : tmp[i++];
+  while (i < h) a[k++] = tmp[i++];
+  while (j < n) a[k++] = tmp[j++];
+}
+
+/* Moves the k smallest entries of a[0..n) to the front, in any order
+   (quickselect), so topk costs O(n + k log k) rather than a full sort. */
+static void select_k(kv *a, int64_t n, int64_t k) {
+  int64_t lo = 0, hi = n - 1, want = k - 1;
+  while (hi > lo) {
+    kv pivot = a[lo + (hi - lo) / 2];
+    int64_t i = lo, j = hi;
+    while (i <= j) {
+      while (kv_less(a[i], pivot)) i++;
+      while (kv_less(pivot, a[j])) j--;
+      if (i <= j) {
+        kv t = a[i];
+        a[i++] = a[j];
+        a[j--] = t;
+      }
+    }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else break;
+  }
+}
+
+/* ---- sort and topk: one row (a line along dim) per task ---- */
+
+typedef struct sort_plan {
+  int32_t nouter, dtype, es;
+  int64_t shape[LM_MAX_DIMS];   /* dims other than dim */
+  int64_t tstride[LM_MAX_DIMS]; /* their strides in t (elements) */
+  int64_t ostride[LM_MAX_DIMS]; /* and in the outputs */
+  int64_t len, k, tstep, ostep; /* along dim */
+  const char *src;
+  char *vals;      /* may be NULL */
+  int64_t *inds;   /* may be NULL */
+  bool flip;
+  atomic_bool oom;
+} sort_plan;
+
+static void sort_rows(void *p_, int64_t begin, int64_t end) {
+  sort_plan *p = p_;
+  kv *a = malloc(2 * p->len * sizeof *a);
+  if (!a) {
+    atomic_store(&p->oom, true);
+    return;
+  }
+  int32_t es = p->es;
+  for (int64_t row = begin; row < end; row++) {
+    int64_t r = row, toff = 0, ooff = 0;
+    for (int32_t d = p->nouter - 1; d >= 0; d--) {
+      int64_t c = r % p->shape[d];
+      r /= p->shape[d];
+      toff += c * p->tstride[d];
+      ooff += c * p->ostride[d];
+    }
+    const char *line = p->src + toff * es;
+    make_keys(a, p->dtype, line, p->tstep * es, p->len, p->flip);
+    if (p->k < p->len) select_k(a, p->len, p->k);
+    msort(a, a + p->len, p->k);
+    for (int64_t j = 0; j < p->k; j++) {
+      int64_t o = ooff + j * p->ostep;
+      if (p->vals) memcpy(p->vals + o * es, line + a[j].idx * p->tstep * es, es);
+      if (p->inds) p->inds[o] = a[j].idx;
+    }
+  }
+  free(a);
+}
+
+/* The k first elements of each line along dim in key order (k = the whole
+   line for sort); values and indices shaped like t with size k along dim. */
+static lm_status sort_k(lm_ctx *ctx, const char *op, const lm_tensor *t, int64_t k, int32_t d, bool flip, lm_tensor **values, lm_tensor **indices) {
+  lm_tensor tv;
+  memcpy(&tv, t, sizeof tv);
+  if (tv.ndim == 0) { /* one element along dim 0 */
+    tv.ndim = 1;
+    tv.shape[0] = 1;
+    tv.stride[0] = 1;
+  }
+  int64_t shape[LM_MAX_DIMS], ostr[LM_MAX_DIMS];
+  memcpy(shape, tv.shape, sizeof shape);
+  shape[d] = k;
+  int64_t s = 1;
+  for (int32_t i = tv.ndim - 1; i >= 0; i--) {
+    ostr[i] = s;
+    s *= shape[i];
+  }
+  lm_tensor *v = NULL, *ix = NULL;
+  lm_status st = LM_OK;
+  if (values && (st = lm_new(ctx, op, t->dtype, t->ndim, shape, &v))) goto done;
+  if (indices && (st = lm_new(ctx, op, LM_I64, t->ndim, shape, &ix))) goto done;
+  sort_plan p;
+  p.nouter = 0;
+  p.dtype = t->dtype;
+  p.es = lm_dtype_size(t->dtype);
+  p.len = tv.shape[d];
+  p.k = k;
+  p.tstep = tv.stride[d];
+  p.ostep = ostr[d];
+  int64_t rows = 1;
+  for (int32_t i = 0; i < tv.ndim; i++) {
+    if (i == d) continue;
+    p.shape[p.nouter] = tv.shape[i];
+    p.tstride[p.nouter] = tv.stride[i];
+    p.ostride[p.nouter++] = ostr[i];
+    rows *= tv.shape[i];
+  }
+  p.src = lm_data(t);
+  p.vals = v ? lm_data(v) : NULL;
+  p.inds = ix ? (int64_t *)lm_data(ix) : NULL;
+  p.flip = flip;
+  atomic_init(&p.oom, false);
+  if (rows > 0 && p.len > 0 && k > 0) {
+    int64_t grain = 4096 / p.len;
+    lm_parallel_for(ctx, rows, grain < 1 ? 1 : grain, sort_rows, &p);
+  }
+  if (atomic_load(&p.oom)) {
+    st = lm_err(ctx, LM_E_OOM, "%s: out of memory for a work buffer of %lld elements", op, (long long)p.len);
+    goto done;
+  }
+  if (values) { *values = v; v = NULL; }
+  if (indices) { *indices = ix; ix = NULL; }
+done:
+  lm_tensor_release(v);
+  lm_tensor_release(ix);
+  return st;
+}
+
+static lm_status check_input(lm_ctx *ctx, const char *op, const lm_tensor *t) {
+  if (!t) return lm_err(ctx, LM_E_ARG, "%s: input is NULL", op);
+  if (t->storage->device != LM_CPU) return lm_err(ctx, LM_E_DEVICE, "%s: input is not on the CPU", op);
+  return LM_OK;
+}
+
+lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descending, lm_tensor **values, lm_tensor **indices) {
+  lm_status st = check_input(ctx, "sort", t);
+  if (st) return st;
+  int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
+  if (d < 0) return lm_err(ctx, LM_E_INDEX, "sort: dimension %d out of range for a %d-D tensor", dim, t->ndim);
+  int64_t len = t->ndim ? t->shape[d] : 1;
+  return sort_k(ctx, "sort", t, len, d, descending != 0, values, indices);
+}
+
+lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32_t largest, lm_tensor **values, lm_tensor **indices) {
+  lm_status st = check_input(ctx, "topk", t);
+  if (st) return st;
+  int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
+  if (d < 0) return lm_err(ctx, LM_E_INDEX, "topk: dimension %d out of range for a %d-D tensor", dim, t->ndim);
+  int64_t len = t->ndim ? t->shape[d] : 1;
+  if (k < 0 || k > len)
+    return lm_err(ctx, LM_E_INDEX, "topk: k = %lld is out of range for dimension %d of size %lld (valid range 0 to %lld)",
+                  (long long)k, d, (long long)len, (long long)len);
+  return sort_k(ctx, "topk", t, k, d, largest != 0, values, indices);
+}
+
+/* ---- unique ---- */
+
+lm_status lm_unique(lm_ctx *ctx, const lm_tensor *t, lm_tensor **values, lm_tensor **inverse, lm_tensor **counts) {
+  const char *op = "unique";
+  lm_status st = check_input(ctx, op, t);
+  if (st) return st;
+  lm_tensor *c = NULL, *v = NULL, *inv = NULL, *cnt = NULL;
+  kv *a = NULL;
+  if ((st = lm_contiguous(ctx, t, &c))) return st;
+  int64_t n = lm_numel(t);
+  int32_t es = lm_dtype_size(t->dtype);
+  a = malloc((2 * n + 1) * sizeof *a);
+  if (!a) {
+    st = lm_err(ctx, LM_E_OOM, "%s: out of memory for a work buffer of %lld elements", op, (long long)n);
+    goto done;
+  }
+  const char *src = lm_data(c);
+  make_keys(a, t->dtype, src, es, n, false);
+  msort(a, a + n, n);
+  /* groups of equal keys; each NaN stands alone, since NaN != NaN */
+  bool fl = lm_dtype_is_float(t->dtype);
+#define NEW_GROUP(i) ((i) == 0 || a[i].key != a[(i) - 1].key || (fl && a[i].key == UINT64_MAX))
+  int64_t groups = 0;
+  for (int64_t i = 0; i < n; i++) groups += NEW_GROUP(i);
+  if ((st = lm_new(ctx, op, t->dtype, 1, &groups, &v))) goto done;
+  if (inverse && (st = lm_new(ctx, op, LM_I64, t->ndim, t->shape, &inv))) goto done;
+  if (counts && (st = lm_new(ctx, op, LM_I64, 1, &groups, &cnt))) goto done;
+  char *vp = lm_data(v);
+  int64_t *ip = inv ? (int64_t *)lm_data(inv) : NULL, *cp = cnt ? (int64_t *)lm_data(cnt) : NULL;
+  int64_t g = -1;
+  for (int64_t i = 0; i < n; i++) {
+    if (NEW_GROUP(i)) {
+      g++;
+      memcpy(vp + g * es, src + a[i].idx * es, es);
+      if (cp) cp[g] = 0;
+    }
+    if (cp) cp[g]++;
+    if (ip) ip[a[i].idx] = g;
+  }
+#undef NEW_GROUP
+  if (values) { *values = v; v = NULL; }
+  if (inverse) { *inverse = inv; inv = NULL; }
+  if (counts) { *counts = cnt; cnt = NULL; }
+done:
+  free(a);
+  lm_tensor_release(c);
+  lm_tensor_release(v);
+  lm_tensor_release(inv);
+  lm_tensor_release(cnt);
+  return st;
+}
