@@ -34,8 +34,10 @@ $(B)/obj/%.o: src/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# -z nodelete: LuaJIT unloads liblumen at exit, which must not unmap libgomp
+# while an OpenMP worker still spins in it.
 $(B)/liblumen.so: $(LIB_OBJ)
-	$(CC) -shared -fopenmp -o $@ $^ -lopenblas -lm -lpthread
+	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ -lopenblas -lm -lpthread
 
 # The host embeds LuaJIT but does not link liblumen: the Lua module loads it
 # after choosing OpenBLAS's kernel set (OpenBLAS reads that when it loads).

@@ -5,7 +5,13 @@ local bit = require 'bit'
 
 assert(jit and ffi.abi('gc64'), 'lumen needs LuaJIT 2.1 built with GC64')
 
+-- One core per process: busted reloads modules for each spec file, but the
+-- tensor ctype keeps its first metatable, so a second core would split the
+-- state (context, RNG, options) in two.
+local registry = debug.getregistry()
+if registry['lumen.core'] then return registry['lumen.core'] end
 local M = {}
+registry['lumen.core'] = M
 
 -- The repository root, from this file's path (lua/lumen/core.lua).
 local src = debug.getinfo(1, 'S').source:gsub('^@', '')

@@ -2,6 +2,7 @@
 -- conversion. Dimensions and positions are 0-based; negatives count from
 -- the end. Tables of sizes are ordinary Lua lists.
 local ffi = require 'ffi'
+local bit = require 'bit'
 local core = require 'lumen.core'
 local C, ctx, Tensor, mt = core.C, core.ctx, core.Tensor, core.tensor_mt
 local call, handle, export, wrap = core.call, core.handle, core.export, core.wrap
@@ -290,6 +291,16 @@ return function(lumen)
   -- reading values back
   local function scalar_of(code, p)
     if code == C.LM_BOOL then return p[0] ~= 0 end
+    -- LuaJIT keeps a NaN's payload, and some payloads (PyTorch writes NaNs
+    -- with every bit set) collide with its value tags: test the bits and
+    -- hand back a plain NaN.
+    if code == C.LM_F32 or code == C.LM_F64 then
+      local w = ffi.cast('uint32_t*', p)
+      local f32 = code == C.LM_F32
+      local hi = f32 and w[0] or w[1]
+      local e, m = f32 and 0x7f800000 or 0x7ff00000, f32 and 0x7fffff or 0xfffff
+      if bit.band(hi, e) == e and (bit.band(hi, m) ~= 0 or (not f32 and w[0] ~= 0)) then return 0 / 0 end
+    end
     return tonumber(p[0])
   end
   -- item(): the value of a one-element tensor

@@ -199,6 +199,48 @@ static void cast_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
   lm_cast_strided(a->dd, p[0], s[0], a->sd, p[1], s[1], n);
 }
 
+/* Copying a view whose last two dims are transposed (x:t():contiguous())
+   element by element reads one cache line per element; tiles of TILE x TILE
+   reuse each line TILE times. */
+#define TILE 32
+typedef struct {
+  const lm_operand *ops;
+  const int64_t *shape;
+  int32_t nd, es;
+  int64_t rows, cols, row_blocks;
+} transpose_arg;
+
+static bool is_transpose_copy(const lm_tensor *dst, const lm_tensor *src, int32_t nd, const int64_t *shape, const lm_operand *ops) {
+  if (nd < 2 || dst->dtype != src->dtype || shape[nd - 1] < TILE || shape[nd - 2] < TILE) return false;
+  int32_t es = ops[0].esize;
+  return (es == 4 || es == 8) && ops[0].stride[nd - 1] == 1 && ops[1].stride[nd - 2] == 1 && ops[1].stride[nd - 1] >= shape[nd - 2];
+}
+
+#define TRANSPOSE_TILE(T)                                              \
+  for (int64_t i = r0; i < r1; i++)                                    \
+    for (int64_t j = c0; j < c1; j++) ((T *)d)[i * dld + j] = ((const T *)s)[i + j * sld];
+
+static void transpose_tiles(void *arg, int64_t begin, int64_t end) {
+  const transpose_arg *a = arg;
+  int32_t nd = a->nd;
+  int64_t dld = a->ops[0].stride[nd - 2], sld = a->ops[1].stride[nd - 1];
+  for (int64_t task = begin; task < end; task++) {
+    int64_t b = task / a->row_blocks, r0 = task % a->row_blocks * TILE;
+    int64_t r1 = r0 + TILE < a->rows ? r0 + TILE : a->rows;
+    char *d = a->ops[0].data, *s = a->ops[1].data;
+    for (int32_t k = nd - 3; k >= 0; k--) { /* batch position -> offsets */
+      int64_t i = b % a->shape[k];
+      b /= a->shape[k];
+      d += i * a->ops[0].stride[k] * a->es;
+      s += i * a->ops[1].stride[k] * a->es;
+    }
+    for (int64_t c0 = 0; c0 < a->cols; c0 += TILE) {
+      int64_t c1 = c0 + TILE < a->cols ? c0 + TILE : a->cols;
+      if (a->es == 4) { TRANSPOSE_TILE(uint32_t) } else { TRANSPOSE_TILE(uint64_t) }
+    }
+  }
+}
+
 lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
@@ -212,6 +254,13 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
                   LM_SHP(src, x), LM_SHP(dst, y));
   }
   lm_operand ops[2] = {lm_operand_of(dst, nd, shape), lm_operand_of(src, nd, shape)};
+  if (is_transpose_copy(dst, src, nd, shape, ops)) {
+    transpose_arg a = {ops, shape, nd, ops[0].esize, shape[nd - 2], shape[nd - 1], (shape[nd - 2] + TILE - 1) / TILE};
+    int64_t batch = 1;
+    for (int32_t d = 0; d < nd - 2; d++) batch *= shape[d];
+    lm_parallel_for(ctx, batch * a.row_blocks, 1, transpose_tiles, &a);
+    return LM_OK;
+  }
   cast_arg a = {dst->dtype, src->dtype};
   lm_foreach(ctx, nd, shape, 2, ops, cast_kernel, &a, true);
   return LM_OK;

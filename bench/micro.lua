@@ -1,0 +1,110 @@
+-- micro.lua: the lumen side of the benchmarks that bench/run.sh runs.
+--   luajit bench/micro.lua [case ...]          (no cases: all of them)
+-- Prints one line per case:
+--   <case> <median seconds> <timed iterations>
+--   <case> NA <reason>                          (e.g. a function not built yet)
+-- bench/micro_torch.py prints the same for PyTorch; run.sh pairs the lines
+-- by case name, so a new workload is a new entry in both registries.
+local lumen = require 'lumen'
+local ffi = require 'ffi'
+
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } lumen_bench_timespec;
+int clock_gettime(int clk, lumen_bench_timespec *ts);
+]]
+local ts = ffi.new('lumen_bench_timespec')
+local function now()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+local WARMUP = tonumber(os.getenv('BENCH_WARMUP') or 2)
+local MIN_ITERS, MAX_ITERS = 5, 100
+local MIN_TIME = tonumber(os.getenv('BENCH_MIN_TIME') or 0.5) -- seconds of timed work per case
+
+lumen.set_num_threads(tonumber(os.getenv('BENCH_THREADS') or 2))
+
+-- Frees a result at once, as PyTorch's refcounting does, so the garbage
+-- collector never runs inside a timed region.
+local function release(r)
+  if lumen.is_tensor(r) then r:free() end
+end
+
+-- Median seconds of fn() over the timed iterations, after warm-up.
+local function measure(fn)
+  for _ = 1, WARMUP do release(fn()) end
+  collectgarbage('collect')
+  local times, total = {}, 0
+  while (#times < MIN_ITERS or total < MIN_TIME) and #times < MAX_ITERS do
+    local t0 = now()
+    local r = fn()
+    local dt = now() - t0
+    release(r)
+    times[#times + 1] = dt
+    total = total + dt
+  end
+  table.sort(times)
+  local n = #times
+  local med = n % 2 == 1 and times[(n + 1) / 2] or (times[n / 2] + times[n / 2 + 1]) / 2
+  return med, n
+end
+
+local N = 2 ^ 24
+-- Each case: needs (lumen functions it calls), setup() -> state, run(state).
+-- Inputs are deterministic (linspace), the same as micro_torch.py builds.
+local cases = {
+  { name = 'matmul_1024_f32', needs = { 'matmul' },
+    setup = function()
+      return { a = lumen.linspace(-1, 1, 1024 * 1024):reshape(1024, 1024),
+        b = lumen.linspace(1, -1, 1024 * 1024):reshape(1024, 1024) }
+    end,
+    run = function(s) return lumen.matmul(s.a, s.b) end },
+  { name = 'add_2^24_f32', needs = { 'add' },
+    setup = function() return { a = lumen.linspace(-3, 3, N), b = lumen.linspace(3, -3, N) } end,
+    run = function(s) return lumen.add(s.a, s.b) end },
+  { name = 'exp_2^24_f32', needs = { 'exp' },
+    setup = function() return { a = lumen.linspace(-3, 3, N) } end,
+    run = function(s) return lumen.exp(s.a) end },
+  { name = 'sum_2^24_f32', needs = { 'sum' },
+    setup = function() return { a = lumen.linspace(-3, 3, N) } end,
+    run = function(s) return lumen.sum(s.a) end },
+  { name = 'transpose_copy_4096_f32', needs = { 'contiguous', 'transpose' },
+    setup = function() return { a = lumen.linspace(-3, 3, 4096 * 4096):reshape(4096, 4096) } end,
+    run = function(s) return s.a:transpose(0, 1):contiguous() end },
+  -- BLAS right after an OpenMP loop: shows OpenMP threads spinning while
+  -- OpenBLAS's threads want the cores (OMP_WAIT_POLICY).
+  { name = 'matmul_exp_512_f32', needs = { 'matmul', 'exp' },
+    setup = function()
+      return { a = lumen.linspace(-1, 1, 512 * 512):reshape(512, 512),
+        b = lumen.linspace(1, -1, 512 * 512):reshape(512, 512) }
+    end,
+    run = function(s)
+      local m = lumen.matmul(s.a, s.b)
+      local r = lumen.exp(m)
+      m:free()
+      return r
+    end },
+}
+
+local wanted = {}
+for _, a in ipairs(arg) do wanted[a] = true end
+for _, c in ipairs(cases) do
+  if next(wanted) == nil or wanted[c.name] then
+    local missing
+    for _, f in ipairs(c.needs) do
+      if lumen[f] == nil then missing = 'lumen.' .. f .. ' not available' break end
+    end
+    if missing then
+      print(c.name .. ' NA ' .. missing)
+    else
+      local ok, err = pcall(function()
+        local s = c.setup()
+        local med, n = measure(function() return c.run(s) end)
+        print(string.format('%s %.9f %d', c.name, med, n))
+        for _, t in pairs(s) do release(t) end
+      end)
+      if not ok then print(c.name .. ' NA failed: ' .. tostring(err):gsub('\n', ' ')) end
+    end
+    io.stdout:flush()
+  end
+end

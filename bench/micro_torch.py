@@ -1,0 +1,85 @@
+"""micro_torch.py - the PyTorch side of the benchmarks that bench/run.sh runs.
+
+    /usr/bin/python3 bench/micro_torch.py [case ...]     (no cases: all)
+
+Prints one line per case, in the same format as bench/micro.lua:
+    <case> <median seconds> <timed iterations>
+    <case> NA <reason>
+The cases mirror micro.lua's registry one for one (same names, same inputs).
+"""
+import os
+import sys
+import time
+
+import torch
+
+WARMUP = int(os.environ.get("BENCH_WARMUP", 2))
+MIN_ITERS, MAX_ITERS = 5, 100
+MIN_TIME = float(os.environ.get("BENCH_MIN_TIME", 0.5))
+N = 2 ** 24
+
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 2)))
+torch.set_grad_enabled(False)
+
+
+def measure(fn):
+    for _ in range(WARMUP):
+        r = fn()
+        del r
+    times, total = [], 0.0
+    while (len(times) < MIN_ITERS or total < MIN_TIME) and len(times) < MAX_ITERS:
+        t0 = time.perf_counter()
+        r = fn()
+        dt = time.perf_counter() - t0
+        del r  # freed outside the timed region, as micro.lua does
+        times.append(dt)
+        total += dt
+    times.sort()
+    n = len(times)
+    med = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+    return med, n
+
+
+def lin(a, b, n):
+    return torch.linspace(a, b, n, dtype=torch.float32)
+
+
+def matmul_exp(a, b):
+    m = torch.matmul(a, b)
+    r = torch.exp(m)
+    del m
+    return r
+
+
+# name -> (setup() -> inputs tuple, run(*inputs))
+CASES = {
+    "matmul_1024_f32": (lambda: (lin(-1, 1, 1024 * 1024).reshape(1024, 1024),
+                                 lin(1, -1, 1024 * 1024).reshape(1024, 1024)),
+                        torch.matmul),
+    "add_2^24_f32": (lambda: (lin(-3, 3, N), lin(3, -3, N)), torch.add),
+    "exp_2^24_f32": (lambda: (lin(-3, 3, N),), torch.exp),
+    "sum_2^24_f32": (lambda: (lin(-3, 3, N),), torch.sum),
+    "transpose_copy_4096_f32": (lambda: (lin(-3, 3, 4096 * 4096).reshape(4096, 4096),),
+                                lambda a: a.t().contiguous()),
+    "matmul_exp_512_f32": (lambda: (lin(-1, 1, 512 * 512).reshape(512, 512),
+                                    lin(1, -1, 512 * 512).reshape(512, 512)),
+                           matmul_exp),
+}
+
+
+def main(names):
+    for name in names or list(CASES):
+        if name not in CASES:
+            print("%s NA no such torch case" % name, flush=True)
+            continue
+        setup, run = CASES[name]
+        try:
+            inputs = setup()
+            med, n = measure(lambda: run(*inputs))
+            print("%s %.9f %d" % (name, med, n), flush=True)
+        except Exception as e:  # report and go on with the other cases
+            print("%s NA failed: %s" % (name, str(e).replace("\n", " ")), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
