@@ -13,9 +13,10 @@
 # OpenBLAS kernel set: the one lumen chooses from /proc/cpuinfo (or the
 # OPENBLAS_CORETYPE the user set), read back from a lumen process.
 #
-# BENCH_PASSIVE=1 runs a third side in each round, lumen with
-# OMP_WAIT_POLICY=passive, and adds its time and its ratio to lumen's
-# default run.
+# lumen makes OpenMP threads sleep at once (OMP_WAIT_POLICY=PASSIVE, see
+# lua/lumen/core.lua). BENCH_SPIN=1 runs a third side in each round, lumen
+# with libgomp's spinning default (GOMP_SPINCOUNT=300000), and adds its time
+# and its ratio to lumen's default run.
 #
 # A new workload is a case of the same name in bench/micro.lua and
 # bench/micro_torch.py (each prints "<case> <median s> <iters>" or
@@ -39,7 +40,7 @@ torchv=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null) || {
 echo "cpu: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1), $(nproc) cores"
 echo "lumen: $blas"
 echo "torch: $torchv; both sides: OPENBLAS_CORETYPE=${core:-unset} OPENBLAS_NUM_THREADS=$THREADS, $THREADS threads"
-echo "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default}; $PAIRS interleaved rounds"
+echo "lumen: OMP_WAIT_POLICY=$(luajit -e "require 'lumen'; io.write(os.getenv('OMP_WAIT_POLICY') or 'default')"); $PAIRS interleaved rounds"
 
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT INT TERM
@@ -60,8 +61,8 @@ round=1
 while [ "$round" -le "$PAIRS" ]; do
   side lumen luajit bench/micro.lua "$@"
   side torch "$PY" bench/micro_torch.py "$@"
-  if [ -n "$BENCH_PASSIVE" ]; then
-    side passive env OMP_WAIT_POLICY=passive luajit bench/micro.lua "$@"
+  if [ -n "$BENCH_SPIN" ]; then
+    side spin env GOMP_SPINCOUNT=300000 luajit bench/micro.lua "$@"
   fi
   round=$((round + 1))
 done

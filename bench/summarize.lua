@@ -2,7 +2,7 @@
 --   luajit bench/summarize.lua RESULTS
 -- RESULTS has lines "<round> <side> <case> <median s> <iters>" or
 -- "<round> <side> <case> NA <reason>"; sides are lumen, torch and optionally
--- passive (lumen with OMP_WAIT_POLICY=passive).
+-- spin (lumen with OpenMP threads spinning, GOMP_SPINCOUNT=300000).
 local path = assert(arg[1], 'usage: summarize.lua RESULTS')
 
 local order, data, reasons = {}, {}, {}
@@ -45,21 +45,21 @@ end
 local function ms(t) return t and string.format('%.3f', t * 1e3) or '-' end
 local function rt(r) return r and string.format('%.2f', r) or '-' end
 
-local passive = false
-for _, c in ipairs(order) do if data[c].passive then passive = true end end
+local spin = false
+for _, c in ipairs(order) do if data[c].spin then spin = true end end
 
 local head = { 'case', 'lumen ms', 'torch ms', 'lumen/torch' }
-if passive then
-  head[#head + 1] = 'passive ms'
-  head[#head + 1] = 'passive/default'
+if spin then
+  head[#head + 1] = 'spin ms'
+  head[#head + 1] = 'spin/default'
 end
 local rows = {}
 for _, c in ipairs(order) do
   local d = data[c]
   local row = { c, ms(median(d.lumen or {})), ms(median(d.torch or {})), rt(ratio(d.lumen, d.torch)) }
-  if passive then
-    row[#row + 1] = ms(median(d.passive or {}))
-    row[#row + 1] = rt(ratio(d.passive, d.lumen))
+  if spin then
+    row[#row + 1] = ms(median(d.spin or {}))
+    row[#row + 1] = rt(ratio(d.spin, d.lumen))
   end
   if reasons[c] then row[#row + 1] = '(' .. reasons[c] .. ')' end
   rows[#rows + 1] = row

@@ -8,7 +8,7 @@ print(y:sum(1), y:max())                      -- reductions over a dim, or all
 print(x[{ 0, { 1, 3 } }])                     -- row 0, columns 1..2 (a view)
 x[{ {}, 0 }] = 0                              -- assignment through a view
 local img = lumen.arange(16, 'f32'):view(1, 1, 4, 4)
-print(img:pad({ 1, 1, 1, 1 }, 'reflect'):size()) -- {1, 1, 6, 6}
+print(table.concat(img:pad({ 1, 1, 1, 1 }, 'reflect'):size(), 'x')) -- 1x1x6x6
 local v, i = lumen.tensor({ 3, 1, 2 }):sort()
 print(v, i)                                   -- values and their 0-based positions
 local path = os.tmpname() .. '.safetensors'

@@ -17,16 +17,10 @@ return function(lumen)
     return v
   end
 
-  local function int_arg(v, op, what)
-    if type(v) ~= 'number' or v ~= math.floor(v) then
-      error(string.format('lumen.%s: %s must be an integer, got %s', op, what, tostring(v)), 3)
-    end
-    return v
-  end
+  local int_arg = core.int_arg
 
   local function dim_arg(d, op, default)
-    if d == nil then return default end
-    return core.dim_arg(d, op)
+    return core.int_arg(d, op, 'dimension', default)
   end
 
   -- Results of a C call with two tensor out-slots (either may be unused).

@@ -167,14 +167,14 @@ return function(lumen)
 
   -- The values part alone (no footer), laid out from column indent.
   local function body(t, indent)
+    core.handle(t, 'format_values', 'tensor')
+    indent = core.int_arg(indent, 'format_values', 'indent', 0)
     local info = core.info(t)
     if tonumber(info.numel) == 0 then return '[]' end
     local summarize = tonumber(info.numel) > opts.threshold
-    local anchor = t -- keep the storage alive while reading
     local data = gather(info, summarize)
-    anchor = nil
     local f = formatter(data, core.is_float(info.dtype))
-    return render(data, info.ndim, indent or 0, f)
+    return render(data, info.ndim, indent, f)
   end
   lumen.format_values = body
 

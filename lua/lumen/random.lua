@@ -54,12 +54,7 @@ return function(lumen)
     end
     return x
   end
-  local function int_arg(x, op, what)
-    if type(x) ~= 'number' or x ~= math.floor(x) or math.abs(x) >= 2 ^ 63 then
-      error(string.format('lumen.%s: %s must be an integer, got %s', op, what, tostring(x)), 3)
-    end
-    return x
-  end
+  local int_arg = core.int_arg
 
   -- in-place draws; each returns t
   export(lumen, 'uniform_', function(t, lo, hi)
@@ -104,7 +99,7 @@ return function(lumen)
       end
     end
     lo = int_arg(lo, 'random_', 'lo')
-    if type(hi) ~= 'cdata' then hi = int_arg(hi, 'random_', 'hi') end
+    if not ffi.istype('int64_t', hi) then hi = int_arg(hi, 'random_', 'hi') end
     randint_(t, lo, hi, 'random_')
     return t
   end)

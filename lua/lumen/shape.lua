@@ -14,12 +14,7 @@ return function(lumen)
 
   local function is_int(v) return type(v) == 'number' and v == math.floor(v) end
 
-  local function int_arg(v, op, what)
-    if not is_int(v) then
-      error(string.format('lumen.%s: %s must be an integer, got %s', op, what, tostring(v)), 3)
-    end
-    return v
-  end
+  local int_arg = core.int_arg
 
   -- The size of dimension dim of t, or an error naming op.
   local function dim_size(t, dim, op)

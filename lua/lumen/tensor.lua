@@ -9,6 +9,7 @@ local call, handle, export, wrap = core.call, core.handle, core.export, core.wra
 
 return function(lumen)
   local MAXD = 8
+  local int_arg = core.int_arg
   local shape_buf = ffi.new('int64_t[8]')
   local stride_buf = ffi.new('int64_t[8]')
   local dims_buf = ffi.new('int32_t[8]')
@@ -19,8 +20,8 @@ return function(lumen)
     if n > MAXD then error(string.format('lumen.%s: %d dimensions, at most %d', op, n, MAXD), 4) end
     for i = 1, n do
       local v = list[i]
-      if type(v) ~= 'number' or v ~= math.floor(v) then
-        error(string.format('lumen.%s: size %d is %s, expected an integer', op, i, tostring(v)), 4)
+      if type(v) ~= 'number' or v ~= math.floor(v) or (v < 0 and v ~= -1) then
+        error(string.format('lumen.%s: size %d is %s, expected a non-negative integer', op, i, tostring(v)), 4)
       end
       shape_buf[i - 1] = v
     end
@@ -76,6 +77,7 @@ return function(lumen)
   -- full({2, 3}, value[, dtype])
   function lumen.full(shape, value, dtype)
     if type(shape) == 'number' then shape = { shape } end
+    if type(shape) ~= 'table' then error('lumen.full: shape must be a list of sizes', 2) end
     if type(value) == 'boolean' then value = value and 1 or 0 end
     if type(value) ~= 'number' then error('lumen.full: value must be a number', 2) end
     local t = empty('full', shape, core.dtype_code(type(dtype) == 'table' and dtype.dtype or dtype, 2))
@@ -102,11 +104,12 @@ return function(lumen)
     return call(C.lm_arange, start, step, n, core.dtype_code(dtype, 2), core.out1)
   end
   function lumen.linspace(start, stop, n, dtype)
-    return call(C.lm_linspace, start, stop, n, core.dtype_code(dtype, 2), core.out1)
+    if type(start) ~= 'number' or type(stop) ~= 'number' then error('lumen.linspace: bounds must be numbers', 2) end
+    return call(C.lm_linspace, start, stop, core.int_arg(n, 'linspace', 'count'), core.dtype_code(dtype, 2), core.out1)
   end
   function lumen.eye(n, m, dtype)
     if type(m) ~= 'number' then m, dtype = n, m end
-    return call(C.lm_eye, n, m, core.dtype_code(dtype, 2), core.out1)
+    return call(C.lm_eye, core.int_arg(n, 'eye', 'size'), core.int_arg(m, 'eye', 'size'), core.dtype_code(dtype, 2), core.out1)
   end
 
   -- tensor(nested tables or a number[, dtype]): copies Lua values in.
@@ -146,6 +149,8 @@ return function(lumen)
   -- The memory must outlive every tensor made from it.
   local anchors = setmetatable({}, { __mode = 'k' })
   function lumen.from_ptr(ptr, shape, dtype, strides)
+    if type(ptr) ~= 'cdata' then error('lumen.from_ptr: expected an FFI pointer, got ' .. type(ptr), 2) end
+    if type(shape) ~= 'table' then error('lumen.from_ptr: shape must be a list of sizes', 2) end
     local n = put_shape(shape, 'from_ptr')
     local st = nil
     if strides then
@@ -170,6 +175,7 @@ return function(lumen)
   function Tensor.size(t, d)
     local i = core.info(t)
     if d ~= nil then
+      d = int_arg(d, 'size')
       local w = d < 0 and d + i.ndim or d
       if w < 0 or w >= i.ndim then
         error(string.format('lumen.size: dimension %d out of range for a %d-D tensor', d, i.ndim), 2)
@@ -182,10 +188,14 @@ return function(lumen)
   end
   Tensor.shape = Tensor.size
   function Tensor.stride(t, d)
+    if d ~= nil then
+      t:size(d) -- checks d
+      local i = core.info(t)
+      return tonumber(i.stride[d < 0 and d + i.ndim or d])
+    end
     local i = core.info(t)
     local s = {}
     for k = 0, i.ndim - 1 do s[k + 1] = tonumber(i.stride[k]) end
-    if d ~= nil then return s[(d < 0 and d + i.ndim or d) + 1] end
     return s
   end
   mt.__len = function(t)
@@ -206,16 +216,26 @@ return function(lumen)
   export(lumen, 'view', view_like('view', C.lm_view))
   export(lumen, 'reshape', view_like('reshape', C.lm_reshape))
   export(lumen, 'expand', view_like('expand', C.lm_expand))
-  function Tensor.expand_as(t, o) return t:expand(o:size()) end
-  function Tensor.view_as(t, o) return t:view(o:size()) end
+  function Tensor.expand_as(t, o)
+    handle(o, 'expand_as', 'other')
+    return t:expand(o:size())
+  end
+  function Tensor.view_as(t, o)
+    handle(o, 'view_as', 'other')
+    return t:view(o:size())
+  end
   function Tensor.flatten(t) return t:reshape(-1) end
 
   -- slice(dim, start, stop[, step]): positions start, start+step, ... < stop
   export(lumen, 'slice', function(t, dim, start, stop, step)
-    return call(C.lm_slice, handle(t, 'slice', 'tensor'), dim, start or 0, stop or 2 ^ 62, step or 1, core.out1)
+    local h = handle(t, 'slice', 'tensor')
+    return call(C.lm_slice, h, int_arg(dim, 'slice'), int_arg(start, 'slice', 'start', 0),
+      int_arg(stop, 'slice', 'stop', 2 ^ 62), int_arg(step, 'slice', 'step', 1), core.out1)
   end)
   -- narrow(dim, start, length)
   export(lumen, 'narrow', function(t, dim, start, length)
+    handle(t, 'narrow', 'tensor')
+    dim, start, length = int_arg(dim, 'narrow'), int_arg(start, 'narrow', 'start'), int_arg(length, 'narrow', 'length')
     local n = t:size(dim)
     if start < 0 then start = start + n end
     if start < 0 or length < 0 or start + length > n then
@@ -225,10 +245,12 @@ return function(lumen)
     return call(C.lm_slice, t.h, dim, start, start + length, 1, core.out1)
   end)
   export(lumen, 'select', function(t, dim, index)
-    return call(C.lm_select, handle(t, 'select', 'tensor'), dim, index, core.out1)
+    local h = handle(t, 'select', 'tensor')
+    return call(C.lm_select, h, int_arg(dim, 'select'), int_arg(index, 'select', 'index'), core.out1)
   end)
   export(lumen, 'transpose', function(t, d0, d1)
-    return call(C.lm_transpose, handle(t, 'transpose', 'tensor'), d0 or 0, d1 or 1, core.out1)
+    local h = handle(t, 'transpose', 'tensor')
+    return call(C.lm_transpose, h, int_arg(d0, 'transpose', nil, 0), int_arg(d1, 'transpose', nil, 1), core.out1)
   end)
   function Tensor.t(t)
     if t:dim() ~= 2 then error('lumen.t: expected a 2-D tensor, got ' .. t:dim() .. '-D', 2) end
@@ -240,14 +262,16 @@ return function(lumen)
     local h = handle(t, 'permute', 'tensor')
     local nd = t:dim()
     if #p ~= nd then error(string.format('lumen.permute: %d dimensions given for a %d-D tensor', #p, nd), 2) end
-    for k = 1, nd do dims_buf[k - 1] = p[k] end
+    for k = 1, nd do dims_buf[k - 1] = int_arg(p[k], 'permute') end
     return call(C.lm_permute, h, dims_buf, core.out1)
   end)
   export(lumen, 'squeeze', function(t, dim)
-    return call(C.lm_squeeze, handle(t, 'squeeze', 'tensor'), dim == nil and 1 or 0, dim or 0, core.out1)
+    local h = handle(t, 'squeeze', 'tensor')
+    return call(C.lm_squeeze, h, dim == nil and 1 or 0, int_arg(dim, 'squeeze', nil, 0), core.out1)
   end)
   export(lumen, 'unsqueeze', function(t, dim)
-    return call(C.lm_unsqueeze, handle(t, 'unsqueeze', 'tensor'), dim, core.out1)
+    local h = handle(t, 'unsqueeze', 'tensor')
+    return call(C.lm_unsqueeze, h, int_arg(dim, 'unsqueeze'), core.out1)
   end)
   export(lumen, 'contiguous', function(t)
     return call(C.lm_contiguous, handle(t, 'contiguous', 'tensor'), core.out1)

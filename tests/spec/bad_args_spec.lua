@@ -1,0 +1,48 @@
+-- Every function and method, called with wrong arguments (nil, numbers,
+-- strings, tables, tensors of other shapes and dtypes, a freed tensor),
+-- raises an error that names lumen and never brings the process down.
+local lumen = require 'lumen'
+
+local skip = { -- they change global state or load files by name
+  set_num_threads = true, manual_seed = true, seed = true, set_rng_state = true,
+  set_printoptions = true, load_plugin = true, empty_cache = true, free = true,
+}
+
+local function bad_values()
+  local freed = lumen.zeros(2)
+  freed:free()
+  return { nil, -1, 0, 1, 2.5, 'x', {}, { 1, 2 }, { { 1 } }, true, lumen.zeros(2, 3),
+    lumen.ones(3, 'i64'), lumen.tensor(true), lumen.zeros(0), lumen.zeros(2, 3):t(), freed,
+    lumen.tensor(3.5) }
+end
+
+describe('bad arguments', function()
+  local fns = {}
+  for k, v in pairs(lumen) do
+    if type(v) == 'function' and not skip[k] then fns[#fns + 1] = { 'lumen.' .. k, v, false } end
+  end
+  for k, v in pairs(lumen.core.Tensor) do
+    if type(v) == 'function' and not skip[k] then fns[#fns + 1] = { 't:' .. k, v, true } end
+  end
+  table.sort(fns, function(a, b) return a[1] < b[1] end)
+
+  it('raise lumen errors for every pair of bad values (' .. #fns .. ' functions)', function()
+    local unclear = {}
+    local V = bad_values()
+    for _, f in ipairs(fns) do
+      local name, fn, method = f[1], f[2], f[3]
+      for i = 1, #V + 1 do
+        for j = 1, #V + 1 do
+          local ok, e
+          if method then ok, e = pcall(fn, lumen.zeros(2, 3), V[i], V[j])
+          else ok, e = pcall(fn, V[i], V[j]) end
+          if not ok and not tostring(e):find('lumen[.:]') and not unclear[name] then
+            unclear[name] = tostring(e)
+            unclear[#unclear + 1] = name .. ': ' .. tostring(e)
+          end
+        end
+      end
+    end
+    assert.are.same({}, { table.unpack(unclear) })
+  end)
+end)
