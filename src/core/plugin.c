@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -35,14 +34,6 @@ static int32_t n_global_ops;             /* ops of all of them */
 
 /* ---- the host table ---- */
 
-static lm_status host_set_error(lm_ctx *ctx, lm_status code, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(ctx->errmsg, sizeof ctx->errmsg, fmt, ap);
-  va_end(ap);
-  ctx->last = code;
-  return code;
-}
 
 static void host_log(lm_ctx *ctx, const char *msg) {
   (void)ctx;
@@ -58,7 +49,7 @@ static const lm_host_api host_api = {
   .tensor_retain = lm_tensor_retain,
   .tensor_release = lm_tensor_release,
   .tensor_info = lm_tensor_get_info,
-  .set_error = host_set_error,
+  .set_error = lm_err,
   .log = host_log,
   .parallel_for = lm_parallel_for,
   .abort_requested = lm_ctx_abort_requested,

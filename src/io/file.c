@@ -188,31 +188,17 @@ void lm_byteswap(void *data, int64_t count, int32_t width) {
   if (!data || count <= 0) return;
   char *p = data;
   /* memcpy through a register: data need not be aligned */
+#define SWAP_EACH(T, SWAP)                                 \
+  for (int64_t i = 0; i < count; i++) {                    \
+    T v;                                                   \
+    memcpy(&v, p + sizeof v * i, sizeof v);                \
+    v = SWAP(v);                                           \
+    memcpy(p + sizeof v * i, &v, sizeof v);                \
+  }
   switch (width) {
-  case 2:
-    for (int64_t i = 0; i < count; i++) {
-      uint16_t v;
-      memcpy(&v, p + 2 * i, 2);
-      v = __builtin_bswap16(v);
-      memcpy(p + 2 * i, &v, 2);
-    }
-    break;
-  case 4:
-    for (int64_t i = 0; i < count; i++) {
-      uint32_t v;
-      memcpy(&v, p + 4 * i, 4);
-      v = __builtin_bswap32(v);
-      memcpy(p + 4 * i, &v, 4);
-    }
-    break;
-  case 8:
-    for (int64_t i = 0; i < count; i++) {
-      uint64_t v;
-      memcpy(&v, p + 8 * i, 8);
-      v = __builtin_bswap64(v);
-      memcpy(p + 8 * i, &v, 8);
-    }
-    break;
+  case 2: SWAP_EACH(uint16_t, __builtin_bswap16) break;
+  case 4: SWAP_EACH(uint32_t, __builtin_bswap32) break;
+  case 8: SWAP_EACH(uint64_t, __builtin_bswap64) break;
   default:
     break; /* width 1 (or anything else): nothing to swap */
   }

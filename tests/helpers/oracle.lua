@@ -2,7 +2,8 @@
 -- spec, in one Python process per batch of cases.
 --
 --   local results = oracle.run {
---     { 'torch.add(a, b)', a = x, b = y },      -- inputs are lumen tensors
+--     { 'torch.add(a, b)', a = x, b = y },      -- tensor fields are the inputs;
+--                                               -- other fields are ignored
 --     { 'torch.sort(a, 1)', a = x },
 --   }
 --   results[1][1] is the first output as a lumen tensor; results[i].error is
@@ -40,7 +41,7 @@ function oracle.run(cases)
   for i, case in ipairs(cases) do
     local inputs = {}
     for name, t in pairs(case) do
-      if type(name) == 'string' then
+      if type(name) == 'string' and lumen.is_tensor(t) then
         local file = string.format('in_%d_%s.bin', i, name)
         write_raw(dir .. '/' .. file, t)
         inputs[name] = { file = file, dtype = t:dtype(), shape = json.array(t:size()) }

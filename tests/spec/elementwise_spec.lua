@@ -45,15 +45,7 @@ end
 -- per case. A case: { torch expression, fn = lumen function, inputs... }.
 -- When torch raises, lumen must raise too.
 local function run_cases(title, cases)
-  local batch = {}
-  for i, c in ipairs(cases) do
-    local b = { c[1] }
-    for k, v in pairs(c) do
-      if type(k) == 'string' and k ~= 'fn' then b[k] = v end
-    end
-    batch[i] = b
-  end
-  local ref = oracle.run(batch)
+  local ref = oracle.run(cases)
   for i, c in ipairs(cases) do
     it(title .. ': ' .. c[1], function()
       local ok, got = pcall(c.fn)

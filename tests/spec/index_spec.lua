@@ -42,15 +42,7 @@ local dtypes = { 'f32', 'f64', 'i32', 'i64', 'u8', 'bool' }
 -- Runs cases { expr, inputs..., lumen = fn } in one oracle batch and adds
 -- one busted test per case comparing every output exactly.
 local function parity(group, cases, opts)
-  local batch = {}
-  for i, c in ipairs(cases) do
-    local b = { c[1] }
-    for k, v in pairs(c) do
-      if type(k) == 'string' and k ~= 'lumen' then b[k] = v end
-    end
-    batch[i] = b
-  end
-  local ref = oracle.run(batch)
+  local ref = oracle.run(cases)
   for i, c in ipairs(cases) do
     it(group .. ': ' .. c[1], function()
       assert(not ref[i].error, ref[i].error)
