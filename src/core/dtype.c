@@ -11,7 +11,10 @@ bool lm_dtype_valid(int32_t d) { return d >= 0 && d < LM_NDTYPES; }
 int32_t lm_dtype_size(int32_t d) { return lm_dtype_valid(d) ? sizes[d] : 0; }
 const char *lm_dtype_name(int32_t d) { return lm_dtype_valid(d) ? names[d] : "invalid-dtype"; }
 
-int32_t lm_dtype_promote(int32_t a, int32_t b) { return rank[a] >= rank[b] ? a : b; }
+int32_t lm_dtype_promote(int32_t a, int32_t b) {
+  if (!lm_dtype_valid(a) || !lm_dtype_valid(b)) return -1;
+  return rank[a] >= rank[b] ? a : b;
+}
 
 /* Element types per dtype, in enum order, for the X-macro below. */
 typedef unsigned char lm_bool_t;

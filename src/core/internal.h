@@ -82,6 +82,12 @@ void lm_broadcast_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape
 /* Resolves the dst / out convention: if dst is given it must have shape
    (ndim, shape); otherwise a new tensor of dtype is made. *res is +1. */
 lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **res);
+/* An error naming op when t is an expanded view (stride 0 on a dim of size
+   > 1): writing it would race between threads and lose values. */
+lm_status lm_check_writable(lm_ctx *ctx, const char *op, const lm_tensor *t);
+/* Whether writing dst while reading in (broadcast to (nd, shape)) could read
+   elements already overwritten: the memory overlaps and positions differ. */
+bool lm_needs_temp(const lm_tensor *dst, const lm_tensor *in, int32_t nd, const int64_t *shape);
 /* Hands res to the caller's out (or releases it when out is NULL). */
 static inline lm_status lm_finish_out(lm_tensor *res, lm_tensor **out) {
   if (out) *out = res; else lm_tensor_release(res);

@@ -223,8 +223,7 @@ int32_t lm_plugin_op_id(const lm_plugin_handle *p, int32_t i) {
   return p->first_id + i;
 }
 
-/* Name of the plugin's op i ("" when out of range). Not yet declared in
-   lumen.h; the Lua binding declares it itself. */
+/* Name of the plugin's op i ("" when out of range). */
 const char *lm_plugin_op_name(const lm_plugin_handle *p, int32_t i) {
   if (!p || i < 0 || i >= p->desc->n_ops) return "";
   return p->desc->ops[i].name;

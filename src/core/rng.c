@@ -186,15 +186,13 @@ static lm_status draw(lm_ctx *ctx, const char *op, lm_tensor *t, draw_arg *a) {
 static lm_status check_target(lm_ctx *ctx, const char *op, const lm_tensor *t, bool float_only, bool written) {
   if (!t) return lm_err(ctx, LM_E_ARG, "%s: tensor is NULL", op);
   if (t->storage->device != LM_CPU)
-    return lm_err(ctx, LM_E_DEVICE, "%s: tensor is on the GPU, expected a cpu tensor", op);
+    return lm_err(ctx, LM_E_DEVICE, "%s: tensor is on the GPU, expected a CPU tensor", op);
   /* an expanded view would get several draws per memory cell, and which
      one lands would depend on the threads */
-  for (int32_t d = 0; written && d < t->ndim; d++)
-    if (t->stride[d] == 0 && t->shape[d] > 1) {
-      char buf[LM_SHAPE_BUF];
-      return lm_err(ctx, LM_E_ARG, "%s: tensor of shape %s is an expanded view (stride 0 in dimension %d); "
-                    "draw into a contiguous tensor instead", op, LM_SHP(t, buf), d);
-    }
+  if (written) {
+    lm_status st = lm_check_writable(ctx, op, t);
+    if (st) return st;
+  }
   if (float_only && !lm_dtype_is_float(t->dtype))
     return lm_err(ctx, LM_E_DTYPE, "%s: expected a floating tensor (f32 or f64), got %s", op,
                   lm_dtype_name(t->dtype));

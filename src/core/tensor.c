@@ -71,6 +71,23 @@ static void contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *stri
   }
 }
 
+/* Elements in a shape, or false when the count passes LM_MAX_NUMEL (which
+   also keeps every byte offset within int64). */
+#define LM_MAX_NUMEL (INT64_MAX / 16)
+static bool checked_numel(int32_t ndim, const int64_t *shape, int64_t *numel) {
+  int64_t n = 1;
+  for (int32_t d = 0; d < ndim; d++)
+    if (__builtin_mul_overflow(n, shape[d], &n) || n > LM_MAX_NUMEL) return false;
+  *numel = n;
+  return true;
+}
+
+static lm_status too_many(lm_ctx *ctx, const char *op, int32_t ndim, const int64_t *shape) {
+  char buf[LM_SHAPE_BUF];
+  return lm_err(ctx, LM_E_SHAPE, "%s: shape %s has too many elements, expected at most %lld", op,
+                lm_shape_str(ndim, shape, buf, sizeof buf), (long long)LM_MAX_NUMEL);
+}
+
 static lm_status check_shape(lm_ctx *ctx, const char *op, int32_t ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > LM_MAX_DIMS)
     return lm_err(ctx, LM_E_SHAPE, "%s: %d dimensions, expected 0 to %d", op, ndim, LM_MAX_DIMS);
@@ -84,12 +101,8 @@ lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const
   if (!lm_dtype_valid(dtype)) return lm_err(ctx, LM_E_DTYPE, "%s: unknown dtype %d", op, dtype);
   lm_status st = check_shape(ctx, op, ndim, shape);
   if (st) return st;
-  int64_t numel = 1;
-  for (int32_t d = 0; d < ndim; d++) {
-    if (shape[d] && numel > INT64_MAX / 16 / shape[d])
-      return lm_err(ctx, LM_E_OOM, "%s: %d-D shape too large to allocate", op, ndim);
-    numel *= shape[d];
-  }
+  int64_t numel;
+  if (!checked_numel(ndim, shape, &numel)) return too_many(ctx, op, ndim, shape);
   size_t nbytes = (size_t)numel * lm_dtype_size(dtype);
   lm_tensor *t = calloc(1, sizeof *t);
   lm_storage *s = calloc(1, sizeof *s);
@@ -186,6 +199,46 @@ lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dt
   return LM_OK;
 }
 
+/* ---- destinations ---- */
+
+lm_status lm_check_writable(lm_ctx *ctx, const char *op, const lm_tensor *t) {
+  for (int32_t d = 0; d < t->ndim; d++)
+    if (t->stride[d] == 0 && t->shape[d] > 1) {
+      char buf[LM_SHAPE_BUF];
+      return lm_err(ctx, LM_E_ARG, "%s: the destination of shape %s is an expanded view (stride 0 in dimension %d), "
+                    "expected memory of its own (clone it first)", op, LM_SHP(t, buf), d);
+    }
+  return LM_OK;
+}
+
+/* The bytes t can touch: [*lo, *hi). */
+static void byte_span(const lm_tensor *t, const char **lo, const char **hi) {
+  int64_t es = lm_dtype_size(t->dtype), a = 0, b = 0;
+  for (int32_t d = 0; d < t->ndim; d++) {
+    if (t->shape[d] == 0) {
+      *lo = *hi = lm_data(t);
+      return;
+    }
+    int64_t ext = (t->shape[d] - 1) * t->stride[d];
+    if (ext < 0) a += ext; else b += ext;
+  }
+  *lo = lm_data(t) + a * es;
+  *hi = lm_data(t) + (b + 1) * es;
+}
+
+bool lm_needs_temp(const lm_tensor *dst, const lm_tensor *in, int32_t nd, const int64_t *shape) {
+  const char *dlo, *dhi, *ilo, *ihi;
+  byte_span(dst, &dlo, &dhi);
+  byte_span(in, &ilo, &ihi);
+  if (dhi <= ilo || ihi <= dlo) return false;
+  if (lm_dtype_size(dst->dtype) != lm_dtype_size(in->dtype) || lm_data(dst) != lm_data(in)) return true;
+  int64_t st[LM_MAX_DIMS];
+  lm_broadcast_strides(in, nd, shape, st);
+  for (int32_t d = 0; d < nd; d++)
+    if (shape[d] > 1 && st[d] != dst->stride[d]) return true;
+  return false;
+}
+
 /* ---- copies ---- */
 
 typedef struct { int32_t dd, sd; } cast_arg;
@@ -253,6 +306,14 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
     return lm_err(ctx, LM_E_SHAPE, "copy: source of shape %s does not broadcast to destination %s",
                   LM_SHP(src, x), LM_SHP(dst, y));
   }
+  if ((st = lm_check_writable(ctx, "copy", dst))) return st;
+  if (lm_needs_temp(dst, src, nd, shape)) { /* overlapping memory: copy via a temporary */
+    lm_tensor *tmp;
+    if ((st = lm_clone(ctx, src, &tmp))) return st;
+    st = lm_copy_(ctx, dst, tmp);
+    lm_tensor_release(tmp);
+    return st;
+  }
   lm_operand ops[2] = {lm_operand_of(dst, nd, shape), lm_operand_of(src, nd, shape)};
   if (is_transpose_copy(dst, src, nd, shape, ops)) {
     transpose_arg a = {ops, shape, nd, ops[0].esize, shape[nd - 2], shape[nd - 1], (shape[nd - 2] + TILE - 1) / TILE};
@@ -267,7 +328,7 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
 }
 
 lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
-  return lm_to_dtype(ctx, t, t->dtype, out) ;
+  return lm_to_dtype(ctx, t, t->dtype, out);
 }
 
 lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
@@ -292,6 +353,8 @@ lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
 /* ---- views ---- */
 
 static lm_status make_view(lm_ctx *ctx, const char *op, const lm_tensor *t, int32_t ndim, const int64_t *shape, const int64_t *stride, int64_t offset, lm_tensor **out) {
+  int64_t numel;
+  if (!checked_numel(ndim, shape, &numel)) return too_many(ctx, op, ndim, shape);
   lm_tensor *v = lm_view_header(t);
   if (!v) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
   v->ndim = ndim;
@@ -306,14 +369,17 @@ lm_status lm_as_strided(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int
   lm_status st = check_shape(ctx, "as_strided", ndim, shape);
   if (st) return st;
   /* every reachable element must lie inside the storage */
-  int64_t lo = offset, hi = offset, numel = 1;
-  for (int32_t d = 0; d < ndim; d++) {
-    numel *= shape[d];
-    if (shape[d] == 0) continue;
-    int64_t ext = (shape[d] - 1) * stride[d];
-    if (ext < 0) lo += ext; else hi += ext;
+  int64_t lo = offset, hi = offset, numel;
+  if (!checked_numel(ndim, shape, &numel)) return too_many(ctx, "as_strided", ndim, shape);
+  bool overflow = false;
+  for (int32_t d = 0; d < ndim && numel > 0; d++) {
+    int64_t ext;
+    overflow |= __builtin_mul_overflow(shape[d] - 1, stride[d], &ext);
+    overflow |= ext < 0 ? __builtin_add_overflow(lo, ext, &lo) : __builtin_add_overflow(hi, ext, &hi);
   }
   int64_t cap = t->storage->external ? INT64_MAX : (int64_t)(t->storage->nbytes / lm_dtype_size(t->dtype));
+  if (overflow)
+    return lm_err(ctx, LM_E_INDEX, "as_strided: strides overflow the address range, expected a view inside the storage");
   if (numel > 0 && (lo < 0 || hi >= cap))
     return lm_err(ctx, LM_E_INDEX, "as_strided: view reaches elements %lld..%lld outside storage of %lld elements",
                   (long long)lo, (long long)hi, (long long)cap);
@@ -333,8 +399,8 @@ static lm_status infer_shape(lm_ctx *ctx, const char *op, const lm_tensor *t, in
       infer = d;
     } else if (shape[d] < 0) {
       return lm_err(ctx, LM_E_SHAPE, "%s: size %lld in dimension %d is negative", op, (long long)shape[d], d);
-    } else {
-      known *= shape[d];
+    } else if (__builtin_mul_overflow(known, shape[d], &known) || known > LM_MAX_NUMEL) {
+      return too_many(ctx, op, ndim, shape);
     }
   }
   if (infer >= 0 && known != 0 && numel % known == 0) {
@@ -418,8 +484,9 @@ lm_status lm_slice(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t start, 
   int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
   memcpy(shape, t->shape, sizeof shape);
   memcpy(stride, t->stride, sizeof stride);
-  shape[dim_w] = (stop - start + step - 1) / step;
-  stride[dim_w] = t->stride[dim_w] * step;
+  shape[dim_w] = stop > start ? (stop - start - 1) / step + 1 : 0;
+  if (__builtin_mul_overflow(t->stride[dim_w], step, &stride[dim_w]))
+    return lm_err(ctx, LM_E_ARG, "slice: step %lld is too large, expected at most the dimension's size", (long long)step);
   int64_t off = t->offset + (shape[dim_w] > 0 ? start * t->stride[dim_w] : 0);
   return make_view(ctx, "slice", t, t->ndim, shape, stride, off, out);
 }

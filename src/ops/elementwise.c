@@ -505,33 +505,6 @@ static bool can_cast(int32_t from, int32_t to) {
   return true;
 }
 
-/* The bytes t can touch: [*lo, *hi). */
-static void byte_span(const lm_tensor *t, const char **lo, const char **hi) {
-  int64_t es = lm_dtype_size(t->dtype), a = 0, b = 0;
-  for (int32_t d = 0; d < t->ndim; d++) {
-    int64_t ext = (t->shape[d] - 1) * t->stride[d];
-    if (ext < 0) a += ext; else b += ext;
-  }
-  *lo = lm_data(t) + a * es;
-  *hi = lm_data(t) + (b + 1) * es;
-}
-
-/* Whether writing dst while reading in (seen through the broadcast to
-   (nd, shape)) could read elements already overwritten: the memory
-   overlaps and the element positions do not coincide. */
-static bool needs_temp(const lm_tensor *dst, const lm_tensor *in, int32_t nd, const int64_t *shape) {
-  const char *dlo, *dhi, *ilo, *ihi;
-  byte_span(dst, &dlo, &dhi);
-  byte_span(in, &ilo, &ihi);
-  if (dhi <= ilo || ihi <= dlo) return false;
-  if (lm_dtype_size(dst->dtype) != lm_dtype_size(in->dtype) || lm_data(dst) != lm_data(in)) return true;
-  int64_t st[LM_MAX_DIMS];
-  lm_broadcast_strides(in, nd, shape, st);
-  for (int32_t d = 0; d < nd; d++)
-    if (shape[d] > 1 && st[d] != dst->stride[d]) return true;
-  return false;
-}
-
 /* Runs plan over inputs ins[0..nin) broadcast together; the result has
    dtype rd (or goes into dst). */
 static lm_status ew_run(lm_ctx *ctx, const char *op, ew_plan *plan, const lm_tensor *const *ins,
@@ -553,13 +526,9 @@ static lm_status ew_run(lm_ctx *ctx, const char *op, ew_plan *plan, const lm_ten
                     lm_dtype_name(rd), lm_dtype_name(dst->dtype));
     st = lm_prepare_out(ctx, op, dst, rd, nd, shape, &res);
     if (st) return st;
-    for (int32_t d = 0; d < nd; d++)
-      if (shape[d] > 1 && dst->stride[d] == 0) {
-        lm_tensor_release(res);
-        return lm_err(ctx, LM_E_ARG, "%s: the destination is expanded (several elements share memory); clone it first", op);
-      }
+    if ((st = lm_check_writable(ctx, op, dst))) goto done;
     bool alias = false;
-    for (int32_t k = 0; k < plan->nin && !alias; k++) alias = needs_temp(dst, ins[k], nd, shape);
+    for (int32_t k = 0; k < plan->nin && !alias; k++) alias = lm_needs_temp(dst, ins[k], nd, shape);
     if (alias) {
       st = lm_new(ctx, op, dst->dtype, nd, shape, &tmp);
       if (st) goto done;

@@ -297,6 +297,7 @@ lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tens
   if ((st = check_range(ctx, op, &iv, d, tv.shape[d]))) goto done;
   if ((st = lm_cast_if_needed(ctx, src, t->dtype, &sc))) goto done;
   if (dst == t) {
+    if ((st = lm_check_writable(ctx, op, dst))) goto done;
     lm_tensor_retain(dst);
     res = dst;
   } else {
@@ -399,9 +400,10 @@ lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask,
   if (dst && (st = on_cpu(ctx, op, dst, "destination"))) return st;
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
+  if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
   if (dst == t) {
     /* in place: the mask must broadcast to t without growing it */
-    if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
+    if ((st = lm_check_writable(ctx, op, t))) return st;
     bool same = nd == t->ndim;
     for (int32_t d = 0; same && d < nd; d++) same = shape[d] == t->shape[d];
     if (!same) {
@@ -412,7 +414,6 @@ lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask,
     lm_tensor_retain(dst);
     res = dst;
   } else {
-    if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
     if ((st = lm_prepare_out(ctx, op, dst, t->dtype, nd, shape, &res))) return st;
     if ((st = lm_copy_(ctx, res, t))) goto done;
   }

@@ -86,7 +86,8 @@ lm_status lm_cat(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32_t dim, lm_t
       if (k != d && t->shape[k] != r->shape[k])
         return lm_err(ctx, LM_E_SHAPE, "cat: input %d has shape %s, expected %s like input %d except in dimension %d (size %lld vs %lld in dimension %d)",
                       i, LM_SHP(t, x), LM_SHP(r, y), ref, d, (long long)t->shape[k], (long long)r->shape[k], k);
-    shape[d] += t->shape[d];
+    if (__builtin_add_overflow(shape[d], t->shape[d], &shape[d]))
+      return lm_err(ctx, LM_E_SHAPE, "cat: the joined size of dimension %d overflows, expected a total below 2^63", d);
   }
 
   lm_tensor *res;

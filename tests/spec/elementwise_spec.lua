@@ -327,7 +327,7 @@ describe('errors', function()
     assert.has_error(function() return x:select(0, 1):add_(x) end,
       'lumen.add: destination has shape 4, expected 3x4')
     assert.has_error(function() return lumen.zeros(1, 4):expand(3, 4):add_(1) end,
-      'lumen.add: the destination is expanded (several elements share memory); clone it first')
+      'lumen.add: the destination of shape 3x4 is an expanded view (stride 0 in dimension 0), expected memory of its own (clone it first)')
   end)
 
   it('reject bad arguments without crashing', function()

@@ -293,7 +293,7 @@ describe('random', function()
     assert.has_error(function() lumen.set_rng_state({ seed = 1 }) end,
       'lumen.set_rng_state: expected a table {seed = ..., offset = ...} from get_rng_state')
     assert.has_error(function() lumen.zeros(3, 1):expand(3, 4):normal_() end,
-      'lumen.normal_: tensor of shape 3x4 is an expanded view (stride 0 in dimension 1); draw into a contiguous tensor instead')
+      'lumen.normal_: the destination of shape 3x4 is an expanded view (stride 0 in dimension 1), expected memory of its own (clone it first)')
     assert.has_error(function() lumen.uniform_(42) end, 'lumen.uniform_: tensor must be a tensor, got number')
     -- a failed draw leaves the state alone
     lumen.manual_seed(1)

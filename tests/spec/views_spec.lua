@@ -48,3 +48,28 @@ describe('views', function()
     assert.has_error(function() lumen.zeros(2, 'f16') end)
   end)
 end)
+
+describe('guards', function()
+  it('refuses shapes whose element count overflows', function()
+    assert.has_error(function() lumen.empty({ 0 }):view(2 ^ 32, 2 ^ 32) end,
+      'lumen.view: shape 4294967296x4294967296 has too many elements, expected at most 576460752303423487')
+    assert.has_error(function() lumen.ones(1):expand(2 ^ 32, 2 ^ 32) end)
+  end)
+
+  it('copies between overlapping views as if through a temporary', function()
+    local a = lumen.arange(12, 'f32')
+    a[{ { 1, 11 } }]:copy_(a[{ { 0, 10 } }])
+    assert.are.same({ 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11 }, a:totable())
+    local m = lumen.arange(9, 'f64'):view(3, 3)
+    m:copy_(m:t())
+    assert.are.same({ { 0, 3, 6 }, { 1, 4, 7 }, { 2, 5, 8 } }, m:totable())
+  end)
+
+  it('refuses to write into expanded views', function()
+    local ex = lumen.zeros(1, 4):expand(3, 4)
+    assert.has_error(function() ex:copy_(lumen.ones(3, 4)) end,
+      'lumen.copy: the destination of shape 3x4 is an expanded view (stride 0 in dimension 0), expected memory of its own (clone it first)')
+    assert.has_error(function() ex:masked_fill_(lumen.ones(3, 4, 'bool'), 1) end)
+    assert.has_error(function() ex:scatter_add_(0, lumen.zeros(3, 4, 'i64'), lumen.ones(3, 4)) end)
+  end)
+end)
