@@ -78,7 +78,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all $(TEST_PLUGINS)
-	@sh tests/run.sh
+	@B=$(B) sh tests/run.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all

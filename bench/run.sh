@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/run.sh - lumen against PyTorch, side by side (see BENCH.md).
+# bench/run.sh - lumen against PyTorch, side by side (see ../shared/BENCH.md).
 #
 #   sh bench/run.sh [case ...]         (no cases: every case in bench/micro.lua)
 #

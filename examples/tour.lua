@@ -11,7 +11,7 @@ local img = lumen.arange(16, 'f32'):view(1, 1, 4, 4)
 print(table.concat(img:pad({ 1, 1, 1, 1 }, 'reflect'):size(), 'x')) -- 1x1x6x6
 local v, i = lumen.tensor({ 3, 1, 2 }):sort()
 print(v, i)                                   -- values and their 0-based positions
-local path = os.tmpname() .. '.safetensors'
+local path = os.tmpname()                      -- any name: the format is in the file
 lumen.save(path, { x = x, y = y }, { note = 'tour' })
 local back, meta = lumen.load(path)
 print(back.y:eq(y):all():item(), meta.note)   -- true   tour

@@ -140,17 +140,23 @@ ffi.metatype(box_ct, mt)
 
 function M.is_tensor(x) return ffi.istype(box_ct, x) end
 
--- GC pacing: LuaJIT's collector does not see tensor memory, so after enough
--- bytes have been allocated since the last look, step the collector hard
--- enough to finalize dead boxes. The threshold grows with live memory.
+-- GC pacing: LuaJIT's collector does not see tensor memory. After enough
+-- bytes have been allocated since the last look, and live memory has really
+-- grown by that much (memory released with t:free() does not count), run a
+-- full collection to finalize dead boxes. The threshold grows with live
+-- memory, so big models do not collect on every step.
 local gc_threshold = 32 * 2 ^ 20
 local stats = ffi.new('lm_mem_stats')
+local live_after_gc = 0
 local function pace_gc()
   if C.lm_mem_allocated_since(ctx, 0) < gc_threshold then return end
   C.lm_mem_allocated_since(ctx, 1)
+  C.lm_mem_get_stats(ctx, stats)
+  if tonumber(stats.live_bytes) - live_after_gc < gc_threshold then return end
   collectgarbage('collect')
   C.lm_mem_get_stats(ctx, stats)
-  gc_threshold = math.max(32 * 2 ^ 20, tonumber(stats.live_bytes) / 2)
+  live_after_gc = tonumber(stats.live_bytes)
+  gc_threshold = math.max(32 * 2 ^ 20, live_after_gc / 2)
 end
 
 -- wrap(handle): boxes a +1 handle (takes ownership).
@@ -166,10 +172,19 @@ M.out3 = ffi.new('lm_tensor*[1]')
 
 -- call(fn, ...): runs a C function whose last argument is a tensor out-slot,
 -- checks the status and returns the boxed result.
+-- Out of memory: collect dead tensors, return the cache to the system and
+-- try once more.
 function M.call(fn, ...)
   local out = M.out1
   out[0] = nil
   local st = fn(ctx, ...)
+  if st == C.LM_E_OOM then
+    collectgarbage('collect')
+    C.lm_mem_empty_cache(ctx)
+    C.lm_ctx_clear_error(ctx)
+    out[0] = nil
+    st = fn(ctx, ...)
+  end
   if st ~= 0 then M.fail(2) end
   return M.wrap(out[0])
 end

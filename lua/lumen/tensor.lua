@@ -15,12 +15,13 @@ return function(lumen)
   local dims_buf = ffi.new('int32_t[8]')
 
   -- Fills shape_buf from a Lua list; returns its length.
-  local function put_shape(list, op)
+  -- infer: -1 may stand for one size (view, reshape, expand)
+  local function put_shape(list, op, infer)
     local n = #list
     if n > MAXD then error(string.format('lumen.%s: %d dimensions, at most %d', op, n, MAXD), 4) end
     for i = 1, n do
       local v = list[i]
-      if type(v) ~= 'number' or v ~= math.floor(v) or (v < 0 and v ~= -1) then
+      if type(v) ~= 'number' or v ~= math.floor(v) or v >= 2 ^ 63 or (v < 0 and not (infer and v == -1)) then
         error(string.format('lumen.%s: size %d is %s, expected a non-negative integer', op, i, tostring(v)), 4)
       end
       shape_buf[i - 1] = v
@@ -116,19 +117,21 @@ return function(lumen)
   function lumen.tensor(data, dtype)
     if core.is_tensor(data) then return data:clone() end
     local shape, flat = {}, {}
-    local any_bool, all_int = false, true
+    local any_bool = false
+    local leaf -- the depth of the numbers: every one must sit at it
     local function walk(x, d)
       if type(x) == 'table' then
+        if leaf and d >= leaf then error('lumen.tensor: ragged nested table (a table where a number was expected)', 4) end
         if shape[d] == nil then shape[d] = #x
         elseif shape[d] ~= #x then
           error(string.format('lumen.tensor: ragged nested table (dimension %d has lengths %d and %d)', d - 1, shape[d], #x), 4)
         end
         for i = 1, #x do walk(x[i], d + 1) end
       else
-        if shape[d] ~= nil then error('lumen.tensor: ragged nested table (a number where a table was expected)', 4) end
+        leaf = leaf or d
+        if d ~= leaf or shape[d] ~= nil then error('lumen.tensor: ragged nested table (a number where a table was expected)', 4) end
         if type(x) == 'boolean' then any_bool = true; x = x and 1 or 0
-        elseif type(x) ~= 'number' then error('lumen.tensor: element is ' .. type(x) .. ', expected a number or boolean', 4)
-        elseif x ~= math.floor(x) then all_int = false end
+        elseif type(x) ~= 'number' then error('lumen.tensor: element is ' .. type(x) .. ', expected a number or boolean', 4) end
         flat[#flat + 1] = x
       end
     end
@@ -154,7 +157,10 @@ return function(lumen)
     local n = put_shape(shape, 'from_ptr')
     local st = nil
     if strides then
-      for i = 1, n do stride_buf[i - 1] = strides[i] end
+      if type(strides) ~= 'table' or #strides ~= n then
+        error(string.format('lumen.from_ptr: strides must be a list of %d integers like the shape', n), 2)
+      end
+      for i = 1, n do stride_buf[i - 1] = int_arg(strides[i], 'from_ptr', 'stride') end
       st = stride_buf
     end
     local t = call(C.lm_from_ptr, core.dtype_code(dtype, 2), n, shape_buf, st, ffi.cast('void*', ptr), core.out1)
@@ -189,9 +195,13 @@ return function(lumen)
   Tensor.shape = Tensor.size
   function Tensor.stride(t, d)
     if d ~= nil then
-      t:size(d) -- checks d
+      d = int_arg(d, 'stride')
       local i = core.info(t)
-      return tonumber(i.stride[d < 0 and d + i.ndim or d])
+      local w = d < 0 and d + i.ndim or d
+      if w < 0 or w >= i.ndim then
+        error(string.format('lumen.stride: dimension %d out of range for a %d-D tensor', d, i.ndim), 2)
+      end
+      return tonumber(i.stride[w])
     end
     local i = core.info(t)
     local s = {}
@@ -209,7 +219,7 @@ return function(lumen)
     return function(t, ...)
       local shape = ...
       if type(shape) ~= 'table' then shape = { ... } end
-      local n = put_shape(shape, fname)
+      local n = put_shape(shape, fname, true)
       return call(cfn, handle(t, fname, 'tensor'), n, shape_buf, core.out1)
     end
   end
@@ -283,7 +293,7 @@ return function(lumen)
   local function to(t, dtype)
     if type(dtype) == 'table' then dtype = dtype.dtype end
     if dtype == 'cpu' then return t end
-    local code = core.dtype_code(dtype, 3)
+    local code = core.dtype_code(dtype, 2)
     if core.info(t).dtype == code then return t end
     return call(C.lm_to_dtype, handle(t, 'to', 'tensor'), code, core.out1)
   end
@@ -328,10 +338,13 @@ return function(lumen)
     return tonumber(p[0])
   end
   -- item(): the value of a one-element tensor
+  local scratch = ffi.new('double[1]')
   function Tensor.item(t)
     local i = core.info(t)
     if i.numel ~= 1 then error(string.format('lumen.item: tensor has %d elements, expected 1', tonumber(i.numel)), 2) end
-    return scalar_of(i.dtype, ffi.cast(core.ctypes[i.dtype], i.data))
+    -- copy the value out while t is certainly alive (a tail call drops t)
+    ffi.copy(scratch, i.data, C.lm_dtype_size(i.dtype))
+    return scalar_of(i.dtype, ffi.cast(core.ctypes[i.dtype], scratch))
   end
   -- totable(): nested Lua tables (numbers, or booleans for bool tensors)
   function Tensor.totable(t)
@@ -339,8 +352,7 @@ return function(lumen)
     local nd, code = i.ndim, i.dtype
     local shape, stride = {}, {}
     for k = 0, nd - 1 do shape[k + 1], stride[k + 1] = tonumber(i.shape[k]), tonumber(i.stride[k]) end
-    local p = ffi.cast(core.ctypes[code], i.data)
-    local anchor = t -- keep t alive while reading
+    local p = ffi.cast(core.ctypes[code], i.data) -- t stays alive in this frame
     local function build(d, off)
       if d > nd then return scalar_of(code, p + off) end
       local r = {}
@@ -348,7 +360,6 @@ return function(lumen)
       return r
     end
     local r = build(1, 0)
-    anchor = nil
     return r
   end
 

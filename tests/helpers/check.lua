@@ -29,7 +29,9 @@ function check.close(a, e, opts)
   for i = 1, #ve do
     local x, y = va[i], ve[i]
     local same = (x == y) or (x ~= x and y ~= y)
-    if not same and math.abs(x - y) > atol + rtol * math.abs(y) then
+    -- NaN against a number, and a number against an infinity, never pass
+    if not same and (x ~= x or y ~= y or math.abs(y) == math.huge
+        or not (math.abs(x - y) <= atol + rtol * math.abs(y))) then
       return false, string.format('element %d (flat, 0-based) is %.9g, expected %.9g', i - 1, x, y)
     end
   end

@@ -43,6 +43,6 @@ describe('bad arguments', function()
         end
       end
     end
-    assert.are.same({}, { table.unpack(unclear) })
+    assert.are.same({}, { unpack(unclear) })
   end)
 end)

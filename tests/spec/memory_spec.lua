@@ -1,11 +1,13 @@
 -- Memory: live/peak/cached accounting, and a flat RSS without collectgarbage().
 local lumen = require 'lumen'
 
+local page = tonumber(io.popen('getconf PAGESIZE'):read('*l'))
+
 local function rss_bytes()
   local f = assert(io.open('/proc/self/statm'))
   local _, resident = f:read('*n', '*n')
   f:close()
-  return resident * 4096
+  return resident * page
 end
 
 describe('memory', function()

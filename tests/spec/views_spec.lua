@@ -73,3 +73,26 @@ describe('guards', function()
     assert.has_error(function() ex:scatter_add_(0, lumen.zeros(3, 4, 'i64'), lumen.ones(3, 4)) end)
   end)
 end)
+
+describe('tensor from tables', function()
+  it('refuses ragged tables wherever the mismatch is', function()
+    assert.has_error(function() lumen.tensor({ 1, { 2 } }) end,
+      'lumen.tensor: ragged nested table (a table where a number was expected)')
+    assert.has_error(function() lumen.tensor({ { 1 }, 2 }) end,
+      'lumen.tensor: ragged nested table (a number where a table was expected)')
+    assert.has_error(function() lumen.tensor({ { 1, 2 }, { 3 } }) end,
+      'lumen.tensor: ragged nested table (dimension 1 has lengths 2 and 1)')
+  end)
+
+  it('reads item() correctly while the collector runs hard', function()
+    collectgarbage('setpause', 0)
+    collectgarbage('setstepmul', 100000)
+    local bad = 0
+    for k = 1, 2000 do
+      if lumen.full({ 1 }, k, 'f64'):item() ~= k then bad = bad + 1 end
+    end
+    collectgarbage('setpause', 200)
+    collectgarbage('setstepmul', 200)
+    assert.are.equal(0, bad)
+  end)
+end)
