@@ -177,37 +177,27 @@ return function(lumen)
   function Tensor.device(t) return core.info(t).device == C.LM_CPU and 'cpu' or 'cuda' end
   function Tensor.is_contiguous(t) return core.info(t).contiguous ~= 0 end
   function Tensor.data_ptr(t) return core.info(t).data end
-  -- size() -> list of sizes; size(d) -> one size
-  function Tensor.size(t, d)
-    local i = core.info(t)
-    if d ~= nil then
-      d = int_arg(d, 'size')
-      local w = d < 0 and d + i.ndim or d
-      if w < 0 or w >= i.ndim then
-        error(string.format('lumen.size: dimension %d out of range for a %d-D tensor', d, i.ndim), 2)
-      end
-      return tonumber(i.shape[w])
-    end
-    local s = {}
-    for k = 0, i.ndim - 1 do s[k + 1] = tonumber(i.shape[k]) end
-    return s
-  end
-  Tensor.shape = Tensor.size
-  function Tensor.stride(t, d)
-    if d ~= nil then
-      d = int_arg(d, 'stride')
+  -- size() -> list of sizes; size(d) -> one size; stride likewise
+  local function per_dim(field, op)
+    return function(t, d)
       local i = core.info(t)
-      local w = d < 0 and d + i.ndim or d
-      if w < 0 or w >= i.ndim then
-        error(string.format('lumen.stride: dimension %d out of range for a %d-D tensor', d, i.ndim), 2)
+      local v = i[field]
+      if d ~= nil then
+        d = int_arg(d, op)
+        local w = d < 0 and d + i.ndim or d
+        if w < 0 or w >= i.ndim then
+          error(string.format('lumen.%s: dimension %d out of range for a %d-D tensor', op, d, i.ndim), 2)
+        end
+        return tonumber(v[w])
       end
-      return tonumber(i.stride[w])
+      local s = {}
+      for k = 0, i.ndim - 1 do s[k + 1] = tonumber(v[k]) end
+      return s
     end
-    local i = core.info(t)
-    local s = {}
-    for k = 0, i.ndim - 1 do s[k + 1] = tonumber(i.stride[k]) end
-    return s
   end
+  Tensor.size = per_dim('shape', 'size')
+  Tensor.shape = Tensor.size
+  Tensor.stride = per_dim('stride', 'stride')
   mt.__len = function(t)
     local i = core.info(t)
     return i.ndim > 0 and tonumber(i.shape[0]) or 0
