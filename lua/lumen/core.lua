@@ -87,6 +87,15 @@ function M.fail(level)
   error('lumen.' .. msg, (level or 2) + 1)
 end
 
+-- Raises the context's message under the name op ("matmul: ..." becomes
+-- "lumen.mm: ..."), for Lua functions built on another C op. level is as
+-- for error(), counted from the caller of fail_as; 0 adds no position.
+function M.fail_as(op, level)
+  local msg = ffi.string(C.lm_ctx_errmsg(ctx)):gsub('^[%w_]+: ', op .. ': ', 1)
+  C.lm_ctx_clear_error(ctx)
+  error('lumen.' .. msg, level == 0 and 0 or (level or 2) + 1)
+end
+
 -- check(status): errors with the context's message when status is not OK.
 function M.check(st, level)
   if st ~= 0 then

@@ -26,11 +26,7 @@ local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
 
 -- Runs a C file call; its "file: ..." message becomes "lumen.<op>: ...".
 local function check_file(op, st)
-  if st ~= 0 then
-    local msg = ffi.string(C.lm_ctx_errmsg(ctx)):gsub('^file: ', '')
-    C.lm_ctx_clear_error(ctx)
-    fail('lumen.%s: %s', op, msg)
-  end
+  if st ~= 0 then core.fail_as(op, 0) end
 end
 
 local size_box = ffi.new('int64_t[1]')

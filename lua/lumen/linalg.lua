@@ -32,11 +32,7 @@ return function(lumen)
   local function product(op, ha, hb)
     local out = core.out1
     out[0] = nil
-    if C.lm_matmul(ctx, ha, hb, out) ~= 0 then
-      local msg = ffi.string(C.lm_ctx_errmsg(ctx)):gsub('^matmul:', op .. ':')
-      C.lm_ctx_clear_error(ctx)
-      error('lumen.' .. msg, 3)
-    end
+    if C.lm_matmul(ctx, ha, hb, out) ~= 0 then core.fail_as(op, 3) end
     return core.wrap(out[0])
   end
 

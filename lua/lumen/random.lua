@@ -75,11 +75,7 @@ return function(lumen)
 
   -- the C op is randint_; errors are reported under the Lua name op
   local function randint_(t, lo, hi, op)
-    if C.lm_randint_(ctx, t.h, lo, hi) ~= 0 then
-      local msg = ffi.string(C.lm_ctx_errmsg(ctx)):gsub('^randint_', op)
-      C.lm_ctx_clear_error(ctx)
-      error('lumen.' .. msg, 3)
-    end
+    if C.lm_randint_(ctx, t.h, lo, hi) ~= 0 then core.fail_as(op, 3) end
   end
 
   -- random_(lo, hi): integers in [lo, hi); random_(hi): [0, hi); random_():

@@ -82,6 +82,9 @@ void lm_broadcast_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape
 /* Resolves the dst / out convention: if dst is given it must have shape
    (ndim, shape); otherwise a new tensor of dtype is made. *res is +1. */
 lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **res);
+/* An error naming op and what when t is NULL or not on the CPU (the only
+   device with kernels so far). */
+lm_status lm_check_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what);
 /* An error naming op when t is an expanded view (stride 0 on a dim of size
    > 1): writing it would race between threads and lose values. */
 lm_status lm_check_writable(lm_ctx *ctx, const char *op, const lm_tensor *t);

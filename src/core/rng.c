@@ -184,15 +184,11 @@ static lm_status draw(lm_ctx *ctx, const char *op, lm_tensor *t, draw_arg *a) {
 }
 
 static lm_status check_target(lm_ctx *ctx, const char *op, const lm_tensor *t, bool float_only, bool written) {
-  if (!t) return lm_err(ctx, LM_E_ARG, "%s: tensor is NULL", op);
-  if (t->storage->device != LM_CPU)
-    return lm_err(ctx, LM_E_DEVICE, "%s: tensor is on the GPU, expected a CPU tensor", op);
+  lm_status st = lm_check_input(ctx, op, t, "tensor");
+  if (st) return st;
   /* an expanded view would get several draws per memory cell, and which
      one lands would depend on the threads */
-  if (written) {
-    lm_status st = lm_check_writable(ctx, op, t);
-    if (st) return st;
-  }
+  if (written && (st = lm_check_writable(ctx, op, t))) return st;
   if (float_only && !lm_dtype_is_float(t->dtype))
     return lm_err(ctx, LM_E_DTYPE, "%s: expected a floating tensor (f32 or f64), got %s", op,
                   lm_dtype_name(t->dtype));

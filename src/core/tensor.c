@@ -199,7 +199,14 @@ lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dt
   return LM_OK;
 }
 
-/* ---- destinations ---- */
+/* ---- argument checks shared by the op families ---- */
+
+lm_status lm_check_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what) {
+  if (!t) return lm_err(ctx, LM_E_ARG, "%s: %s is NULL", op, what);
+  if (t->storage->device != LM_CPU)
+    return lm_err(ctx, LM_E_DEVICE, "%s: %s is not on the CPU, expected a CPU tensor", op, what);
+  return LM_OK;
+}
 
 lm_status lm_check_writable(lm_ctx *ctx, const char *op, const lm_tensor *t) {
   for (int32_t d = 0; d < t->ndim; d++)

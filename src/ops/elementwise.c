@@ -347,6 +347,23 @@ static inline uint8_t ipow_u8(uint8_t x, uint8_t y) {
   case LM_OP_LOGICAL_OR: return or_##NM;                                                  \
   case LM_OP_LOGICAL_XOR: return xor_##NM;
 
+/* The kernel for each binary op code; integer division is true division
+   and goes through f32, so integer tables have no DIV_CASE. */
+#define BINARY_TABLE(NM, DIV_CASE)                                                        \
+  static bin_fn binary_##NM(int32_t op) {                                                 \
+    switch (op) {                                                                         \
+    case LM_OP_ADD: return add_##NM;                                                      \
+    case LM_OP_SUB: return sub_##NM;                                                      \
+    case LM_OP_MUL: return mul_##NM;                                                      \
+    DIV_CASE                                                                              \
+    case LM_OP_POW: return pow_##NM;                                                      \
+    case LM_OP_MAXIMUM: return max_##NM;                                                  \
+    case LM_OP_MINIMUM: return min_##NM;                                                  \
+      CMP_CASES(NM)                                                                       \
+    }                                                                                     \
+    return NULL;                                                                          \
+  }
+
 #define FLOAT_BINARY(T, NM, SFX)                                                          \
   BIN_KERNEL(add_##NM, T, T, x + y)                                                       \
   BIN_KERNEL(sub_##NM, T, T, x - y)                                                       \
@@ -356,19 +373,7 @@ static inline uint8_t ipow_u8(uint8_t x, uint8_t y) {
   BIN_KERNEL(max_##NM, T, T, (x > y || x != x) ? x : y)                                   \
   BIN_KERNEL(min_##NM, T, T, (x < y || x != x) ? x : y)                                   \
   CMP_LOGIC(T, NM)                                                                        \
-  static bin_fn binary_##NM(int32_t op) {                                                 \
-    switch (op) {                                                                         \
-    case LM_OP_ADD: return add_##NM;                                                      \
-    case LM_OP_SUB: return sub_##NM;                                                      \
-    case LM_OP_MUL: return mul_##NM;                                                      \
-    case LM_OP_DIV: return div_##NM;                                                      \
-    case LM_OP_POW: return pow_##NM;                                                      \
-    case LM_OP_MAXIMUM: return max_##NM;                                                  \
-    case LM_OP_MINIMUM: return min_##NM;                                                  \
-      CMP_CASES(NM)                                                                       \
-    }                                                                                     \
-    return NULL;                                                                          \
-  }
+  BINARY_TABLE(NM, case LM_OP_DIV: return div_##NM;)
 
 FLOAT_BINARY(float, f32, f)
 FLOAT_BINARY(double, f64, )
@@ -382,18 +387,7 @@ FLOAT_BINARY(double, f64, )
   BIN_KERNEL(max_##NM, T, T, x > y ? x : y)                                               \
   BIN_KERNEL(min_##NM, T, T, x < y ? x : y)                                               \
   CMP_LOGIC(T, NM)                                                                        \
-  static bin_fn binary_##NM(int32_t op) {                                                 \
-    switch (op) {                                                                         \
-    case LM_OP_ADD: return add_##NM;                                                      \
-    case LM_OP_SUB: return sub_##NM;                                                      \
-    case LM_OP_MUL: return mul_##NM;                                                      \
-    case LM_OP_POW: return pow_##NM;                                                      \
-    case LM_OP_MAXIMUM: return max_##NM;                                                  \
-    case LM_OP_MINIMUM: return min_##NM;                                                  \
-      CMP_CASES(NM)                                                                       \
-    }                                                                                     \
-    return NULL;                                                                          \
-  }
+  BINARY_TABLE(NM, )
 
 INT_BINARY(int32_t, uint32_t, i32)
 INT_BINARY(int64_t, uint64_t, i64)

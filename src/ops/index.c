@@ -9,13 +9,6 @@
 
 /* ---- shared helpers ---- */
 
-static lm_status on_cpu(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what) {
-  if (!t) return lm_err(ctx, LM_E_ARG, "%s: %s is NULL", op, what);
-  if (t->storage->device != LM_CPU)
-    return lm_err(ctx, LM_E_DEVICE, "%s: %s is not on the CPU", op, what);
-  return LM_OK;
-}
-
 /* A header copy of t that is at least 1-D: PyTorch treats a 0-d tensor as
    one element along dimension 0 in these ops. Read-only, no reference. */
 static void as_1d(const lm_tensor *t, lm_tensor *v) {
@@ -33,7 +26,7 @@ static lm_status bad_dim(lm_ctx *ctx, const char *op, int32_t dim, int32_t ndim)
 
 /* Index tensors: i64 as given, i32 converted, anything else refused. */
 static lm_status index_i64(lm_ctx *ctx, const char *op, const lm_tensor *index, lm_tensor **out) {
-  lm_status st = on_cpu(ctx, op, index, "index");
+  lm_status st = lm_check_input(ctx, op, index, "index");
   if (st) return st;
   if (index->dtype != LM_I64 && index->dtype != LM_I32)
     return lm_err(ctx, LM_E_DTYPE, "%s: index has dtype %s, expected i64 or i32", op, lm_dtype_name(index->dtype));
@@ -130,9 +123,9 @@ static lm_status check_fits(lm_ctx *ctx, const char *op, const lm_tensor *iv, co
 lm_status lm_gather(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
   const char *op = "gather";
   lm_tensor *idx = NULL, *res = NULL;
-  lm_status st = on_cpu(ctx, op, t, "input");
+  lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
-  if ((st = on_cpu(ctx, op, index, "index"))) return st;
+  if ((st = lm_check_input(ctx, op, index, "index"))) return st;
   lm_tensor tv, iv;
   as_1d(t, &tv);
   as_1d(index, &iv);
@@ -157,9 +150,9 @@ done:
 lm_status lm_index_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
   const char *op = "index_select";
   lm_tensor *idx = NULL, *res = NULL;
-  lm_status st = on_cpu(ctx, op, t, "input");
+  lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
-  if ((st = on_cpu(ctx, op, index, "index"))) return st;
+  if ((st = lm_check_input(ctx, op, index, "index"))) return st;
   lm_tensor tv;
   as_1d(t, &tv);
   int32_t d = lm_wrap_dim(dim, tv.ndim);
@@ -270,10 +263,10 @@ lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tens
   lm_status st;
   if (mode != LM_SCATTER_SET && mode != LM_SCATTER_ADD)
     return lm_err(ctx, LM_E_ARG, "scatter: unknown mode %d (expected LM_SCATTER_SET or LM_SCATTER_ADD)", mode);
-  if ((st = on_cpu(ctx, op, t, "input"))) return st;
-  if ((st = on_cpu(ctx, op, index, "index"))) return st;
-  if ((st = on_cpu(ctx, op, src, "src"))) return st;
-  if (dst && (st = on_cpu(ctx, op, dst, "destination"))) return st;
+  if ((st = lm_check_input(ctx, op, t, "input"))) return st;
+  if ((st = lm_check_input(ctx, op, index, "index"))) return st;
+  if ((st = lm_check_input(ctx, op, src, "src"))) return st;
+  if (dst && (st = lm_check_input(ctx, op, dst, "destination"))) return st;
   lm_tensor tv, iv, sv;
   as_1d(t, &tv);
   as_1d(index, &iv);
@@ -384,7 +377,7 @@ static void fill_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
 }
 
 static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask) {
-  lm_status st = on_cpu(ctx, op, mask, "mask");
+  lm_status st = lm_check_input(ctx, op, mask, "mask");
   if (st) return st;
   if (mask->dtype != LM_BOOL)
     return lm_err(ctx, LM_E_DTYPE, "%s: mask has dtype %s, expected bool", op, lm_dtype_name(mask->dtype));
@@ -394,10 +387,10 @@ static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask) 
 lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out) {
   const char *op = "masked_fill";
   lm_tensor *res = NULL, *m = NULL;
-  lm_status st = on_cpu(ctx, op, t, "input");
+  lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
   if ((st = check_mask(ctx, op, mask))) return st;
-  if (dst && (st = on_cpu(ctx, op, dst, "destination"))) return st;
+  if (dst && (st = lm_check_input(ctx, op, dst, "destination"))) return st;
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
   if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
@@ -545,7 +538,7 @@ static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t
 
 lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out) {
   const char *op = "masked_select";
-  lm_status st = on_cpu(ctx, op, t, "input");
+  lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
   if ((st = check_mask(ctx, op, mask))) return st;
   select_plan p;
@@ -586,7 +579,7 @@ lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mas
 
 lm_status lm_nonzero(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
   const char *op = "nonzero";
-  lm_status st = on_cpu(ctx, op, t, "input");
+  lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
   /* bool conversion is exactly "!= 0" for every dtype (NaN counts, -0 not) */
   lm_tensor *m;

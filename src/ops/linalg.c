@@ -165,10 +165,10 @@ done:
 
 /* NULL, device and dtype checks shared by both ops. */
 static lm_status check_operands(lm_ctx *ctx, const char *op, int32_t n, const lm_tensor *const *ts) {
+  static const char *const names[] = {"operand 0", "operand 1", "operand 2"};
   for (int32_t i = 0; i < n; i++) {
-    if (!ts[i]) return lm_err(ctx, LM_E_ARG, "%s: operand %d is NULL", op, i);
-    if (ts[i]->storage->device != LM_CPU)
-      return lm_err(ctx, LM_E_DEVICE, "%s: operand %d is not a CPU tensor", op, i);
+    lm_status st = lm_check_input(ctx, op, ts[i], names[i]);
+    if (st) return st;
   }
   for (int32_t i = 1; i < n; i++) {
     int32_t x = ts[0]->dtype, y = ts[i]->dtype;

@@ -754,15 +754,14 @@ static lm_status result_dtype(lm_ctx *ctx, int32_t op, int32_t dt, int32_t *odt)
 }
 
 lm_status lm_reduce(lm_ctx *ctx, int32_t op, const lm_tensor *x, int32_t ndims, const int32_t *dims, int32_t keepdim, double param, lm_tensor **values, lm_tensor **indices) {
-  if (!ctx) return LM_E_ARG;
   if (op < LM_OP_SUM || op > LM_OP_COUNT_NONZERO)
     return lm_err(ctx, LM_E_ARG, "reduce: op %d (%s) is not a reduction", op, lm_op_name(op));
   const char *name = lm_op_name(op);
-  if (!x) return lm_err(ctx, LM_E_ARG, "%s: input tensor is NULL", name);
+  lm_status st = lm_check_input(ctx, name, x, "input");
+  if (st) return st;
   if (!values) return lm_err(ctx, LM_E_ARG, "%s: values out-pointer is NULL", name);
   *values = NULL;
   if (indices) *indices = NULL;
-  if (x->storage->device != LM_CPU) return lm_err(ctx, LM_E_DEVICE, "%s: expected a CPU tensor", name);
   if (ndims < 0 || ndims > LM_MAX_DIMS)
     return lm_err(ctx, LM_E_ARG, "%s: %d dimensions given, expected 0 to %d", name, ndims, LM_MAX_DIMS);
   if (ndims > 0 && !dims) return lm_err(ctx, LM_E_ARG, "%s: dims is NULL", name);
@@ -790,7 +789,7 @@ lm_status lm_reduce(lm_ctx *ctx, int32_t op, const lm_tensor *x, int32_t ndims, 
   P.param = param;
   if (!lm_dtype_valid(x->dtype)) return lm_err(ctx, LM_E_DTYPE, "%s: unknown dtype %d", name, x->dtype);
   P.ct = x->dtype; /* kernels read the input's own dtype (bool as u8) */
-  lm_status st = result_dtype(ctx, op, x->dtype, &P.odt);
+  st = result_dtype(ctx, op, x->dtype, &P.odt);
   if (st) return st;
   switch (op) {
   case LM_OP_SUM:
@@ -930,17 +929,16 @@ static void cum_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
 }
 
 lm_status lm_cumsum(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out) {
-  if (!ctx) return LM_E_ARG;
-  if (!x) return lm_err(ctx, LM_E_ARG, "cumsum: input tensor is NULL");
+  lm_status st = lm_check_input(ctx, "cumsum", x, "input");
+  if (st) return st;
   if (!out) return lm_err(ctx, LM_E_ARG, "cumsum: out-pointer is NULL");
   *out = NULL;
-  if (x->storage->device != LM_CPU) return lm_err(ctx, LM_E_DEVICE, "cumsum: expected a CPU tensor");
   int32_t nd = x->ndim;
   int32_t w = lm_wrap_dim(dim, nd > 0 ? nd : 1);
   if (w < 0) return lm_err(ctx, LM_E_INDEX, "cumsum: dimension %d out of range for a %d-D tensor", dim, nd);
   int32_t dt = lm_dtype_is_float(x->dtype) ? x->dtype : LM_I64;
   lm_tensor *res = NULL, *xc = NULL;
-  lm_status st = lm_new(ctx, "cumsum", dt, nd, x->shape, &res);
+  st = lm_new(ctx, "cumsum", dt, nd, x->shape, &res);
   if (st) return st;
   if (lm_numel(x) > 0) {
     if ((st = lm_cast_if_needed(ctx, x, dt, &xc))) goto done;

@@ -194,14 +194,8 @@ done:
   return st;
 }
 
-static lm_status check_input(lm_ctx *ctx, const char *op, const lm_tensor *t) {
-  if (!t) return lm_err(ctx, LM_E_ARG, "%s: input is NULL", op);
-  if (t->storage->device != LM_CPU) return lm_err(ctx, LM_E_DEVICE, "%s: input is not on the CPU", op);
-  return LM_OK;
-}
-
 lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descending, lm_tensor **values, lm_tensor **indices) {
-  lm_status st = check_input(ctx, "sort", t);
+  lm_status st = lm_check_input(ctx, "sort", t, "input");
   if (st) return st;
   int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
   if (d < 0) return lm_err(ctx, LM_E_INDEX, "sort: dimension %d out of range for a %d-D tensor", dim, t->ndim);
@@ -210,7 +204,7 @@ lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descendi
 }
 
 lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32_t largest, lm_tensor **values, lm_tensor **indices) {
-  lm_status st = check_input(ctx, "topk", t);
+  lm_status st = lm_check_input(ctx, "topk", t, "input");
   if (st) return st;
   int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
   if (d < 0) return lm_err(ctx, LM_E_INDEX, "topk: dimension %d out of range for a %d-D tensor", dim, t->ndim);
@@ -225,7 +219,7 @@ lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32
 
 lm_status lm_unique(lm_ctx *ctx, const lm_tensor *t, lm_tensor **values, lm_tensor **inverse, lm_tensor **counts) {
   const char *op = "unique";
-  lm_status st = check_input(ctx, op, t);
+  lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
   lm_tensor *c = NULL, *v = NULL, *inv = NULL, *cnt = NULL;
   kv *a = NULL;
