@@ -49,6 +49,16 @@ enum {
   LM_OP_MASKED_FILL, LM_OP_SORT, LM_OP_TOPK, LM_OP_UNIQUE, LM_OP_NONZERO,
   LM_OP_ARANGE, LM_OP_LINSPACE, LM_OP_EYE, LM_OP_UNIFORM, LM_OP_NORMAL,
   LM_OP_BERNOULLI, LM_OP_RANDINT, LM_OP_RANDPERM,
+  /* neural-network layers, losses and optimizers */
+  LM_OP_CONV, LM_OP_CONV_TRANSPOSE, LM_OP_MAX_POOL, LM_OP_AVG_POOL,
+  LM_OP_MAX_UNPOOL, LM_OP_ADAPTIVE_AVG_POOL, LM_OP_BATCH_NORM,
+  LM_OP_GROUP_NORM, LM_OP_LAYER_NORM, LM_OP_LEAKY_RELU, LM_OP_PRELU,
+  LM_OP_ELU, LM_OP_GELU, LM_OP_SOFTMAX, LM_OP_LOG_SOFTMAX, LM_OP_UPSAMPLE,
+  LM_OP_GRID_SAMPLE, LM_OP_AFFINE_GRID, LM_OP_CROSS_ENTROPY, LM_OP_NLL,
+  LM_OP_BCE_LOGITS, LM_OP_SGD, LM_OP_ADAM, LM_OP_RMSPROP, LM_OP_LSTM_CELL,
+  LM_OP_GRU_CELL,
+  /* views and ops defined in Lua, as autograd names them */
+  LM_OP_VIEW, LM_OP_CUSTOM,
   LM_OP_COUNT
 };
 
@@ -186,6 +196,60 @@ lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descendi
 lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32_t largest, lm_tensor **values, lm_tensor **indices);
 /* over the flattened tensor, sorted ascending; inverse and counts may be NULL */
 lm_status lm_unique(lm_ctx *ctx, const lm_tensor *t, lm_tensor **values, lm_tensor **inverse, lm_tensor **counts);
+
+/* autograd: define-by-run reverse mode. Ops record a node on their outputs
+   when grad mode is on and an input requires grad; backward walks the nodes
+   from a tensor and accumulates into the .grad of leaves. */
+void lm_set_grad_enabled(lm_ctx *ctx, int32_t enabled);
+int32_t lm_grad_enabled(const lm_ctx *ctx);
+/* Only leaves (tensors no op made) of a float dtype. */
+lm_status lm_tensor_set_requires_grad(lm_ctx *ctx, lm_tensor *t, int32_t flag);
+int32_t lm_tensor_requires_grad(const lm_tensor *t);
+int32_t lm_tensor_is_leaf(const lm_tensor *t);
+/* The op that made t ("" for a leaf). */
+const char *lm_tensor_grad_fn_name(const lm_tensor *t);
+/* t's accumulated gradient (+1), or NULL. */
+lm_tensor *lm_tensor_grad(const lm_tensor *t);
+/* Replaces t's gradient (NULL clears it); g must match t's shape and dtype. */
+lm_status lm_tensor_set_grad(lm_ctx *ctx, lm_tensor *t, lm_tensor *g);
+/* A view of t's memory cut from the graph. */
+lm_status lm_detach(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out);
+/* Backward from t with gradient grad (NULL: ones, only for one element).
+   retain_graph keeps the saved tensors for another backward. */
+lm_status lm_backward(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *grad, int32_t retain_graph);
+/* The same in steps, for ops whose backward is written in Lua: step returns
+   with *custom_id > 0 when such an op's turn comes; the caller reads its
+   output gradients, supplies its input gradients and steps again, until
+   *custom_id == 0. end frees the walk (after an error too). */
+typedef struct lm_backward_walk lm_backward_walk;
+lm_status lm_backward_begin(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *grad, int32_t retain_graph, lm_backward_walk **out);
+lm_status lm_backward_step(lm_ctx *ctx, lm_backward_walk *w, int32_t *custom_id);
+/* Gradient of output i of the waiting op (+1; zeros if none arrived). */
+lm_status lm_backward_grad_out(lm_ctx *ctx, lm_backward_walk *w, int32_t i, lm_tensor **out);
+/* Gradient for input i of the waiting op; g may be NULL (none). */
+lm_status lm_backward_supply(lm_ctx *ctx, lm_backward_walk *w, int32_t i, const lm_tensor *g);
+void lm_backward_end(lm_ctx *ctx, lm_backward_walk *w);
+/* Attaches a Lua-defined op (id > 0) to outputs computed from inputs. */
+lm_status lm_custom_op(lm_ctx *ctx, int32_t id, int32_t n_in, lm_tensor *const *in, int32_t n_out, lm_tensor *const *out);
+/* Ids of custom ops whose nodes were freed since the last call (up to max). */
+int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
+
+/* neural-network ops: each family's declarations under its own heading */
+/* conv (src/ops/conv.c) */
+
+/* pool (src/ops/pool.c) */
+
+/* resample (src/ops/resample.c) */
+
+/* norm (src/ops/norm.c) */
+
+/* activation (src/ops/activation.c) */
+
+/* loss (src/ops/loss.c) */
+
+/* rnn (src/ops/rnn.c) */
+
+/* optim (src/ops/optim.c) */
 
 /* files: exact reads and atomic writes (temp file, fsync, rename) */
 lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);

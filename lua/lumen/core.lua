@@ -136,6 +136,8 @@ function M.is_float(code) return code == C.LM_F32 or code == C.LM_F64 end
 local Tensor = {}        -- methods
 M.Tensor = Tensor
 local mt = { __index = Tensor }  -- metamethods; tensor.lua extends it
+-- Fields read (t.grad) and assigned (t.grad = nil) through functions.
+M.getters, M.setters = {}, {}
 M.tensor_mt = mt
 
 local box_ct = ffi.typeof('lumen_tensor_box')

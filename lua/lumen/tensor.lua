@@ -381,10 +381,12 @@ return function(lumen)
     return v
   end
 
-  local methods = Tensor
+  local methods, getters, setters = Tensor, core.getters, core.setters
   mt.__index = function(t, k)
     local m = methods[k]
     if m ~= nil then return m end
+    local get = getters[k]
+    if get then return get(t) end
     local kt = type(k)
     if kt == 'number' or (kt == 'table' and not core.is_tensor(k)) then
       local v = index_view(t, k)
@@ -407,6 +409,8 @@ return function(lumen)
       end
       return
     end
+    local set = setters[k]
+    if set then return set(t, value) end
     local kt = type(k)
     if kt ~= 'number' and kt ~= 'table' then
       error(string.format("lumen: cannot assign to field '%s' of a tensor", tostring(k)), 2)

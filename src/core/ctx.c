@@ -25,6 +25,11 @@ static const char *const op_names[] = {
   "masked_select", "masked_fill", "sort", "topk", "unique", "nonzero",
   "arange", "linspace", "eye", "uniform", "normal", "bernoulli", "randint",
   "randperm",
+  "conv", "conv_transpose", "max_pool", "avg_pool", "max_unpool",
+  "adaptive_avg_pool", "batch_norm", "group_norm", "layer_norm",
+  "leaky_relu", "prelu", "elu", "gelu", "softmax", "log_softmax", "upsample",
+  "grid_sample", "affine_grid", "cross_entropy", "nll", "bce_with_logits",
+  "sgd", "adam", "rmsprop", "lstm_cell", "gru_cell", "view", "custom",
 };
 _Static_assert(sizeof(op_names) / sizeof(op_names[0]) == LM_OP_COUNT,
                "op_names must name every LM_OP_*");
@@ -46,6 +51,7 @@ lm_status lm_ctx_new(lm_ctx **out) {
   ctx->nthreads = 1;
 #endif
   ctx->rng_seed = 0x5eed;
+  ctx->grad_enabled = true;
   *out = ctx;
   return LM_OK;
 }
@@ -53,6 +59,7 @@ lm_status lm_ctx_new(lm_ctx **out) {
 void lm_ctx_free(lm_ctx *ctx) {
   if (!ctx) return;
   free(ctx->plugin_ops);
+  free(ctx->custom_freed);
   free(ctx);
 }
 

@@ -28,6 +28,11 @@ struct lm_tensor {
   int64_t stride[LM_MAX_DIMS];
   int64_t offset;
   lm_storage *storage;
+  /* autograd (src/core/autograd.c); a view header starts without them */
+  bool requires_grad;      /* a leaf whose gradient is wanted */
+  int32_t output_nr;       /* which output of grad_fn this is */
+  struct lm_node *grad_fn; /* the op that made this tensor (+1), or NULL */
+  lm_tensor *grad;         /* accumulated gradient (+1), or NULL */
 };
 
 typedef struct lm_plugin_op_entry {
@@ -45,6 +50,10 @@ struct lm_ctx {
   int64_t allocated_since; /* bytes, for GC pacing */
   lm_plugin_op_entry *plugin_ops;
   int32_t n_plugin_ops;
+  bool grad_enabled;
+  uint32_t walk_epoch;    /* marks the nodes one backward walk has seen */
+  int32_t *custom_freed;  /* ids of freed Lua-defined ops, for lm_custom_freed */
+  int32_t n_custom_freed, cap_custom_freed;
 };
 
 /* ---- errors: set the message, return the code ---- */
@@ -124,6 +133,59 @@ double lm_read_as_double(int32_t dtype, const char *p);
 void lm_write_from_double(int32_t dtype, char *p, double v);
 /* t itself (+1) when already dtype, else a converted contiguous copy. */
 lm_status lm_cast_if_needed(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out);
+
+/* ---- autograd nodes (src/core/autograd.c) ----
+   An op that supports autograd computes its outputs, then calls lm_record;
+   when that hands back a node, the op saves what its backward needs in it.
+   backward(ctx, node, grad_out, grad_in) reads node->saved / p / ip and
+   sets grad_in[i] (+1) for every input with node->needs[i]; it runs with
+   grad mode off, and grad_out[i] is never NULL. Gradients must have the
+   input's shape and dtype (lm_sum_to undoes broadcasting). */
+typedef struct lm_node lm_node;
+typedef lm_status (*lm_backward_fn)(lm_ctx *ctx, lm_node *node, lm_tensor *const *grad_out, lm_tensor **grad_in);
+enum { LM_NODE_SAVED = 8, LM_NODE_P = 8, LM_NODE_IP = 40 };
+typedef struct lm_edge {
+  lm_node *node;   /* the op that made the input (+1), or NULL */
+  int32_t nr;      /* which of its outputs */
+  lm_tensor *leaf; /* or the leaf that accumulates the gradient (+1) */
+} lm_edge;
+typedef struct lm_out_meta { int32_t dtype, ndim; int64_t shape[LM_MAX_DIMS]; } lm_out_meta;
+struct lm_node {
+  int32_t refcount;
+  int32_t op;               /* LM_OP_* or a plugin op id (names the node) */
+  lm_backward_fn backward;  /* NULL for Lua-defined ops */
+  int32_t n_in, n_out;
+  lm_edge *next;            /* n_in edges */
+  bool *needs;              /* n_in: does input i want a gradient */
+  lm_out_meta *outs;        /* n_out output shapes, for zero gradients */
+  lm_tensor *saved[LM_NODE_SAVED]; /* detached aliases (+1) */
+  double p[LM_NODE_P];      /* scalar parameters the backward needs */
+  int64_t ip[LM_NODE_IP];   /* integer parameters (dims, shapes, strides) */
+  void *extra;              /* anything else; freed with extra_free */
+  void (*extra_free)(void *);
+  int32_t custom_id;        /* Lua-defined ops */
+  bool freed;               /* saved state released by a backward */
+  /* scratch of one backward walk */
+  uint32_t epoch;
+  int32_t deps;
+  lm_tensor **grads;
+};
+/* Whether an op over these inputs must record (grad mode on, an input
+   requires grad). NULL inputs are skipped. */
+bool lm_grad_needed(const lm_ctx *ctx, int32_t n, const lm_tensor *const *in);
+/* When lm_grad_needed, a node on outputs out[0..n_out) (*node NULL
+   otherwise). */
+lm_status lm_record(lm_ctx *ctx, int32_t op, lm_backward_fn fn, int32_t n_in, const lm_tensor *const *in,
+                    int32_t n_out, lm_tensor *const *out, lm_node **node);
+/* An error naming op when dst is given and autograd would have to track
+   the write (an input or dst itself requires grad, grad mode on). */
+lm_status lm_check_grad_dst(lm_ctx *ctx, const char *op, const lm_tensor *dst, int32_t n, const lm_tensor *const *in);
+/* Keeps a detached alias of t in node->saved[i]. */
+lm_status lm_save(lm_ctx *ctx, lm_node *node, int32_t i, const lm_tensor *t);
+/* Sums g over broadcast dimensions to (ndim, shape); +1 (g itself when it
+   already has that shape). */
+lm_status lm_sum_to(lm_ctx *ctx, const lm_tensor *g, int32_t ndim, const int64_t *shape, lm_tensor **out);
+void lm_node_release(lm_node *n);
 
 /* ---- host API table handed to plugins ---- */
 const lm_host_api *lm_host_api_get(void);

@@ -267,6 +267,52 @@ static lm_status check_call(lm_ctx *ctx, const lm_plugin_op *op, int32_t n_in, l
   return check_list(ctx, op->name, "input", n_in, in);
 }
 
+/* What autograd keeps of a plugin op call: detached inputs and outputs and
+   the parameters, all handed back to the plugin's backward. */
+typedef struct plugin_call {
+  int32_t n_in, n_out, n_params;
+  lm_tensor **in, **out;
+  double *params;
+} plugin_call;
+
+static void plugin_call_free(void *p) {
+  plugin_call *c = p;
+  for (int32_t i = 0; i < c->n_in; i++) lm_tensor_release(c->in[i]);
+  for (int32_t i = 0; i < c->n_out; i++) lm_tensor_release(c->out[i]);
+  free(c->in);
+  free(c->out);
+  free(c->params);
+  free(c);
+}
+
+static lm_status plugin_node_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  plugin_call *c = n->extra;
+  return lm_op_backward(ctx, n->op, c->n_in, c->in, c->out, gout, c->params, c->n_params, gin);
+}
+
+static lm_status record_call(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, int32_t n_out, lm_tensor *const *out,
+                             const double *params, int32_t n_params) {
+  lm_node *node;
+  lm_status st = lm_record(ctx, op, plugin_node_backward, n_in, (const lm_tensor *const *)in, n_out, out, &node);
+  if (st || !node) return st;
+  plugin_call *c = calloc(1, sizeof *c);
+  if (c) {
+    node->extra = c;
+    node->extra_free = plugin_call_free;
+    c->in = calloc((size_t)(n_in ? n_in : 1), sizeof *c->in);
+    c->out = calloc((size_t)n_out, sizeof *c->out);
+    c->params = malloc((size_t)(n_params ? n_params : 1) * sizeof *c->params);
+  }
+  if (!c || !c->in || !c->out || !c->params) return lm_err(ctx, LM_E_OOM, "%s: out of memory recording for autograd", lm_op_name(op));
+  if (n_params) memcpy(c->params, params, (size_t)n_params * sizeof *params);
+  c->n_params = n_params;
+  for (; c->n_in < n_in; c->n_in++)
+    if (!(c->in[c->n_in] = lm_view_header(in[c->n_in]))) return lm_err(ctx, LM_E_OOM, "%s: out of memory", lm_op_name(op));
+  for (; c->n_out < n_out; c->n_out++)
+    if (!(c->out[c->n_out] = lm_view_header(out[c->n_out]))) return lm_err(ctx, LM_E_OOM, "%s: out of memory", lm_op_name(op));
+  return LM_OK;
+}
+
 lm_status lm_op_forward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, const double *params, int32_t n_params, lm_tensor **out) {
   const lm_plugin_op_entry *e;
   lm_status st = find_op(ctx, "op_forward", op, &e);
@@ -276,7 +322,10 @@ lm_status lm_op_forward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const 
   if (!out) return lm_err(ctx, LM_E_ARG, "%s: output array is NULL", o->name);
   for (int32_t i = 0; i < o->n_out; i++) out[i] = NULL;
   ctx->errmsg[0] = 0;
+  bool grad = ctx->grad_enabled;
+  ctx->grad_enabled = false; /* the ops a plugin calls are not recorded one by one */
   st = o->forward(&host_api, ctx, in, params, n_params, out);
+  ctx->grad_enabled = grad;
   if (st != LM_OK) {
     /* On failure the plugin owns cleanup; we only drop what it left. */
     for (int32_t i = 0; i < o->n_out; i++) out[i] = NULL;
@@ -292,7 +341,10 @@ lm_status lm_op_forward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const 
     }
     return lm_err(ctx, LM_E_ABI, "%s: the plugin made %d of its %d outputs", o->name, (int)made, (int)o->n_out);
   }
-  return LM_OK;
+  if ((st = record_call(ctx, op, n_in, in, o->n_out, out, params, n_params))) {
+    for (int32_t i = 0; i < o->n_out; i++) { lm_tensor_release(out[i]); out[i] = NULL; }
+  }
+  return st;
 }
 
 lm_status lm_op_backward(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *const *in, lm_tensor *const *out, lm_tensor *const *grad_out, const double *params, int32_t n_params, lm_tensor **grad_in) {

@@ -18,6 +18,8 @@ void lm_tensor_retain(lm_tensor *t) {
 
 void lm_tensor_release(lm_tensor *t) {
   if (!t || atomic_fetch_sub(&t->refcount, 1) != 1) return;
+  if (t->grad_fn) lm_node_release(t->grad_fn);
+  lm_tensor_release(t->grad);
   storage_release(t->storage);
   free(t);
 }
@@ -59,6 +61,10 @@ lm_tensor *lm_view_header(const lm_tensor *t) {
   if (!v) return NULL;
   memcpy(v, t, sizeof *v);
   atomic_init(&v->refcount, 1);
+  v->requires_grad = false;
+  v->output_nr = 0;
+  v->grad_fn = NULL;
+  v->grad = NULL;
   atomic_fetch_add(&t->storage->refcount, 1);
   return v;
 }

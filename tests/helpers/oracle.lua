@@ -6,6 +6,8 @@
 --                                               -- other fields are ignored
 --     { 'torch.sort(a, 1)', a = x },
 --   }
+--   { "grad_of(lambda x, w: F.conv2d(x, w), [x, w], g)", x = x, w = w, g = g }
+--     gives (output, grad of x, grad of w) for sum(output * g).
 --   results[1][1] is the first output as a lumen tensor; results[i].error is
 --   PyTorch's error message when the expression raised.
 local lumen = require 'lumen'

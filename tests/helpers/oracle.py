@@ -21,12 +21,21 @@ def load(d, spec):
     return torch.from_numpy(a.reshape(spec["shape"]).copy())
 
 
+def grad_of(f, xs, g=None):
+    """Output of f(*xs) and the gradients of sum(output * g) (g = ones when
+    None) with respect to every floating input: (out, grad_1, ...)."""
+    xs = [x.clone().requires_grad_(True) if x.is_floating_point() else x for x in xs]
+    y = f(*xs)
+    y.backward(torch.ones_like(y) if g is None else g)
+    return [y] + [x.grad if x.is_floating_point() and x.grad is not None else torch.zeros_like(x) for x in xs]
+
+
 def main(d):
     torch.set_num_threads(1)
     cases = json.load(open(os.path.join(d, "cases.json")))
     results = []
     for i, case in enumerate(cases):
-        env = {"torch": torch, "F": F, "np": np}
+        env = {"torch": torch, "F": F, "np": np, "grad_of": grad_of}
         env.update({k: load(d, v) for k, v in case["inputs"].items()})
         try:
             r = eval(case["expr"], env)
