@@ -595,9 +595,13 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
                   (long long)cout);
   int64_t osp[3];
   for (int32_t d = 0; d < nsp; d++) {
-    if (pad_lo[d] < 0 || pad_hi[d] < 0)
-      return lm_err(ctx, LM_E_ARG, "%s: padding %lld, %lld in spatial dim %d, expected values >= 0", op,
+    if (pad_lo[d] < 0 || pad_hi[d] < 0) {
+      if (pad_lo[d] == pad_hi[d])
+        return lm_err(ctx, LM_E_ARG, "%s: padding %lld in spatial dim %d, expected values >= 0", op,
+                      (long long)pad_lo[d], d);
+      return lm_err(ctx, LM_E_ARG, "%s: padding %lld before and %lld after spatial dim %d, expected values >= 0", op,
                     (long long)pad_lo[d], (long long)pad_hi[d], d);
+    }
     int64_t span = dilation[d] * (w->shape[2 + d] - 1) + 1, padded = x->shape[lead + d] + pad_lo[d] + pad_hi[d];
     if (padded < span)
       return lm_err(ctx, LM_E_SHAPE, "%s: input %s padded to %lld in spatial dim %d is smaller than the kernel's "
