@@ -367,8 +367,54 @@ static lm_status gather(lm_ctx *ctx, const char *op, const conv_geom *g, const l
   return conv_run(ctx, op, &j);
 }
 
+/* The weight of the reverse step: A (col_c x cg x K per group) as
+   img_c x mg x K, with the kernel reversed (one flat reversal reverses every
+   kernel dim at once). */
+static lm_status reverse_weight(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *a, lm_tensor **out) {
+  int64_t shape[2] = {g->img_c, g->mg * g->ksz}, K = g->ksz;
+  lm_status st = lm_new(ctx, op, a->dtype, 2, shape, out);
+  if (st) return st;
+  const int32_t es = g->es;
+  const char *src = lm_data(a);
+  char *dst = lm_data(*out);
+  for (int64_t gi = 0; gi < g->groups; gi++)
+    for (int64_t m = 0; m < g->mg; m++)
+      for (int64_t c = 0; c < g->cg; c++) {
+        const char *s = src + (((gi * g->mg + m) * g->cg + c) * K) * es;
+        char *d = dst + (((gi * g->cg + c) * g->mg + m) * K) * es;
+        for (int64_t k = 0; k < K; k++) memcpy(d + (K - 1 - k) * es, s + k * es, (size_t)es);
+      }
+  return LM_OK;
+}
+
 static lm_status scatter(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *in, const lm_tensor *a,
                          const lm_tensor *bias, lm_tensor *out) {
+  bool unit_stride = g->stride[0] == 1 && g->stride[1] == 1 && g->stride[2] == 1;
+  if (unit_stride && !g->direct && g->mg <= 2 * g->cg) {
+    /* With stride 1, col2im(A^T . in) is a convolution of in with the
+       reversed kernel and the complementary padding: im2col reads and a
+       GEMM over mg x K instead of scattered adds and a GEMM over mg. Its
+       im2col buffer is mg / cg times bigger, so it pays unless the column
+       side has many more channels (a 3x3 conv from 1 to 32 channels: 3x
+       slower; 32 to 32 channels in 3-D: 1.4x faster). */
+    conv_geom r = *g;
+    r.img_c = g->col_c;
+    r.col_c = g->img_c;
+    for (int d = 0; d < 3; d++) {
+      r.img[d] = g->col[d];
+      r.col[d] = g->img[d];
+      r.pad[d] = g->dil[d] * (g->k[d] - 1) - g->pad[d];
+    }
+    geom_finish(&r);
+    lm_tensor *ar;
+    lm_status st = reverse_weight(ctx, op, g, a, &ar);
+    if (st) return st;
+    conv_job j = {.g = &r, .step = STEP_GATHER, .img = lm_data(in), .a = lm_data(ar),
+                  .bias = bias ? lm_data(bias) : NULL, .out = lm_data(out)};
+    st = conv_run(ctx, op, &j);
+    lm_tensor_release(ar);
+    return st;
+  }
   conv_job j = {.g = g, .step = STEP_SCATTER, .in = lm_data(in), .a = lm_data(a),
                 .bias = bias ? lm_data(bias) : NULL, .out = lm_data(out)};
   return conv_run(ctx, op, &j);

@@ -63,6 +63,10 @@ describe('nn conv', function()
     'F.conv2d(x, w, B, groups=3, padding=1)', { 2, 3, 6, 5 }, { 6, 1, 3, 3 }, 6)
   case("conv2d, 'same', even kernel, dilation", function(x, w, b) return F.conv2d(x, w, b, { padding = 'same', dilation = { 2, 1 } }) end,
     "F.conv2d(x, w, B, padding='same', dilation=(2, 1))", { 2, 2, 8, 7 }, { 3, 2, 2, 4 }, 3)
+  case('conv2d, 1 to 8 channels (grad input by col2im)', function(x, w, b) return F.conv2d(x, w, b, { padding = 1 }) end,
+    'F.conv2d(x, w, B, padding=1)', { 2, 1, 6, 7 }, { 8, 1, 3, 3 }, 8)
+  case('conv2d, padding wider than the kernel', function(x, w, b) return F.conv2d(x, w, b, { padding = { 2, 3 } }) end,
+    'F.conv2d(x, w, B, padding=(2, 3))', { 2, 3, 4, 5 }, { 2, 3, 2, 2 }, 2)
   case('conv2d, 1x1 (no im2col)', function(x, w, b) return F.conv2d(x, w, b) end,
     'F.conv2d(x, w, B)', { 3, 5, 4, 6 }, { 7, 5, 1, 1 }, 7)
   case('conv2d, 1x1 with groups', function(x, w, b) return F.conv2d(x, w, b, { groups = 2 }) end,
@@ -101,6 +105,10 @@ describe('nn conv', function()
     'F.conv_transpose2d(x, w, B, groups=2, stride=3, dilation=2, padding=1, output_padding=2)', { 2, 4, 3, 4 }, { 4, 3, 3, 2 }, 6)
   case('conv_transpose2d, output_padding below the dilation', function(x, w) return F.conv_transpose2d(x, w, nil, { dilation = 2, output_padding = 1 }) end,
     'F.conv_transpose2d(x, w, B, dilation=2, output_padding=1)', { 2, 2, 4, 3 }, { 2, 3, 3, 3 })
+  case('conv_transpose2d, stride 1, 6 to 2 channels (col2im)', function(x, w, b) return F.conv_transpose2d(x, w, b, { padding = 1 }) end,
+    'F.conv_transpose2d(x, w, B, padding=1)', { 2, 6, 4, 5 }, { 6, 2, 3, 3 }, 2)
+  case('conv_transpose2d, stride 1, 2 to 3 channels (as a convolution)', function(x, w, b) return F.conv_transpose2d(x, w, b, { padding = { 0, 1 } }) end,
+    'F.conv_transpose2d(x, w, B, padding=(0, 1))', { 2, 2, 4, 5 }, { 2, 3, 3, 2 }, 3)
   case('conv_transpose2d, 1x1 (no col2im)', function(x, w, b) return F.conv_transpose2d(x, w, b) end,
     'F.conv_transpose2d(x, w, B)', { 2, 5, 3, 4 }, { 5, 3, 1, 1 }, 3)
   case('conv_transpose2d, unbatched, non-contiguous, f64', function(x, w, b) return F.conv_transpose2d(x, w, b, { stride = 2, padding = 1, output_padding = 1 }) end,
@@ -153,6 +161,8 @@ describe('nn conv', function()
       { f64({ 1, 2, 3, 4, 3 }, 7), f64({ 2, 2, 2, 2, 2 }, 8) }))
     assert(gradcheck(function(x, w, b) return F.conv_transpose2d(x, w, b, { stride = 2, padding = 1, output_padding = 1, groups = 2 }) end,
       { f64({ 1, 4, 3, 2 }, 9), f64({ 4, 1, 3, 2 }, 10), f64({ 2 }, 11) }))
+    assert(gradcheck(function(x, w, b) return F.conv_transpose1d(x, w, b, { padding = 1, dilation = 2 }) end,
+      { f64({ 2, 2, 5 }, 12), f64({ 2, 3, 3 }, 13), f64({ 3 }, 14) }))
   end)
 
   it('builds modules with torch shapes, initialization and names', function()
