@@ -23,6 +23,8 @@ local MIN_ITERS, MAX_ITERS = 5, 100
 local MIN_TIME = tonumber(os.getenv('BENCH_MIN_TIME') or 0.5) -- seconds of timed work per case
 
 lumen.set_num_threads(tonumber(os.getenv('BENCH_THREADS') or 2))
+local has_nn, nn = pcall(require, 'lumen.nn')
+local F = has_nn and nn.F or nil
 
 -- Frees a result at once, as PyTorch's refcounting does, so the garbage
 -- collector never runs inside a timed region.
@@ -84,6 +86,38 @@ local cases = {
       m:free()
       return r
     end },
+  -- Convolutions at the benchmark networks' shapes (nn.F; needs 'F.x').
+  { name = 'conv2d_64x32x32x32_to64_f32', needs = { 'F.conv2d' },
+    setup = function()
+      return { x = lumen.linspace(-1, 1, 64 * 32 * 32 * 32):reshape(64, 32, 32, 32),
+        w = lumen.linspace(-0.1, 0.1, 64 * 32 * 9):reshape(64, 32, 3, 3), b = lumen.linspace(-1, 1, 64) }
+    end,
+    run = function(s) return F.conv2d(s.x, s.w, s.b, { padding = 1 }) end },
+  { name = 'conv3d_2x32x32^3_to32_f32', needs = { 'F.conv3d' },
+    setup = function()
+      return { x = lumen.linspace(-1, 1, 2 * 32 * 32 ^ 3):reshape(2, 32, 32, 32, 32),
+        w = lumen.linspace(-0.1, 0.1, 32 * 32 * 27):reshape(32, 32, 3, 3, 3), b = lumen.linspace(-1, 1, 32) }
+    end,
+    run = function(s) return F.conv3d(s.x, s.w, s.b, { padding = 1 }) end },
+  { name = 'conv_transpose2d_8x256x16x16_k2s2_f32', needs = { 'F.conv_transpose2d' },
+    setup = function()
+      return { x = lumen.linspace(-1, 1, 8 * 256 * 16 * 16):reshape(8, 256, 16, 16),
+        w = lumen.linspace(-0.1, 0.1, 256 * 128 * 4):reshape(256, 128, 2, 2), b = lumen.linspace(-1, 1, 128) }
+    end,
+    run = function(s) return F.conv_transpose2d(s.x, s.w, s.b, { stride = 2 }) end },
+  -- forward and backward (grad of input, weight and bias)
+  { name = 'conv2d_train_64x32x32x32_to64_f32', needs = { 'F.conv2d' },
+    setup = function()
+      return { x = lumen.linspace(-1, 1, 64 * 32 * 32 * 32):reshape(64, 32, 32, 32):requires_grad_(),
+        w = lumen.linspace(-0.1, 0.1, 64 * 32 * 9):reshape(64, 32, 3, 3):requires_grad_(),
+        b = lumen.linspace(-1, 1, 64):requires_grad_(), g = lumen.linspace(-1, 1, 64 * 64 * 32 * 32):reshape(64, 64, 32, 32) }
+    end,
+    run = function(s)
+      s.x.grad, s.w.grad, s.b.grad = nil, nil, nil
+      local y = F.conv2d(s.x, s.w, s.b, { padding = 1 })
+      y:backward(s.g)
+      y:free()
+    end },
 }
 
 local wanted = {}
@@ -92,7 +126,8 @@ for _, c in ipairs(cases) do
   if next(wanted) == nil or wanted[c.name] then
     local missing
     for _, f in ipairs(c.needs) do
-      if lumen[f] == nil then missing = 'lumen.' .. f .. ' not available' break end
+      local fn = f:match('^F%.') and F and F[f:sub(3)] or lumen[f]
+      if fn == nil then missing = 'lumen.' .. f .. ' not available' break end
     end
     if missing then
       print(c.name .. ' NA ' .. missing)

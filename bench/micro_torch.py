@@ -51,6 +51,19 @@ def matmul_exp(a, b):
     return r
 
 
+def train_step(x, w, b, g, conv):
+    with torch.enable_grad():
+        x.grad = w.grad = b.grad = None
+        y = conv(x, w, b, padding=1)
+        y.backward(g)
+
+
+def grad_leaf(t):
+    return t.requires_grad_()
+
+
+F = torch.nn.functional
+
 # name -> (setup() -> inputs tuple, run(*inputs))
 CASES = {
     "matmul_1024_f32": (lambda: (lin(-1, 1, 1024 * 1024).reshape(1024, 1024),
@@ -64,6 +77,21 @@ CASES = {
     "matmul_exp_512_f32": (lambda: (lin(-1, 1, 512 * 512).reshape(512, 512),
                                     lin(1, -1, 512 * 512).reshape(512, 512)),
                            matmul_exp),
+    "conv2d_64x32x32x32_to64_f32": (lambda: (lin(-1, 1, 64 * 32 * 32 * 32).reshape(64, 32, 32, 32),
+                                             lin(-0.1, 0.1, 64 * 32 * 9).reshape(64, 32, 3, 3), lin(-1, 1, 64)),
+                                    lambda x, w, b: F.conv2d(x, w, b, padding=1)),
+    "conv3d_2x32x32^3_to32_f32": (lambda: (lin(-1, 1, 2 * 32 * 32 ** 3).reshape(2, 32, 32, 32, 32),
+                                           lin(-0.1, 0.1, 32 * 32 * 27).reshape(32, 32, 3, 3, 3), lin(-1, 1, 32)),
+                                  lambda x, w, b: F.conv3d(x, w, b, padding=1)),
+    "conv_transpose2d_8x256x16x16_k2s2_f32": (lambda: (lin(-1, 1, 8 * 256 * 16 * 16).reshape(8, 256, 16, 16),
+                                                       lin(-0.1, 0.1, 256 * 128 * 4).reshape(256, 128, 2, 2),
+                                                       lin(-1, 1, 128)),
+                                              lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2)),
+    "conv2d_train_64x32x32x32_to64_f32": (lambda: (grad_leaf(lin(-1, 1, 64 * 32 * 32 * 32).reshape(64, 32, 32, 32)),
+                                                   grad_leaf(lin(-0.1, 0.1, 64 * 32 * 9).reshape(64, 32, 3, 3)),
+                                                   grad_leaf(lin(-1, 1, 64)),
+                                                   lin(-1, 1, 64 * 64 * 32 * 32).reshape(64, 64, 32, 32), F.conv2d),
+                                          train_step),
 }
 
 

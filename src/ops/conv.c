@@ -21,7 +21,6 @@
  */
 #include "../core/internal.h"
 #include <limits.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The CBLAS entry points used (see linalg.c for why they are declared here). */
@@ -546,7 +545,8 @@ static void make_geom(conv_geom *g, int32_t dtype, int64_t n, int64_t img_c, int
 
 /* BLAS takes int sizes and leading dims. */
 static lm_status check_blas_limits(lm_ctx *ctx, const char *op, const conv_geom *g) {
-  if (g->col_sz > INT_MAX || g->img_sz > INT_MAX || g->ckg > INT_MAX || g->mg > INT_MAX)
+  /* mg x K: the rows of the reversed step (see scatter) */
+  if (g->col_sz > INT_MAX || g->img_sz > INT_MAX || g->ckg > INT_MAX || g->mg * g->ksz > INT_MAX)
     return lm_err(ctx, LM_E_UNSUPPORTED, "%s: a matrix of the convolution exceeds BLAS's 32-bit sizes", op);
   return LM_OK;
 }

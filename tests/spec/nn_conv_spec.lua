@@ -151,6 +151,17 @@ describe('nn conv', function()
     for k = 1, 4 do check.assert_close(one[k], two[k], { rtol = 0, atol = 0 }) end
   end)
 
+  it('takes an empty batch', function()
+    local x, w, b = lumen.zeros(0, 3, 5, 5):requires_grad_(), mk({ 4, 3, 3, 3 }):requires_grad_(), mk({ 4 }):requires_grad_()
+    local y = F.conv2d(x, w, b, { padding = 1 })
+    assert.are.same({ 0, 4, 5, 5 }, y:size())
+    y:backward(lumen.zeros(0, 4, 5, 5))
+    assert.are.same({ 0, 3, 5, 5 }, x.grad:size())
+    check.assert_close(w.grad, lumen.zeros(4, 3, 3, 3), { rtol = 0, atol = 0 })
+    check.assert_close(b.grad, lumen.zeros(4), { rtol = 0, atol = 0 })
+    assert.are.same({ 0, 2, 6, 6 }, F.conv_transpose2d(lumen.zeros(0, 4, 3, 3), mk({ 4, 2, 2, 2 }), nil, { stride = 2 }):size())
+  end)
+
   it('agrees with finite differences (f64)', function()
     local function f64(shape, seed) return mk(shape, 'f64', seed) end
     assert(gradcheck(function(x, w, b) return F.conv1d(x, w, b, { stride = 2, padding = 1, dilation = 2, groups = 2 }) end,
