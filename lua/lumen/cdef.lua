@@ -248,6 +248,12 @@ int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 /* loss (src/ops/loss.c) */
 
 /* rnn (src/ops/rnn.c) */
+/* One LSTM step after its GEMMs: gates_x, gates_h are batch x 4H (gate order
+   i, f, g, o), c_prev batch x H; gives h and c (batch x H). */
+lm_status lm_lstm_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *gates_h, const lm_tensor *c_prev, lm_tensor **h, lm_tensor **c);
+/* One GRU step after its GEMMs: gates_x, gates_h are batch x 3H (r, z, n;
+   gates_h includes b_hh), h_prev batch x H; gives h (batch x H). */
+lm_status lm_gru_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *gates_h, const lm_tensor *h_prev, lm_tensor **h);
 
 /* optim (src/ops/optim.c) */
 
