@@ -103,6 +103,24 @@ describe('nn rnn', function()
       function(ref) check.assert_close(F.fused_gru_cell(gx3, gh3, hp), ref[1], TOL, 'h') end)
   end
 
+  do -- the f32 kernels' own exp: a wide range, saturation, infinities and NaN, checked tightly
+    local N, H = 4, 50
+    local gx = lumen.linspace(-30, 30, N * 4 * H):reshape(N, 4 * H)
+    local gh = lumen.zeros(N, 4 * H)
+    for k, v in ipairs { 1 / 0, -1 / 0, 0 / 0, 100, -100, 1e-7, -1e-7 } do gh[{ k % N, k * 7 }] = v end
+    local c, hp = lumen.randn(N, H), lumen.randn(N, H)
+    local gx3, gh3 = gx:narrow(1, 0, 3 * H):contiguous(), gh:narrow(1, 0, 3 * H):contiguous()
+    local g2, g1 = lumen.zeros(2, N, H), lumen.zeros(N, H)
+    local tight = { rtol = 2e-6, atol = 2e-7 }
+    add({ LSTM_REF, gx = gx, gh = gh, c = c, g = g2 }, 'fused_lstm_cell: f32 activations over -30..30, inf and NaN', function(ref)
+      local h2, c2 = F.fused_lstm_cell(gx, gh, c)
+      check.assert_close(h2, ref[1]:select(0, 0), tight, 'h')
+      check.assert_close(c2, ref[1]:select(0, 1), tight, 'c')
+    end)
+    add({ GRU_REF, gx = gx3, gh = gh3, h = hp, g = g1 }, 'fused_gru_cell: f32 activations over -30..30, inf and NaN',
+      function(ref) check.assert_close(F.fused_gru_cell(gx3, gh3, hp), ref[1], tight, 'h') end)
+  end
+
   it('fused cells: finite differences in f64 (every input, both LSTM outputs)', function()
     local N, H = 2, 3
     local gx, gh = lumen.randn({ N, 4 * H }, 'f64'), lumen.randn({ N, 4 * H }, 'f64')
