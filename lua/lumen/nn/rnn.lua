@@ -101,6 +101,24 @@ return function(nn, lumen)
     return b_ih + b_hh, nil
   end
 
+  -- The time steps of a projection as one op whose backward stacks the
+  -- steps' gradients once. Selecting each step as a view would send back a
+  -- full-size, mostly zero gradient per step: O(T^2) work for the sequence.
+  local split_steps = lumen.custom_op {
+    name = 'unbind',
+    forward = function(state, t, dim)
+      state.dim = dim
+      return unpack(lumen.unbind(t, dim))
+    end,
+    backward = function(state, ...) return lumen.stack({ ... }, state.dim) end,
+  }
+  local MAX_SPLIT = 4000 -- Lua passes at most about 8000 values in one call
+
+  local function time_steps(gx, tdim, T)
+    if T <= MAX_SPLIT and gx.requires_grad and lumen.is_grad_enabled() then return { split_steps(gx, tdim) } end
+    return lumen.unbind(gx, tdim)
+  end
+
   -- One layer in one direction. x: time-major (T x N x I, tdim 0) or
   -- batch-major (N x T x I, tdim 1). Returns the outputs (shaped like x with
   -- H features) and the last h and c.
@@ -109,13 +127,14 @@ return function(nn, lumen)
     local T = s[tdim + 1]
     local bias, b_hh = input_bias(mode, w.b_ih, w.b_hh)
     local gx = project(x:reshape(s[1] * s[2], s[3]), w.w_ih, bias)
-    gx = gx:view(s[1], s[2], gx:size(1))
-    local w_hh_t = w.w_hh:t()
+    local gxs = time_steps(gx:view(s[1], s[2], gx:size(1)), tdim, T)
     local step = steps[mode]
     local outs = {}
     for k = 1, T do
       local t = reverse and T - k or k - 1
-      h, c = step(gx:select(tdim, t), h, c, w_hh_t, b_hh)
+      -- a new transposed view per step: each step's weight gradient then
+      -- adds into w_hh.grad in place instead of into a fresh sum
+      h, c = step(gxs[t + 1], h, c, w.w_hh:t(), b_hh)
       outs[t + 1] = h
     end
     return lumen.stack(outs, tdim), h, c
