@@ -219,6 +219,10 @@ describe('nn rnn', function()
   module_case('GRU, unbatched, bidirectional, initial state', { kind = 'GRU', I = 3, H = 2, T = 3, unbatched = true,
     states = true, opts = { bidirectional = true } })
 
+  -- past 4000 steps the projection is split by selecting step views (one
+  -- Lua call cannot return more values than that)
+  module_case('RNN tanh, 4001 steps', { kind = 'RNN', I = 2, H = 1, T = 4001, N = 1, states = true })
+
   ---------------------------------------------------------------------------
   -- cells against torch.rnn_tanh_cell, rnn_relu_cell, gru_cell, lstm_cell
   local function cell_case(name, kind, opts, cfg)
@@ -314,6 +318,44 @@ describe('nn rnn', function()
     local m = nn.GRU(3, 4, { num_layers = 2, bidirectional = true })
     assert.are.same({ 12, 8 }, m.weight_ih_l1_reverse:size())
     assert.are.equal('3, 4, num_layers=2, bidirectional=true', m:extra_repr())
+  end)
+
+  it('whole layers: finite differences in f64 (input and initial states)', function()
+    local lstm = nn.LSTM(2, 2, { num_layers = 2, bidirectional = true }):to('f64')
+    local x, h0, c0 = lumen.randn({ 3, 2, 2 }, 'f64'), lumen.randn({ 4, 2, 2 }, 'f64'), lumen.randn({ 4, 2, 2 }, 'f64')
+    assert(gradcheck(function(a, h, c) return (lstm(a, { h, c })) end, { x, h0, c0 }))
+    assert(gradcheck(function(a, h, c) return select(2, lstm(a, { h, c }))[2] end, { x, h0, c0 }))
+    local gru = nn.GRU(2, 3, { batch_first = true }):to('f64')
+    assert(gradcheck(function(a, h) return (gru(a, h)) end, { x, lumen.randn({ 1, 3, 3 }, 'f64') }))
+  end)
+
+  it('gives the same values under no_grad, and records nothing', function()
+    local m = nn.GRU(3, 4, { num_layers = 2 })
+    local x = lumen.randn(5, 2, 3)
+    local y, h = m(x)
+    local y2, h2 = lumen.no_grad(function() return m(x) end)
+    assert.is_truthy(y.grad_fn)
+    assert.is_nil(y2.grad_fn)
+    check.assert_close(y2, y, { rtol = 0, atol = 0 })
+    check.assert_close(h2, h, { rtol = 0, atol = 0 })
+  end)
+
+  it('drops out between layers only in training', function()
+    local m = nn.LSTM(3, 4, { num_layers = 2, dropout = 0.5 })
+    local plain = nn.LSTM(3, 4, { num_layers = 2 })
+    plain:load_state_dict((m:state_dict()))
+    local x = lumen.randn(6, 2, 3)
+    m:eval()
+    check.assert_close((m(x)), (plain(x)), { rtol = 0, atol = 0 })
+    m:train()
+    local a, b = m(x), m(x)
+    assert.is_false(check.close(a, (plain(x))))
+    assert.is_false(check.close(a, b))
+    a:sum():backward()
+    assert.are.same({ 16, 4 }, m.weight_ih_l1.grad:size())
+    -- one layer: nothing to drop
+    local one = nn.GRU(3, 4, { dropout = 0.5 })
+    check.assert_close((one(x)), (lumen.no_grad(function() return one(x) end)), { rtol = 0, atol = 0 })
   end)
 
   it('reports bad inputs and options clearly', function()

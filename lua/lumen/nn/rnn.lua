@@ -256,6 +256,14 @@ return function(nn, lumen)
   ---------------------------------------------------------------------------
   -- sequence modules
 
+  -- Dropout on the outputs of every layer but the last (training only):
+  -- zeros with probability p, the rest scaled by 1 / (1 - p), as torch.
+  local function dropout(x, p)
+    if p >= 1 then return x * 0 end
+    local keep = lumen.empty(x:size(), x:dtype()):bernoulli_(1 - p)
+    return x * (keep * (1 / (1 - p)))
+  end
+
   local layer_opts = { num_layers = true, bias = true, batch_first = true, dropout = true, bidirectional = true }
   local rnn_opts = { nonlinearity = true }
   for k in pairs(layer_opts) do rnn_opts[k] = true end
@@ -374,7 +382,7 @@ return function(nn, lumen)
       local D = self.bidirectional and 2 or 1
       local hn, cn = {}, {}
       for l = 0, self.num_layers - 1 do
-        if l > 0 and self.dropout > 0 and self.training then x = F.dropout(x, self.dropout, true) end
+        if l > 0 and self.dropout > 0 and self.training then x = dropout(x, self.dropout) end
         local outs = {}
         for d = 0, D - 1 do
           local k = l * D + d
