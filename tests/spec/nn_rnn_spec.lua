@@ -400,6 +400,9 @@ describe('nn rnn', function()
     assert.has_error(function() nn.RNNCell(4, 3)(lumen.randn(2, 3, 4)) end,
       'lumen.RNNCell: input has shape 2x3x4, expected 2-D (batch x input_size) or 1-D (input_size)')
 
+    assert.has_error(function() F.gru_cell(lumen.randn(2, 4), nil, lumen.randn(9, 4), nil) end,
+      'lumen.gru_cell: w_hh must be a 2-D tensor, got nil')
+
     -- the fused steps check their operands in C
     assert.has_error(function() F.fused_lstm_cell(lumen.randn(2, 12), lumen.randn(2, 12), lumen.randn(2, 4)) end,
       'lumen.fused_lstm_cell: gates_x has shape 2x12, expected 2x16 (batch x 4*hidden, from c_prev of shape 2x4)')

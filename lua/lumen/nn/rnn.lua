@@ -70,9 +70,9 @@ return function(nn, lumen)
 
   ---------------------------------------------------------------------------
   -- one step of each kind, after the input projection gx (batch x G*H).
-  -- w_hh_t is w_hh transposed (a view made once per sequence). For RNN and
-  -- LSTM, b_hh is folded into gx, so it is nil here; the GRU needs b_hh
-  -- inside gates_h because r scales its n block.
+  -- w_hh_t is a transposed view of w_hh. For RNN and LSTM, b_hh is folded
+  -- into gx, so it is nil here; the GRU needs b_hh inside gates_h because r
+  -- scales its n block.
 
   local function hidden_gates(h, w_hh_t, b_hh)
     if b_hh then return lumen.addmm(b_hh, h, w_hh_t) end
@@ -178,6 +178,12 @@ return function(nn, lumen)
 
   -- One step of a cell with torch's weights (w_ih: G*H x I, w_hh: G*H x H).
   local function cell_step(name, mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    for _, w in ipairs { { w_ih, 'w_ih' }, { w_hh, 'w_hh' } } do
+      if not lumen.is_tensor(w[1]) or w[1]:dim() ~= 2 then
+        error(fmt('lumen.%s: %s must be a 2-D tensor, got %s', name, w[2],
+          lumen.is_tensor(w[1]) and shape_str(w[1]) or type(w[1])), 3)
+      end
+    end
     check_cell_input(name, x, w_ih)
     local H = w_hh:size(1)
     h = cell_state(name, 'h', h, x, H)
