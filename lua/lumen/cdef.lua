@@ -237,7 +237,17 @@ int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 /* neural-network ops: each family's declarations under its own heading */
 /* conv (src/ops/conv.c) */
 
-/* pool (src/ops/pool.c) */
+/* pool (src/ops/pool.c)
+   x is (N x) C x spatial with nd = 1, 2 or 3 spatial dims; kernel, stride,
+   padding, dilation and sizes hold nd values (stride NULL: the kernel;
+   padding NULL: 0; dilation NULL: 1). Indices are i64 flat positions within
+   each input plane (as PyTorch's); indices may be NULL. */
+lm_status lm_max_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, const int64_t *dilation, int32_t ceil_mode, lm_tensor **values, lm_tensor **indices);
+/* divisor_override > 0 divides every window by it instead */
+lm_status lm_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, int32_t ceil_mode, int32_t count_include_pad, int64_t divisor_override, lm_tensor **out);
+lm_status lm_adaptive_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *output_size, lm_tensor **out);
+/* Places x[i] at indices[i] of an output plane of output_size, zeros elsewhere. */
+lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indices, int32_t nd, const int64_t *output_size, lm_tensor **out);
 
 /* resample (src/ops/resample.c) */
 
