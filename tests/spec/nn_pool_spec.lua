@@ -150,6 +150,16 @@ do
   add('mpnan', 'max_pool2d', x, { 3 }, { stride = 2, padding = 1 }, { indices = true, note = ' NaN and -inf' })
 end
 
+-- Ties (as after a ReLU): the first position of a window wins.
+do
+  local v = {}
+  for i = 1, 2 * 3 * 8 * 9 do v[i] = math.max(0, (i * 7) % 5 - 2) end
+  local x = lumen.tensor(v):reshape { 2, 3, 8, 9 }
+  add('mpties', 'max_pool2d', x, { 3 }, { stride = 2, padding = 1 }, { indices = true, note = ' ties' })
+  add('mpties', 'max_pool2d', x, { 2 }, nil, { indices = true, note = ' ties' })
+  add('mpties', 'max_pool3d', x:reshape { 1, 2, 3, 8, 9 }, { 2 }, { stride = 1, ceil_mode = true }, { indices = true, note = ' ties' })
+end
+
 -- max_unpool, fed with values and indices from a max pool
 local unpool_cases = {}
 local function add_unpool(nd, shape, k, popts, uopts, dtype)
