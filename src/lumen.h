@@ -277,6 +277,19 @@ lm_status lm_adaptive_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, cons
 lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indices, int32_t nd, const int64_t *output_size, lm_tensor **out);
 
 /* resample (src/ops/resample.c) */
+enum { LM_INTERP_NEAREST = 0, LM_INTERP_LINEAR = 1 };
+enum { LM_GRID_PAD_ZEROS = 0, LM_GRID_PAD_BORDER = 1 };
+/* x is N x C x spatial (1 to 3 spatial dims); size holds the output's
+   spatial sizes. scale (may be NULL; entries <= 0 mean none) holds the
+   scale factors the caller gave: PyTorch maps output positions back with
+   them rather than with in/out (not with align_corners). Linear mode is
+   linear, bilinear or trilinear by the number of spatial dims. */
+lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, const double *scale, int32_t mode, int32_t align_corners, lm_tensor **out);
+/* x N x C x H x W with grid N x H' x W' x 2, or x N x C x D x H x W with
+   grid N x D' x H' x W' x 3; grid values in [-1, 1] as (x, y[, z]). */
+lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid, int32_t mode, int32_t padding_mode, int32_t align_corners, lm_tensor **out);
+/* theta N x 2 x 3 with size (N, C, H, W), or N x 3 x 4 with size (N, C, D, H, W). */
+lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, const int64_t *size, int32_t align_corners, lm_tensor **out);
 
 /* norm (src/ops/norm.c) */
 
