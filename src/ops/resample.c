@@ -207,34 +207,43 @@ INLINE void interp_rows(const interp_job *j, int64_t r0, int64_t r1, bool f64) {
 static void interp_rows_f32(void *a, int64_t r0, int64_t r1) { interp_rows(a, r0, r1, false); }
 static void interp_rows_f64(void *a, int64_t r0, int64_t r1) { interp_rows(a, r0, r1, true); }
 
-/* Backward: each output gradient goes to the positions it read, weighted. */
+/* Linear along W, backward: g spread over the two positions of output ow. */
+INLINE void spread_w(char *gx, int64_t row, const interp_dim *W, int64_t ow, double g, bool f64) {
+  add_to(gx, row + W->i0[ow], W->w0[ow] * g, f64);
+  add_to(gx, row + W->i1[ow], W->w1[ow] * g, f64);
+}
+
+/* Backward: each output gradient goes to the positions it read, weighted
+   (the forward's cases, reversed). */
 INLINE void interp_back_planes(const interp_job *j, int64_t p0, int64_t p1, bool f64) {
   const interp_plan *p = j->p;
   const interp_dim *D = &p->dim[0], *H = &p->dim[1], *W = &p->dim[2];
   int64_t HW = H->in * W->in, ip = D->in * HW, op = D->out * H->out * W->out;
-  int32_t nd_d = p->nd >= 3 && !p->nearest ? 2 : 1, nh = p->nd >= 2 && !p->nearest ? 2 : 1;
-  int32_t nw = p->nearest ? 1 : 2;
   for (int64_t plane = p0; plane < p1; plane++) {
     char *gx = j->y + plane * ip * (f64 ? 8 : 4);
     int64_t o = plane * op;
     for (int64_t od = 0; od < D->out; od++)
-      for (int64_t oh = 0; oh < H->out; oh++)
-        for (int64_t ow = 0; ow < W->out; ow++, o++) {
-          double g = load(j->x, o, f64);
-          for (int32_t a = 0; a < nd_d; a++) {
-            int64_t id = a ? D->i1[od] : D->i0[od];
-            double wd = a ? D->w1[od] : D->w0[od];
-            for (int32_t b = 0; b < nh; b++) {
-              int64_t ih = b ? H->i1[oh] : H->i0[oh];
-              double wh = b ? H->w1[oh] : H->w0[oh];
-              for (int32_t c = 0; c < nw; c++) {
-                int64_t iw = c ? W->i1[ow] : W->i0[ow];
-                double ww = c ? W->w1[ow] : W->w0[ow];
-                add_to(gx, id * HW + ih * W->in + iw, wd * wh * ww * g, f64);
-              }
-            }
+      for (int64_t oh = 0; oh < H->out; oh++, o += W->out) {
+        int64_t r00 = D->i0[od] * HW + H->i0[oh] * W->in, r01 = D->i0[od] * HW + H->i1[oh] * W->in;
+        int64_t r10 = D->i1[od] * HW + H->i0[oh] * W->in, r11 = D->i1[od] * HW + H->i1[oh] * W->in;
+        double h0 = H->w0[oh], h1 = H->w1[oh], d0 = D->w0[od], d1 = D->w1[od];
+        for (int64_t ow = 0; ow < W->out; ow++) {
+          double g = load(j->x, o + ow, f64);
+          if (p->nearest) {
+            add_to(gx, r00 + W->i0[ow], g, f64);
+          } else if (p->nd == 1) {
+            spread_w(gx, r00, W, ow, g, f64);
+          } else if (p->nd == 2) {
+            spread_w(gx, r00, W, ow, h0 * g, f64);
+            spread_w(gx, r01, W, ow, h1 * g, f64);
+          } else {
+            spread_w(gx, r00, W, ow, d0 * h0 * g, f64);
+            spread_w(gx, r01, W, ow, d0 * h1 * g, f64);
+            spread_w(gx, r10, W, ow, d1 * h0 * g, f64);
+            spread_w(gx, r11, W, ow, d1 * h1 * g, f64);
           }
         }
+      }
   }
 }
 static void interp_back_f32(void *a, int64_t p0, int64_t p1) { interp_back_planes(a, p0, p1, false); }

@@ -179,7 +179,7 @@ return function(nn, lumen)
   local function list_repr(v)
     if type(v) == 'table' then
       local s = {}
-      for i, e in ipairs(v) do s[i] = tostring(e) end
+      for i, e in ipairs(v) do s[i] = e == false and 'None' or tostring(e) end
       return '(' .. table.concat(s, ', ') .. ')'
     end
     return tostring(v)
