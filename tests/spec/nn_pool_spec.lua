@@ -107,6 +107,7 @@ for _, dt in ipairs { 'f32', 'f64' } do
   add('mp1', 'max_pool1d', randn({ 2, 2, 10 }, dt), { 3 }, { stride = 2, ceil_mode = true }, { indices = true })
   add('mp2', 'max_pool2d', randn({ 2, 3, 9, 7 }, dt), { 3 }, { stride = 2, padding = 1 }, { indices = true })
   add('mp2', 'max_pool2d', randn({ 2, 3, 8, 8 }, dt), { 2 }, nil, { indices = true })
+  add('mp2', 'max_pool2d', randn({ 1, 2, 7, 8 }, dt), { { 3, 2 } }, { stride = {} }, { indices = true })
   add('mp2', 'max_pool2d', randn({ 2, 2, 9, 10 }, dt), { { 2, 3 } },
     { stride = { 1, 2 }, dilation = { 2, 1 }, ceil_mode = true }, { indices = true })
   add('mp2', 'max_pool2d', randn({ 3, 7, 6 }, dt), { 3 }, { stride = 2, padding = 1, ceil_mode = true }, { indices = true })

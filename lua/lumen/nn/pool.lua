@@ -43,6 +43,12 @@ return function(nn, lumen)
     return v
   end
 
+  -- stride: nil or an empty list means the kernel size, as in PyTorch.
+  local function stride_of(v, k, nd, op)
+    if v == nil or (type(v) == 'table' and not core.is_tensor(v) and next(v) == nil) then return k end
+    return tuple(v, nd, op, 'stride')
+  end
+
   local function fill(buf, list)
     for i = 1, #list do buf[i - 1] = list[i] end
     return buf
@@ -70,7 +76,7 @@ return function(nn, lumen)
       local h = input(x, op)
       opts = options(opts, op, max_known)
       k = tuple(k, nd, op, 'kernel_size')
-      local s = opts.stride ~= nil and tuple(opts.stride, nd, op, 'stride') or k
+      local s = stride_of(opts.stride, k, nd, op)
       local p = tuple(opts.padding or 0, nd, op, 'padding')
       local d = tuple(opts.dilation or 1, nd, op, 'dilation')
       local ceil = flag(opts.ceil_mode, op, 'ceil_mode')
@@ -95,7 +101,7 @@ return function(nn, lumen)
       local h = input(x, op)
       opts = options(opts, op, avg_known)
       k = tuple(k, nd, op, 'kernel_size')
-      local s = opts.stride ~= nil and tuple(opts.stride, nd, op, 'stride') or k
+      local s = stride_of(opts.stride, k, nd, op)
       local p = tuple(opts.padding or 0, nd, op, 'padding')
       local ceil = flag(opts.ceil_mode, op, 'ceil_mode')
       local include = opts.count_include_pad == nil or flag(opts.count_include_pad, op, 'count_include_pad')
@@ -140,7 +146,7 @@ return function(nn, lumen)
       local ih = core.handle(indices, op, 'indices')
       opts = options(opts, op, unpool_known)
       k = tuple(k, nd, op, 'kernel_size')
-      local s = opts.stride ~= nil and tuple(opts.stride, nd, op, 'stride') or k
+      local s = stride_of(opts.stride, k, nd, op)
       local p = tuple(opts.padding or 0, nd, op, 'padding')
       local xs = x:size()
       if #xs ~= nd + 1 and #xs ~= nd + 2 then
