@@ -302,14 +302,23 @@ typedef struct scatter_job {
   const char *g;        /* output gradient (contiguous) */
   const int64_t *idx;   /* positions within the plane of the input */
   char *gx;             /* input gradient, zeroed */
+  atomic_bool bad;      /* an index outside the plane */
 } scatter_job;
 
-/* Max pool backward: each output's gradient goes to its argmax. */
-INLINE void max_back_planes(const scatter_job *j, int64_t p0, int64_t p1, bool f64) {
+/* Max pool backward: each output's gradient goes to its argmax. The
+   indices are also the caller's, who may have changed them since. */
+INLINE void max_back_planes(scatter_job *j, int64_t p0, int64_t p1, bool f64) {
   int64_t ip = in_plane(j->p), op = out_plane(j->p);
   for (int64_t plane = p0; plane < p1; plane++) {
     char *gx = j->gx + plane * ip * (f64 ? 8 : 4);
-    for (int64_t o = plane * op; o < (plane + 1) * op; o++) add_to(gx, j->idx[o], load(j->g, o, f64), f64);
+    for (int64_t o = plane * op; o < (plane + 1) * op; o++) {
+      int64_t k = j->idx[o];
+      if (k < 0 || k >= ip) {
+        atomic_store(&j->bad, true);
+        return;
+      }
+      add_to(gx, k, load(j->g, o, f64), f64);
+    }
   }
 }
 static void max_back_f32(void *a, int64_t p0, int64_t p1) { max_back_planes(a, p0, p1, false); }
@@ -334,8 +343,13 @@ static lm_status max_pool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const 
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
   if ((st = zeros_like_input(ctx, "max_pool backward", p, g->dtype, &gx))) goto done;
-  scatter_job j = {p, lm_data(g), (const int64_t *)lm_data(node->saved[0]), lm_data(gx)};
+  scatter_job j = {p, lm_data(g), (const int64_t *)lm_data(node->saved[0]), lm_data(gx), false};
   lm_parallel_for(ctx, p->planes, grain_for(out_plane(p)), g->dtype == LM_F64 ? max_back_f64 : max_back_f32, &j);
+  if (atomic_load(&j.bad)) {
+    st = lm_err(ctx, LM_E_INDEX, "max_pool backward: an index lies outside its plane of %lld elements "
+                "(were the indices changed in place after the forward?)", (long long)in_plane(p));
+    goto done;
+  }
   gin[0] = gx, gx = NULL;
 done:
   lm_tensor_release(g);
@@ -586,12 +600,18 @@ static void unpool_f32(void *a, int64_t p0, int64_t p1) { unpool_planes(a, p0, p
 static void unpool_f64(void *a, int64_t p0, int64_t p1) { unpool_planes(a, p0, p1, true); }
 
 /* Backward gathers: the gradient of input i is the output's at idx[i]
-   (indices were checked by the forward). */
+   (checked again: the indices are the caller's, who may have changed them). */
 INLINE void unpool_back(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
   for (int64_t plane = p0; plane < p1; plane++) {
     const char *g = j->src + plane * j->out_plane * (f64 ? 8 : 4);
-    for (int64_t i = plane * j->in_plane; i < (plane + 1) * j->in_plane; i++)
-      store(j->dst, i, load(g, j->idx[i], f64), f64);
+    for (int64_t i = plane * j->in_plane; i < (plane + 1) * j->in_plane; i++) {
+      int64_t k = j->idx[i];
+      if (k < 0 || k >= j->out_plane) {
+        atomic_store(&j->bad, true);
+        return;
+      }
+      store(j->dst, i, load(g, k, f64), f64);
+    }
   }
 }
 static void unpool_back_f32(void *a, int64_t p0, int64_t p1) { unpool_back(a, p0, p1, false); }
@@ -606,6 +626,11 @@ static lm_status max_unpool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   unpool_job j = {node->ip[0], node->ip[1], lm_data(g), (const int64_t *)lm_data(idx), lm_data(gx), false};
   int64_t planes = lm_numel(idx) / j.in_plane;
   lm_parallel_for(ctx, planes, grain_for(j.in_plane), g->dtype == LM_F64 ? unpool_back_f64 : unpool_back_f32, &j);
+  if (atomic_load(&j.bad)) {
+    st = lm_err(ctx, LM_E_INDEX, "max_unpool backward: an index lies outside the output plane of %lld elements "
+                "(were the indices changed in place after the forward?)", (long long)j.out_plane);
+    goto done;
+  }
   gin[0] = gx, gx = NULL;
 done:
   lm_tensor_release(g);
