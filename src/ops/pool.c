@@ -165,11 +165,20 @@ static lm_status check_pool_input(lm_ctx *ctx, const char *op, const lm_tensor *
   return LM_OK;
 }
 
-/* One of kernel/stride/padding/dilation: nd values, each >= min. */
+/* Sizes, kernels, strides, paddings and dilations stay below 2^31, so
+   that products of them (and the tables sized by them) cannot overflow. */
+#define PARAM_MAX INT64_C(2147483647)
+
+/* One of kernel/stride/padding/dilation/output size: nd values, each in
+   [min, PARAM_MAX]. */
 static lm_status check_param(lm_ctx *ctx, const char *op, const char *what, int32_t nd, const int64_t *v, int64_t min) {
-  for (int32_t d = 0; d < nd; d++)
+  for (int32_t d = 0; d < nd; d++) {
     if (v[d] < min)
       return lm_err(ctx, LM_E_ARG, "%s: %s[%d] is %lld, expected >= %lld", op, what, d, (long long)v[d], (long long)min);
+    if (v[d] > PARAM_MAX)
+      return lm_err(ctx, LM_E_ARG, "%s: %s[%d] is %lld, expected at most %lld", op, what, d, (long long)v[d],
+                    (long long)PARAM_MAX);
+  }
   return LM_OK;
 }
 

@@ -22,6 +22,8 @@
 
 #define INLINE static inline __attribute__((always_inline))
 #define WORK_GRAIN 32768 /* element visits below which another thread does not pay */
+/* Sizes stay below 2^31, so that the tables sized by them cannot overflow. */
+#define SIZE_MAX_ENTRY INT64_C(2147483647)
 
 INLINE double load(const void *p, int64_t i, bool f64) {
   return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
@@ -284,8 +286,9 @@ lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, cons
   if ((st = check_float(ctx, op, x, "input"))) return st;
   if (!size) return lm_err(ctx, LM_E_ARG, "%s: output size is NULL", op);
   for (int32_t d = 0; d < nd; d++) {
-    if (size[d] < 1)
-      return lm_err(ctx, LM_E_ARG, "%s: output size[%d] is %lld, expected >= 1", op, d, (long long)size[d]);
+    if (size[d] < 1 || size[d] > SIZE_MAX_ENTRY)
+      return lm_err(ctx, LM_E_ARG, "%s: output size[%d] is %lld, expected between 1 and %lld", op, d,
+                    (long long)size[d], (long long)SIZE_MAX_ENTRY);
     if (x->shape[2 + d] < 1)
       return lm_err(ctx, LM_E_SHAPE, "%s: input %s (%s) has an empty spatial dimension %d, expected sizes >= 1", op,
                     LM_SHP(x, buf), layouts[nd], 2 + d);
@@ -683,9 +686,9 @@ lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, 
     return lm_err(ctx, LM_E_ARG, "%s: size has %d entries, expected 4 (N x C x H x W) or 5 (N x C x D x H x W)", op,
                   size ? size_len : 0);
   for (int32_t d = 0; d < size_len; d++)
-    if (size[d] < 1)
-      return lm_err(ctx, LM_E_ARG, "%s: size %s has an entry below 1, expected positive sizes", op,
-                    lm_shape_str(size_len, size, a, sizeof a));
+    if (size[d] < 1 || size[d] > SIZE_MAX_ENTRY)
+      return lm_err(ctx, LM_E_ARG, "%s: size %s has an entry outside [1, %lld]", op,
+                    lm_shape_str(size_len, size, a, sizeof a), (long long)SIZE_MAX_ENTRY);
   int32_t nd = size_len - 2;
   if (theta->ndim != 3 || theta->shape[0] != size[0] || theta->shape[1] != nd || theta->shape[2] != nd + 1)
     return lm_err(ctx, LM_E_SHAPE, "%s: theta of shape %s for size %s, expected %lld x %d x %d (a batch of %d-D affine matrices)",

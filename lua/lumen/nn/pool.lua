@@ -84,7 +84,7 @@ return function(nn, lumen)
       core.out1[0], core.out2[0] = nil, nil
       local st = C.lm_max_pool(ctx, h, nd, fill(bufs[1], k), fill(bufs[2], s), fill(bufs[3], p), fill(bufs[4], d),
         ceil and 1 or 0, core.out1, want_idx and core.out2 or nil)
-      if st ~= 0 then core.fail(1) end
+      if st ~= 0 then core.fail(2) end
       local y = core.wrap(core.out1[0])
       if want_idx then return y, core.wrap(core.out2[0]) end
       return y

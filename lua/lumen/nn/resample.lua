@@ -108,7 +108,7 @@ return function(nn, lumen)
     end
     local st = C.lm_upsample(ctx, h, size_buf, scales, mode == 'nearest' and C.LM_INTERP_NEAREST or C.LM_INTERP_LINEAR,
       align and 1 or 0, core.out1)
-    if st ~= 0 then core.fail_as('interpolate', 1) end
+    if st ~= 0 then core.fail_as('interpolate', 2) end
     return core.wrap(core.out1[0])
   end
   F.upsample = F.interpolate
@@ -136,7 +136,7 @@ return function(nn, lumen)
     end
     local align = flag(opts.align_corners, op, 'align_corners', false)
     local st = C.lm_grid_sample(ctx, h, gh, mode, pad, align and 1 or 0, core.out1)
-    if st ~= 0 then core.fail(1) end
+    if st ~= 0 then core.fail(2) end
     return core.wrap(core.out1[0])
   end
 
