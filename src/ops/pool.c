@@ -310,7 +310,7 @@ typedef struct scatter_job {
   const window_plan *p;
   const char *g;        /* output gradient (contiguous) */
   const int64_t *idx;   /* positions within the plane of the input */
-  char *gx;             /* input gradient, zeroed */
+  char *gx;             /* input gradient (each task zeroes its planes) */
   atomic_bool bad;      /* an index outside the plane */
 } scatter_job;
 
@@ -320,6 +320,7 @@ INLINE void max_back_planes(scatter_job *j, int64_t p0, int64_t p1, bool f64) {
   int64_t ip = in_plane(j->p), op = out_plane(j->p);
   for (int64_t plane = p0; plane < p1; plane++) {
     char *gx = j->gx + plane * ip * (f64 ? 8 : 4);
+    memset(gx, 0, (size_t)ip * (f64 ? 8 : 4)); /* here: in parallel, and in cache */
     for (int64_t o = plane * op; o < (plane + 1) * op; o++) {
       int64_t k = j->idx[o];
       if (k < 0 || k >= ip) {
@@ -339,11 +340,9 @@ static int64_t grain_for(int64_t work_per_item) {
   return g < 1 ? 1 : g;
 }
 
-/* A zeroed tensor of the saved input's shape. */
-static lm_status zeros_like_input(lm_ctx *ctx, const char *op, const window_plan *p, int32_t dtype, lm_tensor **out) {
-  lm_status st = lm_new(ctx, op, dtype, p->ndim, p->shape, out);
-  if (!st) memset(lm_data(*out), 0, (size_t)lm_numel(*out) * lm_dtype_size(dtype));
-  return st;
+/* A tensor of the saved input's shape, for its gradient. */
+static lm_status grad_like_input(lm_ctx *ctx, const char *op, const window_plan *p, int32_t dtype, lm_tensor **out) {
+  return lm_new(ctx, op, dtype, p->ndim, p->shape, out);
 }
 
 static lm_status max_pool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
@@ -351,7 +350,7 @@ static lm_status max_pool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const 
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = zeros_like_input(ctx, "max_pool backward", p, g->dtype, &gx))) goto done;
+  if ((st = grad_like_input(ctx, "max_pool backward", p, g->dtype, &gx))) goto done;
   scatter_job j = {p, lm_data(g), (const int64_t *)lm_data(node->saved[0]), lm_data(gx), false};
   lm_parallel_for(ctx, p->planes, grain_for(out_plane(p)), g->dtype == LM_F64 ? max_back_f64 : max_back_f32, &j);
   if (atomic_load(&j.bad)) {
@@ -424,7 +423,7 @@ fail:
 typedef struct avg_job {
   const window_plan *p;
   const char *x; /* forward: input; backward: output gradient */
-  char *y;       /* forward: output; backward: input gradient (zeroed) */
+  char *y;       /* forward: output; backward: input gradient (zeroed plane by plane) */
   bool f64;
   atomic_bool oom;
 } avg_job;
@@ -476,6 +475,7 @@ INLINE void avg_back_planes(avg_job *j, int64_t p0, int64_t p1, bool f64) {
   int64_t ip = in_plane(p), op = out_plane(p), HW = H->in * W->in;
   for (int64_t plane = p0; plane < p1; plane++) {
     char *gx = j->y + plane * ip * (f64 ? 8 : 4);
+    memset(gx, 0, (size_t)ip * (f64 ? 8 : 4));
     int64_t o = plane * op;
     for (int64_t od = 0; od < D->out; od++)
       for (int64_t oh = 0; oh < H->out; oh++)
@@ -506,7 +506,7 @@ static lm_status avg_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = zeros_like_input(ctx, "avg_pool backward", p, g->dtype, &gx))) goto done;
+  if ((st = grad_like_input(ctx, "avg_pool backward", p, g->dtype, &gx))) goto done;
   avg_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64, false};
   lm_parallel_for(ctx, p->planes, grain_for(out_plane(p) * mean_window(p)), j.f64 ? avg_back_f64 : avg_back_f32, &j);
   gin[0] = gx, gx = NULL;
@@ -588,13 +588,14 @@ typedef struct unpool_job {
   int64_t in_plane, out_plane;
   const char *src; /* forward: values; backward: output gradient */
   const int64_t *idx;
-  char *dst;       /* forward: the output (zeroed); backward: input gradient */
+  char *dst;       /* forward: the output (zeroed plane by plane); backward: input gradient */
   atomic_bool bad; /* an index outside the output plane */
 } unpool_job;
 
 INLINE void unpool_planes(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
   for (int64_t plane = p0; plane < p1; plane++) {
     char *y = j->dst + plane * j->out_plane * (f64 ? 8 : 4);
+    memset(y, 0, (size_t)j->out_plane * (f64 ? 8 : 4));
     for (int64_t i = plane * j->in_plane; i < (plane + 1) * j->in_plane; i++) {
       int64_t k = j->idx[i];
       if (k < 0 || k >= j->out_plane) {
@@ -667,7 +668,6 @@ lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indice
   out_shape(x, nd, output_size, shape);
   if ((st = contiguous_untracked(ctx, x, &xc)) || (st = contiguous_untracked(ctx, indices, &ic))) goto fail;
   if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
-  memset(lm_data(y), 0, (size_t)lm_numel(y) * lm_dtype_size(y->dtype));
   unpool_job j = {1, 1, lm_data(xc), (const int64_t *)lm_data(ic), lm_data(y), false};
   int64_t planes = 1;
   for (int32_t d = 0; d < x->ndim; d++) {

@@ -57,12 +57,6 @@ static lm_status check_float(lm_ctx *ctx, const char *op, const lm_tensor *t, co
   return LM_OK;
 }
 
-static lm_status new_zeros(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
-  lm_status st = lm_new(ctx, op, dtype, ndim, shape, out);
-  if (!st) memset(lm_data(*out), 0, (size_t)lm_numel(*out) * lm_dtype_size(dtype));
-  return st;
-}
-
 /* ---- upsample ---- */
 
 /* Where each output position reads along one dimension: i0 with weight w0
@@ -165,7 +159,7 @@ static lm_status interp_plan_new(lm_ctx *ctx, const char *op, const lm_tensor *x
 typedef struct interp_job {
   const interp_plan *p;
   const char *x; /* forward: input; backward: output gradient */
-  char *y;       /* forward: output; backward: input gradient (zeroed) */
+  char *y;       /* forward: output; backward: input gradient (zeroed plane by plane) */
   bool f64;
 } interp_job;
 
@@ -223,6 +217,7 @@ INLINE void interp_back_planes(const interp_job *j, int64_t p0, int64_t p1, bool
   int64_t HW = H->in * W->in, ip = D->in * HW, op = D->out * H->out * W->out;
   for (int64_t plane = p0; plane < p1; plane++) {
     char *gx = j->y + plane * ip * (f64 ? 8 : 4);
+    memset(gx, 0, (size_t)ip * (f64 ? 8 : 4)); /* here: in parallel, and in cache */
     int64_t o = plane * op;
     for (int64_t od = 0; od < D->out; od++)
       for (int64_t oh = 0; oh < H->out; oh++, o += W->out) {
@@ -256,7 +251,7 @@ static lm_status upsample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const 
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = new_zeros(ctx, "upsample backward", g->dtype, p->ndim, p->shape, &gx))) goto done;
+  if ((st = lm_new(ctx, "upsample backward", g->dtype, p->ndim, p->shape, &gx))) goto done;
   interp_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64};
   int64_t per_plane = lm_numel(g) / (p->planes > 0 ? p->planes : 1) * (1 << p->nd);
   lm_parallel_for(ctx, p->planes, grain_for(per_plane), j.f64 ? interp_back_f64 : interp_back_f32, &j);
@@ -332,7 +327,7 @@ typedef struct grid_job {
   const char *x;    /* N x C x in, contiguous */
   const char *grid; /* N x P x nd, contiguous */
   const char *g;    /* backward: output gradient, N x C x P */
-  char *y;          /* forward: output N x C x P; backward: input gradient (zeroed) */
+  char *y;          /* forward: output N x C x P; backward: input gradient (zeroed plane by plane) */
   char *ggrid;      /* backward: grid gradient, or NULL */
   bool f64, nearest, border, align;
 } grid_job;
@@ -438,6 +433,7 @@ INLINE void grid_back_x(const grid_job *j, int64_t q0, int64_t q1, bool f64) {
   for (int64_t q = q0; q < q1; q++) {
     int64_t n = q / j->C;
     char *gx = j->y + q * plane * (f64 ? 8 : 4);
+    memset(gx, 0, (size_t)plane * (f64 ? 8 : 4));
     for (int64_t p = 0; p < j->P; p++) {
       corners k;
       corners_at(j, n, p, &k);
@@ -494,7 +490,7 @@ static lm_status grid_sample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *con
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
   j.x = lm_data(x), j.grid = lm_data(grid), j.g = lm_data(g);
   if (node->needs[0]) {
-    if ((st = new_zeros(ctx, "grid_sample backward", x->dtype, x->ndim, x->shape, &gx))) goto done;
+    if ((st = lm_new(ctx, "grid_sample backward", x->dtype, x->ndim, x->shape, &gx))) goto done;
     j.y = lm_data(gx);
     lm_parallel_for(ctx, j.N * j.C, grain_for(j.P * 8), j.f64 ? grid_back_x_f64 : grid_back_x_f32, &j);
   }
