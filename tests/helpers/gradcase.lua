@@ -92,4 +92,16 @@ function M.no_grad_recorded(y)
   assert.is_nil(y.grad_fn)
 end
 
+-- Live bytes after running fn (forward and backward) n times and
+-- collecting garbage, against before: nodes and saved tensors must go.
+function M.assert_no_leak(fn, n)
+  collectgarbage('collect')
+  collectgarbage('collect')
+  local before = lumen.memory().live
+  for _ = 1, n or 10 do fn() end
+  collectgarbage('collect')
+  collectgarbage('collect')
+  assert.are.equal(before, lumen.memory().live)
+end
+
 return M

@@ -160,6 +160,23 @@ describe('reduction gradients', function()
       check.assert_close(l.grad, lumen.tensor({ 1 + 6, 1 + 3, 1 + 2 }, 'f64'))
     end)
 
+    it('frees nodes and saved tensors, after backward or without it', function()
+      local fs = {
+        function(t) return t:sum(1) end, function(t) return t:mean() end, function(t) return t:prod(0) end,
+        function(t) return t:max() end, function(t) return (t:max(1)) end, function(t) return t:amin(0, true) end,
+        function(t) return t:var(1) end, function(t) return t:std() end, function(t) return t:norm(3) end,
+        function(t) return t:norm('inf', 1) end, function(t) return t:cumsum(0) end,
+      }
+      gradcase.assert_no_leak(function()
+        for _, f in ipairs(fs) do
+          local l = a:detach():requires_grad_()
+          local y = f(l)
+          y:backward(lumen.ones(y:size()))
+          f(l) -- never run backward on this one
+        end
+      end)
+    end)
+
     it('keeps integer reductions out of autograd', function()
       local i = lumen.tensor({ 1, 2, 3 }, 'i64')
       gradcase.no_grad_recorded(i:sum())

@@ -114,6 +114,17 @@ describe('shape op gradients', function()
       gradcase.no_grad_recorded(lumen.cat({ lumen.tensor({ 1 }, 'i64'), lumen.tensor({ 2 }, 'i64') }))
     end)
 
+    it('frees nodes and saved tensors, after backward or without it', function()
+      gradcase.assert_no_leak(function()
+        for _, f in ipairs(fns) do
+          local l = a:detach():requires_grad_()
+          local y = f(l)
+          y:backward(lumen.ones(y:size()))
+          f(l)
+        end
+      end)
+    end)
+
     it('gives gradients of the input dtype to each cat input', function()
       local p = lumen.ones(2, 'f32'):requires_grad_()
       local q = lumen.ones(3, 'f64'):requires_grad_()
