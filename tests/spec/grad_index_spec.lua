@@ -111,6 +111,10 @@ describe('index op gradients', function()
       { 'masked_fill', function(t) return t:masked_fill(mask, 7) end, { d } },
       { 'sort', function(t) return (t:sort(1, true)) end, { d } },
       { 'topk', function(t) return (t:topk(3, 1)) end, { d } },
+      -- through views and elementwise ops
+      { 'gather of a transposed view', function(t) return t:t():gather(0, gi1:t()) end, { d } },
+      { 'index_select of a product', function(t) return (t * t):index_select(0, i64 { 2, 2, 1 }) end, { d } },
+      { 'sort of a slice', function(t) return (t[{ {}, { 1, 4 } }]:sort(0)) end, { d } },
     } do
       it(c[1], function() assert(gradcheck(c[2], c[3])) end)
     end

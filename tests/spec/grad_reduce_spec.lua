@@ -113,6 +113,11 @@ describe('reduction gradients', function()
       { 'norm -inf', function(a) return a:norm('-inf', 0) end, d },
       { 'cumsum', function(a) return a:cumsum(1) end, d },
       { 'cumsum dim 0', function(a) return a:cumsum(0) end, d3 },
+      -- through views and elementwise ops (non-contiguous inputs to the reductions)
+      { 'prod of a transposed view', function(a) return a:t():prod(1) end, d },
+      { 'var of a slice', function(a) return a[{ {}, { 1, 3 } }]:var(0) end, d3 },
+      { 'norm of a product', function(a) return (a * a:sum(0, true)):norm(2, 1) end, d },
+      { 'cumsum of a permuted view', function(a) return a:permute(2, 0, 1):cumsum(0) end, d3 },
     }
     for _, c in ipairs(fns) do
       it(c[1], function() assert(gradcheck(c[2], { c[3] })) end)
@@ -151,6 +156,12 @@ describe('reduction gradients', function()
       assert.are.equal('sum', ag:sum().grad_fn)
       assert.are.equal('max', ag:amax(1).grad_fn)
       assert.are.equal('cumsum', ag:cumsum(1).grad_fn)
+    end)
+
+    it('seeds a one-element result with 1', function()
+      local l = lumen.tensor({ 3, -4 }, 'f64'):requires_grad_()
+      l:norm():backward()
+      check.assert_close(l.grad, lumen.tensor({ 0.6, -0.8 }, 'f64'), { rtol = 1e-12, atol = 0 })
     end)
 
     it('accumulates into .grad over two backwards', function()

@@ -87,6 +87,10 @@ describe('shape op gradients', function()
       { 'pad reflect', function(p) return p:pad({ 3, 2, 1, 2 }, 'reflect') end, { m2 } },
       { 'pad replicate', function(p) return p:pad({ 2, 3, 1, 0, 1, 1 }, 'replicate') end, { x } },
       { 'pad reflect, cropping', function(p) return p:pad({ 2, -1 }, 'reflect') end, { m2 } },
+      -- through views and elementwise ops
+      { 'cat of a transposed view', function(p, q) return lumen.cat({ p:transpose(1, 2), q:transpose(1, 2) * 2 }, 2) end, { x, y } },
+      { 'pad replicate of a slice', function(p) return p[{ {}, { 1, 3 } }]:pad({ 2, 1 }, 'replicate') end, { x } },
+      { 'roll of a sum', function(p) return (p + p:flip(0)):roll(2, 1) end, { x } },
     } do
       it(cs[1], function() assert(gradcheck(cs[2], cs[3])) end)
     end
