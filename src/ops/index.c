@@ -781,8 +781,8 @@ lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tens
   st = scatter_forward(ctx, t, dim, index, src, mode, dst, &res);
   ctx->grad_enabled = was;
   if (st) return st;
-  lm_node *node = NULL;
-  if (!dst && (st = lm_record(ctx, LM_OP_SCATTER, scatter_backward, 3, ins, 1, &res, &node)))
+  lm_node *node = NULL; /* an integer t takes src converted: nothing to differentiate */
+  if (!dst && lm_dtype_is_float(res->dtype) && (st = lm_record(ctx, LM_OP_SCATTER, scatter_backward, 3, ins, 1, &res, &node)))
     return record_failed(&res, st);
   if (node) {
     node->ip[IX_DIM] = lm_wrap_dim(dim, t->ndim > 0 ? t->ndim : 1);
