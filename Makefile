@@ -86,7 +86,9 @@ demo: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
+	@LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' luajit bench/check_workloads.lua
 	@sh bench/run.sh
+	@sh bench/run.sh workloads
 
 clean:
 	rm -rf build

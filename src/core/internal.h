@@ -152,7 +152,8 @@ typedef struct lm_edge {
 typedef struct lm_out_meta { int32_t dtype, ndim; int64_t shape[LM_MAX_DIMS]; } lm_out_meta;
 struct lm_node {
   int32_t refcount;
-  int32_t op;               /* LM_OP_* or a plugin op id (names the node) */
+  int32_t op;               /* LM_OP_* or a plugin op id */
+  const char *name;         /* for grad_fn and messages */
   lm_backward_fn backward;  /* NULL for Lua-defined ops */
   int32_t n_in, n_out;
   lm_edge *next;            /* n_in edges */
