@@ -199,13 +199,25 @@ function checkpoint.load(path, parts)
     end
     local ids = param_ids(opt)
     local state = {}
-    for sid, plain in pairs(type(mo.state) == 'table' and mo.state or {}) do
+    local saved = type(mo.state) == 'table' and mo.state or {}
+    local sids = {}
+    for sid in pairs(saved) do sids[#sids + 1] = sid end
+    table.sort(sids, function(a, b) return tostring(a) < tostring(b) end)
+    for _, sid in ipairs(sids) do
+      local plain = saved[sid]
       local id = tonumber(sid)
-      if not id or not ids[id + 1] then bad("optimizer state for parameter id %s, the optimizer has %d parameters", tostring(sid), #ids) end
+      if not id or not ids[id + 1] then
+        bad('optimizer state for parameter id %s, the optimizer has %d parameters', tostring(sid), #ids)
+      end
+      if type(plain) ~= 'table' then bad('optimizer state for parameter id %s is not an object', tostring(sid)) end
       state[id] = {}
       for k, v in pairs(plain) do state[id][k] = v end
     end
-    for name, t in pairs(tensors) do
+    local names = {}
+    for name in pairs(tensors) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      local t = tensors[name]
       local sid, k = name:match('^optimizer%.state%.(%d+)%.(.+)$')
       if sid then
         local id = tonumber(sid)

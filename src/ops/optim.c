@@ -22,6 +22,18 @@
 #include <string.h>
 
 #define OPTIM_GRAIN 32768 /* elements per thread, as for the other loops */
+#define LM_SIMD _Pragma("omp simd")
+/* The update loops test settings that stay fixed for the whole loop; GCC at
+   -O2 does not version a loop on them (-funswitch-loops comes with -O3),
+   and without that they do not vectorise. (The Makefile builds this file
+   with -fno-math-errno, for the square roots.) */
+#if defined(__GNUC__) && !defined(__clang__)
+#define LM_KERNEL static __attribute__((optimize("unswitch-loops")))
+#define LM_LOOP static inline __attribute__((always_inline, optimize("unswitch-loops")))
+#else
+#define LM_KERNEL static
+#define LM_LOOP static inline
+#endif
 
 /* ---- checks ---- */
 
@@ -146,24 +158,33 @@ typedef struct sgd_job {
   bool nesterov, maximize, fresh;
 } sgd_job;
 
+/* Each kernel calls its loop with constants for the settings that decide
+   which buffers exist; the other settings are tested in the loop, which
+   GCC versions on them (LM_KERNEL). */
 #define SGD_KERNEL(T, NM)                                                                      \
-  static void sgd_##NM(void *arg, int64_t b, int64_t e) {                                      \
-    const sgd_job *j = arg;                                                                    \
-    T *p = j->data[0], *buf = j->data[2];                                                      \
-    const T *g = j->data[1];                                                                   \
+  LM_LOOP void sgd_loop_##NM(const sgd_job *j, int64_t b, int64_t e, bool use_buf) {           \
+    T *restrict p = j->data[0], *restrict buf = j->data[2];                                    \
+    const T *restrict g = j->data[1];                                                          \
     const T wd = (T)j->weight_decay, mom = (T)j->momentum, keep = (T)(1 - j->dampening);       \
     const T neg_lr = (T)(-j->lr);                                                              \
-    for (int64_t i = b; i < e; i++) {                                                          \
-      T d = j->maximize ? -g[i] : g[i];                                                        \
-      if (j->weight_decay != 0) d = d + wd * p[i];                                             \
-      if (j->momentum != 0) {                                                                  \
+    const bool maximize = j->maximize, use_wd = j->weight_decay != 0;                          \
+    const bool fresh = j->fresh, nesterov = j->nesterov;                                       \
+    LM_SIMD for (int64_t i = b; i < e; i++) {                                                  \
+      T d = maximize ? -g[i] : g[i];                                                           \
+      d = use_wd ? d + wd * p[i] : d;                                                          \
+      if (use_buf) {                                                                           \
         /* a fresh buffer starts as the gradient itself, without dampening */                  \
-        T m = j->fresh ? d : buf[i] * mom + keep * d;                                          \
+        T m = fresh ? d : buf[i] * mom + keep * d;                                             \
         buf[i] = m;                                                                            \
-        d = j->nesterov ? d + mom * m : m;                                                     \
+        d = nesterov ? d + mom * m : m;                                                        \
       }                                                                                        \
       p[i] = p[i] + neg_lr * d;                                                                \
     }                                                                                          \
+  }                                                                                            \
+  LM_KERNEL void sgd_##NM(void *arg, int64_t b, int64_t e) {                                   \
+    const sgd_job *j = arg;                                                                    \
+    if (j->momentum != 0) sgd_loop_##NM(j, b, e, true);                                        \
+    else sgd_loop_##NM(j, b, e, false);                                                        \
   }
 SGD_KERNEL(float, f32)
 SGD_KERNEL(double, f64)
@@ -222,35 +243,42 @@ typedef struct adam_job {
   bool decoupled, amsgrad, maximize;
 } adam_job;
 
-#define ADAM_KERNEL(T, NM)                                                                     \
-  static void adam_##NM(void *arg, int64_t b, int64_t e) {                                     \
-    const adam_job *j = arg;                                                                   \
-    T *p = j->data[0], *m = j->data[2], *v = j->data[3], *vmax = j->data[4];                   \
-    const T *g = j->data[1];                                                                   \
+#define ADAM_KERNEL(T, NM, SQRT)                                                               \
+  LM_LOOP void adam_loop_##NM(const adam_job *j, int64_t b, int64_t e, bool amsgrad) {         \
+    T *restrict p = j->data[0], *restrict m = j->data[2], *restrict v = j->data[3];            \
+    T *restrict vmax = j->data[4];                                                             \
+    const T *restrict g = j->data[1];                                                          \
     const T decay = (T)j->decay_factor, wd = (T)j->weight_decay;                               \
-    const T b1 = (T)j->beta1, b2 = (T)j->beta2;                                                 \
-    const T c1 = (T)(1 - j->beta1), c2 = (T)(1 - j->beta2);                                     \
+    const T b1 = (T)j->beta1, b2 = (T)j->beta2;                                                \
+    const T c1 = (T)(1 - j->beta1), c2 = (T)(1 - j->beta2);                                    \
     const T eps = (T)j->eps, step = (T)j->neg_step_size, bc2 = (T)j->bc2_sqrt;                 \
-    for (int64_t i = b; i < e; i++) {                                                          \
-      T d = j->maximize ? -g[i] : g[i];                                                        \
-      if (j->decoupled) p[i] = p[i] * decay;                                                   \
-      else if (j->weight_decay != 0) d = d + wd * p[i];                                        \
+    const bool maximize = j->maximize, decoupled = j->decoupled;                               \
+    const bool use_wd = !j->decoupled && j->weight_decay != 0;                                 \
+    LM_SIMD for (int64_t i = b; i < e; i++) {                                                  \
+      T d = maximize ? -g[i] : g[i];                                                           \
+      T pi = decoupled ? p[i] * decay : p[i];                                                  \
+      d = use_wd ? d + wd * pi : d;                                                            \
       T mi = m[i] * b1 + c1 * d;                                                               \
       T vi = v[i] * b2 + c2 * d * d;                                                           \
       m[i] = mi;                                                                               \
       v[i] = vi;                                                                               \
-      if (j->amsgrad) {                                                                        \
+      if (amsgrad) {                                                                           \
         T top = vmax[i];                                                                       \
-        if (vi > top || vi != vi) top = vi; /* NaN propagates, as torch.maximum */             \
+        top = ((vi > top) | (vi != vi)) ? vi : top; /* NaN propagates, as torch.maximum */     \
         vmax[i] = top;                                                                         \
         vi = top;                                                                              \
       }                                                                                        \
-      T denom = (T)sqrt(vi) / bc2 + eps;                                                       \
-      p[i] = p[i] + step * (mi / denom);                                                       \
+      T denom = SQRT(vi) / bc2 + eps;                                                          \
+      p[i] = pi + step * (mi / denom);                                                         \
     }                                                                                          \
+  }                                                                                            \
+  LM_KERNEL void adam_##NM(void *arg, int64_t b, int64_t e) {                                  \
+    const adam_job *j = arg;                                                                   \
+    if (j->amsgrad) adam_loop_##NM(j, b, e, true);                                             \
+    else adam_loop_##NM(j, b, e, false);                                                       \
   }
-ADAM_KERNEL(float, f32)
-ADAM_KERNEL(double, f64)
+ADAM_KERNEL(float, f32, sqrtf)
+ADAM_KERNEL(double, f64, sqrt)
 
 lm_status lm_adam_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads,
                        lm_tensor *const *exp_avgs, lm_tensor *const *exp_avg_sqs, lm_tensor *const *max_exp_avg_sqs,
@@ -311,28 +339,30 @@ typedef struct rmsprop_job {
   bool centered, maximize;
 } rmsprop_job;
 
-#define RMSPROP_KERNEL(T, NM)                                                                  \
-  static void rmsprop_##NM(void *arg, int64_t b, int64_t e) {                                  \
-    const rmsprop_job *j = arg;                                                                \
-    T *p = j->data[0], *sq = j->data[2], *ga = j->data[3], *buf = j->data[4];                  \
-    const T *g = j->data[1];                                                                   \
+#define RMSPROP_KERNEL(T, NM, SQRT)                                                            \
+  LM_LOOP void rmsprop_loop_##NM(const rmsprop_job *j, int64_t b, int64_t e, bool centered,    \
+                                 bool use_buf) {                                               \
+    T *restrict p = j->data[0], *restrict sq = j->data[2], *restrict ga = j->data[3];          \
+    T *restrict buf = j->data[4];                                                              \
+    const T *restrict g = j->data[1];                                                          \
     const T alpha = (T)j->alpha, c = (T)(1 - j->alpha), eps = (T)j->eps;                       \
     const T wd = (T)j->weight_decay, mom = (T)j->momentum, neg_lr = (T)(-j->lr);               \
-    for (int64_t i = b; i < e; i++) {                                                          \
-      T d = j->maximize ? -g[i] : g[i];                                                        \
-      if (j->weight_decay != 0) d = d + wd * p[i];                                             \
+    const bool maximize = j->maximize, use_wd = j->weight_decay != 0;                          \
+    LM_SIMD for (int64_t i = b; i < e; i++) {                                                  \
+      T d = maximize ? -g[i] : g[i];                                                           \
+      d = use_wd ? d + wd * p[i] : d;                                                          \
       T s = sq[i] * alpha + c * d * d;                                                         \
       sq[i] = s;                                                                               \
       T avg;                                                                                   \
-      if (j->centered) {                                                                       \
+      if (centered) {                                                                          \
         T a = ga[i] * alpha + c * d;                                                           \
         ga[i] = a;                                                                             \
-        avg = (T)sqrt(s - a * a);                                                              \
+        avg = SQRT(s - a * a);                                                                 \
       } else {                                                                                 \
-        avg = (T)sqrt(s);                                                                      \
+        avg = SQRT(s);                                                                         \
       }                                                                                        \
       avg = avg + eps;                                                                         \
-      if (j->momentum > 0) {                                                                   \
+      if (use_buf) {                                                                           \
         T m = buf[i] * mom + d / avg;                                                          \
         buf[i] = m;                                                                            \
         p[i] = p[i] + neg_lr * m;                                                              \
@@ -340,9 +370,17 @@ typedef struct rmsprop_job {
         p[i] = p[i] + neg_lr * (d / avg);                                                      \
       }                                                                                        \
     }                                                                                          \
+  }                                                                                            \
+  LM_KERNEL void rmsprop_##NM(void *arg, int64_t b, int64_t e) {                               \
+    const rmsprop_job *j = arg;                                                                \
+    bool centered = j->centered, use_buf = j->momentum > 0;                                    \
+    if (centered && use_buf) rmsprop_loop_##NM(j, b, e, true, true);                           \
+    else if (centered) rmsprop_loop_##NM(j, b, e, true, false);                                \
+    else if (use_buf) rmsprop_loop_##NM(j, b, e, false, true);                                 \
+    else rmsprop_loop_##NM(j, b, e, false, false);                                             \
   }
-RMSPROP_KERNEL(float, f32)
-RMSPROP_KERNEL(double, f64)
+RMSPROP_KERNEL(float, f32, sqrtf)
+RMSPROP_KERNEL(double, f64, sqrt)
 
 lm_status lm_rmsprop_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads,
                           lm_tensor *const *square_avgs, lm_tensor *const *grad_avgs, lm_tensor *const *momentum_bufs,
@@ -402,8 +440,8 @@ typedef struct norm_job {
     const norm_job *j = arg;                                                                   \
     const T *g = j->data;                                                                      \
     for (int64_t blk = b; blk < e; blk++) {                                                    \
-      int64_t lo = blk * NORM_BLOCK;                                                            \
-      int64_t hi = lo + NORM_BLOCK < j->numel ? lo + NORM_BLOCK : j->numel;                     \
+      int64_t lo = blk * NORM_BLOCK;                                                           \
+      int64_t hi = lo + NORM_BLOCK < j->numel ? lo + NORM_BLOCK : j->numel;                    \
       double acc = 0;                                                                          \
       if (isinf(j->p)) {                                                                       \
         for (int64_t i = lo; i < hi; i++) {                                                    \
@@ -432,9 +470,9 @@ typedef struct scale_job {
 #define SCALE_KERNEL(T, NM)                                                                    \
   static void scale_##NM(void *arg, int64_t b, int64_t e) {                                    \
     const scale_job *j = arg;                                                                  \
-    T *g = j->data;                                                                            \
+    T *restrict g = j->data;                                                                   \
     const T c = (T)j->coef;                                                                    \
-    for (int64_t i = b; i < e; i++) g[i] = g[i] * c;                                           \
+    LM_SIMD for (int64_t i = b; i < e; i++) g[i] = g[i] * c;                                   \
   }
 SCALE_KERNEL(float, f32)
 SCALE_KERNEL(double, f64)
