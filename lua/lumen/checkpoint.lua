@@ -234,7 +234,13 @@ function checkpoint.load(path, parts)
     end
     opt_sd = { state = state, param_groups = mo.param_groups }
   end
-  if parts.scheduler and meta.scheduler == nil then bad('the checkpoint holds no scheduler state') end
+  if parts.scheduler then
+    if type(meta.scheduler) ~= 'table' then bad('the checkpoint holds no scheduler state') end
+    if meta.scheduler.name ~= parts.scheduler.name then
+      bad('the scheduler state is of a %s, the scheduler given is a %s', tostring(meta.scheduler.name),
+        tostring(parts.scheduler.name))
+    end
+  end
 
   if parts.model then
     local names = {}

@@ -232,6 +232,11 @@ describe('checkpoint', function()
         'lumen.checkpoint.load: ' .. plain .. ': the checkpoint holds no optimizer state')
       assert.has_error(function() checkpoint.load(plain, { scheduler = sched }) end,
         'lumen.checkpoint.load: ' .. plain .. ': the checkpoint holds no scheduler state')
+      unchanged(m, opt, function()
+        assert.has_error(function()
+          checkpoint.load(path, { model = m, optimizer = opt, scheduler = optim.lr_scheduler.StepLR(optim.SGD({ lumen.zeros(1) }, { lr = 1 }), 2) })
+        end, 'lumen.checkpoint.load: ' .. path .. ': the scheduler state is of a WarmupCosine, the scheduler given is a StepLR')
+      end)
     end)
 
     it('bad arguments', function()
