@@ -188,6 +188,15 @@ lm_status lm_save(lm_ctx *ctx, lm_node *node, int32_t i, const lm_tensor *t);
 lm_status lm_sum_to(lm_ctx *ctx, const lm_tensor *g, int32_t ndim, const int64_t *shape, lm_tensor **out);
 void lm_node_release(lm_node *n);
 
+/* reduce, shape, index, sort (opsgrad): ops built from other ops run those
+   with grad mode off (they must neither record nor refuse to write into
+   their own temporaries), then record themselves. Returns the old mode. */
+static inline bool lm_grad_pause(lm_ctx *ctx) {
+  bool was = ctx->grad_enabled;
+  ctx->grad_enabled = false;
+  return was;
+}
+
 /* ---- host API table handed to plugins ---- */
 const lm_host_api *lm_host_api_get(void);
 
