@@ -34,6 +34,10 @@ $(B)/obj/%.o: src/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The optimizer updates take square roots in loops that only vectorise when
+# sqrt need not set errno.
+$(B)/obj/ops/optim.o: override CFLAGS += -fno-math-errno
+
 # -z nodelete: LuaJIT unloads liblumen at exit, which must not unmap libgomp
 # while an OpenMP worker still spins in it.
 $(B)/liblumen.so: $(LIB_OBJ)

@@ -190,6 +190,15 @@ void lm_node_release(lm_node *n);
 /* Called by lm_ctx_free: freed Lua-defined nodes stop reporting to ctx. */
 void lm_autograd_forget_ctx(const lm_ctx *ctx);
 
+/* reduce, shape, index, sort (opsgrad): ops built from other ops run those
+   with grad mode off (they must neither record nor refuse to write into
+   their own temporaries), then record themselves. Returns the old mode. */
+static inline bool lm_grad_pause(lm_ctx *ctx) {
+  bool was = ctx->grad_enabled;
+  ctx->grad_enabled = false;
+  return was;
+}
+
 /* ---- host API table handed to plugins ---- */
 const lm_host_api *lm_host_api_get(void);
 
