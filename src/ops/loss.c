@@ -1,0 +1,634 @@
+/* loss.c - fused losses with their own backward: cross_entropy (log-softmax
+ * and negative log-likelihood in one pass), nll_loss and
+ * binary_cross_entropy_with_logits.
+ *
+ * Semantics follow PyTorch 1.13:
+ * - cross_entropy / nll_loss take logits (or log-probabilities) of shape C,
+ *   N x C or N x C x d1 x ... and class targets of the same shape without
+ *   the class dimension (integer dtypes; a value outside 0..C-1 that is not
+ *   ignore_index is an error naming it). With class weights w and label
+ *   smoothing e, position i with target t costs
+ *     (1 - e) * w[t] * -logp[t] + (e / C) * sum_c w[c] * -logp[c],
+ *   ignored positions cost nothing, and 'mean' divides the total by the sum
+ *   of w[t] over positions that are not ignored (NaN when there are none).
+ * - cross_entropy also takes probability targets of the logits' shape:
+ *   t' = (1 - e) * t + e / C, a position costs sum_c w[c] t'[c] * -logp[c],
+ *   'mean' divides by the number of positions (N x d1 x ...).
+ * - binary_cross_entropy_with_logits: per element
+ *     w * ((1 - t) * x + (1 + (pw - 1) * t) * log(1 + exp(-x))),
+ *   log(1 + exp(-x)) computed as max(-x, 0) + log1p(exp(-|x|)) so that no
+ *   exp overflows; weight w and pos_weight pw broadcast to x's shape.
+ *
+ * The class-loss kernels walk the positions (N x d1 x ...) in fixed units,
+ * each a run of positions read for every class at the class stride, in
+ * blocks so that the inner loops run over neighbouring positions. Units are
+ * spread over threads; their partial sums are added in unit order, so the
+ * result does not depend on the thread count. The backward recomputes the
+ * log-sum-exp instead of keeping it: no memory beyond the logits the graph
+ * already holds. */
+#include "../core/internal.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLK 256            /* positions per block in the class kernels */
+#define UNIT_ELEMS 16384   /* logits per unit of work (at least one position) */
+#define GRAIN_ELEMS 32768  /* elements below which another thread does not pay */
+
+/* ---- shared argument checks ---- */
+
+static lm_status float_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what) {
+  lm_status st = lm_check_input(ctx, op, t, what);
+  if (st) return st;
+  if (!lm_dtype_is_float(t->dtype))
+    return lm_err(ctx, LM_E_DTYPE, "%s: %s has dtype %s, expected f32 or f64", op, what, lm_dtype_name(t->dtype));
+  return LM_OK;
+}
+
+static lm_status check_reduction(lm_ctx *ctx, const char *op, int32_t reduction) {
+  if (reduction == LM_REDUCTION_NONE || reduction == LM_REDUCTION_MEAN || reduction == LM_REDUCTION_SUM) return LM_OK;
+  return lm_err(ctx, LM_E_ARG, "%s: unknown reduction %d, expected none (0), mean (1) or sum (2)", op, reduction);
+}
+
+/* Internal conversions must not be recorded: the loss records one node. */
+static lm_status contiguous_as(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
+  bool grad = ctx->grad_enabled;
+  ctx->grad_enabled = false;
+  lm_tensor *c = NULL;
+  lm_status st = lm_cast_if_needed(ctx, t, dtype, &c);
+  if (!st) st = lm_contiguous(ctx, c, out);
+  lm_tensor_release(c);
+  ctx->grad_enabled = grad;
+  return st;
+}
+
+/* A reduced loss: 0-d; 'none': the per-position shape. */
+static lm_status new_loss(lm_ctx *ctx, const char *op, int32_t dtype, int32_t reduction, int32_t ndim,
+                          const int64_t *shape, lm_tensor **out) {
+  if (reduction == LM_REDUCTION_NONE) return lm_new(ctx, op, dtype, ndim, shape, out);
+  return lm_new(ctx, op, dtype, 0, NULL, out);
+}
+
+/* ==== cross_entropy and nll_loss ==== */
+
+typedef struct class_plan {
+  int32_t dtype;
+  int64_t N, C, S;      /* batch, classes, positions per sample */
+  int64_t npos;         /* N * S */
+  bool log_input;       /* nll_loss: x holds log-probabilities already */
+  const char *x;        /* contiguous logits / log-probabilities */
+  const int64_t *tgt;   /* class targets (contiguous), or NULL */
+  const char *prob;     /* probability targets (contiguous, x's dtype), or NULL */
+  const double *w;      /* class weights, or NULL (all 1) */
+  double wsum;          /* sum of the class weights */
+  int64_t ignore;       /* ignore_index */
+  double eps;           /* label smoothing */
+  int64_t unit, nunits; /* positions per unit, number of units */
+  /* forward */
+  char *loss;           /* per-position losses ('none'), or NULL */
+  double *part;         /* per unit: loss sum, weight sum */
+  int64_t *bad;         /* per unit: first position with a bad target, or -1 */
+  /* backward */
+  const char *gout;     /* per-position output gradient ('none'), or NULL */
+  double gscale;        /* the reduced output's gradient (already divided for 'mean') */
+  char *gx;             /* gradient of x (contiguous), or NULL */
+  char *gt;             /* gradient of the probability targets, or NULL */
+} class_plan;
+
+static inline double class_weight(const class_plan *p, int64_t c) { return p->w ? p->w[c] : 1.0; }
+
+/* One kernel body per float type: T the element type, EXP/LOG its maths. */
+#define DEF_CLASS_KERNELS(SUF, T, EXP, LOG)                                                      \
+  /* log-sum-exp over classes for b positions at class stride S */                               \
+  static void lse_##SUF(const class_plan *p, const T *x, int64_t b, T *lse) {                     \
+    const int64_t S = p->S;                                                                      \
+    if (p->log_input) {                                                                          \
+      for (int64_t j = 0; j < b; j++) lse[j] = 0;                                                \
+      return;                                                                                    \
+    }                                                                                            \
+    T m[BLK], s[BLK];                                                                            \
+    for (int64_t j = 0; j < b; j++) m[j] = x[j];                                                 \
+    for (int64_t c = 1; c < p->C; c++)                                                           \
+      for (int64_t j = 0; j < b; j++) m[j] = x[c * S + j] > m[j] ? x[c * S + j] : m[j];           \
+    for (int64_t j = 0; j < b; j++) {                                                            \
+      s[j] = 0;                                                                                  \
+      if (m[j] == -INFINITY || m[j] == INFINITY) m[j] = 0; /* keeps inf - inf out */             \
+    }                                                                                            \
+    for (int64_t c = 0; c < p->C; c++)                                                           \
+      for (int64_t j = 0; j < b; j++) s[j] += EXP(x[c * S + j] - m[j]);                          \
+    for (int64_t j = 0; j < b; j++) lse[j] = m[j] + LOG(s[j]);                                   \
+  }                                                                                              \
+                                                                                                 \
+  /* Forward over b positions starting at flat position pos (one sample). */                     \
+  static void fwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b, double *lsum,         \
+                              double *wsum, int64_t *bad) {                                      \
+    const int64_t S = p->S, C = p->C, n = pos / S, s0 = pos % S;                                  \
+    const T *x = (const T *)p->x + n * C * S + s0;                                               \
+    T lse[BLK], sx[BLK];                                                                         \
+    lse_##SUF(p, x, b, lse);                                                                     \
+    T *out = p->loss ? (T *)p->loss + pos : NULL;                                                \
+    if (p->prob) {                                                                               \
+      const T *t = (const T *)p->prob + n * C * S + s0;                                          \
+      for (int64_t j = 0; j < b; j++) sx[j] = 0;                                                 \
+      for (int64_t c = 0; c < C; c++) {                                                          \
+        const T wc = (T)class_weight(p, c), e = (T)p->eps, u = (T)(p->eps / C);                  \
+        for (int64_t j = 0; j < b; j++)                                                          \
+          sx[j] += wc * ((1 - e) * t[c * S + j] + u) * (lse[j] - x[c * S + j]);                  \
+      }                                                                                          \
+      for (int64_t j = 0; j < b; j++) {                                                          \
+        if (out) out[j] = sx[j];                                                                 \
+        *lsum += sx[j];                                                                          \
+      }                                                                                          \
+      *wsum += (double)b;                                                                        \
+      return;                                                                                    \
+    }                                                                                            \
+    const int64_t *t = p->tgt + pos;                                                             \
+    if (p->eps > 0) { /* sum_c w[c] * -logp[c] */                                                \
+      for (int64_t j = 0; j < b; j++) sx[j] = 0;                                                 \
+      for (int64_t c = 0; c < C; c++) {                                                          \
+        const T wc = (T)class_weight(p, c);                                                      \
+        for (int64_t j = 0; j < b; j++) sx[j] += wc * (lse[j] - x[c * S + j]);                   \
+      }                                                                                          \
+    }                                                                                            \
+    for (int64_t j = 0; j < b; j++) {                                                            \
+      const int64_t k = t[j];                                                                    \
+      if (k == p->ignore) {                                                                      \
+        if (out) out[j] = 0;                                                                     \
+        continue;                                                                                \
+      }                                                                                          \
+      if (k < 0 || k >= C) {                                                                     \
+        if (*bad < 0) *bad = pos + j;                                                            \
+        if (out) out[j] = 0;                                                                     \
+        continue;                                                                                \
+      }                                                                                          \
+      const double wk = class_weight(p, k);                                                      \
+      double l = wk * (double)(lse[j] - x[k * S + j]);                                           \
+      if (p->eps > 0) l = (1 - p->eps) * l + p->eps / C * (double)sx[j];                         \
+      if (out) out[j] = (T)l;                                                                    \
+      *lsum += l;                                                                                \
+      *wsum += wk;                                                                               \
+    }                                                                                            \
+  }                                                                                              \
+                                                                                                 \
+  /* Backward over b positions: d/dx[c] = g * (A * softmax[c] - B[c]). */                        \
+  static void bwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b) {                     \
+    const int64_t S = p->S, C = p->C, n = pos / S, s0 = pos % S, off = n * C * S + s0;           \
+    const T *x = (const T *)p->x + off;                                                          \
+    T lse[BLK], g[BLK], a[BLK];                                                                  \
+    lse_##SUF(p, x, b, lse);                                                                     \
+    for (int64_t j = 0; j < b; j++) g[j] = p->gout ? ((const T *)p->gout)[pos + j] : (T)p->gscale; \
+    const T e = (T)p->eps, u = (T)(p->eps / C);                                                  \
+    if (p->prob) {                                                                               \
+      const T *t = (const T *)p->prob + off;                                                     \
+      for (int64_t j = 0; j < b; j++) a[j] = 0;                                                  \
+      for (int64_t c = 0; c < C; c++) {                                                          \
+        const T wc = (T)class_weight(p, c);                                                      \
+        for (int64_t j = 0; j < b; j++) a[j] += wc * ((1 - e) * t[c * S + j] + u);               \
+      }                                                                                          \
+      for (int64_t c = 0; p->gx && c < C; c++) {                                                 \
+        const T wc = (T)class_weight(p, c);                                                      \
+        T *gx = (T *)p->gx + off + c * S;                                                        \
+        for (int64_t j = 0; j < b; j++)                                                          \
+          gx[j] = g[j] * (a[j] * EXP(x[c * S + j] - lse[j]) - wc * ((1 - e) * t[c * S + j] + u)); \
+      }                                                                                          \
+      for (int64_t c = 0; p->gt && c < C; c++) {                                                 \
+        const T wc = (T)class_weight(p, c);                                                      \
+        T *gt = (T *)p->gt + off + c * S;                                                        \
+        for (int64_t j = 0; j < b; j++) gt[j] = g[j] * (1 - e) * wc * (lse[j] - x[c * S + j]);   \
+      }                                                                                          \
+      return;                                                                                    \
+    }                                                                                            \
+    const int64_t *t = p->tgt + pos;                                                             \
+    T wt[BLK];                                                                                   \
+    for (int64_t j = 0; j < b; j++) {                                                            \
+      const int64_t k = t[j];                                                                    \
+      const bool skip = k == p->ignore || k < 0 || k >= C;                                       \
+      if (skip) g[j] = 0;                                                                        \
+      wt[j] = skip ? 0 : (T)class_weight(p, k);                                                  \
+      a[j] = p->log_input ? 0 : (1 - e) * wt[j] + u * (T)p->wsum;                                \
+    }                                                                                            \
+    for (int64_t c = 0; c < C; c++) {                                                            \
+      const T uc = u * (T)class_weight(p, c);                                                    \
+      T *gx = (T *)p->gx + off + c * S;                                                          \
+      if (p->log_input) {                                                                        \
+        for (int64_t j = 0; j < b; j++) gx[j] = 0;                                               \
+      } else {                                                                                   \
+        for (int64_t j = 0; j < b; j++) gx[j] = g[j] * (a[j] * EXP(x[c * S + j] - lse[j]) - uc); \
+      }                                                                                          \
+    }                                                                                            \
+    for (int64_t j = 0; j < b; j++)                                                              \
+      if (g[j] != 0) ((T *)p->gx)[off + t[j] * S + j] -= g[j] * (1 - e) * wt[j];                 \
+  }
+
+DEF_CLASS_KERNELS(f32, float, expf, logf)
+DEF_CLASS_KERNELS(f64, double, exp, log)
+
+/* Runs fn over the positions of units [u0, u1), block by block, never
+   crossing a sample boundary inside a block. */
+typedef struct unit_arg {
+  const class_plan *p;
+  bool backward;
+} unit_arg;
+
+static void run_units(void *arg, int64_t u0, int64_t u1) {
+  const unit_arg *ua = arg;
+  const class_plan *p = ua->p;
+  for (int64_t u = u0; u < u1; u++) {
+    int64_t pos = u * p->unit, end = pos + p->unit < p->npos ? pos + p->unit : p->npos;
+    double lsum = 0, wsum = 0;
+    int64_t bad = -1;
+    while (pos < end) {
+      int64_t to_sample_end = p->S - pos % p->S, b = end - pos;
+      if (b > to_sample_end) b = to_sample_end;
+      if (b > BLK) b = BLK;
+      if (ua->backward) {
+        if (p->dtype == LM_F32) bwd_block_f32(p, pos, b);
+        else bwd_block_f64(p, pos, b);
+      } else {
+        if (p->dtype == LM_F32) fwd_block_f32(p, pos, b, &lsum, &wsum, &bad);
+        else fwd_block_f64(p, pos, b, &lsum, &wsum, &bad);
+      }
+      pos += b;
+    }
+    if (!ua->backward) {
+      p->part[2 * u] = lsum;
+      p->part[2 * u + 1] = wsum;
+      p->bad[u] = bad;
+    }
+  }
+}
+
+static void run_plan(lm_ctx *ctx, const class_plan *p, bool backward) {
+  unit_arg ua = {p, backward};
+  int64_t per_unit = p->unit * p->C;
+  int64_t grain = GRAIN_ELEMS / (per_unit > 0 ? per_unit : 1);
+  lm_parallel_for(ctx, p->nunits, grain < 1 ? 1 : grain, run_units, &ua);
+}
+
+static void plan_units(class_plan *p) {
+  p->npos = p->N * p->S;
+  p->unit = UNIT_ELEMS / (p->C > 0 ? p->C : 1);
+  if (p->unit < 1) p->unit = 1;
+  p->nunits = (p->npos + p->unit - 1) / p->unit;
+}
+
+/* What the backward keeps: saved[0] the contiguous x, saved[1] the targets
+   (i64 classes or probabilities, contiguous); weights in extra. */
+typedef struct class_saved {
+  int64_t C;
+  double w[]; /* C class weights */
+} class_saved;
+
+enum { IP_IGNORE, IP_REDUCTION, IP_PROB, IP_LOGIN, IP_N, IP_C, IP_S, IP_HAS_W };
+enum { P_EPS, P_DENOM, P_WSUM };
+
+static lm_status class_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *x = node->saved[0], *tgt = node->saved[1];
+  const class_saved *cs = node->extra;
+  const char *op = node->ip[IP_LOGIN] ? "nll_loss" : "cross_entropy";
+  lm_tensor *g = NULL, *gx = NULL, *gt = NULL;
+  class_plan p = {0};
+  p.dtype = x->dtype;
+  p.N = node->ip[IP_N];
+  p.C = node->ip[IP_C];
+  p.S = node->ip[IP_S];
+  p.log_input = node->ip[IP_LOGIN];
+  p.x = lm_data(x);
+  p.eps = node->p[P_EPS];
+  p.wsum = node->p[P_WSUM];
+  p.ignore = node->ip[IP_IGNORE];
+  p.w = node->ip[IP_HAS_W] ? cs->w : NULL;
+  if (node->ip[IP_PROB]) p.prob = lm_data(tgt);
+  else p.tgt = (const int64_t *)lm_data(tgt);
+  plan_units(&p);
+  lm_status st;
+  int32_t reduction = (int32_t)node->ip[IP_REDUCTION];
+  if ((st = contiguous_as(ctx, gout[0], x->dtype, &g))) goto done;
+  if (reduction == LM_REDUCTION_NONE) {
+    p.gout = lm_data(g);
+  } else {
+    p.gscale = lm_read_as_double(g->dtype, lm_data(g));
+    if (reduction == LM_REDUCTION_MEAN) p.gscale /= node->p[P_DENOM];
+  }
+  if (node->needs[0]) {
+    if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &gx))) goto done;
+    p.gx = lm_data(gx);
+  }
+  if (node->n_in > 1 && node->needs[1] && p.prob) {
+    if ((st = lm_new(ctx, op, tgt->dtype, tgt->ndim, tgt->shape, &gt))) goto done;
+    p.gt = lm_data(gt);
+  }
+  if (p.gx || p.gt) run_plan(ctx, &p, true);
+  gin[0] = gx;
+  if (node->n_in > 1) gin[1] = gt;
+  gx = gt = NULL;
+done:
+  lm_tensor_release(g);
+  lm_tensor_release(gx);
+  lm_tensor_release(gt);
+  return st;
+}
+
+/* The shared body of cross_entropy (log_input false) and nll_loss. */
+static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const lm_tensor *x, const lm_tensor *target,
+                            const lm_tensor *weight, int64_t ignore_index, double label_smoothing, int32_t reduction,
+                            lm_tensor **out) {
+  char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
+  lm_tensor *xc = NULL, *tc = NULL, *wc = NULL, *res = NULL;
+  class_saved *saved = NULL;
+  double *part = NULL;
+  int64_t *bad = NULL;
+  lm_status st;
+  const char *xname = log_input ? "input" : "logits";
+  if ((st = float_input(ctx, op, x, xname))) return st;
+  if ((st = lm_check_input(ctx, op, target, "target"))) return st;
+  if (weight && (st = float_input(ctx, op, weight, "weight"))) return st;
+  if ((st = check_reduction(ctx, op, reduction))) return st;
+  if (!(label_smoothing >= 0 && label_smoothing <= 1))
+    return lm_err(ctx, LM_E_ARG, "%s: label_smoothing is %g, expected a value in [0, 1]", op, label_smoothing);
+  if (x->ndim < 1)
+    return lm_err(ctx, LM_E_SHAPE, "%s: %s are 0-D, expected C, N x C or N x C x d1 x ... (classes in dimension 1)", op, xname);
+  class_plan p = {0};
+  p.dtype = x->dtype;
+  p.log_input = log_input;
+  bool batched = x->ndim >= 2;
+  p.N = batched ? x->shape[0] : 1;
+  p.C = x->shape[batched ? 1 : 0];
+  p.S = 1;
+  for (int32_t d = 2; d < x->ndim; d++) p.S *= x->shape[d];
+  if (p.C < 1) return lm_err(ctx, LM_E_SHAPE, "%s: %s of shape %s have no classes (dimension %d is 0)", op, xname, LM_SHP(x, a), batched);
+  /* the shape of a per-position result: x's without the class dimension */
+  int32_t pnd = x->ndim - 1;
+  int64_t pshape[LM_MAX_DIMS];
+  for (int32_t d = 0, k = 0; d < x->ndim; d++)
+    if (d != (batched ? 1 : 0)) pshape[k++] = x->shape[d];
+  bool same_shape = target->ndim == x->ndim && !memcmp(target->shape, x->shape, x->ndim * sizeof *x->shape);
+  bool prob = !log_input && same_shape && lm_dtype_is_float(target->dtype);
+  if (prob) {
+    if (target->dtype != x->dtype)
+      return lm_err(ctx, LM_E_DTYPE, "%s: probability target has dtype %s, expected the logits' dtype %s", op,
+                    lm_dtype_name(target->dtype), lm_dtype_name(x->dtype));
+    if (ignore_index >= 0)
+      return lm_err(ctx, LM_E_ARG, "%s: ignore_index (%lld) is not supported with probability targets", op, (long long)ignore_index);
+  } else {
+    if (lm_dtype_is_float(target->dtype) || target->dtype == LM_BOOL) {
+      if (log_input)
+        return lm_err(ctx, LM_E_DTYPE, "%s: target has dtype %s, expected class indices (i64, i32 or u8)", op,
+                      lm_dtype_name(target->dtype));
+      return lm_err(ctx, LM_E_DTYPE, "%s: target has dtype %s and shape %s for logits %s, expected class indices (i64, i32 or u8) "
+                    "of shape %s, or probabilities of the logits' shape", op, lm_dtype_name(target->dtype), LM_SHP(target, a),
+                    LM_SHP(x, b), lm_shape_str(pnd, pshape, (char[LM_SHAPE_BUF]){0}, LM_SHAPE_BUF));
+    }
+    bool fits = target->ndim == pnd && !memcmp(target->shape, pshape, pnd * sizeof *pshape);
+    if (!fits)
+      return lm_err(ctx, LM_E_SHAPE, "%s: target has shape %s for %s %s, expected %s (the %s' shape without the class dimension %d)",
+                    op, LM_SHP(target, a), xname, LM_SHP(x, b), lm_shape_str(pnd, pshape, (char[LM_SHAPE_BUF]){0}, LM_SHAPE_BUF),
+                    xname, batched);
+  }
+  if (weight && (weight->ndim != 1 || weight->shape[0] != p.C))
+    return lm_err(ctx, LM_E_SHAPE, "%s: weight has shape %s, expected %lld (one per class)", op, LM_SHP(weight, a), (long long)p.C);
+
+  if ((st = contiguous_as(ctx, x, x->dtype, &xc))) goto done;
+  if ((st = contiguous_as(ctx, target, prob ? x->dtype : LM_I64, &tc))) goto done;
+  saved = malloc(sizeof *saved + (size_t)p.C * sizeof(double));
+  if (!saved) { st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op); goto done; }
+  saved->C = p.C;
+  p.wsum = (double)p.C;
+  if (weight) {
+    if ((st = contiguous_as(ctx, weight, LM_F64, &wc))) goto done;
+    memcpy(saved->w, lm_data(wc), (size_t)p.C * sizeof(double));
+    p.w = saved->w;
+    p.wsum = 0;
+    for (int64_t c = 0; c < p.C; c++) p.wsum += p.w[c];
+  }
+  p.x = lm_data(xc);
+  if (prob) p.prob = lm_data(tc);
+  else p.tgt = (const int64_t *)lm_data(tc);
+  p.ignore = ignore_index;
+  p.eps = label_smoothing;
+  plan_units(&p);
+  if ((st = new_loss(ctx, op, x->dtype, reduction, pnd, pshape, &res))) goto done;
+  if (reduction == LM_REDUCTION_NONE) p.loss = lm_data(res);
+  part = malloc((size_t)(p.nunits ? p.nunits : 1) * 2 * sizeof *part);
+  bad = malloc((size_t)(p.nunits ? p.nunits : 1) * sizeof *bad);
+  if (!part || !bad) { st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op); goto done; }
+  p.part = part;
+  p.bad = bad;
+  run_plan(ctx, &p, false);
+
+  double lsum = 0, wsum = 0;
+  for (int64_t u = 0; u < p.nunits; u++) {
+    if (bad[u] >= 0) {
+      int64_t at = bad[u];
+      st = lm_err(ctx, LM_E_INDEX, "%s: target value %lld (at flat position %lld of target %s) is out of range for %lld classes "
+                  "(expected 0 to %lld, or ignore_index %lld)", op, (long long)p.tgt[at], (long long)at, LM_SHP(target, a),
+                  (long long)p.C, (long long)(p.C - 1), (long long)ignore_index);
+      goto done;
+    }
+    lsum += part[2 * u];
+    wsum += part[2 * u + 1];
+  }
+  double denom = wsum;
+  if (reduction != LM_REDUCTION_NONE) {
+    double v = reduction == LM_REDUCTION_SUM ? lsum : lsum / denom;
+    lm_write_from_double(res->dtype, lm_data(res), v);
+  }
+
+  lm_node *node;
+  const lm_tensor *ins[2] = {x, target};
+  lm_tensor *outs[1] = {res};
+  if ((st = lm_record(ctx, log_input ? LM_OP_NLL : LM_OP_CROSS_ENTROPY, class_backward, 2, ins, 1, outs, &node))) goto done;
+  if (node) {
+    if ((st = lm_save(ctx, node, 0, xc))) goto done;
+    if ((st = lm_save(ctx, node, 1, tc))) goto done;
+    node->ip[IP_IGNORE] = ignore_index;
+    node->ip[IP_REDUCTION] = reduction;
+    node->ip[IP_PROB] = prob;
+    node->ip[IP_LOGIN] = log_input;
+    node->ip[IP_N] = p.N;
+    node->ip[IP_C] = p.C;
+    node->ip[IP_S] = p.S;
+    node->ip[IP_HAS_W] = weight != NULL;
+    node->p[P_EPS] = label_smoothing;
+    node->p[P_DENOM] = denom;
+    node->p[P_WSUM] = p.wsum;
+    node->extra = saved;
+    node->extra_free = free;
+    saved = NULL;
+  }
+  st = lm_finish_out(res, out);
+  res = NULL;
+done:
+  free(saved);
+  free(part);
+  free(bad);
+  lm_tensor_release(xc);
+  lm_tensor_release(tc);
+  lm_tensor_release(wc);
+  lm_tensor_release(res);
+  return st;
+}
+
+lm_status lm_cross_entropy(lm_ctx *ctx, const lm_tensor *logits, const lm_tensor *target, const lm_tensor *weight,
+                           int64_t ignore_index, double label_smoothing, int32_t reduction, lm_tensor **out) {
+  return class_loss(ctx, "cross_entropy", false, logits, target, weight, ignore_index, label_smoothing, reduction, out);
+}
+
+lm_status lm_nll_loss(lm_ctx *ctx, const lm_tensor *input, const lm_tensor *target, const lm_tensor *weight,
+                      int64_t ignore_index, int32_t reduction, lm_tensor **out) {
+  return class_loss(ctx, "nll_loss", true, input, target, weight, ignore_index, 0, reduction, out);
+}
+
+/* ==== binary_cross_entropy_with_logits ==== */
+
+/* Per element: the loss (or its gradients) from x, t and pos_weight pw
+   (operand 3, when present). Operand 0 is written. */
+typedef struct bce_arg {
+  int32_t mode; /* BCE_LOSS, BCE_GRAD_X, BCE_GRAD_T */
+  bool has_pw;
+} bce_arg;
+enum { BCE_LOSS, BCE_GRAD_X, BCE_GRAD_T };
+
+#define DEF_BCE_KERNEL(SUF, T, EXP, LOG1P)                                                  \
+  static void bce_kernel_##SUF(char **ptr, const int64_t *s, int64_t n, void *arg) {        \
+    const bce_arg *a = arg;                                                                 \
+    for (int64_t i = 0; i < n; i++) {                                                       \
+      const T x = *(const T *)(ptr[1] + i * s[1]), t = *(const T *)(ptr[2] + i * s[2]);     \
+      const T pw = a->has_pw ? *(const T *)(ptr[3] + i * s[3]) : (T)1;                      \
+      const T lw = 1 + (pw - 1) * t;                                                        \
+      T r;                                                                                  \
+      if (a->mode == BCE_LOSS) {                                                            \
+        const T sp = (x < 0 ? -x : 0) + LOG1P(EXP(x < 0 ? x : -x)); /* log(1 + exp(-x)) */ \
+        r = (1 - t) * x + lw * sp;                                                          \
+      } else if (a->mode == BCE_GRAD_X) {                                                   \
+        const T e = EXP(x < 0 ? x : -x);                       /* exp(-|x|) */              \
+        const T sig_neg = x < 0 ? 1 / (1 + e) : e / (1 + e);   /* sigmoid(-x) */            \
+        r = (1 - t) - lw * sig_neg;                                                         \
+      } else {                                                                              \
+        const T sp = (x < 0 ? -x : 0) + LOG1P(EXP(x < 0 ? x : -x));                         \
+        r = -x + (pw - 1) * sp;                                                             \
+      }                                                                                     \
+      *(T *)(ptr[0] + i * s[0]) = r;                                                        \
+    }                                                                                       \
+  }
+DEF_BCE_KERNEL(f32, float, expf, log1pf)
+DEF_BCE_KERNEL(f64, double, exp, log1p)
+
+/* res = f(x, t, pw) elementwise over x's shape; res is fresh. */
+static void bce_map(lm_ctx *ctx, int32_t mode, lm_tensor *res, const lm_tensor *x, const lm_tensor *t, const lm_tensor *pw) {
+  bce_arg a = {mode, pw != NULL};
+  lm_operand ops[4] = {lm_operand_of(res, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
+                       lm_operand_of(t, x->ndim, x->shape)};
+  if (pw) ops[3] = lm_operand_of(pw, x->ndim, x->shape);
+  lm_foreach(ctx, x->ndim, x->shape, pw ? 4 : 3, ops, x->dtype == LM_F32 ? bce_kernel_f32 : bce_kernel_f64, &a, true);
+}
+
+/* saved: 0 x, 1 t (x's dtype), 2 weight, 3 pos_weight (x's dtype, or NULL) */
+static lm_status bce_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *x = node->saved[0], *t = node->saved[1], *w = node->saved[2], *pw = node->saved[3];
+  int32_t reduction = (int32_t)node->ip[0];
+  int32_t tdtype = (int32_t)node->ip[1];
+  lm_tensor *g = NULL, *gs[2] = {NULL, NULL};
+  lm_status st = LM_OK;
+  double scale = 1;
+  if (reduction != LM_REDUCTION_NONE) {
+    scale = lm_read_as_double(gout[0]->dtype, lm_data(gout[0]));
+    if (reduction == LM_REDUCTION_MEAN) scale /= (double)lm_numel(x);
+  }
+  for (int32_t i = 0; i < 2; i++) {
+    if (!node->needs[i]) continue;
+    if ((st = lm_new(ctx, "binary_cross_entropy_with_logits", x->dtype, x->ndim, x->shape, &gs[i]))) goto done;
+    bce_map(ctx, i == 0 ? BCE_GRAD_X : BCE_GRAD_T, gs[i], x, t, pw);
+    if (reduction == LM_REDUCTION_NONE) {
+      if ((st = lm_binary(ctx, LM_OP_MUL, gs[i], gout[0], gs[i], NULL))) goto done;
+    } else if (scale != 1) {
+      if ((st = lm_binary_scalar(ctx, LM_OP_MUL, gs[i], scale, 0, gs[i], NULL))) goto done;
+    }
+    if (w && (st = lm_binary(ctx, LM_OP_MUL, gs[i], w, gs[i], NULL))) goto done;
+  }
+  if (gs[1] && tdtype != x->dtype) { /* the target's own dtype */
+    if ((st = lm_to_dtype(ctx, gs[1], tdtype, &g))) goto done;
+    lm_tensor_release(gs[1]);
+    gs[1] = g;
+    g = NULL;
+  }
+  gin[0] = gs[0];
+  gin[1] = gs[1];
+  gs[0] = gs[1] = NULL;
+done:
+  lm_tensor_release(g);
+  lm_tensor_release(gs[0]);
+  lm_tensor_release(gs[1]);
+  return st;
+}
+
+static lm_status broadcasts_to(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what, const lm_tensor *x) {
+  int32_t nd;
+  int64_t shape[LM_MAX_DIMS];
+  char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
+  bool ok = t->ndim <= x->ndim;
+  if (ok) {
+    lm_status st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, x->ndim, x->shape, &nd, shape);
+    lm_ctx_clear_error(ctx);
+    ok = !st && nd == x->ndim && !memcmp(shape, x->shape, nd * sizeof *shape);
+  }
+  if (!ok)
+    return lm_err(ctx, LM_E_SHAPE, "%s: %s of shape %s does not broadcast to the input's shape %s", op, what, LM_SHP(t, a), LM_SHP(x, b));
+  return LM_OK;
+}
+
+lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *target, const lm_tensor *weight,
+                             const lm_tensor *pos_weight, int32_t reduction, lm_tensor **out) {
+  const char *op = "binary_cross_entropy_with_logits";
+  char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
+  lm_tensor *tc = NULL, *wc = NULL, *pwc = NULL, *l = NULL, *res = NULL;
+  lm_status st;
+  if ((st = float_input(ctx, op, x, "input"))) return st;
+  if ((st = lm_check_input(ctx, op, target, "target"))) return st;
+  if (weight && (st = float_input(ctx, op, weight, "weight"))) return st;
+  if (pos_weight && (st = float_input(ctx, op, pos_weight, "pos_weight"))) return st;
+  if ((st = check_reduction(ctx, op, reduction))) return st;
+  if (target->ndim != x->ndim || memcmp(target->shape, x->shape, x->ndim * sizeof *x->shape))
+    return lm_err(ctx, LM_E_SHAPE, "%s: target has shape %s, expected the input's shape %s", op, LM_SHP(target, a), LM_SHP(x, b));
+  if (weight && (st = broadcasts_to(ctx, op, weight, "weight", x))) return st;
+  if (pos_weight && (st = broadcasts_to(ctx, op, pos_weight, "pos_weight", x))) return st;
+
+  bool grad = ctx->grad_enabled;
+  ctx->grad_enabled = false; /* the conversions and the sum are not recorded */
+  if ((st = lm_cast_if_needed(ctx, target, x->dtype, &tc))) goto done;
+  if (weight && (st = lm_cast_if_needed(ctx, weight, x->dtype, &wc))) goto done;
+  if (pos_weight && (st = lm_cast_if_needed(ctx, pos_weight, x->dtype, &pwc))) goto done;
+  if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &l))) goto done;
+  bce_map(ctx, BCE_LOSS, l, x, tc, pwc);
+  if (wc && (st = lm_binary(ctx, LM_OP_MUL, l, wc, l, NULL))) goto done;
+  if (reduction == LM_REDUCTION_NONE) {
+    res = l;
+    l = NULL;
+  } else {
+    if ((st = lm_reduce(ctx, reduction == LM_REDUCTION_SUM ? LM_OP_SUM : LM_OP_MEAN, l, 0, NULL, 0, 0, &res, NULL))) goto done;
+  }
+  ctx->grad_enabled = grad;
+
+  lm_node *node;
+  const lm_tensor *ins[2] = {x, target};
+  lm_tensor *outs[1] = {res};
+  if ((st = lm_record(ctx, LM_OP_BCE_LOGITS, bce_backward, 2, ins, 1, outs, &node))) goto done;
+  if (node) {
+    if ((st = lm_save(ctx, node, 0, x))) goto done;
+    if ((st = lm_save(ctx, node, 1, tc))) goto done;
+    if (wc && (st = lm_save(ctx, node, 2, wc))) goto done;
+    if (pwc && (st = lm_save(ctx, node, 3, pwc))) goto done;
+    node->ip[0] = reduction;
+    node->ip[1] = target->dtype;
+  }
+  st = lm_finish_out(res, out);
+  res = NULL;
+done:
+  ctx->grad_enabled = grad;
+  lm_tensor_release(tc);
+  lm_tensor_release(wc);
+  lm_tensor_release(pwc);
+  lm_tensor_release(l);
+  lm_tensor_release(res);
+  return st;
+}
