@@ -125,7 +125,7 @@ return function(nn, lumen)
     for _, n in ipairs(names) do
       if r == n then return r end
     end
-    fail(fname, "reduction must be '%s', got %s", table.concat(names, "', '"),
+    fail(fname, "reduction must be one of '%s', got %s", table.concat(names, "', '"),
       type(r) == 'string' and ("'" .. r .. "'") or tostring(r))
   end
 
