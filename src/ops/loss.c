@@ -69,6 +69,134 @@ static lm_status new_loss(lm_ctx *ctx, const char *op, int32_t dtype, int32_t re
   return lm_new(ctx, op, dtype, 0, NULL, out);
 }
 
+/* ==== vector maths for the f32 kernels ====
+   GCC vector types, eight lanes (two SSE halves on the baseline ISA; the
+   kernels get an AVX2+FMA clone picked at load time). */
+#pragma GCC diagnostic ignored "-Wpsabi" /* the helpers are inlined; no vector ABI crosses a call */
+#define INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#else
+#define CLONES
+#endif
+#ifdef _OPENMP
+#define PRAGMA(x) _Pragma(#x)
+#define SIMD PRAGMA(omp simd)
+#define SIMD_SUM(v) PRAGMA(omp simd reduction(+ : v))
+#define SIMD_MAX(v) PRAGMA(omp simd reduction(max : v))
+#else
+#define SIMD
+#define SIMD_SUM(v)
+#define SIMD_MAX(v)
+#endif
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+INLINE v8f splat(float v) { return (v8f){0} + v; }
+/* a where mask is set, else b */
+INLINE v8f blend(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
+INLINE v8f pow2i(v8i n) { return (v8f)((n + 127) << 23); }
+
+/* exp: n = round(x / ln2), r = x - n ln2 with ln2 in two parts (r exact),
+   exp(r) by its Taylor series to r^7 (|r| <= ln2 / 2: relative error below
+   1e-8 before rounding), then 2^n in two halves, so that overflow gives
+   inf and results toward the subnormal range stay right. NaN stays NaN. */
+INLINE v8f v8_exp(v8f x) {
+  v8f xc = blend(x > splat(88.8f), splat(88.8f), x);
+  xc = blend(xc < splat(-104.0f), splat(-104.0f), xc);
+  v8f xs = blend(xc == xc, xc, splat(0)); /* NaN lanes: any n will do */
+  v8f n = (xs * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
+  v8f r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  v8f p = splat(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  v8i ni = __builtin_convertvector(n, v8i), half = ni >> 1;
+  return p * pow2i(half) * pow2i(ni - half);
+}
+
+/* log for normal positive s (0 gives -inf, inf gives inf, NaN or a negative
+   NaN): s = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(z) with
+   z = (m - 1) / (m + 1), |z| < 0.172, by its odd series to z^9 (error below
+   1e-9). */
+INLINE v8f v8_log(v8f s) {
+  v8i bits = (v8i)s;
+  v8i e = ((bits >> 23) & 0xff) - 127;
+  v8f m = (v8f)((bits & 0x7fffff) | 0x3f800000);
+  v8i big = m > splat(1.41421356f);
+  m = blend(big, m * 0.5f, m);
+  e -= big; /* big is -1 where set */
+  v8f z = (m - 1.0f) / (m + 1.0f), z2 = z * z;
+  v8f q = splat(2.0f / 9);
+  q = q * z2 + 2.0f / 7;
+  q = q * z2 + 2.0f / 5;
+  q = q * z2 + 2.0f / 3;
+  q = q * z2 + 2.0f;
+  v8f ef = __builtin_convertvector(e, v8f);
+  v8f r = ef * 0.693359375f + (ef * -2.12194440e-4f + q * z);
+  r = blend(s == splat(0), splat(-INFINITY), r);
+  r = blend(s == splat(INFINITY), s, r);
+  return blend((s != s) | (s < splat(0)), splat(NAN), r);
+}
+
+/* out[j] = exp(x[j] - m[j * m_step]) for j < n (m_step 0: one shift for all) */
+INLINE void exp_diff_f32(const float *x, const float *m, int64_t m_step, float *out, int64_t n) {
+  int64_t j = 0;
+  v8f a, b, r;
+  for (; j + 8 <= n; j += 8) {
+    memcpy(&a, x + j, sizeof a);
+    if (m_step) memcpy(&b, m + j, sizeof b);
+    else b = splat(m[0]);
+    r = v8_exp(a - b);
+    memcpy(out + j, &r, sizeof r);
+  }
+  if (j < n) {
+    float ta[8] = {0}, tb[8] = {0}, tr[8];
+    memcpy(ta, x + j, (size_t)(n - j) * sizeof *ta);
+    if (m_step) memcpy(tb, m + j, (size_t)(n - j) * sizeof *tb);
+    else for (int k = 0; k < 8; k++) tb[k] = m[0];
+    memcpy(&a, ta, sizeof a);
+    memcpy(&b, tb, sizeof b);
+    r = v8_exp(a - b);
+    memcpy(tr, &r, sizeof r);
+    memcpy(out + j, tr, (size_t)(n - j) * sizeof *tr);
+  }
+}
+
+INLINE void log_f32(const float *s, float *out, int64_t n) {
+  int64_t j = 0;
+  v8f a, r;
+  for (; j + 8 <= n; j += 8) {
+    memcpy(&a, s + j, sizeof a);
+    r = v8_log(a);
+    memcpy(out + j, &r, sizeof r);
+  }
+  if (j < n) {
+    float ta[8], tr[8];
+    for (int k = 0; k < 8; k++) ta[k] = 1;
+    memcpy(ta, s + j, (size_t)(n - j) * sizeof *ta);
+    memcpy(&a, ta, sizeof a);
+    r = v8_log(a);
+    memcpy(tr, &r, sizeof r);
+    memcpy(out + j, tr, (size_t)(n - j) * sizeof *tr);
+  }
+}
+
+/* f64 (gradient checks, not the fast path): libm */
+INLINE void exp_diff_f64(const double *x, const double *m, int64_t m_step, double *out, int64_t n) {
+  for (int64_t j = 0; j < n; j++) out[j] = exp(x[j] - m[j * m_step]);
+}
+INLINE void log_f64(const double *s, double *out, int64_t n) {
+  for (int64_t j = 0; j < n; j++) out[j] = log(s[j]);
+}
+INLINE float log1_f32(float s) { float r; log_f32(&s, &r, 1); return r; }
+INLINE double log1_f64(double s) { return log(s); }
+
 /* ==== cross_entropy and nll_loss ==== */
 
 typedef struct class_plan {
@@ -84,6 +212,8 @@ typedef struct class_plan {
   int64_t ignore;       /* ignore_index */
   double eps;           /* label smoothing */
   int64_t unit, nunits; /* positions per unit, number of units */
+  char *lse;            /* per-position log-sum-exp: written by the forward
+                           (when kept for backward), read by the backward */
   /* forward */
   char *loss;           /* per-position losses ('none'), or NULL */
   double *part;         /* per unit: loss sum, weight sum */
@@ -97,134 +227,205 @@ typedef struct class_plan {
 
 static inline double class_weight(const class_plan *p, int64_t c) { return p->w ? p->w[c] : 1.0; }
 
-/* One kernel body per float type: T the element type, EXP/LOG its maths. */
-#define DEF_CLASS_KERNELS(SUF, T, EXP, LOG)                                                      \
-  /* log-sum-exp over classes for b positions at class stride S */                               \
-  static void lse_##SUF(const class_plan *p, const T *x, int64_t b, T *lse) {                     \
-    const int64_t S = p->S;                                                                      \
-    if (p->log_input) {                                                                          \
-      for (int64_t j = 0; j < b; j++) lse[j] = 0;                                                \
-      return;                                                                                    \
-    }                                                                                            \
-    T m[BLK], s[BLK];                                                                            \
-    for (int64_t j = 0; j < b; j++) m[j] = x[j];                                                 \
-    for (int64_t c = 1; c < p->C; c++)                                                           \
-      for (int64_t j = 0; j < b; j++) m[j] = x[c * S + j] > m[j] ? x[c * S + j] : m[j];           \
-    for (int64_t j = 0; j < b; j++) {                                                            \
-      s[j] = 0;                                                                                  \
-      if (m[j] == -INFINITY || m[j] == INFINITY) m[j] = 0; /* keeps inf - inf out */             \
-    }                                                                                            \
-    for (int64_t c = 0; c < p->C; c++)                                                           \
-      for (int64_t j = 0; j < b; j++) s[j] += EXP(x[c * S + j] - m[j]);                          \
-    for (int64_t j = 0; j < b; j++) lse[j] = m[j] + LOG(s[j]);                                   \
-  }                                                                                              \
-                                                                                                 \
-  /* Forward over b positions starting at flat position pos (one sample). */                     \
-  static void fwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b, double *lsum,         \
-                              double *wsum, int64_t *bad) {                                      \
-    const int64_t S = p->S, C = p->C, n = pos / S, s0 = pos % S;                                  \
-    const T *x = (const T *)p->x + n * C * S + s0;                                               \
-    T lse[BLK], sx[BLK];                                                                         \
-    lse_##SUF(p, x, b, lse);                                                                     \
-    T *out = p->loss ? (T *)p->loss + pos : NULL;                                                \
-    if (p->prob) {                                                                               \
-      const T *t = (const T *)p->prob + n * C * S + s0;                                          \
-      for (int64_t j = 0; j < b; j++) sx[j] = 0;                                                 \
-      for (int64_t c = 0; c < C; c++) {                                                          \
-        const T wc = (T)class_weight(p, c), e = (T)p->eps, u = (T)(p->eps / C);                  \
-        for (int64_t j = 0; j < b; j++)                                                          \
-          sx[j] += wc * ((1 - e) * t[c * S + j] + u) * (lse[j] - x[c * S + j]);                  \
-      }                                                                                          \
-      for (int64_t j = 0; j < b; j++) {                                                          \
-        if (out) out[j] = sx[j];                                                                 \
-        *lsum += sx[j];                                                                          \
-      }                                                                                          \
-      *wsum += (double)b;                                                                        \
-      return;                                                                                    \
-    }                                                                                            \
-    const int64_t *t = p->tgt + pos;                                                             \
-    if (p->eps > 0) { /* sum_c w[c] * -logp[c] */                                                \
-      for (int64_t j = 0; j < b; j++) sx[j] = 0;                                                 \
-      for (int64_t c = 0; c < C; c++) {                                                          \
-        const T wc = (T)class_weight(p, c);                                                      \
-        for (int64_t j = 0; j < b; j++) sx[j] += wc * (lse[j] - x[c * S + j]);                   \
-      }                                                                                          \
-    }                                                                                            \
-    for (int64_t j = 0; j < b; j++) {                                                            \
-      const int64_t k = t[j];                                                                    \
-      if (k == p->ignore) {                                                                      \
-        if (out) out[j] = 0;                                                                     \
-        continue;                                                                                \
-      }                                                                                          \
-      if (k < 0 || k >= C) {                                                                     \
-        if (*bad < 0) *bad = pos + j;                                                            \
-        if (out) out[j] = 0;                                                                     \
-        continue;                                                                                \
-      }                                                                                          \
-      const double wk = class_weight(p, k);                                                      \
-      double l = wk * (double)(lse[j] - x[k * S + j]);                                           \
-      if (p->eps > 0) l = (1 - p->eps) * l + p->eps / C * (double)sx[j];                         \
-      if (out) out[j] = (T)l;                                                                    \
-      *lsum += l;                                                                                \
-      *wsum += wk;                                                                               \
-    }                                                                                            \
-  }                                                                                              \
-                                                                                                 \
-  /* Backward over b positions: d/dx[c] = g * (A * softmax[c] - B[c]). */                        \
-  static void bwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b) {                     \
-    const int64_t S = p->S, C = p->C, n = pos / S, s0 = pos % S, off = n * C * S + s0;           \
-    const T *x = (const T *)p->x + off;                                                          \
-    T lse[BLK], g[BLK], a[BLK];                                                                  \
-    lse_##SUF(p, x, b, lse);                                                                     \
+/* The kernels, once per float type. Positions come in blocks of b: with
+   S > 1 a block is b neighbouring positions of one sample, read for each
+   class at stride S (inner loops over positions); with S == 1 (N x C) a
+   block is b rows of C contiguous classes (inner loops over classes). */
+#define DEF_CLASS_KERNELS(SUF, T)                                                                 \
+  /* log-sum-exp over the classes of one block */                                                 \
+  INLINE void block_lse_##SUF(const class_plan *p, const T *x, int64_t b, T *lse) {               \
+    const int64_t S = p->S, C = p->C;                                                             \
+    if (p->log_input) {                                                                           \
+      for (int64_t j = 0; j < b; j++) lse[j] = 0;                                                 \
+      return;                                                                                     \
+    }                                                                                             \
+    T m[BLK], s[BLK], e[BLK];                                                                     \
+    if (S == 1) {                                                                                 \
+      for (int64_t j = 0; j < b; j++) {                                                           \
+        const T *row = x + j * C;                                                                 \
+        T mj = row[0], sj = 0;                                                                    \
+        SIMD_MAX(mj) for (int64_t c = 1; c < C; c++) mj = row[c] > mj ? row[c] : mj;              \
+        if (mj == INFINITY || mj == -INFINITY) mj = 0; /* keeps inf - inf out */                  \
+        for (int64_t c0 = 0; c0 < C; c0 += BLK) {                                                 \
+          int64_t k = C - c0 < BLK ? C - c0 : BLK;                                                \
+          exp_diff_##SUF(row + c0, &mj, 0, e, k);                                                 \
+          SIMD_SUM(sj) for (int64_t c = 0; c < k; c++) sj += e[c];                                \
+        }                                                                                         \
+        lse[j] = mj + log1_##SUF(sj);                                                             \
+      }                                                                                           \
+      return;                                                                                     \
+    }                                                                                             \
+    for (int64_t j = 0; j < b; j++) m[j] = x[j];                                                  \
+    for (int64_t c = 1; c < C; c++) {                                                             \
+      const T *xc = x + c * S;                                                                    \
+      SIMD for (int64_t j = 0; j < b; j++) m[j] = xc[j] > m[j] ? xc[j] : m[j];                    \
+    }                                                                                             \
+    for (int64_t j = 0; j < b; j++) {                                                             \
+      if (m[j] == INFINITY || m[j] == -INFINITY) m[j] = 0;                                        \
+      s[j] = 0;                                                                                   \
+    }                                                                                             \
+    for (int64_t c = 0; c < C; c++) {                                                             \
+      exp_diff_##SUF(x + c * S, m, 1, e, b);                                                      \
+      SIMD for (int64_t j = 0; j < b; j++) s[j] += e[j];                                          \
+    }                                                                                             \
+    log_##SUF(s, lse, b);                                                                         \
+    SIMD for (int64_t j = 0; j < b; j++) lse[j] += m[j];                                          \
+  }                                                                                               \
+                                                                                                  \
+  /* sum_c coef[c] * (lse - x[c]) for each position of the block, where                           \
+     coef[c] = w[c] * ((1 - e) t[c] + e / C) with probability targets t,                          \
+     else w[c] */                                                                                 \
+  INLINE void block_weighted_nll_##SUF(const class_plan *p, const T *x, const T *t, int64_t b,    \
+                                       const T *lse, T *out) {                                    \
+    const int64_t S = p->S, C = p->C;                                                             \
+    const T e = (T)p->eps, u = (T)(p->eps / C);                                                   \
+    for (int64_t j = 0; j < b; j++) out[j] = 0;                                                   \
+    if (S == 1) {                                                                                 \
+      for (int64_t j = 0; j < b; j++) {                                                           \
+        const T *row = x + j * C, *trow = t ? t + j * C : NULL;                                   \
+        T acc = 0;                                                                                \
+        for (int64_t c = 0; c < C; c++) {                                                         \
+          T coef = (T)class_weight(p, c) * (trow ? (1 - e) * trow[c] + u : 1);                    \
+          acc += coef * (lse[j] - row[c]);                                                        \
+        }                                                                                         \
+        out[j] = acc;                                                                             \
+      }                                                                                           \
+      return;                                                                                     \
+    }                                                                                             \
+    for (int64_t c = 0; c < C; c++) {                                                             \
+      const T wc = (T)class_weight(p, c), *xc = x + c * S;                                        \
+      if (t) {                                                                                    \
+        const T *tc = t + c * S;                                                                  \
+        SIMD for (int64_t j = 0; j < b; j++) out[j] += wc * ((1 - e) * tc[j] + u) * (lse[j] - xc[j]); \
+      } else {                                                                                    \
+        SIMD for (int64_t j = 0; j < b; j++) out[j] += wc * (lse[j] - xc[j]);                     \
+      }                                                                                           \
+    }                                                                                             \
+  }                                                                                               \
+                                                                                                  \
+  /* Forward over the b positions from flat position pos. */                                      \
+  static CLONES void fwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b, double *lsum,   \
+                                     double *wsum, int64_t *bad) {                                \
+    const int64_t S = p->S, C = p->C, off = (pos / S) * C * S + pos % S;                          \
+    const T *x = (const T *)p->x + off;                                                           \
+    T lse[BLK], sx[BLK];                                                                          \
+    block_lse_##SUF(p, x, b, lse);                                                                \
+    if (p->lse) memcpy((T *)p->lse + pos, lse, (size_t)b * sizeof *lse);                          \
+    T *out = p->loss ? (T *)p->loss + pos : NULL;                                                 \
+    if (p->prob) {                                                                                \
+      block_weighted_nll_##SUF(p, x, (const T *)p->prob + off, b, lse, sx);                       \
+      double ls = 0;                                                                              \
+      for (int64_t j = 0; j < b; j++) {                                                           \
+        if (out) out[j] = sx[j];                                                                  \
+        ls += sx[j];                                                                              \
+      }                                                                                           \
+      *lsum += ls;                                                                                \
+      *wsum += (double)b;                                                                         \
+      return;                                                                                     \
+    }                                                                                             \
+    if (p->eps > 0) block_weighted_nll_##SUF(p, x, NULL, b, lse, sx);                             \
+    const int64_t *t = p->tgt + pos, rs = S == 1 ? C : 1; /* next position's offset */            \
+    double ls = 0, ws = 0; /* locals: no store-to-load chain through the pointers */              \
+    for (int64_t j = 0; j < b; j++) {                                                             \
+      const int64_t k = t[j];                                                                     \
+      if (k == p->ignore || k < 0 || k >= C) {                                                    \
+        if (k != p->ignore && *bad < 0) *bad = pos + j;                                           \
+        if (out) out[j] = 0;                                                                      \
+        continue;                                                                                 \
+      }                                                                                           \
+      const double wk = class_weight(p, k);                                                       \
+      double l = wk * (double)(lse[j] - x[j * rs + k * S]);                                       \
+      if (p->eps > 0) l = (1 - p->eps) * l + p->eps / C * (double)sx[j];                          \
+      if (out) out[j] = (T)l;                                                                     \
+      ls += l;                                                                                    \
+      ws += wk;                                                                                   \
+    }                                                                                             \
+    *lsum += ls;                                                                                  \
+    *wsum += ws;                                                                                  \
+  }                                                                                               \
+                                                                                                  \
+  /* Backward over b positions: d/dx[c] = g * (A * softmax[c] - B[c]) with                        \
+     class targets A = (1 - e) w[t] + (e / C) sum(w), B[c] = (1 - e) w[t] [c == t]                \
+     + (e / C) w[c]; with probability targets A = sum_c w[c] t'[c],                               \
+     B[c] = w[c] t'[c]; for nll_loss A = 0. */                                                    \
+  static CLONES void bwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b) {               \
+    const int64_t S = p->S, C = p->C, off = (pos / S) * C * S + pos % S;                          \
+    const int64_t rs = S == 1 ? C : 1, cs = S == 1 ? 1 : S; /* position and class strides */      \
+    const T *x = (const T *)p->x + off, *lse = p->lse ? (const T *)p->lse + pos : NULL;          \
+    const T *t = p->prob ? (const T *)p->prob + off : NULL;                                       \
+    const T e = (T)p->eps, u = (T)(p->eps / C);                                                   \
+    T g[BLK], a[BLK], wt[BLK], ex[BLK];                                                           \
     for (int64_t j = 0; j < b; j++) g[j] = p->gout ? ((const T *)p->gout)[pos + j] : (T)p->gscale; \
-    const T e = (T)p->eps, u = (T)(p->eps / C);                                                  \
-    if (p->prob) {                                                                               \
-      const T *t = (const T *)p->prob + off;                                                     \
-      for (int64_t j = 0; j < b; j++) a[j] = 0;                                                  \
-      for (int64_t c = 0; c < C; c++) {                                                          \
-        const T wc = (T)class_weight(p, c);                                                      \
-        for (int64_t j = 0; j < b; j++) a[j] += wc * ((1 - e) * t[c * S + j] + u);               \
-      }                                                                                          \
-      for (int64_t c = 0; p->gx && c < C; c++) {                                                 \
-        const T wc = (T)class_weight(p, c);                                                      \
-        T *gx = (T *)p->gx + off + c * S;                                                        \
-        for (int64_t j = 0; j < b; j++)                                                          \
-          gx[j] = g[j] * (a[j] * EXP(x[c * S + j] - lse[j]) - wc * ((1 - e) * t[c * S + j] + u)); \
-      }                                                                                          \
-      for (int64_t c = 0; p->gt && c < C; c++) {                                                 \
-        const T wc = (T)class_weight(p, c);                                                      \
-        T *gt = (T *)p->gt + off + c * S;                                                        \
-        for (int64_t j = 0; j < b; j++) gt[j] = g[j] * (1 - e) * wc * (lse[j] - x[c * S + j]);   \
-      }                                                                                          \
-      return;                                                                                    \
-    }                                                                                            \
-    const int64_t *t = p->tgt + pos;                                                             \
-    T wt[BLK];                                                                                   \
-    for (int64_t j = 0; j < b; j++) {                                                            \
-      const int64_t k = t[j];                                                                    \
-      const bool skip = k == p->ignore || k < 0 || k >= C;                                       \
-      if (skip) g[j] = 0;                                                                        \
-      wt[j] = skip ? 0 : (T)class_weight(p, k);                                                  \
-      a[j] = p->log_input ? 0 : (1 - e) * wt[j] + u * (T)p->wsum;                                \
-    }                                                                                            \
-    for (int64_t c = 0; c < C; c++) {                                                            \
-      const T uc = u * (T)class_weight(p, c);                                                    \
-      T *gx = (T *)p->gx + off + c * S;                                                          \
-      if (p->log_input) {                                                                        \
-        for (int64_t j = 0; j < b; j++) gx[j] = 0;                                               \
-      } else {                                                                                   \
-        for (int64_t j = 0; j < b; j++) gx[j] = g[j] * (a[j] * EXP(x[c * S + j] - lse[j]) - uc); \
-      }                                                                                          \
-    }                                                                                            \
-    for (int64_t j = 0; j < b; j++)                                                              \
-      if (g[j] != 0) ((T *)p->gx)[off + t[j] * S + j] -= g[j] * (1 - e) * wt[j];                 \
+    if (t) {                                                                                      \
+      for (int64_t j = 0; j < b; j++) a[j] = 0;                                                   \
+      for (int64_t c = 0; c < C; c++) {                                                           \
+        const T wc = (T)class_weight(p, c);                                                       \
+        for (int64_t j = 0; j < b; j++) a[j] += wc * ((1 - e) * t[j * rs + c * cs] + u);         \
+      }                                                                                           \
+    } else {                                                                                      \
+      for (int64_t j = 0; j < b; j++) {                                                           \
+        const int64_t k = p->tgt[pos + j];                                                        \
+        const bool skip = k == p->ignore || k < 0 || k >= C;                                      \
+        if (skip) g[j] = 0;                                                                       \
+        wt[j] = skip ? 0 : (T)class_weight(p, k);                                                 \
+        a[j] = p->log_input ? 0 : (1 - e) * wt[j] + u * (T)p->wsum;                               \
+      }                                                                                           \
+    }                                                                                             \
+    if (p->gx) {                                                                                  \
+      T *gx = (T *)p->gx + off;                                                                   \
+      if (S == 1) {                                                                               \
+        for (int64_t j = 0; j < b; j++) {                                                         \
+          const T *row = x + j * C, *trow = t ? t + j * C : NULL;                                 \
+          T *grow = gx + j * C;                                                                   \
+          for (int64_t c0 = 0; c0 < C; c0 += BLK) {                                               \
+            int64_t k = C - c0 < BLK ? C - c0 : BLK;                                              \
+            if (p->log_input) {                                                                   \
+              for (int64_t c = 0; c < k; c++) ex[c] = 0;                                          \
+            } else {                                                                              \
+              exp_diff_##SUF(row + c0, lse + j, 0, ex, k);                                        \
+            }                                                                                     \
+            for (int64_t c = 0; c < k; c++) {                                                     \
+              T coef = (T)class_weight(p, c0 + c) * (trow ? (1 - e) * trow[c0 + c] + u : u);      \
+              grow[c0 + c] = g[j] * (a[j] * ex[c] - coef);                                        \
+            }                                                                                     \
+          }                                                                                       \
+        }                                                                                         \
+      } else {                                                                                    \
+        for (int64_t c = 0; c < C; c++) {                                                         \
+          const T wc = (T)class_weight(p, c), *xc = x + c * S;                                    \
+          T *gc = gx + c * S;                                                                     \
+          if (p->log_input) {                                                                     \
+            for (int64_t j = 0; j < b; j++) gc[j] = 0;                                            \
+            continue;                                                                             \
+          }                                                                                       \
+          exp_diff_##SUF(xc, lse, 1, ex, b);                                                      \
+          if (t) {                                                                                \
+            const T *tc = t + c * S;                                                              \
+            SIMD for (int64_t j = 0; j < b; j++) gc[j] = g[j] * (a[j] * ex[j] - wc * ((1 - e) * tc[j] + u)); \
+          } else {                                                                                \
+            SIMD for (int64_t j = 0; j < b; j++) gc[j] = g[j] * (a[j] * ex[j] - u * wc);          \
+          }                                                                                       \
+        }                                                                                         \
+      }                                                                                           \
+      if (!t)                                                                                     \
+        for (int64_t j = 0; j < b; j++)                                                           \
+          if (g[j] != 0) gx[j * rs + p->tgt[pos + j] * cs] -= g[j] * (1 - e) * wt[j];             \
+    }                                                                                             \
+    if (p->gt) { /* d/dt[c] = g (1 - e) w[c] (lse - x[c]) */                                      \
+      T *gt = (T *)p->gt + off;                                                                   \
+      for (int64_t c = 0; c < C; c++) {                                                           \
+        const T wc = (T)class_weight(p, c);                                                       \
+        for (int64_t j = 0; j < b; j++)                                                           \
+          gt[j * rs + c * cs] = g[j] * (1 - e) * wc * (lse[j] - x[j * rs + c * cs]);              \
+      }                                                                                           \
+    }                                                                                             \
   }
 
-DEF_CLASS_KERNELS(f32, float, expf, logf)
-DEF_CLASS_KERNELS(f64, double, exp, log)
+DEF_CLASS_KERNELS(f32, float)
+DEF_CLASS_KERNELS(f64, double)
 
-/* Runs fn over the positions of units [u0, u1), block by block, never
-   crossing a sample boundary inside a block. */
+/* Runs the kernels over units [u0, u1), block by block; with S > 1 a block
+   never crosses a sample boundary. */
 typedef struct unit_arg {
   const class_plan *p;
   bool backward;
@@ -238,8 +439,8 @@ static void run_units(void *arg, int64_t u0, int64_t u1) {
     double lsum = 0, wsum = 0;
     int64_t bad = -1;
     while (pos < end) {
-      int64_t to_sample_end = p->S - pos % p->S, b = end - pos;
-      if (b > to_sample_end) b = to_sample_end;
+      int64_t b = end - pos;
+      if (p->S > 1 && b > p->S - pos % p->S) b = p->S - pos % p->S;
       if (b > BLK) b = BLK;
       if (ua->backward) {
         if (p->dtype == LM_F32) bwd_block_f32(p, pos, b);
@@ -273,7 +474,8 @@ static void plan_units(class_plan *p) {
 }
 
 /* What the backward keeps: saved[0] the contiguous x, saved[1] the targets
-   (i64 classes or probabilities, contiguous); weights in extra. */
+   (i64 classes or probabilities, contiguous), saved[2] the log-sum-exp of
+   each position (cross_entropy); weights in extra. */
 typedef struct class_saved {
   int64_t C;
   double w[]; /* C class weights */
@@ -294,6 +496,7 @@ static lm_status class_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *go
   p.S = node->ip[IP_S];
   p.log_input = node->ip[IP_LOGIN];
   p.x = lm_data(x);
+  p.lse = node->saved[2] ? lm_data(node->saved[2]) : NULL;
   p.eps = node->p[P_EPS];
   p.wsum = node->p[P_WSUM];
   p.ignore = node->ip[IP_IGNORE];
@@ -334,7 +537,7 @@ static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const l
                             const lm_tensor *weight, int64_t ignore_index, double label_smoothing, int32_t reduction,
                             lm_tensor **out) {
   char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
-  lm_tensor *xc = NULL, *tc = NULL, *wc = NULL, *res = NULL;
+  lm_tensor *xc = NULL, *tc = NULL, *wc = NULL, *lse = NULL, *res = NULL;
   class_saved *saved = NULL;
   double *part = NULL;
   int64_t *bad = NULL;
@@ -409,6 +612,11 @@ static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const l
   plan_units(&p);
   if ((st = new_loss(ctx, op, x->dtype, reduction, pnd, pshape, &res))) goto done;
   if (reduction == LM_REDUCTION_NONE) p.loss = lm_data(res);
+  const lm_tensor *ins[2] = {x, target};
+  if (!log_input && lm_grad_needed(ctx, 2, ins)) { /* the backward's softmax needs it */
+    if ((st = lm_new(ctx, op, x->dtype, 1, &p.npos, &lse))) goto done;
+    p.lse = lm_data(lse);
+  }
   part = malloc((size_t)(p.nunits ? p.nunits : 1) * 2 * sizeof *part);
   bad = malloc((size_t)(p.nunits ? p.nunits : 1) * sizeof *bad);
   if (!part || !bad) { st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op); goto done; }
@@ -435,12 +643,12 @@ static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const l
   }
 
   lm_node *node;
-  const lm_tensor *ins[2] = {x, target};
   lm_tensor *outs[1] = {res};
   if ((st = lm_record(ctx, log_input ? LM_OP_NLL : LM_OP_CROSS_ENTROPY, class_backward, 2, ins, 1, outs, &node))) goto done;
   if (node) {
     if ((st = lm_save(ctx, node, 0, xc))) goto done;
     if ((st = lm_save(ctx, node, 1, tc))) goto done;
+    if (lse && (st = lm_save(ctx, node, 2, lse))) goto done;
     node->ip[IP_IGNORE] = ignore_index;
     node->ip[IP_REDUCTION] = reduction;
     node->ip[IP_PROB] = prob;
@@ -465,6 +673,7 @@ done:
   lm_tensor_release(xc);
   lm_tensor_release(tc);
   lm_tensor_release(wc);
+  lm_tensor_release(lse);
   lm_tensor_release(res);
   return st;
 }

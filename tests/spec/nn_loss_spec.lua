@@ -225,6 +225,26 @@ describe('nn losses', function()
       { x = big, t = tb, g = lumen.tensor(1.0) },
       function() return value_and_grads(function(a) return F.cross_entropy(a, tb, { label_smoothing = 0.3 }) end, { big }, lumen.tensor(1.0)) end,
       { rtol = 1e-5, atol = 1e-4 })
+    for _, shape in ipairs { { 3, 300 }, { 2, 300, 3 } } do -- more classes than one block of the kernels
+      local xw = lumen.randn(shape) * 4
+      local tw = labels(shape_without(shape, 1), 300)
+      local ww = lumen.rand({ 300 }) + 0.5
+      local opts = { weight = ww, label_smoothing = 0.05 }
+      case('cross_entropy with 300 classes ' .. table.concat(shape, 'x'),
+        'grad_of(lambda x: F.cross_entropy(x, t, weight=weight, label_smoothing=0.05), [x], g)',
+        { x = xw, t = tw, g = lumen.tensor(1.0), weight = ww },
+        function() return value_and_grads(function(a) return F.cross_entropy(a, tw, opts) end, { xw }, lumen.tensor(1.0)) end, TOL.f32)
+    end
+    local xi = lumen.tensor { { 0, -math.huge, 2 }, { -math.huge, 1, -math.huge }, { 3, 1, -math.huge } }
+    local ti = lumen.tensor({ 0, 1, 1 }, 'i64')
+    local gi = lumen.randn(3)
+    case('cross_entropy with -inf logits off the target', "grad_of(lambda x: F.cross_entropy(x, t, reduction='none'), [x], g)",
+      { x = xi, t = ti, g = gi },
+      function() return value_and_grads(function(a) return F.cross_entropy(a, ti, { reduction = 'none' }) end, { xi }, gi) end, TOL.f32)
+    local xn = lumen.tensor { { 0, 0 / 0, 2 }, { 1, 2, 3 } }
+    local tn = lumen.tensor({ 0, 1 }, 'i64')
+    case('cross_entropy propagates NaN logits', "F.cross_entropy(x, t, reduction='none')", { x = xn, t = tn },
+      function() return { F.cross_entropy(xn, tn, { reduction = 'none' }) } end, TOL.f32)
     local xv, tv = lumen.randn(5, 'f64'), lumen.tensor(3, 'i64')
     case('cross_entropy of one unbatched sample (C, target 0-D)', 'grad_of(lambda x: F.cross_entropy(x, t, label_smoothing=0.1), [x], g)',
       { x = xv, t = tv, g = lumen.tensor(1.0, 'f64') },
@@ -566,6 +586,24 @@ describe('nn losses', function()
     composite('dice_ce_loss', function(x) return F.dice_ce_loss(x, y, { softmax = true, to_onehot_y = true }) end, { d64(2, 3, 3, 2) })
     composite('smooth_l1_loss', function(x) return F.smooth_l1_loss(x, lumen.zeros({ 3, 4 }, 'f64'), { beta = 0.5 }) end, { d64(3, 4) })
     composite('kl_div', function(x) return F.kl_div(x, lumen.rand({ 3, 4 }, 'f64'), { reduction = 'batchmean' }) end, { d64(3, 4) })
+  end)
+
+  it('cross_entropy gives the same bits on one thread and on two', function()
+    local x = lumen.randn(4, 3, 48, 48)
+    local t = with_ignored(labels({ 4, 48, 48 }, 3), -100)
+    local w = lumen.tensor { 0.2, 1, 3 }
+    local function run(n)
+      lumen.set_num_threads(n)
+      local r = value_and_grads(function(a) return F.cross_entropy(a, t, { weight = w, label_smoothing = 0.1 }) end, { x },
+        lumen.tensor(1.0))
+      local none = F.cross_entropy(x, t, { reduction = 'none' })
+      r[3] = none
+      return r
+    end
+    local threads = lumen.get_num_threads()
+    local one, two = run(1), run(2)
+    lumen.set_num_threads(threads)
+    for k = 1, 3 do check.assert_close(one[k], two[k], { rtol = 0, atol = 0 }) end
   end)
 
   -------------------------------------------------------------------------
