@@ -94,6 +94,7 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
 INLINE v8f splat(float v) { return (v8f){0} + v; }
+INLINE v8i splat_i(int32_t v) { return (v8i){0} + v; }
 /* a where mask is set, else b */
 INLINE v8f blend(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
 INLINE v8f pow2i(v8i n) { return (v8f)((n + 127) << 23); }
@@ -690,42 +691,105 @@ lm_status lm_nll_loss(lm_ctx *ctx, const lm_tensor *input, const lm_tensor *targ
 
 /* ==== binary_cross_entropy_with_logits ==== */
 
-/* Per element: the loss (or its gradients) from x, t and pos_weight pw
-   (operand 3, when present). Operand 0 is written. */
+/* Per element: the loss (or one of its gradients, times scale) from x, t
+   and pos_weight pw (operand 3, when present). Operand 0 is written. */
 typedef struct bce_arg {
   int32_t mode; /* BCE_LOSS, BCE_GRAD_X, BCE_GRAD_T */
   bool has_pw;
+  double scale;
 } bce_arg;
 enum { BCE_LOSS, BCE_GRAD_X, BCE_GRAD_T };
 
-#define DEF_BCE_KERNEL(SUF, T, EXP, LOG1P)                                                  \
-  static void bce_kernel_##SUF(char **ptr, const int64_t *s, int64_t n, void *arg) {        \
-    const bce_arg *a = arg;                                                                 \
-    for (int64_t i = 0; i < n; i++) {                                                       \
-      const T x = *(const T *)(ptr[1] + i * s[1]), t = *(const T *)(ptr[2] + i * s[2]);     \
-      const T pw = a->has_pw ? *(const T *)(ptr[3] + i * s[3]) : (T)1;                      \
-      const T lw = 1 + (pw - 1) * t;                                                        \
-      T r;                                                                                  \
-      if (a->mode == BCE_LOSS) {                                                            \
-        const T sp = (x < 0 ? -x : 0) + LOG1P(EXP(x < 0 ? x : -x)); /* log(1 + exp(-x)) */ \
-        r = (1 - t) * x + lw * sp;                                                          \
-      } else if (a->mode == BCE_GRAD_X) {                                                   \
-        const T e = EXP(x < 0 ? x : -x);                       /* exp(-|x|) */              \
-        const T sig_neg = x < 0 ? 1 / (1 + e) : e / (1 + e);   /* sigmoid(-x) */            \
-        r = (1 - t) - lw * sig_neg;                                                         \
-      } else {                                                                              \
-        const T sp = (x < 0 ? -x : 0) + LOG1P(EXP(x < 0 ? x : -x));                         \
-        r = -x + (pw - 1) * sp;                                                             \
-      }                                                                                     \
-      *(T *)(ptr[0] + i * s[0]) = r;                                                        \
-    }                                                                                       \
+/* With e = exp(-|x|) and sp = log(1 + exp(-x)) = max(-x, 0) + log1p(e):
+   loss (1 - t) x + lw sp, lw = 1 + (pw - 1) t; d/dx (1 - t) - lw sigmoid(-x);
+   d/dt -x + (pw - 1) sp. For x < 0 the loss is taken as -pw t x + lw log1p(e)
+   and d/dx as lw sigmoid(x) - pw t (the same values), so that nothing
+   cancels where the loss is small: q = e / (1 + e) is sigmoid(-|x|). */
+#define DEF_BCE_SCALAR(SUF, T, EXP, LOG1P)                                              \
+  static void bce_scalar_##SUF(char **ptr, const int64_t *s, int64_t n, const bce_arg *a) { \
+    for (int64_t i = 0; i < n; i++) {                                                   \
+      const T x = *(const T *)(ptr[1] + i * s[1]), t = *(const T *)(ptr[2] + i * s[2]); \
+      const T pw = a->has_pw ? *(const T *)(ptr[3] + i * s[3]) : (T)1;                  \
+      const T e = EXP(x < 0 ? x : -x), lw = 1 + (pw - 1) * t;                           \
+      T r;                                                                              \
+      if (a->mode == BCE_GRAD_X) {                                                      \
+        const T q = e / (1 + e);                                                        \
+        r = x < 0 ? lw * q - pw * t : (1 - t) - lw * q;                                 \
+      } else {                                                                          \
+        const T l1p = LOG1P(e), sp = (x < 0 ? -x : 0) + l1p;                            \
+        if (a->mode == BCE_LOSS) r = (x < 0 ? -pw * t * x : (1 - t) * x) + lw * l1p;    \
+        else r = -x + (pw - 1) * sp;                                                    \
+      }                                                                                 \
+      *(T *)(ptr[0] + i * s[0]) = r * (T)a->scale;                                      \
+    }                                                                                   \
   }
-DEF_BCE_KERNEL(f32, float, expf, log1pf)
-DEF_BCE_KERNEL(f64, double, exp, log1p)
+DEF_BCE_SCALAR(f32, float, expf, log1pf)
+DEF_BCE_SCALAR(f64, double, exp, log1p)
 
-/* res = f(x, t, pw) elementwise over x's shape; res is fresh. */
-static void bce_map(lm_ctx *ctx, int32_t mode, lm_tensor *res, const lm_tensor *x, const lm_tensor *t, const lm_tensor *pw) {
-  bce_arg a = {mode, pw != NULL};
+/* log1p(e) for e in [0, 1]: log(u) e / (u - 1) with u = 1 + e corrects the
+   rounding of u (e itself where u rounds to 1). */
+INLINE v8f v8_log1p_unit(v8f e) {
+  v8f u = e + 1.0f;
+  return blend(u == splat(1.0f), e, v8_log(u) * (e / (u - 1.0f)));
+}
+
+INLINE v8f load8(const float *p, int64_t k) {
+  v8f v;
+  if (k == 8) {
+    memcpy(&v, p, sizeof v);
+  } else {
+    float tmp[8] = {0};
+    memcpy(tmp, p, (size_t)k * sizeof *tmp);
+    memcpy(&v, tmp, sizeof v);
+  }
+  return v;
+}
+
+/* f32: eight lanes at a time where the run is contiguous (pos_weight may be
+   one value for the run), the scalar loop otherwise. */
+static CLONES void bce_kernel_f32(char **ptr, const int64_t *s, int64_t n, void *arg) {
+  const bce_arg *a = arg;
+  const int64_t fs = sizeof(float);
+  if (s[0] != fs || s[1] != fs || s[2] != fs || (a->has_pw && s[3] != fs && s[3] != 0)) {
+    bce_scalar_f32(ptr, s, n, a);
+    return;
+  }
+  float *o = (float *)ptr[0];
+  const float *xs = (const float *)ptr[1], *ts = (const float *)ptr[2];
+  const float *pws = a->has_pw ? (const float *)ptr[3] : NULL;
+  const v8i sign = splat_i(INT32_MIN);
+  for (int64_t i = 0; i < n; i += 8) {
+    int64_t k = n - i < 8 ? n - i : 8;
+    v8f x = load8(xs + i, k), t = load8(ts + i, k);
+    v8f pw = !pws ? splat(1) : s[3] ? load8(pws + i, k) : splat(pws[0]);
+    v8f e = v8_exp((v8f)((v8i)x | sign)), lw = (pw - 1.0f) * t + 1.0f; /* exp(-|x|) */
+    v8f r;
+    if (a->mode == BCE_GRAD_X) {
+      v8f q = e / (e + 1.0f);
+      r = blend(x < splat(0), lw * q - pw * t, (1.0f - t) - lw * q);
+    } else {
+      v8f l1p = v8_log1p_unit(e);
+      v8i neg = x < splat(0);
+      if (a->mode == BCE_LOSS) r = blend(neg, -pw * t * x, (1.0f - t) * x) + lw * l1p;
+      else r = (pw - 1.0f) * (blend(neg, -x, splat(0)) + l1p) - x;
+    }
+    r *= (float)a->scale;
+    if (k == 8) {
+      memcpy(o + i, &r, sizeof r);
+    } else {
+      float tmp[8];
+      memcpy(tmp, &r, sizeof r);
+      memcpy(o + i, tmp, (size_t)k * sizeof *tmp);
+    }
+  }
+}
+
+static void bce_kernel_f64(char **ptr, const int64_t *s, int64_t n, void *arg) { bce_scalar_f64(ptr, s, n, arg); }
+
+/* res = scale * f(x, t, pw) elementwise over x's shape; res is fresh. */
+static void bce_map(lm_ctx *ctx, int32_t mode, double scale, lm_tensor *res, const lm_tensor *x, const lm_tensor *t,
+                    const lm_tensor *pw) {
+  bce_arg a = {mode, pw != NULL, scale};
   lm_operand ops[4] = {lm_operand_of(res, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
                        lm_operand_of(t, x->ndim, x->shape)};
   if (pw) ops[3] = lm_operand_of(pw, x->ndim, x->shape);
@@ -747,12 +811,8 @@ static lm_status bce_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout
   for (int32_t i = 0; i < 2; i++) {
     if (!node->needs[i]) continue;
     if ((st = lm_new(ctx, "binary_cross_entropy_with_logits", x->dtype, x->ndim, x->shape, &gs[i]))) goto done;
-    bce_map(ctx, i == 0 ? BCE_GRAD_X : BCE_GRAD_T, gs[i], x, t, pw);
-    if (reduction == LM_REDUCTION_NONE) {
-      if ((st = lm_binary(ctx, LM_OP_MUL, gs[i], gout[0], gs[i], NULL))) goto done;
-    } else if (scale != 1) {
-      if ((st = lm_binary_scalar(ctx, LM_OP_MUL, gs[i], scale, 0, gs[i], NULL))) goto done;
-    }
+    bce_map(ctx, i == 0 ? BCE_GRAD_X : BCE_GRAD_T, scale, gs[i], x, t, pw);
+    if (reduction == LM_REDUCTION_NONE && (st = lm_binary(ctx, LM_OP_MUL, gs[i], gout[0], gs[i], NULL))) goto done;
     if (w && (st = lm_binary(ctx, LM_OP_MUL, gs[i], w, gs[i], NULL))) goto done;
   }
   if (gs[1] && tdtype != x->dtype) { /* the target's own dtype */
@@ -808,7 +868,7 @@ lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *t
   if (weight && (st = lm_cast_if_needed(ctx, weight, x->dtype, &wc))) goto done;
   if (pos_weight && (st = lm_cast_if_needed(ctx, pos_weight, x->dtype, &pwc))) goto done;
   if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &l))) goto done;
-  bce_map(ctx, BCE_LOSS, l, x, tc, pwc);
+  bce_map(ctx, BCE_LOSS, 1, l, x, tc, pwc);
   if (wc && (st = lm_binary(ctx, LM_OP_MUL, l, wc, l, NULL))) goto done;
   if (reduction == LM_REDUCTION_NONE) {
     res = l;
