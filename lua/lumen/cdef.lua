@@ -258,7 +258,34 @@ lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *t
 
 /* rnn (src/ops/rnn.c) */
 
-/* optim (src/ops/optim.c) */
+/* optim (src/ops/optim.c): fused in-place updates of a list of n
+   parameters. grads[i] == NULL skips parameter i; every state tensor has
+   its parameter's shape and dtype (f32 or f64). steps[i] counts the update
+   being made (1 on a parameter's first): SGD starts its momentum buffer as
+   the gradient then, Adam's bias correction uses it. Arithmetic follows
+   torch.optim. Lists a setting does not use may be NULL. */
+typedef struct lm_optim_hparams {
+  double lr;
+  double momentum;     /* SGD, RMSprop */
+  double dampening;    /* SGD */
+  double weight_decay; /* added to the gradient (AdamW: decoupled) */
+  double beta1, beta2; /* Adam */
+  double eps;          /* Adam, RMSprop */
+  double alpha;        /* RMSprop: smoothing of the squared gradient */
+  int32_t nesterov;    /* SGD */
+  int32_t amsgrad;     /* Adam */
+  int32_t decoupled;   /* Adam: AdamW's weight decay */
+  int32_t centered;    /* RMSprop */
+  int32_t maximize;    /* ascend instead of descend */
+} lm_optim_hparams;
+lm_status lm_sgd_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *momentum_bufs, const int64_t *steps, const lm_optim_hparams *h);
+lm_status lm_adam_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *exp_avgs, lm_tensor *const *exp_avg_sqs, lm_tensor *const *max_exp_avg_sqs, const int64_t *steps, const lm_optim_hparams *h);
+lm_status lm_rmsprop_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *square_avgs, lm_tensor *const *grad_avgs, lm_tensor *const *momentum_bufs, const lm_optim_hparams *h);
+/* Scales the gradients in place so that their global norm of order
+   norm_type (> 0, or inf) is at most max_norm, as
+   torch.nn.utils.clip_grad_norm_; the norm before clipping, computed in
+   double, goes to *total_norm. NULL entries are skipped. */
+lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, double max_norm, double norm_type, int32_t error_if_nonfinite, double *total_norm);
 
 /* files: exact reads and atomic writes (temp file, fsync, rename) */
 lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);
