@@ -841,9 +841,17 @@ static lm_status broadcasts_to(lm_ctx *ctx, const char *op, const lm_tensor *t, 
     lm_ctx_clear_error(ctx);
     ok = !st && nd == x->ndim && !memcmp(shape, x->shape, nd * sizeof *shape);
   }
-  if (!ok)
-    return lm_err(ctx, LM_E_SHAPE, "%s: %s of shape %s does not broadcast to the input's shape %s", op, what, LM_SHP(t, a), LM_SHP(x, b));
-  return LM_OK;
+  if (ok) return LM_OK;
+  if (t->ndim == 1 && x->ndim > 2 && t->shape[0] == x->shape[1]) { /* meant per class: say how */
+    int64_t per_class[LM_MAX_DIMS];
+    per_class[0] = t->shape[0];
+    for (int32_t d = 1; d < x->ndim - 1; d++) per_class[d] = 1;
+    char c[LM_SHAPE_BUF];
+    return lm_err(ctx, LM_E_SHAPE, "%s: %s of shape %s does not broadcast to the input's shape %s "
+                  "(shapes align from the last dimension: one value per class of dimension 1 is %s)", op, what,
+                  LM_SHP(t, a), LM_SHP(x, b), lm_shape_str(x->ndim - 1, per_class, c, sizeof c));
+  }
+  return lm_err(ctx, LM_E_SHAPE, "%s: %s of shape %s does not broadcast to the input's shape %s", op, what, LM_SHP(t, a), LM_SHP(x, b));
 }
 
 lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *target, const lm_tensor *weight,
