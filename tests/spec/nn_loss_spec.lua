@@ -713,6 +713,36 @@ describe('nn losses', function()
       assert.has_error(function() F.binary_cross_entropy_with_logits(x, lumen.zeros(2, 3, 4, 4), { reduction = 'batchmean' }) end,
         "lumen.binary_cross_entropy_with_logits: reduction must be one of 'none', 'mean', 'sum', got 'batchmean'")
     end)
+    it('every loss refuses wrong argument values with a lumen. error', function()
+      local freed = lumen.randn(2, 3, 4)
+      freed:free()
+      local good_x, good_t = lumen.randn(2, 3, 4), lumen.randint(0, 3, { 2, 1, 4 })
+      local wrong = { 'nil', 1, 'str', {}, true, freed, lumen.zeros({ 2, 3, 4 }, 'i64'), lumen.randn(5), lumen.tensor(1.0) }
+      local names = { 'cross_entropy', 'nll_loss', 'binary_cross_entropy_with_logits', 'mse_loss', 'l1_loss',
+        'smooth_l1_loss', 'kl_div', 'dice_loss', 'generalized_dice_loss', 'tversky_loss', 'focal_loss', 'dice_ce_loss',
+        'one_hot' }
+      local bad_opts = { 1, 'x', { reduction = 3 }, { nonsense = true }, { weight = 'w' }, { smooth_nr = 'a' } }
+      for _, name in ipairs(names) do
+        local f = F[name]
+        local function expect_lumen_error(...)
+          local ok, err = pcall(f, ...)
+          if not ok and not tostring(err):find('lumen.', 1, true) then
+            error(string.format('%s: error without the lumen. prefix: %s', name, tostring(err)), 2)
+          end
+        end
+        for _, v in ipairs(wrong) do
+          if v == 'nil' then v = nil end
+          expect_lumen_error(v, good_t)
+          expect_lumen_error(good_x, v)
+          expect_lumen_error(v, v)
+        end
+        for _, o in ipairs(bad_opts) do
+          local ok, err = pcall(f, good_x, good_t, o)
+          assert(not ok, name .. ' accepted bad options')
+          assert(tostring(err):find('lumen.' .. name .. ':', 1, true), name .. ': ' .. tostring(err))
+        end
+      end
+    end)
     it('segmentation losses: shapes, labels and options', function()
       local y = labels({ 2, 1, 4, 4 }, 3)
       assert.has_error(function() F.dice_loss(x, y) end,

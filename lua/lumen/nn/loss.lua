@@ -86,6 +86,13 @@ return function(nn, lumen)
     error(string.format('lumen.%s: ' .. fmt, fname, ...), user_level())
   end
 
+  -- fn(...), its errors reported under fname (losses built on other losses).
+  local function as(fname, fn, ...)
+    local ok, res = pcall(fn, ...)
+    if not ok then error((tostring(res):gsub('^.-lumen%.[%w_]+: ', 'lumen.' .. fname .. ': ', 1)), user_level()) end
+    return res
+  end
+
   -- The options table (or {}), after checking its keys.
   local function options(fname, opts)
     if opts == nil then return {} end
@@ -591,16 +598,16 @@ return function(nn, lumen)
     end
     local dopts = {}
     for _, k in ipairs(dice_keys) do dopts[k] = o[k] end
-    local dice = F.dice_loss(input, target, dopts)
+    local dice = as(fname, F.dice_loss, input, target, dopts)
     local ce
     if nc == 1 then
-      ce = F.binary_cross_entropy_with_logits(input, target:to(input:dtype()), { reduction = r })
+      ce = as(fname, F.binary_cross_entropy_with_logits, input, target:to(input:dtype()), { reduction = r })
     else
       local w = o.weight
       if w == nil then w = o.ce_weight end
       if w ~= nil and not is_tensor(w) then w = weights_opt(fname, { weight = w }, 'weight', input:dtype()) end
       local t = ntc == 1 and target:squeeze(1):to('i64') or target:to(input:dtype())
-      ce = F.cross_entropy(input, t, { weight = w, reduction = r, label_smoothing = o.label_smoothing })
+      ce = as(fname, F.cross_entropy, input, t, { weight = w, reduction = r, label_smoothing = o.label_smoothing })
     end
     return dice * ld + ce * lc
   end
