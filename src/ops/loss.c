@@ -16,16 +16,19 @@
  *   'mean' divides by the number of positions (N x d1 x ...).
  * - binary_cross_entropy_with_logits: per element
  *     w * ((1 - t) * x + (1 + (pw - 1) * t) * log(1 + exp(-x))),
- *   log(1 + exp(-x)) computed as max(-x, 0) + log1p(exp(-|x|)) so that no
- *   exp overflows; weight w and pos_weight pw broadcast to x's shape.
+ *   in forms where no exp overflows and small losses keep their digits
+ *   (see the kernel); weight w and pos_weight pw broadcast to x's shape as
+ *   in torch (aligned from the last dimension); gradients for x and t.
  *
  * The class-loss kernels walk the positions (N x d1 x ...) in fixed units,
- * each a run of positions read for every class at the class stride, in
- * blocks so that the inner loops run over neighbouring positions. Units are
- * spread over threads; their partial sums are added in unit order, so the
- * result does not depend on the thread count. The backward recomputes the
- * log-sum-exp instead of keeping it: no memory beyond the logits the graph
- * already holds. */
+ * in blocks: with spatial dims, neighbouring positions of one sample read
+ * for every class at the class stride (inner loops over positions); for
+ * N x C, rows of contiguous classes. Units are spread over threads and
+ * their partial sums added in unit order, so results do not depend on the
+ * thread count. When a gradient is wanted the forward keeps each position's
+ * log-sum-exp (1/C of the logits' size, where torch keeps the whole
+ * log-softmax); the backward's softmax is exp(x - lse). f32 runs on
+ * vectorised exp and log (below); f64, the gradient-check dtype, on libm. */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
