@@ -55,8 +55,7 @@ static lm_status check_reduction(lm_ctx *ctx, const char *op, int32_t reduction)
 
 /* Internal conversions must not be recorded: the loss records one node. */
 static lm_status contiguous_as(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
-  bool grad = ctx->grad_enabled;
-  ctx->grad_enabled = false;
+  bool grad = lm_grad_pause(ctx);
   lm_tensor *c = NULL;
   lm_status st = lm_cast_if_needed(ctx, t, dtype, &c);
   if (!st) st = lm_contiguous(ctx, c, out);
@@ -873,8 +872,7 @@ lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *t
   if (weight && (st = broadcasts_to(ctx, op, weight, "weight", x))) return st;
   if (pos_weight && (st = broadcasts_to(ctx, op, pos_weight, "pos_weight", x))) return st;
 
-  bool grad = ctx->grad_enabled;
-  ctx->grad_enabled = false; /* the conversions and the sum are not recorded */
+  bool grad = lm_grad_pause(ctx); /* the conversions and the sum are not recorded */
   if ((st = lm_cast_if_needed(ctx, target, x->dtype, &tc))) goto done;
   if (weight && (st = lm_cast_if_needed(ctx, weight, x->dtype, &wc))) goto done;
   if (pos_weight && (st = lm_cast_if_needed(ctx, pos_weight, x->dtype, &pwc))) goto done;
