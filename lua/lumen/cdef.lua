@@ -237,9 +237,32 @@ int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 /* neural-network ops: each family's declarations under its own heading */
 /* conv (src/ops/conv.c) */
 
-/* pool (src/ops/pool.c) */
+/* pool (src/ops/pool.c)
+   x is (N x) C x spatial with nd = 1, 2 or 3 spatial dims; kernel, stride,
+   padding, dilation and sizes hold nd values (stride NULL: the kernel;
+   padding NULL: 0; dilation NULL: 1). Indices are i64 flat positions within
+   each input plane (as PyTorch's); indices may be NULL. */
+lm_status lm_max_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, const int64_t *dilation, int32_t ceil_mode, lm_tensor **values, lm_tensor **indices);
+/* divisor_override > 0 divides every window by it instead */
+lm_status lm_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, int32_t ceil_mode, int32_t count_include_pad, int64_t divisor_override, lm_tensor **out);
+lm_status lm_adaptive_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *output_size, lm_tensor **out);
+/* Places x[i] at indices[i] of an output plane of output_size, zeros elsewhere. */
+lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indices, int32_t nd, const int64_t *output_size, lm_tensor **out);
 
 /* resample (src/ops/resample.c) */
+enum { LM_INTERP_NEAREST = 0, LM_INTERP_LINEAR = 1 };
+enum { LM_GRID_PAD_ZEROS = 0, LM_GRID_PAD_BORDER = 1 };
+/* x is N x C x spatial (1 to 3 spatial dims); size holds the output's
+   spatial sizes. scale (may be NULL; entries <= 0 mean none) holds the
+   scale factors the caller gave: PyTorch maps output positions back with
+   them rather than with in/out (not with align_corners). Linear mode is
+   linear, bilinear or trilinear by the number of spatial dims. */
+lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, const double *scale, int32_t mode, int32_t align_corners, lm_tensor **out);
+/* x N x C x H x W with grid N x H' x W' x 2, or x N x C x D x H x W with
+   grid N x D' x H' x W' x 3; grid values in [-1, 1] as (x, y[, z]). */
+lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid, int32_t mode, int32_t padding_mode, int32_t align_corners, lm_tensor **out);
+/* theta N x 2 x 3 with size (N, C, H, W), or N x 3 x 4 with size (N, C, D, H, W). */
+lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, const int64_t *size, int32_t align_corners, lm_tensor **out);
 
 /* norm (src/ops/norm.c) */
 
