@@ -296,6 +296,15 @@ lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, 
 /* activation (src/ops/activation.c) */
 
 /* loss (src/ops/loss.c) */
+enum { LM_REDUCTION_NONE = 0, LM_REDUCTION_MEAN = 1, LM_REDUCTION_SUM = 2 };
+/* logits C, N x C or N x C x d1 x ...; target: class indices (i64, i32 or
+   u8) of the logits' shape without dimension 1, or probabilities of the
+   logits' shape and dtype. weight (C) may be NULL. */
+lm_status lm_cross_entropy(lm_ctx *ctx, const lm_tensor *logits, const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index, double label_smoothing, int32_t reduction, lm_tensor **out);
+/* input: log-probabilities laid out as cross_entropy's logits */
+lm_status lm_nll_loss(lm_ctx *ctx, const lm_tensor *input, const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index, int32_t reduction, lm_tensor **out);
+/* target of x's shape; weight and pos_weight (NULL for none) broadcast to it */
+lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *target, const lm_tensor *weight, const lm_tensor *pos_weight, int32_t reduction, lm_tensor **out);
 
 /* rnn (src/ops/rnn.c) */
 /* One LSTM step after its GEMMs: gates_x, gates_h are batch x 4H (gate order
