@@ -236,6 +236,15 @@ int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 
 /* neural-network ops: each family's declarations under its own heading */
 /* conv (src/ops/conv.c) */
+/* Convolution over nsp = 1, 2 or 3 spatial dims (f32, f64): x is
+   N x Cin x spatial (or unbatched Cin x spatial), w is Cout x Cin/groups x
+   kernel, b is NULL or Cout values. stride, dilation and the padding before
+   (pad_lo) and after (pad_hi) hold nsp values each. */
+lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp, const int64_t *stride, const int64_t *pad_lo, const int64_t *pad_hi, const int64_t *dilation, int64_t groups, lm_tensor **out);
+/* Transposed convolution (the gradient of lm_conv with respect to its
+   input): w is Cin x Cout/groups x kernel; output_padding adds positions at
+   the far end of each spatial dim. */
+lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp, const int64_t *stride, const int64_t *padding, const int64_t *output_padding, const int64_t *dilation, int64_t groups, lm_tensor **out);
 
 /* pool (src/ops/pool.c)
    x is (N x) C x spatial with nd = 1, 2 or 3 spatial dims; kernel, stride,
