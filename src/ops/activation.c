@@ -13,6 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Every function below may assume no FP trap handler looks on: GCC then
+   turns selects such as x > 0 ? x : a x into vector blends (results are
+   the same; only exception flags, which nothing reads, could differ); and
+   multiply-adds may fuse. As a file-wide pragma, it also reaches the
+   always-inline helpers (a function attribute does not). */
+#pragma GCC optimize("no-trapping-math", "fp-contract=fast")
+
 #define GRAIN 32768 /* elements below which another thread does not pay */
 
 static lm_status check_float(lm_ctx *ctx, const char *op, const lm_tensor *x) {
@@ -42,18 +49,71 @@ typedef struct act_arg {
 #define INV_SQRT_2PI 0.39894228040143267794
 #define GELU_C 0.044715
 
-static inline double act_f(int kind, double a, double x) {
+#define INLINE static inline __attribute__((always_inline))
+#define PRAGMA(x) _Pragma(#x)
+#define SIMD PRAGMA(omp simd)
+#define SIMD_SUM(v) PRAGMA(omp simd reduction(+ : v))
+/* the kernels get an AVX2+FMA (x86-64-v3) clone picked at load time */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LM_CLONES
+#endif
+
+/* exp for f32 as plain arithmetic and selects, so that loops over it
+   vectorise: exp(x) = 2^n exp(r), n = round(x / ln2), r = x - n ln2 with
+   ln2 in two parts so that r is exact, exp(r) by the degree-7 Cephes
+   polynomial (within about 1 ulp); 2^n applied in two halves so that
+   overflow gives inf and the subnormal range comes out right. A NaN
+   compares false everywhere and stays NaN. */
+INLINE float exp_f32(float x) {
+  x = x > 88.8f ? 88.8f : x;
+  x = x < -104.0f ? -104.0f : x;
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  int32_t ni = (int32_t)n, n1 = ni >> 1, n2 = ni - n1;
+  uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
+  float s1, s2;
+  memcpy(&s1, &b1, 4);
+  memcpy(&s2, &b2, 4);
+  return p * s1 * s2;
+}
+
+/* erf and tanh for f32 from exp_f32, so that GELU loops vectorise too:
+   erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about
+   the spacing of floats near 1), tanh(u) = 1 - 2 / (exp(2u) + 1). Both
+   are only ever added to 1 here, so absolute error is what counts. */
+INLINE float erf_f32(float x) {
+  float a = fabsf(x), t = 1 / (1 + 0.3275911f * a);
+  float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+  float y = 1 - p * exp_f32(-a * a);
+  return x < 0 ? -y : y;
+}
+INLINE float tanh_f32(float u) { return 1 - 2 / (exp_f32(2 * u) + 1); }
+
+/* f(x) and f'(x) in double (f64) and in float (f32: float arithmetic is
+   several times faster, and as accurate as the result is stored). */
+INLINE double act_f64(int kind, double a, double x) {
   switch (kind) {
-  case A_LEAKY_RELU: return x > 0 ? x : x * a;
+  case A_LEAKY_RELU: {
+    double neg = x * a;
+    return x > 0 ? x : neg;
+  }
   case A_ELU: return x > 0 ? x : a * expm1(x);
   case A_GELU: return 0.5 * x * (1 + erf(x * INV_SQRT_2));
   case A_GELU_TANH: return 0.5 * x * (1 + tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
   }
   return 0;
 }
-
-/* f'(x) */
-static inline double act_df(int kind, double a, double x) {
+INLINE double act_df64(int kind, double a, double x) {
   switch (kind) {
   case A_LEAKY_RELU: return x > 0 ? 1 : a;
   case A_ELU: return x > 0 ? 1 : a * exp(x);
@@ -65,55 +125,129 @@ static inline double act_df(int kind, double a, double x) {
   }
   return 0;
 }
+INLINE float act_f32(int kind, float a, float x) {
+  switch (kind) {
+  case A_LEAKY_RELU: { /* both sides computed: a select the loop can vectorise */
+    float neg = x * a;
+    return x > 0 ? x : neg;
+  }
+  case A_ELU: return x > 0 ? x : a * expm1f(x);
+  case A_GELU: return 0.5f * x * (1 + erf_f32(x * (float)INV_SQRT_2));
+  case A_GELU_TANH: return 0.5f * x * (1 + tanh_f32((float)SQRT_2_OVER_PI * (x + (float)GELU_C * x * x * x)));
+  }
+  return 0;
+}
+INLINE float act_df32(int kind, float a, float x) {
+  switch (kind) {
+  case A_LEAKY_RELU: return x > 0 ? 1 : a;
+  case A_ELU: return x > 0 ? 1 : a * expf(x);
+  case A_GELU: return 0.5f * (1 + erf_f32(x * (float)INV_SQRT_2)) + x * (float)INV_SQRT_2PI * exp_f32(-0.5f * x * x);
+  case A_GELU_TANH: {
+    float t = tanh_f32((float)SQRT_2_OVER_PI * (x + (float)GELU_C * x * x * x));
+    return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * (float)SQRT_2_OVER_PI * (1 + 3 * (float)GELU_C * x * x);
+  }
+  }
+  return 0;
+}
 
-/* One loop per dtype and direction; the kind switch is hoisted by hand
-   for the cheap leaky_relu, whose loop would otherwise be all switch. */
-#define ACT_LOOPS(T, SFX)                                                                        \
-  static void fwd_##SFX(char **p, const int64_t *s, int64_t n, void *arg) {                      \
-    const act_arg *a = arg;                                                                      \
-    if (a->kind == A_LEAKY_RELU) {                                                               \
-      const T slope = (T)a->a;                                                                   \
-      for (int64_t i = 0; i < n; i++) {                                                          \
-        T x = *(const T *)(p[1] + i * s[1]);                                                     \
-        *(T *)(p[0] + i * s[0]) = x > 0 ? x : x * slope;                                         \
-      }                                                                                          \
-      return;                                                                                    \
-    }                                                                                            \
-    for (int64_t i = 0; i < n; i++)                                                              \
-      *(T *)(p[0] + i * s[0]) = (T)act_f(a->kind, a->a, *(const T *)(p[1] + i * s[1]));          \
-  }                                                                                              \
-  /* operands: dx, g, x */                                                                       \
-  static void bwd_##SFX(char **p, const int64_t *s, int64_t n, void *arg) {                      \
-    const act_arg *a = arg;                                                                      \
-    for (int64_t i = 0; i < n; i++) {                                                            \
-      double g = *(const T *)(p[1] + i * s[1]), x = *(const T *)(p[2] + i * s[2]);               \
-      *(T *)(p[0] + i * s[0]) = (T)(g * act_df(a->kind, a->a, x));                               \
-    }                                                                                            \
-  }                                                                                              \
-  /* prelu, operands: y, x, w (broadcast) */                                                     \
+/* The lm_foreach kernels, written once: kind and f32 are constants in each
+   instance (see act_fwd / act_bwd), and contiguous runs get their own loop
+   so that the cheap kinds vectorise. */
+#define ELEM(T, p, s, i) (*(T *)((p) + (i) * (s)))
+INLINE void fwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, bool f32) {
+  if (f32) {
+    const float af = (float)a;
+    if (s[0] == 4 && s[1] == 4) {
+      float *y = (float *)p[0];
+      const float *x = (const float *)p[1];
+      SIMD for (int64_t i = 0; i < n; i++) y[i] = act_f32(kind, af, x[i]);
+    } else {
+      for (int64_t i = 0; i < n; i++) ELEM(float, p[0], s[0], i) = act_f32(kind, af, ELEM(float, p[1], s[1], i));
+    }
+  } else {
+    if (s[0] == 8 && s[1] == 8) {
+      double *y = (double *)p[0];
+      const double *x = (const double *)p[1];
+      SIMD for (int64_t i = 0; i < n; i++) y[i] = act_f64(kind, a, x[i]);
+    } else {
+      for (int64_t i = 0; i < n; i++) ELEM(double, p[0], s[0], i) = act_f64(kind, a, ELEM(double, p[1], s[1], i));
+    }
+  }
+}
+/* operands: dx, g, x */
+INLINE void bwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, bool f32) {
+  if (f32) {
+    const float af = (float)a;
+    if (s[0] == 4 && s[1] == 4 && s[2] == 4) {
+      float *dx = (float *)p[0];
+      const float *g = (const float *)p[1], *x = (const float *)p[2];
+      SIMD for (int64_t i = 0; i < n; i++) dx[i] = g[i] * act_df32(kind, af, x[i]);
+    } else {
+      for (int64_t i = 0; i < n; i++)
+        ELEM(float, p[0], s[0], i) = ELEM(float, p[1], s[1], i) * act_df32(kind, af, ELEM(float, p[2], s[2], i));
+    }
+  } else {
+    if (s[0] == 8 && s[1] == 8 && s[2] == 8) {
+      double *dx = (double *)p[0];
+      const double *g = (const double *)p[1], *x = (const double *)p[2];
+      SIMD for (int64_t i = 0; i < n; i++) dx[i] = g[i] * act_df64(kind, a, x[i]);
+    } else {
+      for (int64_t i = 0; i < n; i++)
+        ELEM(double, p[0], s[0], i) = ELEM(double, p[1], s[1], i) * act_df64(kind, a, ELEM(double, p[2], s[2], i));
+    }
+  }
+}
+
+#define DISPATCH(BODY, F32)                                                    \
+  switch (a->kind) {                                                           \
+  case A_LEAKY_RELU: BODY(p, s, n, A_LEAKY_RELU, a->a, F32); break;            \
+  case A_ELU: BODY(p, s, n, A_ELU, a->a, F32); break;                          \
+  case A_GELU: BODY(p, s, n, A_GELU, a->a, F32); break;                        \
+  case A_GELU_TANH: BODY(p, s, n, A_GELU_TANH, a->a, F32); break;              \
+  }
+LM_CLONES static void fwd_f32(char **p, const int64_t *s, int64_t n, void *arg) {
+  const act_arg *a = arg;
+  DISPATCH(fwd_body, true)
+}
+LM_CLONES static void fwd_f64(char **p, const int64_t *s, int64_t n, void *arg) {
+  const act_arg *a = arg;
+  DISPATCH(fwd_body, false)
+}
+LM_CLONES static void bwd_f32(char **p, const int64_t *s, int64_t n, void *arg) {
+  const act_arg *a = arg;
+  DISPATCH(bwd_body, true)
+}
+LM_CLONES static void bwd_f64(char **p, const int64_t *s, int64_t n, void *arg) {
+  const act_arg *a = arg;
+  DISPATCH(bwd_body, false)
+}
+
+/* prelu kernels, over strided operands */
+#define PRELU_LOOPS(T, SFX)                                                                      \
+  /* operands: y, x, w (broadcast) */                                                            \
   static void prelu_fwd_##SFX(char **p, const int64_t *s, int64_t n, void *arg) {                \
     for (int64_t i = 0; i < n; i++) {                                                            \
-      T x = *(const T *)(p[1] + i * s[1]), w = *(const T *)(p[2] + i * s[2]);                    \
-      *(T *)(p[0] + i * s[0]) = x > 0 ? x : w * x;                                               \
+      T x = ELEM(T, p[1], s[1], i);                                                              \
+      ELEM(T, p[0], s[0], i) = x > 0 ? x : ELEM(T, p[2], s[2], i) * x;                           \
     }                                                                                            \
   }                                                                                              \
-  /* prelu, operands: dx, g, x, w */                                                             \
+  /* operands: dx, g, x, w */                                                                    \
   static void prelu_bwd_##SFX(char **p, const int64_t *s, int64_t n, void *arg) {                \
     for (int64_t i = 0; i < n; i++) {                                                            \
-      T g = *(const T *)(p[1] + i * s[1]), x = *(const T *)(p[2] + i * s[2]);                    \
-      *(T *)(p[0] + i * s[0]) = x > 0 ? g : *(const T *)(p[3] + i * s[3]) * g;                   \
+      T g = ELEM(T, p[1], s[1], i);                                                              \
+      ELEM(T, p[0], s[0], i) = ELEM(T, p[2], s[2], i) > 0 ? g : ELEM(T, p[3], s[3], i) * g;      \
     }                                                                                            \
   }                                                                                              \
-  /* prelu weight gradient terms, operands: t, g, x: t = x g where x <= 0 */                     \
+  /* weight gradient terms, operands: t, g, x: t = x g where x <= 0 */                           \
   static void prelu_wterm_##SFX(char **p, const int64_t *s, int64_t n, void *arg) {              \
     for (int64_t i = 0; i < n; i++) {                                                            \
-      T g = *(const T *)(p[1] + i * s[1]), x = *(const T *)(p[2] + i * s[2]);                    \
-      *(T *)(p[0] + i * s[0]) = x > 0 ? 0 : x * g;                                               \
+      T x = ELEM(T, p[2], s[2], i);                                                              \
+      ELEM(T, p[0], s[0], i) = x > 0 ? 0 : x * ELEM(T, p[1], s[1], i);                           \
     }                                                                                            \
   }
 
-ACT_LOOPS(float, f32)
-ACT_LOOPS(double, f64)
+PRELU_LOOPS(float, f32)
+PRELU_LOOPS(double, f64)
 
 static const char *act_name(int kind) {
   switch (kind) {
@@ -259,10 +393,25 @@ fail:
 
 /* ---- softmax and log_softmax ----
    x is read as [outer, L, inner] (contiguous) and normalised along L. A
-   unit is one outer index and a block of up to COLS neighbouring inner
-   positions (one row when inner == 1). */
+   unit is one row (inner == 1), or one outer index and a block of up to
+   COLS neighbouring inner positions, whose loops run along the contiguous
+   inner dim. Sums are in double; f32 exponentials use exp_f32 below, which
+   the loops vectorise, f64 ones libm's exp. */
 
 #define COLS 64
+
+INLINE double ld(const char *p, int64_t i, bool f32) {
+  return f32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+}
+INLINE void st(char *p, int64_t i, double v, bool f32) {
+  if (f32) ((float *)p)[i] = (float)v;
+  else ((double *)p)[i] = v;
+}
+INLINE double ex(double v, bool f32) { return f32 ? (double)exp_f32((float)v) : exp(v); }
+/* exp(p[i] - m), for f32 in float arithmetic (m holds a float value) */
+INLINE double exp_minus(const char *p, int64_t i, double m, bool f32) {
+  return f32 ? (double)exp_f32(((const float *)p)[i] - (float)m) : exp(((const double *)p)[i] - m);
+}
 
 typedef struct smax {
   bool log;      /* log_softmax */
@@ -274,70 +423,114 @@ typedef struct smax {
   char *y;
 } smax;
 
-static inline double rd(int32_t dt, const char *p, int64_t i) {
-  return dt == LM_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-static inline void wr(int32_t dt, char *p, int64_t i, double v) {
-  if (dt == LM_F32) ((float *)p)[i] = (float)v;
-  else ((double *)p)[i] = v;
+/* Forward over one row of L contiguous elements at x, into y. */
+INLINE void row_forward(const char *x, char *y, int64_t L, bool is_log, bool f32) {
+  double m = -INFINITY, s = 0;
+  int nan = 0;
+  PRAGMA(omp simd reduction(max : m) reduction(| : nan))
+  for (int64_t l = 0; l < L; l++) {
+    double v = ld(x, l, f32);
+    m = v > m ? v : m;
+    nan |= v != v;
+  }
+  if (nan) m = NAN; /* a NaN makes the whole slice NaN, as in torch */
+  SIMD_SUM(s) for (int64_t l = 0; l < L; l++) {
+    double e = exp_minus(x, l, m, f32);
+    if (!is_log) st(y, l, e, f32);
+    s += e;
+  }
+  if (is_log) {
+    const double lse = m + log(s);
+    SIMD for (int64_t l = 0; l < L; l++) st(y, l, ld(x, l, f32) - lse, f32);
+  } else {
+    const double r = 1 / s;
+    SIMD for (int64_t l = 0; l < L; l++) st(y, l, ld(y, l, f32) * r, f32);
+  }
 }
 
-/* Forward over columns j0 .. j0 + m of one outer block starting at
-   element base; element (l, j) is at base + l * inner + j. */
-static void smax_forward(const smax *s, int64_t base, int64_t m) {
+/* Forward over m <= COLS columns: element (l, j) at offset l * in + j. */
+INLINE void cols_forward(const char *x, char *y, int64_t L, int64_t in, int64_t m, bool is_log, bool f32) {
   double mx[COLS], sum[COLS];
-  const int32_t dt = s->dt;
-  const int64_t L = s->L, in = s->inner;
-  for (int64_t j = 0; j < m; j++) { mx[j] = -INFINITY; sum[j] = 0; }
-  for (int64_t l = 0; l < L; l++)
-    for (int64_t j = 0; j < m; j++) {
-      double v = rd(dt, s->x, base + l * in + j);
-      if (v > mx[j] || v != v) mx[j] = v; /* a NaN sticks: the slice becomes NaN */
+  int nan[COLS];
+  for (int64_t j = 0; j < m; j++) { mx[j] = -INFINITY; sum[j] = 0; nan[j] = 0; }
+  for (int64_t l = 0; l < L; l++) {
+    SIMD for (int64_t j = 0; j < m; j++) {
+      double v = ld(x, l * in + j, f32);
+      mx[j] = v > mx[j] ? v : mx[j];
+      nan[j] |= v != v;
     }
-  for (int64_t l = 0; l < L; l++)
-    for (int64_t j = 0; j < m; j++) {
-      const int64_t i = base + l * in + j;
-      double e = exp(rd(dt, s->x, i) - mx[j]);
+  }
+  for (int64_t j = 0; j < m; j++) if (nan[j]) mx[j] = NAN;
+  for (int64_t l = 0; l < L; l++) {
+    SIMD for (int64_t j = 0; j < m; j++) {
+      double e = exp_minus(x, l * in + j, mx[j], f32);
+      if (!is_log) st(y, l * in + j, e, f32);
       sum[j] += e;
-      if (!s->log) wr(dt, s->y, i, e);
     }
-  for (int64_t j = 0; j < m; j++) sum[j] = s->log ? mx[j] + log(sum[j]) : 1 / sum[j];
-  for (int64_t l = 0; l < L; l++)
-    for (int64_t j = 0; j < m; j++) {
-      const int64_t i = base + l * in + j;
-      if (s->log) wr(dt, s->y, i, rd(dt, s->x, i) - sum[j]);
-      else wr(dt, s->y, i, rd(dt, s->y, i) * sum[j]);
+  }
+  for (int64_t j = 0; j < m; j++) sum[j] = is_log ? mx[j] + log(sum[j]) : 1 / sum[j];
+  for (int64_t l = 0; l < L; l++) {
+    if (is_log) {
+      SIMD for (int64_t j = 0; j < m; j++) st(y, l * in + j, ld(x, l * in + j, f32) - sum[j], f32);
+    } else {
+      SIMD for (int64_t j = 0; j < m; j++) st(y, l * in + j, ld(y, l * in + j, f32) * sum[j], f32);
     }
+  }
 }
 
-/* softmax: dx = y (g - sum(g y)); log_softmax: dx = g - exp(y) sum(g) */
-static void smax_backward(const smax *s, int64_t base, int64_t m) {
+/* softmax: dx = y (g - sum(g y)); log_softmax: dx = g - exp(y) sum(g).
+   y is the forward's output; dx may not alias it. */
+INLINE void row_backward(const char *y, const char *g, char *dx, int64_t L, bool is_log, bool f32) {
+  double dot = 0;
+  SIMD_SUM(dot) for (int64_t l = 0; l < L; l++) dot += is_log ? ld(g, l, f32) : ld(g, l, f32) * ld(y, l, f32);
+  SIMD for (int64_t l = 0; l < L; l++) {
+    double gv = ld(g, l, f32), yv = ld(y, l, f32);
+    st(dx, l, is_log ? gv - ex(yv, f32) * dot : yv * (gv - dot), f32);
+  }
+}
+
+INLINE void cols_backward(const char *y, const char *g, char *dx, int64_t L, int64_t in, int64_t m, bool is_log, bool f32) {
   double dot[COLS];
-  const int32_t dt = s->dt;
-  const int64_t L = s->L, in = s->inner;
   for (int64_t j = 0; j < m; j++) dot[j] = 0;
-  for (int64_t l = 0; l < L; l++)
-    for (int64_t j = 0; j < m; j++) {
-      const int64_t i = base + l * in + j;
-      double g = rd(dt, s->g, i);
-      dot[j] += s->log ? g : g * rd(dt, s->x, i);
+  for (int64_t l = 0; l < L; l++) {
+    SIMD for (int64_t j = 0; j < m; j++) {
+      double gv = ld(g, l * in + j, f32);
+      dot[j] += is_log ? gv : gv * ld(y, l * in + j, f32);
     }
-  for (int64_t l = 0; l < L; l++)
-    for (int64_t j = 0; j < m; j++) {
-      const int64_t i = base + l * in + j;
-      double g = rd(dt, s->g, i), y = rd(dt, s->x, i);
-      wr(dt, s->y, i, s->log ? g - exp(y) * dot[j] : y * (g - dot[j]));
+  }
+  for (int64_t l = 0; l < L; l++) {
+    SIMD for (int64_t j = 0; j < m; j++) {
+      double gv = ld(g, l * in + j, f32), yv = ld(y, l * in + j, f32);
+      st(dx, l * in + j, is_log ? gv - ex(yv, f32) * dot[j] : yv * (gv - dot[j]), f32);
     }
+  }
 }
 
-static void smax_units(void *arg, int64_t begin, int64_t end) {
-  const smax *s = arg;
+INLINE void smax_body(const smax *s, int64_t begin, int64_t end, bool is_log, bool f32) {
+  const int64_t es = f32 ? 4 : 8;
   for (int64_t u = begin; u < end; u++) {
     const int64_t o = u / s->nblk, j0 = (u % s->nblk) * COLS;
     const int64_t m = s->inner - j0 < COLS ? s->inner - j0 : COLS;
-    const int64_t base = o * s->L * s->inner + j0;
-    if (s->backward) smax_backward(s, base, m);
-    else smax_forward(s, base, m);
+    const int64_t at = (o * s->L * s->inner + j0) * es;
+    const char *g = s->g ? s->g + at : NULL;
+    if (s->inner == 1) {
+      if (s->backward) row_backward(s->x + at, g, s->y + at, s->L, is_log, f32);
+      else row_forward(s->x + at, s->y + at, s->L, is_log, f32);
+    } else {
+      if (s->backward) cols_backward(s->x + at, g, s->y + at, s->L, s->inner, m, is_log, f32);
+      else cols_forward(s->x + at, s->y + at, s->L, s->inner, m, is_log, f32);
+    }
+  }
+}
+
+LM_CLONES static void smax_units(void *arg, int64_t begin, int64_t end) {
+  const smax *s = arg;
+  if (s->dt == LM_F32) {
+    if (s->log) smax_body(s, begin, end, true, true);
+    else smax_body(s, begin, end, false, true);
+  } else {
+    if (s->log) smax_body(s, begin, end, true, false);
+    else smax_body(s, begin, end, false, false);
   }
 }
 

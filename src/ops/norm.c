@@ -22,30 +22,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BLK 512       /* elements converted to double at a time */
 #define CHUNK 16384   /* elements of one group handled by one unit, at most */
 #define GRAIN 32768   /* elements below which another thread does not pay */
 #define PRAGMA(x) _Pragma(#x)
 #define SIMD_SUM2(a, b) PRAGMA(omp simd reduction(+ : a, b))
 #define SIMD _Pragma("omp simd")
+/* the kernels get an AVX2+FMA (x86-64-v3) clone picked at load time */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LM_CLONES
+#endif
 
-/* ---- blocks of elements as doubles ---- */
-
-/* n (<= BLK) elements of a f32 or f64 run as doubles: f64 in place, f32
-   converted into buf. */
-static inline const double *load(int32_t dt, const char *p, int64_t n, double *buf) {
-  if (dt == LM_F64) return (const double *)p;
-  const float *f = (const float *)p;
-  SIMD for (int64_t i = 0; i < n; i++) buf[i] = f[i];
-  return buf;
+/* ---- elements as doubles ----
+   The kernels are written once over double values and instantiated per
+   dtype: f32 is a constant in each instance, so the tests fold away and the
+   loops vectorise with the conversions inline. */
+#define INLINE static inline __attribute__((always_inline))
+INLINE double ld(const char *p, int64_t i, bool f32) {
+  return f32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
 }
-/* Where a kernel writes n results for p: p itself for f64, else buf, which
-   store() then converts into p. */
-static inline double *dest(int32_t dt, char *p, double *buf) { return dt == LM_F64 ? (double *)p : buf; }
-static inline void store(int32_t dt, char *p, int64_t n, const double *buf) {
-  if (dt == LM_F64) return;
-  float *f = (float *)p;
-  SIMD for (int64_t i = 0; i < n; i++) f[i] = (float)buf[i];
+INLINE void st(char *p, int64_t i, double v, bool f32) {
+  if (f32) ((float *)p)[i] = (float)v;
+  else ((double *)p)[i] = v;
 }
 
 /* n doubles (at least one, so that n == 0 is not a failure); NULL on OOM */
@@ -89,82 +88,77 @@ typedef struct pass {
 
 /* One contiguous run of n elements at element offset off; j is the
    position of its first element within the group. */
-static void run(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n, double *s1, double *s2) {
-  const int32_t dt = p->dt, es = lm_dtype_size(dt);
-  double bx[BLK], bg[BLK], by[BLK];
-  for (int64_t i = 0; i < n; i += BLK) {
-    const int64_t m = n - i < BLK ? n - i : BLK;
-    const int64_t at = (off + i) * es;
-    const double *x = load(dt, p->x + at, m, bx);
-    const double *w = p->w ? p->w + j + i : NULL, *bias = p->bias ? p->bias + j + i : NULL;
-    double u = 0, v = 0;
-    switch (p->kind) {
-    case K_MOMENTS: {
-      const double k = p->k[q];
-      SIMD_SUM2(u, v) for (int64_t t = 0; t < m; t++) {
-        double d = x[t] - k;
-        u += d;
-        v += d * d;
-      }
-      break;
+INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n, double *s1, double *s2, bool f32) {
+  const int64_t at = off * (f32 ? 4 : 8);
+  const char *x = p->x + at, *g = p->g ? p->g + at : NULL;
+  char *y = p->y ? p->y + at : NULL;
+  const double *w = p->w ? p->w + j : NULL, *bias = p->bias ? p->bias + j : NULL;
+  double u = 0, v = 0;
+  switch (p->kind) {
+  case K_MOMENTS: {
+    const double k = p->k[q];
+    SIMD_SUM2(u, v) for (int64_t t = 0; t < n; t++) {
+      double d = ld(x, t, f32) - k;
+      u += d;
+      v += d * d;
     }
-    case K_GRAD_SUMS:
-    case K_LN_GRAD_SUMS: {
-      const double k = p->k[q];
-      const double *g = load(dt, p->g + at, m, bg);
-      if (w) {
-        SIMD_SUM2(u, v) for (int64_t t = 0; t < m; t++) {
-          double gw = g[t] * w[t];
-          u += gw;
-          v += gw * (x[t] - k);
-        }
-      } else {
-        SIMD_SUM2(u, v) for (int64_t t = 0; t < m; t++) {
-          u += g[t];
-          v += g[t] * (x[t] - k);
-        }
-      }
-      break;
-    }
-    case K_AFFINE: {
-      const double a = p->a[q], b = p->b[q];
-      double *y = dest(dt, p->y + at, by);
-      SIMD for (int64_t t = 0; t < m; t++) y[t] = a * x[t] + b;
-      store(dt, p->y + at, m, y);
-      break;
-    }
-    case K_LN_AFFINE: {
-      const double a = p->a[q], b = p->b[q];
-      double *y = dest(dt, p->y + at, by);
-      if (w && bias) {
-        SIMD for (int64_t t = 0; t < m; t++) y[t] = (a * x[t] + b) * w[t] + bias[t];
-      } else if (w) {
-        SIMD for (int64_t t = 0; t < m; t++) y[t] = (a * x[t] + b) * w[t];
-      } else if (bias) {
-        SIMD for (int64_t t = 0; t < m; t++) y[t] = (a * x[t] + b) + bias[t];
-      } else {
-        SIMD for (int64_t t = 0; t < m; t++) y[t] = a * x[t] + b;
-      }
-      store(dt, p->y + at, m, y);
-      break;
-    }
-    case K_GRAD_X:
-    case K_LN_GRAD_X: {
-      const double a = p->a[q], b = p->b[q], c = p->c[q];
-      const double *g = load(dt, p->g + at, m, bg);
-      double *y = dest(dt, p->y + at, by);
-      if (w) {
-        SIMD for (int64_t t = 0; t < m; t++) y[t] = a * g[t] * w[t] + b * x[t] + c;
-      } else {
-        SIMD for (int64_t t = 0; t < m; t++) y[t] = a * g[t] + b * x[t] + c;
-      }
-      store(dt, p->y + at, m, y);
-      break;
-    }
-    }
-    *s1 += u;
-    *s2 += v;
+    break;
   }
+  case K_GRAD_SUMS:
+  case K_LN_GRAD_SUMS: {
+    const double k = p->k[q];
+    if (w) {
+      SIMD_SUM2(u, v) for (int64_t t = 0; t < n; t++) {
+        double gw = ld(g, t, f32) * w[t];
+        u += gw;
+        v += gw * (ld(x, t, f32) - k);
+      }
+    } else {
+      SIMD_SUM2(u, v) for (int64_t t = 0; t < n; t++) {
+        double gt = ld(g, t, f32);
+        u += gt;
+        v += gt * (ld(x, t, f32) - k);
+      }
+    }
+    break;
+  }
+  case K_AFFINE: {
+    const double a = p->a[q], b = p->b[q];
+    SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(x, t, f32) + b, f32);
+    break;
+  }
+  case K_LN_AFFINE: {
+    const double a = p->a[q], b = p->b[q];
+    if (w && bias) {
+      SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) * w[t] + bias[t], f32);
+    } else if (w) {
+      SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) * w[t], f32);
+    } else if (bias) {
+      SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) + bias[t], f32);
+    } else {
+      SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(x, t, f32) + b, f32);
+    }
+    break;
+  }
+  case K_GRAD_X:
+  case K_LN_GRAD_X: {
+    const double a = p->a[q], b = p->b[q], c = p->c[q];
+    if (w) {
+      SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(g, t, f32) * w[t] + b * ld(x, t, f32) + c, f32);
+    } else {
+      SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(g, t, f32) + b * ld(x, t, f32) + c, f32);
+    }
+    break;
+  }
+  }
+  *s1 += u;
+  *s2 += v;
+}
+LM_CLONES static void run_f32(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n, double *s1, double *s2) {
+  run_body(p, q, off, j, n, s1, s2, true);
+}
+LM_CLONES static void run_f64(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n, double *s1, double *s2) {
+  run_body(p, q, off, j, n, s1, s2, false);
 }
 
 /* Units [begin, end): unit u is chunk (u % cpg) of group (u / cpg). */
@@ -180,7 +174,7 @@ static void run_units(void *arg, int64_t begin, int64_t end) {
     while (j < stop) {
       const int64_t seg = j / l->seg_len, within = j % l->seg_len;
       const int64_t n = l->seg_len - within < stop - j ? l->seg_len - within : stop - j;
-      run(p, q, q * l->group_stride + seg * l->seg_stride + within, j, n, &s1, &s2);
+      (p->dt == LM_F32 ? run_f32 : run_f64)(p, q, q * l->group_stride + seg * l->seg_stride + within, j, n, &s1, &s2);
       j += n;
     }
     if (p->part) {
@@ -607,24 +601,27 @@ typedef struct ln_cols {
 } ln_cols;
 
 #define COLS 256
-static void ln_cols_run(void *arg, int64_t begin, int64_t end) {
-  const ln_cols *p = arg;
-  const int32_t es = lm_dtype_size(p->dt);
-  double bx[COLS], bg[COLS];
+INLINE void ln_cols_body(const ln_cols *p, int64_t begin, int64_t end, bool f32) {
   for (int64_t blk = begin; blk < end; blk++) {
     const int64_t j0 = blk * COLS, m = p->D - j0 < COLS ? p->D - j0 : COLS;
     double *gw = p->gw + j0, *gb = p->gb + j0;
     for (int64_t t = 0; t < m; t++) gw[t] = gb[t] = 0;
     for (int64_t r = 0; r < p->M; r++) {
-      const int64_t at = (r * p->D + j0) * es;
-      const double *x = load(p->dt, p->x + at, m, bx), *g = load(p->dt, p->g + at, m, bg);
+      const int64_t at = (r * p->D + j0) * (f32 ? 4 : 8);
+      const char *x = p->x + at, *g = p->g + at;
       const double mu = p->mean[r], rs = p->rstd[r];
       SIMD for (int64_t t = 0; t < m; t++) {
-        gw[t] += g[t] * (x[t] - mu) * rs;
-        gb[t] += g[t];
+        double gt = ld(g, t, f32);
+        gw[t] += gt * (ld(x, t, f32) - mu) * rs;
+        gb[t] += gt;
       }
     }
   }
+}
+LM_CLONES static void ln_cols_run(void *arg, int64_t begin, int64_t end) {
+  const ln_cols *p = arg;
+  if (p->dt == LM_F32) ln_cols_body(p, begin, end, true);
+  else ln_cols_body(p, begin, end, false);
 }
 
 /* saved: 0 x (contiguous), 1 weight (contiguous); ip[0]: D; extra: mean, rstd */
