@@ -264,9 +264,32 @@ int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 /* neural-network ops: each family's declarations under its own heading */
 /* conv (src/ops/conv.c) */
 
-/* pool (src/ops/pool.c) */
+/* pool (src/ops/pool.c)
+   x is (N x) C x spatial with nd = 1, 2 or 3 spatial dims; kernel, stride,
+   padding, dilation and sizes hold nd values (stride NULL: the kernel;
+   padding NULL: 0; dilation NULL: 1). Indices are i64 flat positions within
+   each input plane (as PyTorch's); indices may be NULL. */
+lm_status lm_max_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, const int64_t *dilation, int32_t ceil_mode, lm_tensor **values, lm_tensor **indices);
+/* divisor_override > 0 divides every window by it instead */
+lm_status lm_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, int32_t ceil_mode, int32_t count_include_pad, int64_t divisor_override, lm_tensor **out);
+lm_status lm_adaptive_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *output_size, lm_tensor **out);
+/* Places x[i] at indices[i] of an output plane of output_size, zeros elsewhere. */
+lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indices, int32_t nd, const int64_t *output_size, lm_tensor **out);
 
 /* resample (src/ops/resample.c) */
+enum { LM_INTERP_NEAREST = 0, LM_INTERP_LINEAR = 1 };
+enum { LM_GRID_PAD_ZEROS = 0, LM_GRID_PAD_BORDER = 1 };
+/* x is N x C x spatial (1 to 3 spatial dims); size holds the output's
+   spatial sizes. scale (may be NULL; entries <= 0 mean none) holds the
+   scale factors the caller gave: PyTorch maps output positions back with
+   them rather than with in/out (not with align_corners). Linear mode is
+   linear, bilinear or trilinear by the number of spatial dims. */
+lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, const double *scale, int32_t mode, int32_t align_corners, lm_tensor **out);
+/* x N x C x H x W with grid N x H' x W' x 2, or x N x C x D x H x W with
+   grid N x D' x H' x W' x 3; grid values in [-1, 1] as (x, y[, z]). */
+lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid, int32_t mode, int32_t padding_mode, int32_t align_corners, lm_tensor **out);
+/* theta N x 2 x 3 with size (N, C, H, W), or N x 3 x 4 with size (N, C, D, H, W). */
+lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, const int64_t *size, int32_t align_corners, lm_tensor **out);
 
 /* norm (src/ops/norm.c): statistics in double; weight and bias may be
    NULL (1 and 0). Batch and group norm take x as N x C x * with per-channel
@@ -299,7 +322,34 @@ lm_status lm_log_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor
 
 /* rnn (src/ops/rnn.c) */
 
-/* optim (src/ops/optim.c) */
+/* optim (src/ops/optim.c): fused in-place updates of a list of n
+   parameters. grads[i] == NULL skips parameter i; every state tensor has
+   its parameter's shape and dtype (f32 or f64). steps[i] counts the update
+   being made (1 on a parameter's first): SGD starts its momentum buffer as
+   the gradient then, Adam's bias correction uses it. Arithmetic follows
+   torch.optim. Lists a setting does not use may be NULL. */
+typedef struct lm_optim_hparams {
+  double lr;
+  double momentum;     /* SGD, RMSprop */
+  double dampening;    /* SGD */
+  double weight_decay; /* added to the gradient (AdamW: decoupled) */
+  double beta1, beta2; /* Adam */
+  double eps;          /* Adam, RMSprop */
+  double alpha;        /* RMSprop: smoothing of the squared gradient */
+  int32_t nesterov;    /* SGD */
+  int32_t amsgrad;     /* Adam */
+  int32_t decoupled;   /* Adam: AdamW's weight decay */
+  int32_t centered;    /* RMSprop */
+  int32_t maximize;    /* ascend instead of descend */
+} lm_optim_hparams;
+lm_status lm_sgd_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *momentum_bufs, const int64_t *steps, const lm_optim_hparams *h);
+lm_status lm_adam_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *exp_avgs, lm_tensor *const *exp_avg_sqs, lm_tensor *const *max_exp_avg_sqs, const int64_t *steps, const lm_optim_hparams *h);
+lm_status lm_rmsprop_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *square_avgs, lm_tensor *const *grad_avgs, lm_tensor *const *momentum_bufs, const lm_optim_hparams *h);
+/* Scales the gradients in place so that their global norm of order
+   norm_type (> 0, or inf) is at most max_norm, as
+   torch.nn.utils.clip_grad_norm_; the norm before clipping, computed in
+   double, goes to *total_norm. NULL entries are skipped. */
+lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, double max_norm, double norm_type, int32_t error_if_nonfinite, double *total_norm);
 
 /* files: exact reads and atomic writes (temp file, fsync, rename) */
 lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);
