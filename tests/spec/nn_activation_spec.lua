@@ -117,10 +117,13 @@ for _, dt in ipairs { 'f32', 'f64' } do
     fn = function() return { F.softmax(s0, 0), F.log_softmax(s0, -1) } end, x = s0,
   }
   -- relu, sigmoid, tanh come from lumen's unary ops
-  case {
-    '(F.relu(x), torch.sigmoid(x), torch.tanh(x))', name = 'relu, sigmoid, tanh ' .. dt, dt = dt,
-    fn = function() return { F.relu(x0), F.sigmoid(x0), F.tanh(x0) } end, x = x0,
-  }
+  local gr = lumen.randn(x0:size(), dt)
+  for _, fn in ipairs { 'relu', 'sigmoid', 'tanh' } do
+    case {
+      string.format('grad_of(lambda x: torch.%s(x), [x], g)', fn), name = fn .. ' ' .. dt, dt = dt, grad = true,
+      fn = function() return grad_of(F[fn], { x0 }, gr) end, x = x0, g = gr,
+    }
+  end
 end
 
 -- modules
@@ -160,6 +163,7 @@ describe('activations', function()
       function(t) return F.gelu(t, 'tanh') end,
       function(t) return F.softmax(t, 1) end,
       function(t) return F.log_softmax(t, 0) end,
+      function(t) return F.softmax(t:transpose(0, 2), -1) end,
     } do
       assert(gradcheck(f, { x }))
     end
