@@ -6,17 +6,10 @@
 -- bench/micro_torch.py prints the same for PyTorch; run.sh pairs the lines
 -- by case name, so a new workload is a new entry in both registries.
 local lumen = require 'lumen'
-local ffi = require 'ffi'
 
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } lumen_bench_timespec;
-int clock_gettime(int clk, lumen_bench_timespec *ts);
-]]
-local ts = ffi.new('lumen_bench_timespec')
-local function now()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+-- lumen's monotonic clock (a second clock_gettime declaration with another
+-- struct type would clash with the one lumen makes)
+local now = lumen.clock
 
 local WARMUP = tonumber(os.getenv('BENCH_WARMUP') or 2)
 local MIN_ITERS, MAX_ITERS = 5, 100
@@ -85,6 +78,38 @@ local cases = {
       return r
     end },
 }
+
+-- A training step of a norm or softmax layer: forward with autograd, then
+-- backward from a fixed gradient; returns the input leaf (its gradient
+-- goes with it).
+local function layer_step(shape, fn)
+  return {
+    setup = function()
+      local n = 1
+      for _, v in ipairs(shape) do n = n * v end
+      local c = shape[2]
+      return { x = lumen.linspace(-3, 3, n):reshape(shape), g = lumen.linspace(1, -1, n):reshape(shape),
+        w = lumen.linspace(0.5, 1.5, c):requires_grad_(), b = lumen.linspace(-0.5, 0.5, c):requires_grad_(),
+        rm = lumen.zeros(c), rv = lumen.ones(c) }
+    end,
+    run = function(s)
+      local x = s.x:detach():requires_grad_()
+      local y = fn(require('lumen.nn').F, s, x)
+      y:backward(s.g)
+      y:free()
+      return x
+    end }
+end
+for _, c in ipairs {
+  { 'batch_norm_train_8x32x128x128_f32', { 8, 32, 128, 128 }, function(F, s, x) return F.batch_norm(x, s.rm, s.rv, s.w, s.b, true) end },
+  { 'batch_norm_train_2x16x64^3_f32', { 2, 16, 64, 64, 64 }, function(F, s, x) return F.batch_norm(x, s.rm, s.rv, s.w, s.b, true) end },
+  { 'group_norm_8g_8x32x128x128_f32', { 8, 32, 128, 128 }, function(F, s, x) return F.group_norm(x, 8, s.w, s.b) end },
+  { 'softmax_dim1_2x16x64^3_f32', { 2, 16, 64, 64, 64 }, function(F, s, x) return F.softmax(x, 1) end },
+} do
+  local case = layer_step(c[2], c[3])
+  case.name, case.needs = c[1], {}
+  cases[#cases + 1] = case
+end
 
 local wanted = {}
 for _, a in ipairs(arg) do wanted[a] = true end
