@@ -107,6 +107,38 @@ local cases = {
     end },
 }
 
+-- A training step of a norm or softmax layer: forward with autograd, then
+-- backward from a fixed gradient; returns the input leaf (its gradient
+-- goes with it).
+local function layer_step(shape, fn)
+  return {
+    setup = function()
+      local n = 1
+      for _, v in ipairs(shape) do n = n * v end
+      local c = shape[2]
+      return { x = lumen.linspace(-3, 3, n):reshape(shape), g = lumen.linspace(1, -1, n):reshape(shape),
+        w = lumen.linspace(0.5, 1.5, c):requires_grad_(), b = lumen.linspace(-0.5, 0.5, c):requires_grad_(),
+        rm = lumen.zeros(c), rv = lumen.ones(c) }
+    end,
+    run = function(s)
+      local x = s.x:detach():requires_grad_()
+      local y = fn(require('lumen.nn').F, s, x)
+      y:backward(s.g)
+      y:free()
+      return x
+    end }
+end
+for _, c in ipairs {
+  { 'batch_norm_train_8x32x128x128_f32', { 8, 32, 128, 128 }, function(F, s, x) return F.batch_norm(x, s.rm, s.rv, s.w, s.b, true) end },
+  { 'batch_norm_train_2x16x64^3_f32', { 2, 16, 64, 64, 64 }, function(F, s, x) return F.batch_norm(x, s.rm, s.rv, s.w, s.b, true) end },
+  { 'group_norm_8g_8x32x128x128_f32', { 8, 32, 128, 128 }, function(F, s, x) return F.group_norm(x, 8, s.w, s.b) end },
+  { 'softmax_dim1_2x16x64^3_f32', { 2, 16, 64, 64, 64 }, function(F, s, x) return F.softmax(x, 1) end },
+} do
+  local case = layer_step(c[2], c[3])
+  case.name, case.needs = c[1], {}
+  cases[#cases + 1] = case
+end
+
 local wanted = {}
 for _, a in ipairs(arg) do wanted[a] = true end
 for _, c in ipairs(cases) do

@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 WARMUP = int(os.environ.get("BENCH_WARMUP", 2))
 MIN_ITERS, MAX_ITERS = 5, 100
@@ -67,8 +68,36 @@ def loss_grad(f):
     return run
 
 
+def layer_step(shape, fn):
+    """A training step of a norm or softmax layer, as micro.lua's layer_step."""
+    def setup():
+        n, c = 1, shape[1]
+        for v in shape:
+            n *= v
+        return (lin(-3, 3, n).reshape(shape), lin(1, -1, n).reshape(shape),
+                lin(0.5, 1.5, c).requires_grad_(), lin(-0.5, 0.5, c).requires_grad_(),
+                torch.zeros(c), torch.ones(c))
+
+    def run(x, g, w, b, rm, rv):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            y = fn(x, w, b, rm, rv)
+            y.backward(g)
+            del y
+            return x
+    return setup, run
+
+
 # name -> (setup() -> inputs tuple, run(*inputs))
 CASES = {
+    "batch_norm_train_8x32x128x128_f32": layer_step(
+        (8, 32, 128, 128), lambda x, w, b, rm, rv: F.batch_norm(x, rm, rv, w, b, True)),
+    "batch_norm_train_2x16x64^3_f32": layer_step(
+        (2, 16, 64, 64, 64), lambda x, w, b, rm, rv: F.batch_norm(x, rm, rv, w, b, True)),
+    "group_norm_8g_8x32x128x128_f32": layer_step(
+        (8, 32, 128, 128), lambda x, w, b, rm, rv: F.group_norm(x, 8, w, b)),
+    "softmax_dim1_2x16x64^3_f32": layer_step(
+        (2, 16, 64, 64, 64), lambda x, w, b, rm, rv: F.softmax(x, 1)),
     "matmul_1024_f32": (lambda: (lin(-1, 1, 1024 * 1024).reshape(1024, 1024),
                                  lin(1, -1, 1024 * 1024).reshape(1024, 1024)),
                         torch.matmul),

@@ -300,9 +300,32 @@ lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid,
 /* theta N x 2 x 3 with size (N, C, H, W), or N x 3 x 4 with size (N, C, D, H, W). */
 lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, const int64_t *size, int32_t align_corners, lm_tensor **out);
 
-/* norm (src/ops/norm.c) */
+/* norm (src/ops/norm.c): statistics in double; weight and bias may be
+   NULL (1 and 0). Batch and group norm take x as N x C x * with per-channel
+   [C] weight, bias and running statistics of x's dtype. */
+/* training != 0: normalise with the batch's mean and biased variance, and
+   update running_mean / running_var (either may be NULL) in place as
+   r = (1 - momentum) r + momentum s, with the unbiased variance.
+   training == 0: normalise with the running statistics (both needed). */
+lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean, lm_tensor *running_var, const lm_tensor *weight, const lm_tensor *bias, int32_t training, double momentum, double eps, lm_tensor **out);
+/* Statistics per sample and group of C / groups channels (groups == C is
+   instance norm). */
+lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const lm_tensor *weight, const lm_tensor *bias, double eps, lm_tensor **out);
+/* Statistics over the last nshape dims of x, which must equal shape;
+   weight and bias have that shape. */
+lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const int64_t *shape, const lm_tensor *weight, const lm_tensor *bias, double eps, lm_tensor **out);
 
-/* activation (src/ops/activation.c) */
+/* activation (src/ops/activation.c): f32 and f64, computed in double */
+lm_status lm_leaky_relu(lm_ctx *ctx, const lm_tensor *x, double negative_slope, lm_tensor **out);
+/* x > 0 ? x : alpha (exp(x) - 1) */
+lm_status lm_elu(lm_ctx *ctx, const lm_tensor *x, double alpha, lm_tensor **out);
+/* approximate: 0 exact, x Phi(x) with erf; 1 the tanh approximation */
+lm_status lm_gelu(lm_ctx *ctx, const lm_tensor *x, int32_t approximate, lm_tensor **out);
+/* x > 0 ? x : w x; weight holds one value, or one per channel (dim 1) */
+lm_status lm_prelu(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *weight, lm_tensor **out);
+/* along dim, with the maximum subtracted first */
+lm_status lm_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out);
+lm_status lm_log_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out);
 
 /* loss (src/ops/loss.c) */
 enum { LM_REDUCTION_NONE = 0, LM_REDUCTION_MEAN = 1, LM_REDUCTION_SUM = 2 };
