@@ -5,7 +5,6 @@ local lumen = require 'lumen'
 local here = (arg and arg[0] or 'bench/check_workloads.lua'):match('^(.*)/[^/]*$') or 'bench'
 local W = dofile(here .. '/workloads.lua')
 local py = os.getenv('LUMEN_PYTHON') or '/usr/bin/python3'
-local TOL = 1e-3
 
 local names = { ... }
 if #names == 0 then names = W.names end
@@ -16,14 +15,16 @@ for _, name in ipairs(names) do
     print(name .. ': the PyTorch export failed')
     failed = failed + 1
   else
-    local ok, worst, report = pcall(W.check, name, file)
-    if not ok then
-      print(name .. ': ' .. tostring(worst))
-      failed = failed + 1
-    else
-      print(report)
-      print(string.format('%s: worst relative error %.3g (%s)', name, worst, worst <= TOL and 'ok' or 'FAILED'))
-      if worst > TOL then failed = failed + 1 end
+    for _, dtype in ipairs { 'f64', 'f32' } do
+      local ran, ok, worst, report = pcall(W.check, name, file, dtype)
+      if not ran then
+        print(name .. ': ' .. tostring(ok))
+        failed = failed + 1
+      else
+        print(report)
+        print(string.format('%s %s: worst error / tolerance %.3g (%s)', name, dtype, worst, ok and 'ok' or 'FAILED'))
+        if not ok then failed = failed + 1 end
+      end
     end
   end
   os.remove(file)

@@ -3,8 +3,14 @@
 
     workloads_torch.py export NAME OUT.safetensors [--small]
         builds NAME as ../shared/peers/torch_bench.py does, runs one training
-        step and writes its state_dict, inputs, target, loss and parameter
-        gradients (as "grad.<name>") to one safetensors file.
+        step in float64 and one in float32 from the same weights and writes
+        the state_dict, inputs, target, the float64 loss and parameter
+        gradients ("loss", "grad.<name>") and the float32 ones ("loss32",
+        "grad32.<name>") to one safetensors file. Float32 gradients of
+        these networks are only as good as their conditioning allows (for
+        the U-Nets torch's own float32 gradients differ from float64 by
+        1-5%), so the check measures lumen against float64 with torch's
+        float32 error as the yardstick.
     workloads_torch.py time NAME... [--iters N --warmup N --threads N]
         prints "<name> <median step seconds> <iters>" per workload, from
         torch_bench.py's own timing.
@@ -24,8 +30,8 @@ DT = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int6
 def save_safetensors(path, tensors):
     header, blobs, off = {}, [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name].detach().cpu().numpy())
-        b = a.tobytes()
+        a = tensors[name].detach().cpu().numpy()
+        b = np.ascontiguousarray(a).tobytes()  # (which makes 0-d arrays 1-d)
         header[name] = {"dtype": DT[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
@@ -67,11 +73,15 @@ def export(name, out, small):
         tensors["input.%d" % i] = x
     tensors["target"] = target
     model.train()
-    loss = loss_fn(model(*inputs), target)
-    loss.backward()
-    tensors["loss"] = loss.detach().reshape(1)
-    for k, p in model.named_parameters():
-        tensors["grad." + k] = p.grad
+    for suffix, dtype in (("32", torch.float32), ("", torch.float64)):
+        model.load_state_dict({k: v for k, v in tensors.items() if k in model.state_dict()})
+        model.to(dtype)
+        model.zero_grad()
+        loss = loss_fn(model(*[x.to(dtype) for x in inputs]), target)
+        loss.backward()
+        tensors["loss" + suffix] = loss.detach().reshape(1)
+        for k, p in model.named_parameters():
+            tensors["grad%s.%s" % (suffix, k)] = p.grad
     save_safetensors(out, tensors)
 
 
