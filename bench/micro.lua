@@ -7,8 +7,8 @@
 -- by case name, so a new workload is a new entry in both registries.
 local lumen = require 'lumen'
 
--- lumen's monotonic clock (a second clock_gettime declaration with another
--- struct type would clash with the one lumen makes)
+-- lumen.clock: the monotonic clock (declaring clock_gettime here again with
+-- another struct would clash with lumen's declaration)
 local now = lumen.clock
 
 local WARMUP = tonumber(os.getenv('BENCH_WARMUP') or 2)
@@ -43,6 +43,14 @@ local function measure(fn)
 end
 
 local N = 2 ^ 24
+
+-- 8 x c x 128 x 128 logits, labels 8 x 128 x 128, probabilities of the logits' shape
+local function loss_inputs(c, grad)
+  local x = lumen.linspace(-3, 3, 8 * c * 128 * 128):reshape(8, c, 128, 128)
+  if grad then x:requires_grad_() end
+  return { x = x, t = lumen.linspace(-1, 1, 8 * 128 * 128):gt(0):to('i64'):reshape(8, 128, 128),
+    p = lumen.linspace(0, 1, 8 * c * 128 * 128):reshape(8, c, 128, 128) }
+end
 -- Each case: needs (lumen functions it calls), setup() -> state, run(state).
 -- Inputs are deterministic (linspace), the same as micro_torch.py builds.
 local cases = {
@@ -76,6 +84,26 @@ local cases = {
       local r = lumen.exp(m)
       m:free()
       return r
+    end },
+  -- the unet benchmark's loss: fused cross-entropy over 8 x 2 x 128 x 128
+  { name = 'cross_entropy_8x2x128x128_f32', needs = {},
+    setup = function() return loss_inputs(2) end,
+    run = function(s) return require('lumen.nn').F.cross_entropy(s.x, s.t) end },
+  { name = 'cross_entropy_grad_8x2x128x128_f32', needs = {},
+    setup = function() return loss_inputs(2, true) end,
+    run = function(s)
+      local l = require('lumen.nn').F.cross_entropy(s.x, s.t)
+      l:backward()
+      s.x.grad = nil
+      return l
+    end },
+  { name = 'bce_logits_grad_8x1x128x128_f32', needs = {},
+    setup = function() return loss_inputs(1, true) end,
+    run = function(s)
+      local l = require('lumen.nn').F.binary_cross_entropy_with_logits(s.x, s.p)
+      l:backward()
+      s.x.grad = nil
+      return l
     end },
 }
 

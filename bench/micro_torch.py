@@ -52,6 +52,22 @@ def matmul_exp(a, b):
     return r
 
 
+def loss_inputs(c, grad=False):
+    x = lin(-3, 3, 8 * c * 128 * 128).reshape(8, c, 128, 128).requires_grad_(grad)
+    return (x, (lin(-1, 1, 8 * 128 * 128) > 0).long().reshape(8, 128, 128),
+            lin(0, 1, 8 * c * 128 * 128).reshape(8, c, 128, 128))
+
+
+def loss_grad(f):
+    def run(x, t, p):
+        with torch.enable_grad():
+            loss = f(x, t, p)
+            loss.backward()
+        x.grad = None
+        return loss.detach()
+    return run
+
+
 def layer_step(shape, fn):
     """A training step of a norm or softmax layer, as micro.lua's layer_step."""
     def setup():
@@ -93,6 +109,12 @@ CASES = {
     "matmul_exp_512_f32": (lambda: (lin(-1, 1, 512 * 512).reshape(512, 512),
                                     lin(1, -1, 512 * 512).reshape(512, 512)),
                            matmul_exp),
+    "cross_entropy_8x2x128x128_f32": (lambda: loss_inputs(2),
+                                      lambda x, t, p: torch.nn.functional.cross_entropy(x, t)),
+    "cross_entropy_grad_8x2x128x128_f32": (lambda: loss_inputs(2, True),
+                                           loss_grad(lambda x, t, p: torch.nn.functional.cross_entropy(x, t))),
+    "bce_logits_grad_8x1x128x128_f32": (lambda: loss_inputs(1, True),
+                                        loss_grad(lambda x, t, p: torch.nn.functional.binary_cross_entropy_with_logits(x, p))),
 }
 
 

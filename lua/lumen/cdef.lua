@@ -236,6 +236,15 @@ int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 
 /* neural-network ops: each family's declarations under its own heading */
 /* conv (src/ops/conv.c) */
+/* Convolution over nsp = 1, 2 or 3 spatial dims (f32, f64): x is
+   N x Cin x spatial (or unbatched Cin x spatial), w is Cout x Cin/groups x
+   kernel, b is NULL or Cout values. stride, dilation and the padding before
+   (pad_lo) and after (pad_hi) hold nsp values each. */
+lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp, const int64_t *stride, const int64_t *pad_lo, const int64_t *pad_hi, const int64_t *dilation, int64_t groups, lm_tensor **out);
+/* Transposed convolution (the gradient of lm_conv with respect to its
+   input): w is Cin x Cout/groups x kernel; output_padding adds positions at
+   the far end of each spatial dim. */
+lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp, const int64_t *stride, const int64_t *padding, const int64_t *output_padding, const int64_t *dilation, int64_t groups, lm_tensor **out);
 
 /* pool (src/ops/pool.c)
    x is (N x) C x spatial with nd = 1, 2 or 3 spatial dims; kernel, stride,
@@ -292,8 +301,23 @@ lm_status lm_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **o
 lm_status lm_log_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out);
 
 /* loss (src/ops/loss.c) */
+enum { LM_REDUCTION_NONE = 0, LM_REDUCTION_MEAN = 1, LM_REDUCTION_SUM = 2 };
+/* logits C, N x C or N x C x d1 x ...; target: class indices (i64, i32 or
+   u8) of the logits' shape without dimension 1, or probabilities of the
+   logits' shape and dtype. weight (C) may be NULL. */
+lm_status lm_cross_entropy(lm_ctx *ctx, const lm_tensor *logits, const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index, double label_smoothing, int32_t reduction, lm_tensor **out);
+/* input: log-probabilities laid out as cross_entropy's logits */
+lm_status lm_nll_loss(lm_ctx *ctx, const lm_tensor *input, const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index, int32_t reduction, lm_tensor **out);
+/* target of x's shape; weight and pos_weight (NULL for none) broadcast to it */
+lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *target, const lm_tensor *weight, const lm_tensor *pos_weight, int32_t reduction, lm_tensor **out);
 
 /* rnn (src/ops/rnn.c) */
+/* One LSTM step after its GEMMs: gates_x, gates_h are batch x 4H (gate order
+   i, f, g, o), c_prev batch x H; gives h and c (batch x H). */
+lm_status lm_lstm_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *gates_h, const lm_tensor *c_prev, lm_tensor **h, lm_tensor **c);
+/* One GRU step after its GEMMs: gates_x, gates_h are batch x 3H (r, z, n;
+   gates_h includes b_hh), h_prev batch x H; gives h (batch x H). */
+lm_status lm_gru_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *gates_h, const lm_tensor *h_prev, lm_tensor **h);
 
 /* optim (src/ops/optim.c): fused in-place updates of a list of n
    parameters. grads[i] == NULL skips parameter i; every state tensor has

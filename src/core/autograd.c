@@ -93,6 +93,12 @@ static void custom_freed_push(lm_ctx *ctx, int32_t id) {
    their context, so the last context that recorded one is remembered. */
 static lm_ctx *custom_ctx;
 
+/* A freed context must not be written: tensors holding Lua-defined nodes
+   can outlive it (finalizers run in any order when Lua closes). */
+void lm_autograd_forget_ctx(const lm_ctx *ctx) {
+  if (custom_ctx == ctx) custom_ctx = NULL;
+}
+
 /* Drops what the node holds for backward; returns nodes to release. */
 static void node_clear(lm_node *n, lm_node ***stack, int32_t *top, int32_t *cap) {
   for (int32_t i = 0; i < LM_NODE_SAVED; i++) { lm_tensor_release(n->saved[i]); n->saved[i] = NULL; }

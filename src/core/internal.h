@@ -187,6 +187,8 @@ lm_status lm_save(lm_ctx *ctx, lm_node *node, int32_t i, const lm_tensor *t);
    already has that shape). */
 lm_status lm_sum_to(lm_ctx *ctx, const lm_tensor *g, int32_t ndim, const int64_t *shape, lm_tensor **out);
 void lm_node_release(lm_node *n);
+/* Called by lm_ctx_free: freed Lua-defined nodes stop reporting to ctx. */
+void lm_autograd_forget_ctx(const lm_ctx *ctx);
 
 /* reduce, shape, index, sort (opsgrad): ops built from other ops run those
    with grad mode off (they must neither record nor refuse to write into
