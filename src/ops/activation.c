@@ -579,7 +579,10 @@ static lm_status softmax_op(lm_ctx *ctx, bool log, const lm_tensor *x, int32_t d
   if (d < 0)
     return lm_err(ctx, LM_E_INDEX, "%s: dim %d is out of range for input %s (%d-D)", op, dim, LM_SHP(x, sb), x->ndim);
   lm_tensor *xc, *y = NULL;
-  if ((st = lm_contiguous(ctx, x, &xc))) return st;
+  const bool grad_was = lm_grad_pause(ctx); /* the copy must not record */
+  st = lm_contiguous(ctx, x, &xc);
+  ctx->grad_enabled = grad_was;
+  if (st) return st;
   if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &y))) goto done;
   smax s = {.log = log, .dt = x->dtype, .x = lm_data(xc), .y = lm_data(y)};
   smax_dims(x, d, &s.outer, &s.L, &s.inner);

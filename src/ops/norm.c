@@ -416,6 +416,7 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
   double *mean = doubles(5 * C), *w = NULL, *b = NULL;
   if (!mean) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
   double *rstd = mean + C, *var = rstd + C, *sa = var + C, *sbias = sa + C;
+  const bool grad_was = lm_grad_pause(ctx); /* the copies made here must not record */
   if ((st = lm_contiguous(ctx, x, &xc))) goto done;
   if ((st = read_doubles(ctx, op, weight, C, 1.0, &w)) || (st = read_doubles(ctx, op, bias, C, 0.0, &b))) goto done;
   if (training) {
@@ -446,6 +447,7 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
   pass p = {.kind = K_AFFINE, .dt = dt, .l = l, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
   if ((st = run_pass(ctx, op, &p, NULL))) goto done;
 
+  ctx->grad_enabled = grad_was;
   lm_node *node;
   const lm_tensor *ins[3] = {x, weight, bias};
   if ((st = lm_record(ctx, LM_OP_BATCH_NORM, batch_norm_backward, 3, ins, 1, &y, &node))) goto done;
@@ -456,6 +458,7 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
     mean = NULL;
   }
 done:
+  ctx->grad_enabled = grad_was;
   free(mean);
   free(w);
   free(b);
@@ -551,6 +554,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
   const int32_t dt = x->dtype;
   const int64_t G = groups, cg = C / G, P = N * C;
   lm_tensor *xc = NULL, *y = NULL;
+  const bool grad_was = lm_grad_pause(ctx); /* the copies made here must not record */
   double *stats = doubles(2 * (N * G)), *w = NULL, *b = NULL;
   double *sa = doubles(2 * P);
   if (!stats || !sa) { st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op); goto done; }
@@ -569,6 +573,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
   pass p = {.kind = K_AFFINE, .dt = dt, .l = planes, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
   if ((st = run_pass(ctx, op, &p, NULL))) goto done;
 
+  ctx->grad_enabled = grad_was;
   lm_node *node;
   const lm_tensor *ins[3] = {x, weight, bias};
   if ((st = lm_record(ctx, LM_OP_GROUP_NORM, group_norm_backward, 3, ins, 1, &y, &node))) goto done;
@@ -579,6 +584,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
     stats = NULL;
   }
 done:
+  ctx->grad_enabled = grad_was;
   free(stats);
   free(sa);
   free(w);
@@ -834,6 +840,7 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
   double *stats = doubles(4 * M), *w = NULL, *b = NULL;
   if (!stats) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
   double *mean = stats, *rstd = stats + M, *scale = rstd + M, *offset = scale + M;
+  const bool grad_was = lm_grad_pause(ctx); /* the copies made here must not record */
   if ((st = lm_contiguous(ctx, x, &xc))) goto done;
   if ((weight && (st = read_doubles(ctx, op, weight, D, 1.0, &w))) ||
       (bias && (st = read_doubles(ctx, op, bias, D, 0.0, &b))))
@@ -856,6 +863,7 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
     if ((st = run_pass(ctx, op, &p, NULL))) goto done;
   }
 
+  ctx->grad_enabled = grad_was;
   lm_node *node;
   const lm_tensor *ins[3] = {x, weight, bias};
   if ((st = lm_record(ctx, LM_OP_LAYER_NORM, layer_norm_backward, 3, ins, 1, &y, &node))) goto done;
@@ -867,6 +875,7 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
     stats = NULL;
   }
 done:
+  ctx->grad_enabled = grad_was;
   free(stats);
   free(w);
   free(b);
