@@ -2,12 +2,14 @@
  * forward and backward (relu, sigmoid and tanh are unary ops in
  * elementwise.c).
  *
- * Values are computed in double and rounded once to the tensor's dtype
- * (f32 or f64). The pointwise ops run through lm_foreach, so strided
- * inputs need no copy; softmax works on a contiguous [outer, L, inner]
- * view, a row at a time when the dim is the last one and a block of
- * neighbouring columns at a time otherwise (so that the inner loops run
- * over contiguous memory either way). */
+ * f64 is computed in double with libm. f32 is computed in float, with
+ * exp, erf and tanh from the vectorisable approximations below (ELU keeps
+ * expm1f for its accuracy near 0); sums are in double. The pointwise ops
+ * run through lm_foreach, so strided inputs need no copy, and contiguous
+ * runs go through loops the compiler vectorises. Softmax works on a
+ * contiguous [outer, L, inner] view, a row at a time when the dim is the
+ * last one and a block of neighbouring columns at a time otherwise (so
+ * that the inner loops run over contiguous memory either way). */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -37,7 +39,7 @@ static lm_status grad_as(lm_ctx *ctx, const lm_tensor *g, int32_t dt, lm_tensor 
 
 /* ---- pointwise: y = f(x), and dx = f'(x) g ---- */
 
-enum { A_LEAKY_RELU, A_ELU, A_GELU, A_GELU_TANH, A_PRELU };
+enum { A_LEAKY_RELU, A_ELU, A_GELU, A_GELU_TANH };
 
 typedef struct act_arg {
   int kind;
@@ -253,7 +255,6 @@ static const char *act_name(int kind) {
   switch (kind) {
   case A_LEAKY_RELU: return "leaky_relu";
   case A_ELU: return "elu";
-  case A_PRELU: return "prelu";
   }
   return "gelu";
 }
@@ -578,7 +579,10 @@ static lm_status softmax_op(lm_ctx *ctx, bool log, const lm_tensor *x, int32_t d
   if (d < 0)
     return lm_err(ctx, LM_E_INDEX, "%s: dim %d is out of range for input %s (%d-D)", op, dim, LM_SHP(x, sb), x->ndim);
   lm_tensor *xc, *y = NULL;
-  if ((st = lm_contiguous(ctx, x, &xc))) return st;
+  const bool grad_was = lm_grad_pause(ctx); /* the copy must not record */
+  st = lm_contiguous(ctx, x, &xc);
+  ctx->grad_enabled = grad_was;
+  if (st) return st;
   if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &y))) goto done;
   smax s = {.log = log, .dt = x->dtype, .x = lm_data(xc), .y = lm_data(y)};
   smax_dims(x, d, &s.outer, &s.L, &s.inner);

@@ -14,9 +14,10 @@
  * in double, with k an element of the group, so that a mean far from zero
  * does not cancel the variance away. The backward is two passes too: the
  * sums of g and g * (x - mean) per group, then every gradient element as
- * a * g + b * x + c with per-group (or per-channel) coefficients. Kernels
- * work in double on blocks of BLK elements (f32 converted in L1-sized
- * buffers), so one set of kernels serves both dtypes. */
+ * a * g + b * x + c with per-group (or per-channel) coefficients. The
+ * kernels compute in double and are instantiated once per dtype, with an
+ * AVX2 clone; they run at about the speed of memory (a forward costs a sum
+ * plus an add of the same tensor). */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -295,7 +296,7 @@ static lm_status contiguous_grad(lm_ctx *ctx, const lm_tensor *g, int32_t dt, lm
   return st;
 }
 
-/* A new tensor of t's dtype and shape (ndim, shape) holding v. */
+/* A new tensor of dtype dt and shape (ndim, shape) holding v. */
 static lm_status tensor_of(lm_ctx *ctx, const char *op, int32_t dt, int32_t ndim, const int64_t *shape,
                            const double *v, lm_tensor **out) {
   lm_status st = lm_new(ctx, op, dt, ndim, shape, out);
@@ -415,6 +416,7 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
   double *mean = doubles(5 * C), *w = NULL, *b = NULL;
   if (!mean) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
   double *rstd = mean + C, *var = rstd + C, *sa = var + C, *sbias = sa + C;
+  const bool grad_was = lm_grad_pause(ctx); /* the copies made here must not record */
   if ((st = lm_contiguous(ctx, x, &xc))) goto done;
   if ((st = read_doubles(ctx, op, weight, C, 1.0, &w)) || (st = read_doubles(ctx, op, bias, C, 0.0, &b))) goto done;
   if (training) {
@@ -445,6 +447,7 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
   pass p = {.kind = K_AFFINE, .dt = dt, .l = l, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
   if ((st = run_pass(ctx, op, &p, NULL))) goto done;
 
+  ctx->grad_enabled = grad_was;
   lm_node *node;
   const lm_tensor *ins[3] = {x, weight, bias};
   if ((st = lm_record(ctx, LM_OP_BATCH_NORM, batch_norm_backward, 3, ins, 1, &y, &node))) goto done;
@@ -455,6 +458,7 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
     mean = NULL;
   }
 done:
+  ctx->grad_enabled = grad_was;
   free(mean);
   free(w);
   free(b);
@@ -550,6 +554,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
   const int32_t dt = x->dtype;
   const int64_t G = groups, cg = C / G, P = N * C;
   lm_tensor *xc = NULL, *y = NULL;
+  const bool grad_was = lm_grad_pause(ctx); /* the copies made here must not record */
   double *stats = doubles(2 * (N * G)), *w = NULL, *b = NULL;
   double *sa = doubles(2 * P);
   if (!stats || !sa) { st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op); goto done; }
@@ -568,6 +573,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
   pass p = {.kind = K_AFFINE, .dt = dt, .l = planes, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
   if ((st = run_pass(ctx, op, &p, NULL))) goto done;
 
+  ctx->grad_enabled = grad_was;
   lm_node *node;
   const lm_tensor *ins[3] = {x, weight, bias};
   if ((st = lm_record(ctx, LM_OP_GROUP_NORM, group_norm_backward, 3, ins, 1, &y, &node))) goto done;
@@ -578,6 +584,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
     stats = NULL;
   }
 done:
+  ctx->grad_enabled = grad_was;
   free(stats);
   free(sa);
   free(w);
@@ -587,7 +594,122 @@ done:
   return lm_finish_out(y, out);
 }
 
-/* ---- layer norm ---- */
+/* ---- layer norm ----
+   Rows of up to ROW_MAX elements stay in cache between the passes over
+   them, so each row is normalised (forward), or gets its sums and then its
+   gradient (backward), in one go: the data is read from memory once. The
+   weight and bias gradients sum over rows; each of at most ROW_BLOCKS
+   fixed blocks of rows keeps its own column sums, added in block order.
+   Longer rows go through the units above, like the other norms. */
+
+#define ROW_MAX 16384
+#define ROW_BLOCKS 16
+
+typedef struct ln_rows {
+  int32_t dt;
+  int64_t M, D, nblk;  /* nblk: blocks of rows (backward) */
+  double eps;
+  const char *x, *g;
+  char *y;                 /* forward: output; backward: dx or NULL */
+  const double *w, *bias;  /* NULL: 1, 0 */
+  double *mean, *rstd;     /* per row: written by the forward */
+  double *cols;            /* backward: 2 D column sums per block, or NULL */
+} ln_rows;
+
+INLINE void ln_forward_rows(const ln_rows *p, int64_t begin, int64_t end, bool f32) {
+  const int64_t D = p->D, es = f32 ? 4 : 8;
+  const double *w = p->w, *bias = p->bias;
+  for (int64_t r = begin; r < end; r++) {
+    const char *x = p->x + r * D * es;
+    char *y = p->y + r * D * es;
+    const double k = ld(x, 0, f32);
+    double u = 0, v = 0;
+    SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+      double d = ld(x, j, f32) - k;
+      u += d;
+      v += d * d;
+    }
+    const double m = u / (double)D;
+    double var = v / (double)D - m * m;
+    if (var < 0) var = 0; /* rounding */
+    const double mu = k + m, rs = 1.0 / sqrt(var + p->eps);
+    p->mean[r] = mu;
+    p->rstd[r] = rs;
+    if (w && bias) {
+      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs * w[j] + bias[j], f32);
+    } else if (w) {
+      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs * w[j], f32);
+    } else if (bias) {
+      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs + bias[j], f32);
+    } else {
+      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs, f32);
+    }
+  }
+}
+LM_CLONES static void ln_forward_run(void *arg, int64_t begin, int64_t end) {
+  const ln_rows *p = arg;
+  if (p->dt == LM_F32) ln_forward_rows(p, begin, end, true);
+  else ln_forward_rows(p, begin, end, false);
+}
+
+/* dx = rstd (g w - mean(g w) - xhat mean(g w xhat)), as a g w + b x + c */
+INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, bool f32) {
+  const int64_t D = p->D, M = p->M, es = f32 ? 4 : 8;
+  const double *w = p->w;
+  for (int64_t blk = begin; blk < end; blk++) {
+    double *cw = p->cols ? p->cols + 2 * D * blk : NULL, *cb = cw ? cw + D : NULL;
+    if (cw)
+      for (int64_t j = 0; j < 2 * D; j++) cw[j] = 0;
+    for (int64_t r = M * blk / p->nblk; r < M * (blk + 1) / p->nblk; r++) {
+      const char *x = p->x + r * D * es, *g = p->g + r * D * es;
+      const double mu = p->mean[r], rs = p->rstd[r];
+      double u = 0, v = 0; /* sum(g w), sum(g w (x - mean)) */
+      if (cw && w) { /* the column sums ride along */
+        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+          const double gj = ld(g, j, f32), dj = ld(x, j, f32) - mu, gw = gj * w[j];
+          u += gw;
+          v += gw * dj;
+          cw[j] += gj * dj * rs;
+          cb[j] += gj;
+        }
+      } else if (cw) {
+        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+          const double gj = ld(g, j, f32), dj = ld(x, j, f32) - mu;
+          u += gj;
+          v += gj * dj;
+          cw[j] += gj * dj * rs;
+          cb[j] += gj;
+        }
+      } else if (w) {
+        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+          const double gw = ld(g, j, f32) * w[j];
+          u += gw;
+          v += gw * (ld(x, j, f32) - mu);
+        }
+      } else {
+        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+          const double gj = ld(g, j, f32);
+          u += gj;
+          v += gj * (ld(x, j, f32) - mu);
+        }
+      }
+      if (!p->y) continue;
+      char *dx = p->y + r * D * es;
+      const double b = -rs * rs * rs * v / (double)D, c = -rs * u / (double)D - b * mu;
+      if (w) {
+        SIMD for (int64_t j = 0; j < D; j++) st(dx, j, rs * ld(g, j, f32) * w[j] + b * ld(x, j, f32) + c, f32);
+      } else {
+        SIMD for (int64_t j = 0; j < D; j++) st(dx, j, rs * ld(g, j, f32) + b * ld(x, j, f32) + c, f32);
+      }
+    }
+  }
+}
+LM_CLONES static void ln_backward_run(void *arg, int64_t begin, int64_t end) {
+  const ln_rows *p = arg;
+  if (p->dt == LM_F32) ln_backward_blocks(p, begin, end, true);
+  else ln_backward_blocks(p, begin, end, false);
+}
+
 
 /* Column sums over the M rows of [M, D] data: gw[j] = sum_r g (x - mean_r)
    rstd_r, gb[j] = sum_r g. Parallel over blocks of columns, each summing
@@ -636,6 +758,28 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   double *sums = buf, *a = buf + 2 * M, *b = a + M, *c = b + M;
   lm_status st = contiguous_grad(ctx, gout[0], dt, &g);
   if (!st && wt) st = read_doubles(ctx, "layer_norm", wt, D, 1.0, &w);
+  const bool want_cols = node->needs[1] || node->needs[2];
+  if (!st && D <= ROW_MAX) { /* rows in cache: one pass over them */
+    const int64_t nblk = want_cols ? (M < ROW_BLOCKS ? M : ROW_BLOCKS) : M;
+    double *part = NULL;
+    if (want_cols && !(part = doubles(2 * D * nblk))) st = lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
+    if (!st && node->needs[0]) st = lm_new(ctx, "layer_norm", dt, x->ndim, x->shape, &gin[0]);
+    if (!st) {
+      ln_rows p = {.dt = dt, .M = M, .D = D, .nblk = nblk, .x = lm_data(x), .g = lm_data(g),
+                   .y = gin[0] ? lm_data(gin[0]) : NULL, .w = w, .mean = (double *)mean, .rstd = (double *)rstd,
+                   .cols = part};
+      const int64_t per = nblk ? M / nblk * D : 1, grain = per > 0 ? GRAIN / per : GRAIN;
+      lm_parallel_for(ctx, nblk, grain < 1 ? 1 : grain, ln_backward_run, &p);
+    }
+    if (!st && want_cols && !(cols = doubles(2 * D))) st = lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
+    if (!st && want_cols) {
+      for (int64_t j = 0; j < 2 * D; j++) cols[j] = 0;
+      for (int64_t blk = 0; blk < nblk; blk++) /* in block order: the same sums for any thread count */
+        for (int64_t j = 0; j < 2 * D; j++) cols[j] += part[2 * D * blk + j];
+    }
+    free(part);
+    goto params;
+  }
   const layout rows = {.ngroups = M, .group_stride = D, .nseg = 1, .seg_len = D, .seg_stride = D};
   if (!st && node->needs[0]) {
     pass p = {.kind = K_LN_GRAD_SUMS, .dt = dt, .l = rows, .x = lm_data(x), .g = lm_data(g), .k = mean, .w = w};
@@ -652,7 +796,7 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
       st = run_pass(ctx, "layer_norm", &px, NULL);
     }
   }
-  if (!st && (node->needs[1] || node->needs[2])) {
+  if (!st && want_cols) {
     if (!(cols = doubles(2 * D))) st = lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
     if (!st) {
       ln_cols lc = {.dt = dt, .M = M, .D = D, .x = lm_data(x), .g = lm_data(g), .mean = mean, .rstd = rstd,
@@ -660,9 +804,10 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
       const int64_t nblk = (D + COLS - 1) / COLS, grain = M > 0 ? GRAIN / (M * COLS) : 1;
       lm_parallel_for(ctx, nblk, grain < 1 ? 1 : grain, ln_cols_run, &lc);
     }
-    if (!st && node->needs[1]) st = tensor_of(ctx, "layer_norm", dt, wt->ndim, wt->shape, cols, &gin[1]);
-    if (!st && node->needs[2]) st = tensor_of(ctx, "layer_norm", dt, bt->ndim, bt->shape, cols + D, &gin[2]);
   }
+params:
+  if (!st && node->needs[1]) st = tensor_of(ctx, "layer_norm", dt, wt->ndim, wt->shape, cols, &gin[1]);
+  if (!st && node->needs[2]) st = tensor_of(ctx, "layer_norm", dt, bt->ndim, bt->shape, cols + D, &gin[2]);
   lm_tensor_release(g);
   free(w);
   free(buf);
@@ -673,7 +818,7 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
 lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const int64_t *shape, const lm_tensor *weight,
                         const lm_tensor *bias, double eps, lm_tensor **out) {
   const char *op = "layer_norm";
-  char sa[LM_SHAPE_BUF], sb[LM_SHAPE_BUF];
+  char xs[LM_SHAPE_BUF], ns[LM_SHAPE_BUF];
   lm_status st;
   if ((st = lm_check_input(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
   if (nshape < 1 || nshape > LM_MAX_DIMS || !shape)
@@ -681,8 +826,8 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
   bool fits = nshape <= x->ndim;
   for (int32_t d = 0; fits && d < nshape; d++) fits = x->shape[x->ndim - nshape + d] == shape[d];
   if (!fits)
-    return lm_err(ctx, LM_E_SHAPE, "%s: input %s does not end with normalized_shape %s", op, LM_SHP(x, sa),
-                  lm_shape_str(nshape, shape, sb, sizeof sb));
+    return lm_err(ctx, LM_E_SHAPE, "%s: input %s does not end with normalized_shape %s", op, LM_SHP(x, xs),
+                  lm_shape_str(nshape, shape, ns, sizeof ns));
   if (!(eps >= 0)) return lm_err(ctx, LM_E_ARG, "%s: eps is %g, expected a number >= 0", op, eps);
   if ((st = check_param(ctx, op, weight, "weight", x->dtype, nshape, shape)) ||
       (st = check_param(ctx, op, bias, "bias", x->dtype, nshape, shape)))
@@ -694,33 +839,43 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
   lm_tensor *xc = NULL, *y = NULL;
   double *stats = doubles(4 * M), *w = NULL, *b = NULL;
   if (!stats) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
-  double *mean = stats, *rstd = stats + M, *sa_ = rstd + M, *sbias = sa_ + M;
+  double *mean = stats, *rstd = stats + M, *scale = rstd + M, *offset = scale + M;
+  const bool grad_was = lm_grad_pause(ctx); /* the copies made here must not record */
   if ((st = lm_contiguous(ctx, x, &xc))) goto done;
   if ((weight && (st = read_doubles(ctx, op, weight, D, 1.0, &w))) ||
       (bias && (st = read_doubles(ctx, op, bias, D, 0.0, &b))))
     goto done;
-  const layout rows = {.ngroups = M, .group_stride = D, .nseg = 1, .seg_len = D, .seg_stride = D};
-  if ((st = group_stats(ctx, op, dt, lm_data(xc), &rows, eps, mean, rstd, NULL))) goto done;
-  for (int64_t r = 0; r < M; r++) { /* xhat = sa x + sbias */
-    sa_[r] = rstd[r];
-    sbias[r] = -mean[r] * rstd[r];
-  }
   if ((st = lm_new(ctx, op, dt, x->ndim, x->shape, &y))) goto done;
-  pass p = {.kind = K_LN_AFFINE, .dt = dt, .l = rows, .x = lm_data(xc), .y = lm_data(y), .a = sa_, .b = sbias,
-            .w = w, .bias = b};
-  if ((st = run_pass(ctx, op, &p, NULL))) goto done;
+  if (D <= ROW_MAX) { /* rows in cache: one pass over them */
+    ln_rows p = {.dt = dt, .M = M, .D = D, .eps = eps, .x = lm_data(xc), .y = lm_data(y), .w = w, .bias = b,
+                 .mean = mean, .rstd = rstd};
+    const int64_t grain = D > 0 ? GRAIN / D : GRAIN;
+    lm_parallel_for(ctx, M, grain < 1 ? 1 : grain, ln_forward_run, &p);
+  } else {
+    const layout rows = {.ngroups = M, .group_stride = D, .nseg = 1, .seg_len = D, .seg_stride = D};
+    if ((st = group_stats(ctx, op, dt, lm_data(xc), &rows, eps, mean, rstd, NULL))) goto done;
+    for (int64_t r = 0; r < M; r++) { /* xhat = scale x + offset */
+      scale[r] = rstd[r];
+      offset[r] = -mean[r] * rstd[r];
+    }
+    pass p = {.kind = K_LN_AFFINE, .dt = dt, .l = rows, .x = lm_data(xc), .y = lm_data(y), .a = scale, .b = offset,
+              .w = w, .bias = b};
+    if ((st = run_pass(ctx, op, &p, NULL))) goto done;
+  }
 
+  ctx->grad_enabled = grad_was;
   lm_node *node;
   const lm_tensor *ins[3] = {x, weight, bias};
   if ((st = lm_record(ctx, LM_OP_LAYER_NORM, layer_norm_backward, 3, ins, 1, &y, &node))) goto done;
   if (node) {
     if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, weight)) || (st = lm_save(ctx, node, 2, bias)))
       goto done;
-    keep_stats(node, stats, M); /* the block's tail (sa_, sbias) rides along unused */
+    keep_stats(node, stats, M); /* the block's tail (scale, offset) goes along, unused */
     node->ip[0] = D;
     stats = NULL;
   }
 done:
+  ctx->grad_enabled = grad_was;
   free(stats);
   free(w);
   free(b);
