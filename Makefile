@@ -87,6 +87,7 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	$(B)/lumen run examples/tour.lua
+	$(B)/lumen run examples/train_shapes.lua
 
 bench: deps
 	@$(MAKE) --no-print-directory all
