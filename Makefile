@@ -34,6 +34,10 @@ $(B)/obj/%.o: src/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The optimizer updates take square roots in loops that only vectorise when
+# sqrt need not set errno.
+$(B)/obj/ops/optim.o: override CFLAGS += -fno-math-errno
+
 # -z nodelete: LuaJIT unloads liblumen at exit, which must not unmap libgomp
 # while an OpenMP worker still spins in it.
 $(B)/liblumen.so: $(LIB_OBJ)
@@ -83,10 +87,13 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	$(B)/lumen run examples/tour.lua
+	$(B)/lumen run examples/train_shapes.lua
 
 bench: deps
 	@$(MAKE) --no-print-directory all
+	@LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' luajit bench/check_workloads.lua
 	@sh bench/run.sh
+	@sh bench/run.sh workloads
 
 clean:
 	rm -rf build

@@ -6,17 +6,10 @@
 -- bench/micro_torch.py prints the same for PyTorch; run.sh pairs the lines
 -- by case name, so a new workload is a new entry in both registries.
 local lumen = require 'lumen'
-local ffi = require 'ffi'
 
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } lumen_bench_timespec;
-int clock_gettime(int clk, lumen_bench_timespec *ts);
-]]
-local ts = ffi.new('lumen_bench_timespec')
-local function now()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+-- lumen.clock: the monotonic clock (declaring clock_gettime here again with
+-- another struct would clash with lumen's declaration)
+local now = lumen.clock
 
 local WARMUP = tonumber(os.getenv('BENCH_WARMUP') or 2)
 local MIN_ITERS, MAX_ITERS = 5, 100
@@ -52,6 +45,14 @@ local function measure(fn)
 end
 
 local N = 2 ^ 24
+
+-- 8 x c x 128 x 128 logits, labels 8 x 128 x 128, probabilities of the logits' shape
+local function loss_inputs(c, grad)
+  local x = lumen.linspace(-3, 3, 8 * c * 128 * 128):reshape(8, c, 128, 128)
+  if grad then x:requires_grad_() end
+  return { x = x, t = lumen.linspace(-1, 1, 8 * 128 * 128):gt(0):to('i64'):reshape(8, 128, 128),
+    p = lumen.linspace(0, 1, 8 * c * 128 * 128):reshape(8, c, 128, 128) }
+end
 -- Each case: needs (lumen functions it calls), setup() -> state, run(state).
 -- Inputs are deterministic (linspace), the same as micro_torch.py builds.
 local cases = {
@@ -118,7 +119,59 @@ local cases = {
       y:backward(s.g)
       y:free()
     end },
+  -- the unet benchmark's loss: fused cross-entropy over 8 x 2 x 128 x 128
+  { name = 'cross_entropy_8x2x128x128_f32', needs = {},
+    setup = function() return loss_inputs(2) end,
+    run = function(s) return require('lumen.nn').F.cross_entropy(s.x, s.t) end },
+  { name = 'cross_entropy_grad_8x2x128x128_f32', needs = {},
+    setup = function() return loss_inputs(2, true) end,
+    run = function(s)
+      local l = require('lumen.nn').F.cross_entropy(s.x, s.t)
+      l:backward()
+      s.x.grad = nil
+      return l
+    end },
+  { name = 'bce_logits_grad_8x1x128x128_f32', needs = {},
+    setup = function() return loss_inputs(1, true) end,
+    run = function(s)
+      local l = require('lumen.nn').F.binary_cross_entropy_with_logits(s.x, s.p)
+      l:backward()
+      s.x.grad = nil
+      return l
+    end },
 }
+
+-- A training step of a norm or softmax layer: forward with autograd, then
+-- backward from a fixed gradient; returns the input leaf (its gradient
+-- goes with it).
+local function layer_step(shape, fn)
+  return {
+    setup = function()
+      local n = 1
+      for _, v in ipairs(shape) do n = n * v end
+      local c = shape[2]
+      return { x = lumen.linspace(-3, 3, n):reshape(shape), g = lumen.linspace(1, -1, n):reshape(shape),
+        w = lumen.linspace(0.5, 1.5, c):requires_grad_(), b = lumen.linspace(-0.5, 0.5, c):requires_grad_(),
+        rm = lumen.zeros(c), rv = lumen.ones(c) }
+    end,
+    run = function(s)
+      local x = s.x:detach():requires_grad_()
+      local y = fn(require('lumen.nn').F, s, x)
+      y:backward(s.g)
+      y:free()
+      return x
+    end }
+end
+for _, c in ipairs {
+  { 'batch_norm_train_8x32x128x128_f32', { 8, 32, 128, 128 }, function(F, s, x) return F.batch_norm(x, s.rm, s.rv, s.w, s.b, true) end },
+  { 'batch_norm_train_2x16x64^3_f32', { 2, 16, 64, 64, 64 }, function(F, s, x) return F.batch_norm(x, s.rm, s.rv, s.w, s.b, true) end },
+  { 'group_norm_8g_8x32x128x128_f32', { 8, 32, 128, 128 }, function(F, s, x) return F.group_norm(x, 8, s.w, s.b) end },
+  { 'softmax_dim1_2x16x64^3_f32', { 2, 16, 64, 64, 64 }, function(F, s, x) return F.softmax(x, 1) end },
+} do
+  local case = layer_step(c[2], c[3])
+  case.name, case.needs = c[1], {}
+  cases[#cases + 1] = case
+end
 
 local wanted = {}
 for _, a in ipairs(arg) do wanted[a] = true end

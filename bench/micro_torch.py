@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 WARMUP = int(os.environ.get("BENCH_WARMUP", 2))
 MIN_ITERS, MAX_ITERS = 5, 100
@@ -64,8 +65,53 @@ def grad_leaf(t):
 
 F = torch.nn.functional
 
+
+def loss_inputs(c, grad=False):
+    x = lin(-3, 3, 8 * c * 128 * 128).reshape(8, c, 128, 128).requires_grad_(grad)
+    return (x, (lin(-1, 1, 8 * 128 * 128) > 0).long().reshape(8, 128, 128),
+            lin(0, 1, 8 * c * 128 * 128).reshape(8, c, 128, 128))
+
+
+def loss_grad(f):
+    def run(x, t, p):
+        with torch.enable_grad():
+            loss = f(x, t, p)
+            loss.backward()
+        x.grad = None
+        return loss.detach()
+    return run
+
+
+def layer_step(shape, fn):
+    """A training step of a norm or softmax layer, as micro.lua's layer_step."""
+    def setup():
+        n, c = 1, shape[1]
+        for v in shape:
+            n *= v
+        return (lin(-3, 3, n).reshape(shape), lin(1, -1, n).reshape(shape),
+                lin(0.5, 1.5, c).requires_grad_(), lin(-0.5, 0.5, c).requires_grad_(),
+                torch.zeros(c), torch.ones(c))
+
+    def run(x, g, w, b, rm, rv):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            y = fn(x, w, b, rm, rv)
+            y.backward(g)
+            del y
+            return x
+    return setup, run
+
+
 # name -> (setup() -> inputs tuple, run(*inputs))
 CASES = {
+    "batch_norm_train_8x32x128x128_f32": layer_step(
+        (8, 32, 128, 128), lambda x, w, b, rm, rv: F.batch_norm(x, rm, rv, w, b, True)),
+    "batch_norm_train_2x16x64^3_f32": layer_step(
+        (2, 16, 64, 64, 64), lambda x, w, b, rm, rv: F.batch_norm(x, rm, rv, w, b, True)),
+    "group_norm_8g_8x32x128x128_f32": layer_step(
+        (8, 32, 128, 128), lambda x, w, b, rm, rv: F.group_norm(x, 8, w, b)),
+    "softmax_dim1_2x16x64^3_f32": layer_step(
+        (2, 16, 64, 64, 64), lambda x, w, b, rm, rv: F.softmax(x, 1)),
     "matmul_1024_f32": (lambda: (lin(-1, 1, 1024 * 1024).reshape(1024, 1024),
                                  lin(1, -1, 1024 * 1024).reshape(1024, 1024)),
                         torch.matmul),
@@ -92,6 +138,12 @@ CASES = {
                                                    grad_leaf(lin(-1, 1, 64)),
                                                    lin(-1, 1, 64 * 64 * 32 * 32).reshape(64, 64, 32, 32), F.conv2d),
                                           train_step),
+    "cross_entropy_8x2x128x128_f32": (lambda: loss_inputs(2),
+                                      lambda x, t, p: torch.nn.functional.cross_entropy(x, t)),
+    "cross_entropy_grad_8x2x128x128_f32": (lambda: loss_inputs(2, True),
+                                           loss_grad(lambda x, t, p: torch.nn.functional.cross_entropy(x, t))),
+    "bce_logits_grad_8x1x128x128_f32": (lambda: loss_inputs(1, True),
+                                        loss_grad(lambda x, t, p: torch.nn.functional.binary_cross_entropy_with_logits(x, p))),
 }
 
 

@@ -2,6 +2,9 @@
 # bench/run.sh - lumen against PyTorch, side by side (see ../shared/BENCH.md).
 #
 #   sh bench/run.sh [case ...]         (no cases: every case in bench/micro.lua)
+#   sh bench/run.sh workloads [name ...]  training steps of the BENCH.md
+#                                      networks (bench/workloads_time.lua
+#                                      against bench/workloads_torch.py)
 #
 # Absolute times on shared machines drift by tens of percent within
 # minutes, so the two sides run interleaved, A B A B ..., BENCH_PAIRS times;
@@ -23,6 +26,13 @@
 # "<case> NA <reason>").
 cd "$(dirname "$0")/.." || exit 1
 PY=${LUMEN_PYTHON:-/usr/bin/python3}
+lumen_side="bench/micro.lua"
+torch_side="bench/micro_torch.py"
+if [ "$1" = workloads ]; then
+  shift
+  lumen_side="bench/workloads_time.lua"
+  torch_side="bench/workloads_torch.py time"
+fi
 THREADS=${BENCH_THREADS:-2}
 PAIRS=${BENCH_PAIRS:-3}
 export BENCH_THREADS=$THREADS
@@ -59,10 +69,10 @@ side() {
 
 round=1
 while [ "$round" -le "$PAIRS" ]; do
-  side lumen luajit bench/micro.lua "$@"
-  side torch "$PY" bench/micro_torch.py "$@"
+  side lumen luajit $lumen_side "$@"
+  side torch "$PY" $torch_side "$@"
   if [ -n "$BENCH_SPIN" ]; then
-    side spin env GOMP_SPINCOUNT=300000 luajit bench/micro.lua "$@"
+    side spin env GOMP_SPINCOUNT=300000 luajit $lumen_side "$@"
   fi
   round=$((round + 1))
 done

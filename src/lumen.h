@@ -273,19 +273,107 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
    the far end of each spatial dim. */
 lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp, const int64_t *stride, const int64_t *padding, const int64_t *output_padding, const int64_t *dilation, int64_t groups, lm_tensor **out);
 
-/* pool (src/ops/pool.c) */
+/* pool (src/ops/pool.c)
+   x is (N x) C x spatial with nd = 1, 2 or 3 spatial dims; kernel, stride,
+   padding, dilation and sizes hold nd values (stride NULL: the kernel;
+   padding NULL: 0; dilation NULL: 1). Indices are i64 flat positions within
+   each input plane (as PyTorch's); indices may be NULL. */
+lm_status lm_max_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, const int64_t *dilation, int32_t ceil_mode, lm_tensor **values, lm_tensor **indices);
+/* divisor_override > 0 divides every window by it instead */
+lm_status lm_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *kernel, const int64_t *stride, const int64_t *padding, int32_t ceil_mode, int32_t count_include_pad, int64_t divisor_override, lm_tensor **out);
+lm_status lm_adaptive_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t *output_size, lm_tensor **out);
+/* Places x[i] at indices[i] of an output plane of output_size, zeros elsewhere. */
+lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indices, int32_t nd, const int64_t *output_size, lm_tensor **out);
 
 /* resample (src/ops/resample.c) */
+enum { LM_INTERP_NEAREST = 0, LM_INTERP_LINEAR = 1 };
+enum { LM_GRID_PAD_ZEROS = 0, LM_GRID_PAD_BORDER = 1 };
+/* x is N x C x spatial (1 to 3 spatial dims); size holds the output's
+   spatial sizes. scale (may be NULL; entries <= 0 mean none) holds the
+   scale factors the caller gave: PyTorch maps output positions back with
+   them rather than with in/out (not with align_corners). Linear mode is
+   linear, bilinear or trilinear by the number of spatial dims. */
+lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, const double *scale, int32_t mode, int32_t align_corners, lm_tensor **out);
+/* x N x C x H x W with grid N x H' x W' x 2, or x N x C x D x H x W with
+   grid N x D' x H' x W' x 3; grid values in [-1, 1] as (x, y[, z]). */
+lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid, int32_t mode, int32_t padding_mode, int32_t align_corners, lm_tensor **out);
+/* theta N x 2 x 3 with size (N, C, H, W), or N x 3 x 4 with size (N, C, D, H, W). */
+lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, const int64_t *size, int32_t align_corners, lm_tensor **out);
 
-/* norm (src/ops/norm.c) */
+/* norm (src/ops/norm.c): statistics in double; weight and bias may be
+   NULL (1 and 0). Batch and group norm take x as N x C x * with per-channel
+   [C] weight, bias and running statistics of x's dtype. */
+/* training != 0: normalise with the batch's mean and biased variance, and
+   update running_mean / running_var (either may be NULL) in place as
+   r = (1 - momentum) r + momentum s, with the unbiased variance.
+   training == 0: normalise with the running statistics (both needed). */
+lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean, lm_tensor *running_var, const lm_tensor *weight, const lm_tensor *bias, int32_t training, double momentum, double eps, lm_tensor **out);
+/* Statistics per sample and group of C / groups channels (groups == C is
+   instance norm). */
+lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const lm_tensor *weight, const lm_tensor *bias, double eps, lm_tensor **out);
+/* Statistics over the last nshape dims of x, which must equal shape;
+   weight and bias have that shape. */
+lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const int64_t *shape, const lm_tensor *weight, const lm_tensor *bias, double eps, lm_tensor **out);
 
-/* activation (src/ops/activation.c) */
+/* activation (src/ops/activation.c): f32 and f64, computed in double */
+lm_status lm_leaky_relu(lm_ctx *ctx, const lm_tensor *x, double negative_slope, lm_tensor **out);
+/* x > 0 ? x : alpha (exp(x) - 1) */
+lm_status lm_elu(lm_ctx *ctx, const lm_tensor *x, double alpha, lm_tensor **out);
+/* approximate: 0 exact, x Phi(x) with erf; 1 the tanh approximation */
+lm_status lm_gelu(lm_ctx *ctx, const lm_tensor *x, int32_t approximate, lm_tensor **out);
+/* x > 0 ? x : w x; weight holds one value, or one per channel (dim 1) */
+lm_status lm_prelu(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *weight, lm_tensor **out);
+/* along dim, with the maximum subtracted first */
+lm_status lm_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out);
+lm_status lm_log_softmax(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out);
 
 /* loss (src/ops/loss.c) */
+enum { LM_REDUCTION_NONE = 0, LM_REDUCTION_MEAN = 1, LM_REDUCTION_SUM = 2 };
+/* logits C, N x C or N x C x d1 x ...; target: class indices (i64, i32 or
+   u8) of the logits' shape without dimension 1, or probabilities of the
+   logits' shape and dtype. weight (C) may be NULL. */
+lm_status lm_cross_entropy(lm_ctx *ctx, const lm_tensor *logits, const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index, double label_smoothing, int32_t reduction, lm_tensor **out);
+/* input: log-probabilities laid out as cross_entropy's logits */
+lm_status lm_nll_loss(lm_ctx *ctx, const lm_tensor *input, const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index, int32_t reduction, lm_tensor **out);
+/* target of x's shape; weight and pos_weight (NULL for none) broadcast to it */
+lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *target, const lm_tensor *weight, const lm_tensor *pos_weight, int32_t reduction, lm_tensor **out);
 
 /* rnn (src/ops/rnn.c) */
+/* One LSTM step after its GEMMs: gates_x, gates_h are batch x 4H (gate order
+   i, f, g, o), c_prev batch x H; gives h and c (batch x H). */
+lm_status lm_lstm_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *gates_h, const lm_tensor *c_prev, lm_tensor **h, lm_tensor **c);
+/* One GRU step after its GEMMs: gates_x, gates_h are batch x 3H (r, z, n;
+   gates_h includes b_hh), h_prev batch x H; gives h (batch x H). */
+lm_status lm_gru_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *gates_h, const lm_tensor *h_prev, lm_tensor **h);
 
-/* optim (src/ops/optim.c) */
+/* optim (src/ops/optim.c): fused in-place updates of a list of n
+   parameters. grads[i] == NULL skips parameter i; every state tensor has
+   its parameter's shape and dtype (f32 or f64). steps[i] counts the update
+   being made (1 on a parameter's first): SGD starts its momentum buffer as
+   the gradient then, Adam's bias correction uses it. Arithmetic follows
+   torch.optim. Lists a setting does not use may be NULL. */
+typedef struct lm_optim_hparams {
+  double lr;
+  double momentum;     /* SGD, RMSprop */
+  double dampening;    /* SGD */
+  double weight_decay; /* added to the gradient (AdamW: decoupled) */
+  double beta1, beta2; /* Adam */
+  double eps;          /* Adam, RMSprop */
+  double alpha;        /* RMSprop: smoothing of the squared gradient */
+  int32_t nesterov;    /* SGD */
+  int32_t amsgrad;     /* Adam */
+  int32_t decoupled;   /* Adam: AdamW's weight decay */
+  int32_t centered;    /* RMSprop */
+  int32_t maximize;    /* ascend instead of descend */
+} lm_optim_hparams;
+lm_status lm_sgd_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *momentum_bufs, const int64_t *steps, const lm_optim_hparams *h);
+lm_status lm_adam_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *exp_avgs, lm_tensor *const *exp_avg_sqs, lm_tensor *const *max_exp_avg_sqs, const int64_t *steps, const lm_optim_hparams *h);
+lm_status lm_rmsprop_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tensor *const *grads, lm_tensor *const *square_avgs, lm_tensor *const *grad_avgs, lm_tensor *const *momentum_bufs, const lm_optim_hparams *h);
+/* Scales the gradients in place so that their global norm of order
+   norm_type (> 0, or inf) is at most max_norm, as
+   torch.nn.utils.clip_grad_norm_; the norm before clipping, computed in
+   double, goes to *total_norm. NULL entries are skipped. */
+lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, double max_norm, double norm_type, int32_t error_if_nonfinite, double *total_norm);
 
 /* files: exact reads and atomic writes (temp file, fsync, rename) */
 lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);

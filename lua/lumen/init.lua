@@ -33,6 +33,19 @@ end
 function lumen.empty_cache() C.lm_mem_empty_cache(ctx) end
 function lumen.reset_peak_memory() C.lm_mem_reset_peak(ctx) end
 
+-- clock() -> seconds on a monotonic clock, for timing steps.
+if not pcall(ffi.typeof, 'lumen_timespec') then -- init.lua may run again (busted)
+  ffi.cdef [[
+  typedef struct { long tv_sec; long tv_nsec; } lumen_timespec;
+  int clock_gettime(int clk, lumen_timespec *ts);
+  ]]
+end
+local ts = ffi.new('lumen_timespec')
+function lumen.clock()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
 function lumen.blas_info() return ffi.string(C.lm_blas_info()) end
 
 return lumen

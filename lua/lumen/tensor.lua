@@ -300,7 +300,11 @@ return function(lumen)
   -- copy_(src): copies src (broadcast, converted) into t
   function Tensor.copy_(t, src)
     if type(src) == 'number' or type(src) == 'boolean' then return t:fill_(src) end
-    core.check(C.lm_copy_(ctx, handle(t, 'copy_', 'destination'), handle(src, 'copy_', 'source')))
+    local dh, sh = handle(t, 'copy_', 'destination'), handle(src, 'copy_', 'source')
+    if C.lm_grad_enabled(ctx) ~= 0 and (C.lm_tensor_requires_grad(dh) ~= 0 or C.lm_tensor_requires_grad(sh) ~= 0) then
+      error('lumen.copy_: copying into a tensor cannot be tracked by autograd, expected clone() or no_grad', 2)
+    end
+    core.check(C.lm_copy_(ctx, dh, sh))
     return t
   end
   function Tensor.fill_(t, v)

@@ -19,13 +19,13 @@ int32_t lm_tensor_requires_grad(const lm_tensor *t) { return wants_grad(t); }
 int32_t lm_tensor_is_leaf(const lm_tensor *t) { return t->grad_fn == NULL; }
 
 const char *lm_tensor_grad_fn_name(const lm_tensor *t) {
-  return t->grad_fn ? lm_op_name(t->grad_fn->op) : "";
+  return t->grad_fn ? t->grad_fn->name : "";
 }
 
 lm_status lm_tensor_set_requires_grad(lm_ctx *ctx, lm_tensor *t, int32_t flag) {
   if (t->grad_fn)
     return lm_err(ctx, LM_E_ARG, "requires_grad: the tensor was made by %s, expected a leaf (detach it first)",
-                  lm_op_name(t->grad_fn->op));
+                  t->grad_fn->name);
   if (flag && !lm_dtype_is_float(t->dtype))
     return lm_err(ctx, LM_E_DTYPE, "requires_grad: dtype %s, expected f32 or f64", lm_dtype_name(t->dtype));
   t->requires_grad = flag != 0;
@@ -93,6 +93,12 @@ static void custom_freed_push(lm_ctx *ctx, int32_t id) {
    their context, so the last context that recorded one is remembered. */
 static lm_ctx *custom_ctx;
 
+/* A freed context must not be written: tensors holding Lua-defined nodes
+   can outlive it (finalizers run in any order when Lua closes). */
+void lm_autograd_forget_ctx(const lm_ctx *ctx) {
+  if (custom_ctx == ctx) custom_ctx = NULL;
+}
+
 /* Drops what the node holds for backward; returns nodes to release. */
 static void node_clear(lm_node *n, lm_node ***stack, int32_t *top, int32_t *cap) {
   for (int32_t i = 0; i < LM_NODE_SAVED; i++) { lm_tensor_release(n->saved[i]); n->saved[i] = NULL; }
@@ -142,6 +148,7 @@ static lm_node *node_new(lm_ctx *ctx, int32_t op, lm_backward_fn fn, int32_t n_i
   if (!n) return NULL;
   n->refcount = 1;
   n->op = op;
+  n->name = lm_op_name(op); /* plugin ops overwrite it */
   n->backward = fn;
   n->n_in = n_in;
   n->n_out = n_out;
@@ -279,7 +286,7 @@ static lm_status accumulate_node(lm_ctx *ctx, lm_node *n, int32_t nr, lm_tensor 
 
 static lm_status freed_error(lm_ctx *ctx, const lm_node *n) {
   return lm_err(ctx, LM_E_ARG, "backward: the graph through %s was freed by an earlier backward, "
-                "expected retain_graph=true on that first backward", lm_op_name(n->op));
+                "expected retain_graph=true on that first backward", n->name);
 }
 
 /* Collects the nodes reachable from root and counts their consumers. */

@@ -58,6 +58,7 @@ lm_status lm_ctx_new(lm_ctx **out) {
 
 void lm_ctx_free(lm_ctx *ctx) {
   if (!ctx) return;
+  lm_autograd_forget_ctx(ctx);
   free(ctx->plugin_ops);
   free(ctx->custom_freed);
   free(ctx);

@@ -152,7 +152,8 @@ typedef struct lm_edge {
 typedef struct lm_out_meta { int32_t dtype, ndim; int64_t shape[LM_MAX_DIMS]; } lm_out_meta;
 struct lm_node {
   int32_t refcount;
-  int32_t op;               /* LM_OP_* or a plugin op id (names the node) */
+  int32_t op;               /* LM_OP_* or a plugin op id */
+  const char *name;         /* for grad_fn and messages */
   lm_backward_fn backward;  /* NULL for Lua-defined ops */
   int32_t n_in, n_out;
   lm_edge *next;            /* n_in edges */
@@ -186,6 +187,17 @@ lm_status lm_save(lm_ctx *ctx, lm_node *node, int32_t i, const lm_tensor *t);
    already has that shape). */
 lm_status lm_sum_to(lm_ctx *ctx, const lm_tensor *g, int32_t ndim, const int64_t *shape, lm_tensor **out);
 void lm_node_release(lm_node *n);
+/* Called by lm_ctx_free: freed Lua-defined nodes stop reporting to ctx. */
+void lm_autograd_forget_ctx(const lm_ctx *ctx);
+
+/* reduce, shape, index, sort (opsgrad): ops built from other ops run those
+   with grad mode off (they must neither record nor refuse to write into
+   their own temporaries), then record themselves. Returns the old mode. */
+static inline bool lm_grad_pause(lm_ctx *ctx) {
+  bool was = ctx->grad_enabled;
+  ctx->grad_enabled = false;
+  return was;
+}
 
 /* ---- host API table handed to plugins ---- */
 const lm_host_api *lm_host_api_get(void);

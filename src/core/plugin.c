@@ -295,6 +295,7 @@ static lm_status record_call(lm_ctx *ctx, int32_t op, int32_t n_in, lm_tensor *c
   lm_node *node;
   lm_status st = lm_record(ctx, op, plugin_node_backward, n_in, (const lm_tensor *const *)in, n_out, out, &node);
   if (st || !node) return st;
+  node->name = ctx_entry(ctx, op)->op->name;
   plugin_call *c = calloc(1, sizeof *c);
   if (c) {
     node->extra = c;

@@ -344,11 +344,19 @@ lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
   return lm_to_dtype(ctx, t, t->dtype, out);
 }
 
+/* The gradient of a copy or conversion: g in the input's dtype. */
+static lm_status copy_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  return lm_cast_if_needed(ctx, gout[0], (int32_t)n->ip[0], &gin[0]);
+}
+
 lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
   lm_tensor *r;
+  lm_node *n;
   lm_status st = lm_new(ctx, "to", dtype, t->ndim, t->shape, &r);
   if (st) return st;
   st = lm_copy_(ctx, r, t);
+  if (!st && lm_dtype_is_float(dtype) && (st = lm_record(ctx, LM_OP_COPY, copy_backward, 1, &t, 1, &r, &n)) == LM_OK && n)
+    n->ip[0] = t->dtype;
   if (st) { lm_tensor_release(r); return st; }
   *out = r;
   return LM_OK;
@@ -378,7 +386,57 @@ static lm_status make_view(lm_ctx *ctx, const char *op, const lm_tensor *t, int3
   return LM_OK;
 }
 
+/* Views on the tape: each kind knows how to send the gradient back to the
+   viewed tensor's shape. ip[0] = kind, ip[1..] its parameters, ip[16] the
+   input's ndim and ip[17..] its shape. */
+enum { VIEW_RESHAPE, VIEW_SLICE, VIEW_SELECT, VIEW_TRANSPOSE, VIEW_PERMUTE, VIEW_EXPAND };
+
+static lm_status view_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  const int64_t *ip = n->ip, *in_shape = ip + 17;
+  int32_t in_nd = (int32_t)ip[16];
+  const lm_tensor *g = gout[0];
+  lm_tensor *z = NULL, *v = NULL;
+  lm_status st;
+  switch (ip[0]) {
+  case VIEW_RESHAPE: return lm_reshape(ctx, g, in_nd, in_shape, &gin[0]);
+  case VIEW_EXPAND: return lm_sum_to(ctx, g, in_nd, in_shape, &gin[0]);
+  case VIEW_TRANSPOSE: return lm_transpose(ctx, g, (int32_t)ip[1], (int32_t)ip[2], &gin[0]);
+  case VIEW_PERMUTE: {
+    int32_t inv[LM_MAX_DIMS];
+    for (int32_t d = 0; d < in_nd; d++) inv[ip[1 + d]] = d;
+    return lm_permute(ctx, g, inv, &gin[0]);
+  }
+  default: /* slice and select: the gradient lands in a zero tensor */
+    if ((st = lm_new(ctx, "backward", g->dtype, in_nd, in_shape, &z))) return st;
+    if ((st = lm_fill(ctx, z, 0.0))) goto done;
+    st = ip[0] == VIEW_SLICE ? lm_slice(ctx, z, (int32_t)ip[1], ip[2], ip[3], ip[4], &v)
+                             : lm_select(ctx, z, (int32_t)ip[1], ip[2], &v);
+    if (!st) st = lm_copy_(ctx, v, g);
+    if (!st) { gin[0] = z; z = NULL; }
+  done:
+    lm_tensor_release(v);
+    lm_tensor_release(z);
+    return st;
+  }
+}
+
+/* Records view *out of t (kind and up to 8 parameters); on failure the
+   view is released. */
+static lm_status record_view(lm_ctx *ctx, int32_t kind, const lm_tensor *t, lm_tensor **out, int32_t np, const int64_t *params) {
+  lm_node *n;
+  lm_status st = lm_record(ctx, LM_OP_VIEW, view_backward, 1, &t, 1, out, &n);
+  if (st) { lm_tensor_release(*out); *out = NULL; return st; }
+  if (!n) return LM_OK;
+  n->ip[0] = kind;
+  memcpy(n->ip + 1, params, (size_t)np * sizeof *params);
+  n->ip[16] = t->ndim;
+  memcpy(n->ip + 17, t->shape, (size_t)t->ndim * sizeof *t->shape);
+  return LM_OK;
+}
+
 lm_status lm_as_strided(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, const int64_t *stride, int64_t offset, lm_tensor **out) {
+  if (lm_grad_needed(ctx, 1, &t))
+    return lm_err(ctx, LM_E_UNSUPPORTED, "as_strided: not differentiable; use view, slice, select or expand (or no_grad)");
   lm_status st = check_shape(ctx, "as_strided", ndim, shape);
   if (st) return st;
   /* every reachable element must lie inside the storage */
@@ -464,14 +522,18 @@ lm_status lm_view(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *
     return lm_err(ctx, LM_E_SHAPE, "view: a %s tensor with these strides cannot be viewed as %s without a copy (use reshape)",
                   LM_SHP(t, x), lm_shape_str(ndim, s, y, sizeof y));
   }
-  return make_view(ctx, "view", t, ndim, s, st, t->offset, out);
+  if ((e = make_view(ctx, "view", t, ndim, s, st, t->offset, out))) return e;
+  return record_view(ctx, VIEW_RESHAPE, t, out, 0, NULL);
 }
 
 lm_status lm_reshape(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out) {
   int64_t s[LM_MAX_DIMS], st[LM_MAX_DIMS];
   lm_status e = infer_shape(ctx, "reshape", t, ndim, shape, s);
   if (e) return e;
-  if (view_strides(t, ndim, s, st)) return make_view(ctx, "reshape", t, ndim, s, st, t->offset, out);
+  if (view_strides(t, ndim, s, st)) {
+    if ((e = make_view(ctx, "reshape", t, ndim, s, st, t->offset, out))) return e;
+    return record_view(ctx, VIEW_RESHAPE, t, out, 0, NULL);
+  }
   lm_tensor *c;
   e = lm_clone(ctx, t, &c);
   if (e) return e;
@@ -501,7 +563,10 @@ lm_status lm_slice(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t start, 
   if (__builtin_mul_overflow(t->stride[dim_w], step, &stride[dim_w]))
     return lm_err(ctx, LM_E_ARG, "slice: step %lld is too large, expected at most the dimension's size", (long long)step);
   int64_t off = t->offset + (shape[dim_w] > 0 ? start * t->stride[dim_w] : 0);
-  return make_view(ctx, "slice", t, t->ndim, shape, stride, off, out);
+  lm_status e = make_view(ctx, "slice", t, t->ndim, shape, stride, off, out);
+  if (e) return e;
+  int64_t params[4] = {dim_w, start, stop, step};
+  return record_view(ctx, VIEW_SLICE, t, out, 4, params);
 }
 
 lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index, lm_tensor **out) {
@@ -518,7 +583,10 @@ lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index,
     shape[k] = t->shape[d];
     stride[k++] = t->stride[d];
   }
-  return make_view(ctx, "select", t, k, shape, stride, t->offset + index * t->stride[dim_w], out);
+  lm_status e = make_view(ctx, "select", t, k, shape, stride, t->offset + index * t->stride[dim_w], out);
+  if (e) return e;
+  int64_t params[2] = {dim_w, index};
+  return record_view(ctx, VIEW_SELECT, t, out, 2, params);
 }
 
 lm_status lm_transpose(lm_ctx *ctx, const lm_tensor *t, int32_t d0, int32_t d1, lm_tensor **out) {
@@ -529,11 +597,14 @@ lm_status lm_transpose(lm_ctx *ctx, const lm_tensor *t, int32_t d0, int32_t d1, 
   memcpy(stride, t->stride, sizeof stride);
   shape[d0_w] = t->shape[d1_w]; shape[d1_w] = t->shape[d0_w];
   stride[d0_w] = t->stride[d1_w]; stride[d1_w] = t->stride[d0_w];
-  return make_view(ctx, "transpose", t, t->ndim, shape, stride, t->offset, out);
+  lm_status e = make_view(ctx, "transpose", t, t->ndim, shape, stride, t->offset, out);
+  if (e) return e;
+  int64_t params[2] = {d0_w, d1_w};
+  return record_view(ctx, VIEW_TRANSPOSE, t, out, 2, params);
 }
 
 lm_status lm_permute(lm_ctx *ctx, const lm_tensor *t, const int32_t *perm, lm_tensor **out) {
-  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS];
+  int64_t shape[LM_MAX_DIMS], stride[LM_MAX_DIMS], params[LM_MAX_DIMS];
   bool seen[LM_MAX_DIMS] = {false};
   for (int32_t d = 0; d < t->ndim; d++) {
     int32_t p = lm_wrap_dim(perm[d], t->ndim);
@@ -542,8 +613,11 @@ lm_status lm_permute(lm_ctx *ctx, const lm_tensor *t, const int32_t *perm, lm_te
     seen[p] = true;
     shape[d] = t->shape[p];
     stride[d] = t->stride[p];
+    params[d] = p;
   }
-  return make_view(ctx, "permute", t, t->ndim, shape, stride, t->offset, out);
+  lm_status e = make_view(ctx, "permute", t, t->ndim, shape, stride, t->offset, out);
+  if (e) return e;
+  return record_view(ctx, VIEW_PERMUTE, t, out, t->ndim, params);
 }
 
 lm_status lm_expand(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out) {
@@ -565,7 +639,9 @@ lm_status lm_expand(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t
     s[d] = want;
     st[d] = (d < lead || have != want) ? 0 : t->stride[d - lead];
   }
-  return make_view(ctx, "expand", t, ndim, s, st, t->offset, out);
+  lm_status e = make_view(ctx, "expand", t, ndim, s, st, t->offset, out);
+  if (e) return e;
+  return record_view(ctx, VIEW_EXPAND, t, out, 0, NULL);
 }
 
 lm_status lm_squeeze(lm_ctx *ctx, const lm_tensor *t, int32_t all, int32_t dim, lm_tensor **out) {
@@ -581,7 +657,9 @@ lm_status lm_squeeze(lm_ctx *ctx, const lm_tensor *t, int32_t all, int32_t dim, 
     shape[k] = t->shape[d];
     stride[k++] = t->stride[d];
   }
-  return make_view(ctx, "squeeze", t, k, shape, stride, t->offset, out);
+  lm_status e = make_view(ctx, "squeeze", t, k, shape, stride, t->offset, out);
+  if (e) return e;
+  return record_view(ctx, VIEW_RESHAPE, t, out, 0, NULL);
 }
 
 lm_status lm_unsqueeze(lm_ctx *ctx, const lm_tensor *t, int32_t dim, lm_tensor **out) {
@@ -598,5 +676,7 @@ lm_status lm_unsqueeze(lm_ctx *ctx, const lm_tensor *t, int32_t dim, lm_tensor *
       stride[d] = t->stride[k++];
     }
   }
-  return make_view(ctx, "unsqueeze", t, t->ndim + 1, shape, stride, t->offset, out);
+  lm_status e = make_view(ctx, "unsqueeze", t, t->ndim + 1, shape, stride, t->offset, out);
+  if (e) return e;
+  return record_view(ctx, VIEW_RESHAPE, t, out, 0, NULL);
 }

@@ -564,7 +564,7 @@ static bool float_valued(int32_t op) {
   return false;
 }
 
-lm_status lm_unary(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_tensor *dst, lm_tensor **out) {
+static lm_status unary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_tensor *dst, lm_tensor **out) {
   if (op < LM_OP_NEG || op > LM_OP_LOGICAL_NOT) return lm_err(ctx, LM_E_ARG, "unary: op %d is not a unary elementwise op", op);
   const char *name = op_label(op);
   if (!x) return lm_err(ctx, LM_E_ARG, "%s: input tensor is NULL", name);
@@ -625,7 +625,7 @@ static lm_status check_binary_op(lm_ctx *ctx, int32_t op) {
   return LM_OK;
 }
 
-lm_status lm_binary(lm_ctx *ctx, int32_t op, const lm_tensor *a, const lm_tensor *b, lm_tensor *dst, lm_tensor **out) {
+static lm_status binary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *a, const lm_tensor *b, lm_tensor *dst, lm_tensor **out) {
   lm_status st = check_binary_op(ctx, op);
   if (st) return st;
   const char *name = op_label(op);
@@ -661,7 +661,7 @@ static lm_status scalar_tensor(lm_ctx *ctx, const char *op, double s, lm_tensor 
   return LM_OK;
 }
 
-lm_status lm_binary_scalar(lm_ctx *ctx, int32_t op, const lm_tensor *a, double s, int32_t scalar_first, lm_tensor *dst, lm_tensor **out) {
+static lm_status scalar_forward(lm_ctx *ctx, int32_t op, const lm_tensor *a, double s, int32_t scalar_first, lm_tensor *dst, lm_tensor **out) {
   lm_status st = check_binary_op(ctx, op);
   if (st) return st;
   const char *name = op_label(op);
@@ -698,7 +698,7 @@ static int64_t sat_bound(double v, double lo, double hi) {
   return (int64_t)v;
 }
 
-lm_status lm_clamp(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_tensor *dst, lm_tensor **out) {
+static lm_status clamp_forward(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_tensor *dst, lm_tensor **out) {
   if (!x) return lm_err(ctx, LM_E_ARG, "clamp: input tensor is NULL");
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "clamp: neither dst nor out given");
   /* the scalar rule over both bounds; an open (infinite) side does not count */
@@ -726,7 +726,7 @@ lm_status lm_clamp(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_ten
 
 /* ---- where ---- */
 
-lm_status lm_where(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
+static lm_status where_forward(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
   if (!cond || !a || !b) return lm_err(ctx, LM_E_ARG, "where: input tensor is NULL");
   if (!out) return lm_err(ctx, LM_E_ARG, "where: out is NULL");
   if (cond->dtype != LM_BOOL && cond->dtype != LM_U8)
@@ -742,4 +742,269 @@ lm_status lm_where(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const
   if (cond->dtype == LM_U8) p.kin[0] = LM_BOOL;
   const lm_tensor *ins[3] = {cond, a, b};
   return ew_run(ctx, "where", &p, ins, rd, NULL, out);
+}
+
+/* ---- autograd ----
+   The public functions run the forward above, then record. Backward
+   formulas are written with the same ops through a small scratch list
+   (gx) that owns the temporaries and stops at the first error. */
+
+typedef struct gx {
+  lm_ctx *ctx;
+  lm_status st;
+  int32_t n;
+  lm_tensor *tmp[24];
+} gx;
+
+/* Keeps r, made with status st (computed first: C leaves the order of
+   argument evaluation open). */
+static lm_tensor *gx_keep(gx *g, lm_status st, lm_tensor *r) {
+  if (st) { g->st = st; return NULL; }
+  LM_ASSERT(g->n < 24);
+  return g->tmp[g->n++] = r;
+}
+static lm_tensor *B(gx *g, int32_t op, const lm_tensor *a, const lm_tensor *b) {
+  lm_tensor *r = NULL;
+  if (g->st) return NULL;
+  lm_status st = binary_forward(g->ctx, op, a, b, NULL, &r);
+  return gx_keep(g, st, r);
+}
+static lm_tensor *S(gx *g, int32_t op, const lm_tensor *a, double s) {
+  lm_tensor *r = NULL;
+  if (g->st) return NULL;
+  lm_status st = scalar_forward(g->ctx, op, a, s, 0, NULL, &r);
+  return gx_keep(g, st, r);
+}
+static lm_tensor *U(gx *g, int32_t op, const lm_tensor *a) {
+  lm_tensor *r = NULL;
+  if (g->st) return NULL;
+  lm_status st = unary_forward(g->ctx, op, a, NULL, &r);
+  return gx_keep(g, st, r);
+}
+static lm_tensor *W(gx *g, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b) {
+  lm_tensor *r = NULL;
+  if (g->st) return NULL;
+  lm_status st = where_forward(g->ctx, c, a, b, &r);
+  return gx_keep(g, st, r);
+}
+static lm_tensor *SF(gx *g, int32_t op, double s, const lm_tensor *a) { /* s op a */
+  lm_tensor *r = NULL;
+  if (g->st) return NULL;
+  lm_status st = scalar_forward(g->ctx, op, a, s, 1, NULL, &r);
+  return gx_keep(g, st, r);
+}
+/* Hands v on as the gradient of an input with meta m: summed over
+   broadcast dimensions, in the input's dtype (+1). */
+static void gx_give(gx *g, const lm_tensor *v, const int64_t *m, lm_tensor **gin) {
+  if (g->st || !v) return;
+  lm_tensor *summed = NULL;
+  g->st = lm_sum_to(g->ctx, v, (int32_t)m[0], m + 2, &summed);
+  if (g->st) return;
+  g->st = lm_cast_if_needed(g->ctx, summed, (int32_t)m[1], gin);
+  lm_tensor_release(summed);
+}
+/* Input meta in node->ip: ndim, dtype, shape (10 slots per input). */
+static void put_meta(int64_t *m, const lm_tensor *t) {
+  m[0] = t->ndim;
+  m[1] = t->dtype;
+  memcpy(m + 2, t->shape, (size_t)t->ndim * sizeof *t->shape);
+}
+static lm_status gx_end(gx *g) {
+  for (int32_t i = 0; i < g->n; i++) lm_tensor_release(g->tmp[i]);
+  return g->st;
+}
+/* A zero tensor (0-d, dtype of like) to broadcast in where(). */
+static lm_tensor *Z(gx *g, const lm_tensor *like) {
+  lm_tensor *r = NULL;
+  if (g->st) return NULL;
+  lm_status st = lm_new(g->ctx, "backward", like->dtype, 0, NULL, &r);
+  if (!gx_keep(g, st, r)) return NULL;
+  lm_fill(g->ctx, r, 0.0);
+  return r;
+}
+
+/* ip[0] op, ip[1..] the input's meta; saved[0] x or saved[1] y */
+static lm_status unary_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  gx g = {.ctx = ctx};
+  const lm_tensor *x = n->saved[0], *y = n->saved[1], *d = gout[0];
+  lm_tensor *r = NULL;
+  switch (n->ip[0]) {
+  case LM_OP_NEG: r = U(&g, LM_OP_NEG, d); break;
+  case LM_OP_ABS: r = B(&g, LM_OP_MUL, d, U(&g, LM_OP_SIGN, x)); break;
+  case LM_OP_EXP: r = B(&g, LM_OP_MUL, d, y); break;
+  case LM_OP_LOG: r = B(&g, LM_OP_DIV, d, x); break;
+  case LM_OP_LOG1P: r = B(&g, LM_OP_DIV, d, S(&g, LM_OP_ADD, x, 1)); break;
+  case LM_OP_SQRT: r = B(&g, LM_OP_DIV, d, S(&g, LM_OP_MUL, y, 2)); break;
+  case LM_OP_RSQRT: r = B(&g, LM_OP_MUL, d, S(&g, LM_OP_MUL, B(&g, LM_OP_MUL, y, B(&g, LM_OP_MUL, y, y)), -0.5)); break;
+  case LM_OP_SIN: r = B(&g, LM_OP_MUL, d, U(&g, LM_OP_COS, x)); break;
+  case LM_OP_COS: r = B(&g, LM_OP_MUL, d, U(&g, LM_OP_NEG, U(&g, LM_OP_SIN, x))); break;
+  case LM_OP_SIGMOID: r = B(&g, LM_OP_MUL, d, B(&g, LM_OP_MUL, y, SF(&g, LM_OP_SUB, 1, y))); break;
+  case LM_OP_TANH: r = B(&g, LM_OP_MUL, d, SF(&g, LM_OP_SUB, 1, B(&g, LM_OP_MUL, y, y))); break;
+  case LM_OP_RELU: r = B(&g, LM_OP_MUL, d, S(&g, LM_OP_GT, y, 0)); break;
+  case LM_OP_RECIPROCAL: r = B(&g, LM_OP_MUL, d, U(&g, LM_OP_NEG, B(&g, LM_OP_MUL, y, y))); break;
+  default: r = B(&g, LM_OP_MUL, d, Z(&g, d)); break; /* floor, ceil, round, sign: flat */
+  }
+  gx_give(&g, r, n->ip + 1, &gin[0]);
+  return gx_end(&g);
+}
+
+static bool saves_output(int32_t op) {
+  return op == LM_OP_EXP || op == LM_OP_SQRT || op == LM_OP_RSQRT || op == LM_OP_SIGMOID || op == LM_OP_TANH ||
+         op == LM_OP_RELU || op == LM_OP_RECIPROCAL;
+}
+
+/* Records *out; on failure releases it. */
+static lm_status finish_record(lm_ctx *ctx, lm_status st, lm_tensor **out) {
+  if (st && out) { lm_tensor_release(*out); *out = NULL; }
+  return st;
+}
+
+lm_status lm_unary(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_tensor *dst, lm_tensor **out) {
+  const char *name = op >= LM_OP_NEG && op <= LM_OP_LOGICAL_NOT ? op_label(op) : "unary";
+  lm_status st = lm_check_grad_dst(ctx, name, dst, 1, &x);
+  if (st || (st = unary_forward(ctx, op, x, dst, out))) return st;
+  if (dst || op == LM_OP_LOGICAL_NOT || !lm_dtype_is_float(x->dtype)) return LM_OK;
+  lm_node *n;
+  if ((st = lm_record(ctx, op, unary_backward, 1, &x, 1, out, &n)) || !n) return finish_record(ctx, st, out);
+  n->ip[0] = op;
+  put_meta(n->ip + 1, x);
+  return finish_record(ctx, saves_output(op) ? lm_save(ctx, n, 1, *out) : lm_save(ctx, n, 0, x), out);
+}
+
+/* ip[0] op, ip[1..10] a's meta, ip[11..20] b's; saved[0] a, [1] b, [2] y */
+static lm_status binary_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  gx g = {.ctx = ctx};
+  const lm_tensor *a = n->saved[0], *b = n->saved[1], *y = n->saved[2], *d = gout[0];
+  lm_tensor *ga = NULL, *gb = NULL;
+  bool na = n->needs[0], nb = n->needs[1];
+  switch (n->ip[0]) {
+  case LM_OP_ADD: ga = (lm_tensor *)d; gb = (lm_tensor *)d; break;
+  case LM_OP_SUB: ga = (lm_tensor *)d; if (nb) gb = U(&g, LM_OP_NEG, d); break;
+  case LM_OP_MUL:
+    if (na) ga = B(&g, LM_OP_MUL, d, b);
+    if (nb) gb = B(&g, LM_OP_MUL, d, a);
+    break;
+  case LM_OP_DIV:
+    if (na) ga = B(&g, LM_OP_DIV, d, b);
+    if (nb) gb = U(&g, LM_OP_NEG, B(&g, LM_OP_DIV, B(&g, LM_OP_MUL, d, y), b));
+    break;
+  case LM_OP_POW: /* d * b * a^(b-1); d * y * log(a), taken as 0 where a == 0 */
+    if (na) ga = B(&g, LM_OP_MUL, d, B(&g, LM_OP_MUL, b, B(&g, LM_OP_POW, a, S(&g, LM_OP_SUB, b, 1))));
+    if (nb) gb = W(&g, S(&g, LM_OP_EQ, a, 0), Z(&g, d), B(&g, LM_OP_MUL, B(&g, LM_OP_MUL, d, y), U(&g, LM_OP_LOG, a)));
+    break;
+  default: { /* maximum, minimum: the winner takes d, ties split it */
+    int32_t wins = n->ip[0] == LM_OP_MAXIMUM ? LM_OP_GT : LM_OP_LT;
+    lm_tensor *half = S(&g, LM_OP_MUL, d, 0.5), *tie = B(&g, LM_OP_EQ, a, b), *zero = Z(&g, d);
+    if (na) ga = W(&g, tie, half, W(&g, B(&g, wins, a, b), d, zero));
+    if (nb) gb = W(&g, tie, half, W(&g, B(&g, wins, b, a), d, zero));
+  }
+  }
+  if (na) gx_give(&g, ga, n->ip + 1, &gin[0]);
+  if (nb) gx_give(&g, gb, n->ip + 11, &gin[1]);
+  return gx_end(&g);
+}
+
+static bool differentiable_binary(int32_t op) { return op >= LM_OP_ADD && op <= LM_OP_MINIMUM; }
+
+lm_status lm_binary(lm_ctx *ctx, int32_t op, const lm_tensor *a, const lm_tensor *b, lm_tensor *dst, lm_tensor **out) {
+  const lm_tensor *ins[2] = {a, b};
+  const char *name = op >= LM_OP_ADD && op <= LM_OP_LOGICAL_XOR ? op_label(op) : "binary";
+  lm_status st = lm_check_grad_dst(ctx, name, dst, 2, ins);
+  if (st || (st = binary_forward(ctx, op, a, b, dst, out))) return st;
+  if (dst || !differentiable_binary(op) || !lm_dtype_is_float((*out)->dtype)) return LM_OK;
+  lm_node *n;
+  if ((st = lm_record(ctx, op, binary_backward, 2, ins, 1, out, &n)) || !n) return finish_record(ctx, st, out);
+  n->ip[0] = op;
+  put_meta(n->ip + 1, a);
+  put_meta(n->ip + 11, b);
+  bool need_a = op == LM_OP_MUL || op == LM_OP_POW || op == LM_OP_DIV || op == LM_OP_MAXIMUM || op == LM_OP_MINIMUM;
+  bool need_b = op == LM_OP_MUL || op == LM_OP_POW || op == LM_OP_DIV || op == LM_OP_MAXIMUM || op == LM_OP_MINIMUM;
+  if (need_a) st = lm_save(ctx, n, 0, a);
+  if (!st && need_b) st = lm_save(ctx, n, 1, b);
+  if (!st && (op == LM_OP_DIV || op == LM_OP_POW)) st = lm_save(ctx, n, 2, *out);
+  return finish_record(ctx, st, out);
+}
+
+/* a op s (or s op a): ip[0] op, ip[1..10] a's meta, ip[11] scalar_first,
+   p[0] s; saved[0] a, [1] y */
+static lm_status scalar_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  gx g = {.ctx = ctx};
+  const lm_tensor *a = n->saved[0], *y = n->saved[1], *d = gout[0];
+  double s = n->p[0];
+  bool first = n->ip[11] != 0;
+  lm_tensor *r = NULL;
+  switch (n->ip[0]) {
+  case LM_OP_ADD: r = (lm_tensor *)d; break;
+  case LM_OP_SUB: r = first ? U(&g, LM_OP_NEG, d) : (lm_tensor *)d; break;
+  case LM_OP_MUL: r = S(&g, LM_OP_MUL, d, s); break;
+  case LM_OP_DIV: r = first ? U(&g, LM_OP_NEG, B(&g, LM_OP_DIV, B(&g, LM_OP_MUL, d, y), a)) : S(&g, LM_OP_DIV, d, s); break;
+  case LM_OP_POW:
+    if (first) r = S(&g, LM_OP_MUL, B(&g, LM_OP_MUL, d, y), log(s)); /* s^a */
+    else if (s == 0) r = S(&g, LM_OP_MUL, d, 0);
+    else r = B(&g, LM_OP_MUL, d, S(&g, LM_OP_MUL, S(&g, LM_OP_POW, a, s - 1), s));
+    break;
+  default: { /* maximum, minimum against a number */
+    int32_t wins = n->ip[0] == LM_OP_MAXIMUM ? LM_OP_GT : LM_OP_LT;
+    r = W(&g, S(&g, LM_OP_EQ, a, s), S(&g, LM_OP_MUL, d, 0.5), W(&g, S(&g, wins, a, s), d, Z(&g, d)));
+  }
+  }
+  gx_give(&g, r, n->ip + 1, &gin[0]);
+  return gx_end(&g);
+}
+
+lm_status lm_binary_scalar(lm_ctx *ctx, int32_t op, const lm_tensor *a, double s, int32_t scalar_first, lm_tensor *dst, lm_tensor **out) {
+  const char *name = op >= LM_OP_ADD && op <= LM_OP_LOGICAL_XOR ? op_label(op) : "binary";
+  lm_status st = lm_check_grad_dst(ctx, name, dst, 1, &a);
+  if (st || (st = scalar_forward(ctx, op, a, s, scalar_first, dst, out))) return st;
+  if (dst || !differentiable_binary(op) || !lm_dtype_is_float((*out)->dtype)) return LM_OK;
+  lm_node *n;
+  if ((st = lm_record(ctx, op, scalar_backward, 1, &a, 1, out, &n)) || !n) return finish_record(ctx, st, out);
+  n->ip[0] = op;
+  put_meta(n->ip + 1, a);
+  n->ip[11] = scalar_first != 0;
+  n->p[0] = s;
+  if (op != LM_OP_ADD && op != LM_OP_SUB && op != LM_OP_MUL) st = lm_save(ctx, n, 0, a);
+  if (!st && (op == LM_OP_DIV || op == LM_OP_POW)) st = lm_save(ctx, n, 1, *out);
+  return finish_record(ctx, st, out);
+}
+
+/* d where lo <= x <= hi, else 0 (torch's rule); p[0] lo, p[1] hi */
+static lm_status clamp_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  gx g = {.ctx = ctx};
+  const lm_tensor *x = n->saved[0], *d = gout[0];
+  lm_tensor *inside = B(&g, LM_OP_LOGICAL_AND, S(&g, LM_OP_GE, x, n->p[0]), S(&g, LM_OP_LE, x, n->p[1]));
+  gx_give(&g, W(&g, inside, d, Z(&g, d)), n->ip + 1, &gin[0]);
+  return gx_end(&g);
+}
+
+lm_status lm_clamp(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_tensor *dst, lm_tensor **out) {
+  lm_status st = lm_check_grad_dst(ctx, "clamp", dst, 1, &x);
+  if (st || (st = clamp_forward(ctx, x, lo, hi, dst, out))) return st;
+  if (dst || !lm_dtype_is_float((*out)->dtype)) return LM_OK;
+  lm_node *n;
+  if ((st = lm_record(ctx, LM_OP_CLAMP, clamp_backward, 1, &x, 1, out, &n)) || !n) return finish_record(ctx, st, out);
+  put_meta(n->ip + 1, x);
+  n->p[0] = lo;
+  n->p[1] = hi;
+  return finish_record(ctx, lm_save(ctx, n, 0, x), out);
+}
+
+/* inputs (cond, a, b); ip[1..10] a's meta, ip[11..20] b's; saved[0] cond */
+static lm_status where_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  gx g = {.ctx = ctx};
+  const lm_tensor *c = n->saved[0], *d = gout[0];
+  if (n->needs[1]) gx_give(&g, W(&g, c, d, Z(&g, d)), n->ip + 1, &gin[1]);
+  if (n->needs[2]) gx_give(&g, W(&g, c, Z(&g, d), d), n->ip + 11, &gin[2]);
+  return gx_end(&g);
+}
+
+lm_status lm_where(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
+  lm_status st = where_forward(ctx, cond, a, b, out);
+  if (st || !lm_dtype_is_float((*out)->dtype)) return st;
+  const lm_tensor *ins[3] = {cond, a, b};
+  lm_node *n;
+  if ((st = lm_record(ctx, LM_OP_WHERE, where_backward, 3, ins, 1, out, &n)) || !n) return finish_record(ctx, st, out);
+  put_meta(n->ip + 1, a);
+  put_meta(n->ip + 11, b);
+  return finish_record(ctx, lm_save(ctx, n, 0, cond), out);
 }

@@ -120,7 +120,7 @@ static lm_status check_fits(lm_ctx *ctx, const char *op, const lm_tensor *iv, co
   return LM_OK;
 }
 
-lm_status lm_gather(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
+static lm_status gather_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
   const char *op = "gather";
   lm_tensor *idx = NULL, *res = NULL;
   lm_status st = lm_check_input(ctx, op, t, "input");
@@ -147,7 +147,7 @@ done:
   return st;
 }
 
-lm_status lm_index_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
+static lm_status index_select_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
   const char *op = "index_select";
   lm_tensor *idx = NULL, *res = NULL;
   lm_status st = lm_check_input(ctx, op, t, "input");
@@ -257,7 +257,7 @@ static void scatter_lines(void *p_, int64_t begin, int64_t end) {
   }
 }
 
-lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, const lm_tensor *src, int32_t mode, lm_tensor *dst, lm_tensor **out) {
+static lm_status scatter_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, const lm_tensor *src, int32_t mode, lm_tensor *dst, lm_tensor **out) {
   const char *op = mode == LM_SCATTER_ADD ? "scatter_add" : "scatter";
   lm_tensor *idx = NULL, *sc = NULL, *res = NULL, *tmp = NULL;
   lm_status st;
@@ -384,7 +384,7 @@ static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask) 
   return LM_OK;
 }
 
-lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out) {
+static lm_status masked_fill_forward(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out) {
   const char *op = "masked_fill";
   lm_tensor *res = NULL, *m = NULL;
   lm_status st = lm_check_input(ctx, op, t, "input");
@@ -466,8 +466,9 @@ typedef struct select_plan {
   int64_t n, chunks;
   int64_t *start;   /* per chunk: its count, then its first output row */
   const uint8_t *mask;
-  const char *vals; /* NULL for nonzero */
+  char *vals;       /* NULL for nonzero */
   int32_t es, coords; /* element size of vals; coordinates per row (nonzero) */
+  bool scatter;     /* the other way: vals at the mask = consecutive rows of out */
   char *out;
 } select_plan;
 
@@ -494,7 +495,9 @@ static void select_write(void *p_, int64_t begin, int64_t end) {
     walker_seek(&w, lo);
     for (int64_t i = lo; i < hi; i++, walker_next(&w)) {
       if (!p->mask[w.off[0]]) continue;
-      if (p->vals) {
+      if (p->vals && p->scatter) {
+        memcpy(p->vals + w.off[1] * p->es, p->out + row * p->es, p->es);
+      } else if (p->vals) {
         memcpy(p->out + row * p->es, p->vals + w.off[1] * p->es, p->es);
       } else {
         int64_t *o = (int64_t *)p->out + row * p->coords;
@@ -505,9 +508,10 @@ static void select_write(void *p_, int64_t begin, int64_t end) {
   }
 }
 
-/* Runs the plan (walker, mask, vals, es, coords set) and makes the N x
-   coords i64 (nonzero) or N-element (masked_select) result. */
-static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t dtype, lm_tensor **out) {
+/* Counts the selected positions of each chunk of the plan (walker, mask
+   set) and gives each chunk its first row (p->start, which the caller
+   frees); *total is the count. */
+static lm_status select_starts(lm_ctx *ctx, const char *op, select_plan *p, int64_t *total) {
   p->n = 1;
   for (int32_t d = 0; d < p->w.ndim; d++) p->n *= p->w.shape[d];
   int64_t nt = ctx->nthreads > 0 ? ctx->nthreads : 1;
@@ -518,15 +522,25 @@ static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t
   if (!p->start) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
   if (p->n > 0) lm_parallel_for(ctx, p->chunks, 1, select_count, p);
   else p->start[0] = 0;
-  int64_t total = 0;
+  *total = 0;
   for (int64_t c = 0; c < p->chunks; c++) {
     int64_t k = p->start[c];
-    p->start[c] = total;
-    total += k;
+    p->start[c] = *total;
+    *total += k;
   }
+  return LM_OK;
+}
+
+/* Runs the plan (walker, mask, vals, es, coords set) and makes the N x
+   coords i64 (nonzero) or N-element (masked_select) result. */
+static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t dtype, lm_tensor **out) {
+  int64_t total = 0;
+  p->scatter = false;
+  lm_status st = select_starts(ctx, op, p, &total);
+  if (st) return st;
   lm_tensor *res;
   int64_t shape[2] = {total, p->coords};
-  lm_status st = lm_new(ctx, op, dtype, p->vals ? 1 : 2, shape, &res);
+  st = lm_new(ctx, op, dtype, p->vals ? 1 : 2, shape, &res);
   if (!st) {
     p->out = lm_data(res);
     if (total > 0) lm_parallel_for(ctx, p->chunks, 1, select_write, p);
@@ -536,7 +550,9 @@ static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t
   return st;
 }
 
-lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out) {
+static void mask_walker(walker *w, const lm_tensor *t, const lm_tensor *mask, int32_t nd, const int64_t *shape);
+
+static lm_status masked_select_forward(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out) {
   const char *op = "masked_select";
   lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
@@ -545,11 +561,20 @@ lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mas
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
   if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
-  /* coalesce: drop size-1 dims, merge dims contiguous for both operands */
+  mask_walker(&p.w, t, mask, nd, shape);
+  p.mask = (const uint8_t *)lm_data(mask);
+  p.vals = lm_data(t);
+  p.es = lm_dtype_size(t->dtype);
+  p.coords = 1;
+  return run_select(ctx, op, &p, t->dtype, out);
+}
+
+/* A walker over the broadcast shape (nd, shape) of t and mask: operand 0
+   the mask, 1 t; size-1 dims dropped, dims contiguous for both merged. */
+static void mask_walker(walker *w, const lm_tensor *t, const lm_tensor *mask, int32_t nd, const int64_t *shape) {
   int64_t sm[LM_MAX_DIMS], sv[LM_MAX_DIMS];
   lm_broadcast_strides(mask, nd, shape, sm);
   lm_broadcast_strides(t, nd, shape, sv);
-  walker *w = &p.w;
   w->ndim = 0;
   for (int32_t d = 0; d < nd; d++) {
     if (shape[d] == 1) continue;
@@ -570,11 +595,6 @@ lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mas
     w->shape[0] = 1;
     w->stride[0][0] = w->stride[1][0] = 0;
   }
-  p.mask = (const uint8_t *)lm_data(mask);
-  p.vals = lm_data(t);
-  p.es = lm_dtype_size(t->dtype);
-  p.coords = 1;
-  return run_select(ctx, op, &p, t->dtype, out);
 }
 
 lm_status lm_nonzero(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
@@ -601,4 +621,268 @@ lm_status lm_nonzero(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
   st = run_select(ctx, op, &p, LM_I64, out);
   lm_tensor_release(m);
   return st;
+}
+
+/* ---- autograd ----
+ * The public entry points run the forward with grad mode off (its copies
+ * into the fresh result must not be refused as writes), then record. An
+ * op that writes into dst refuses inputs that need gradients first. The
+ * backwards move the gradient back the way the values came: gather's is a
+ * scatter-add, index_select's an index_add, masked_select's a masked
+ * scatter; masked_fill's zeroes the filled positions. Indices and masks
+ * never get gradients. */
+
+/* node->ip layout shared by these ops */
+enum { IX_DIM = 0, IX_MODE = 1, IX_SRC_DTYPE = 2, IX_NDIM = 3, IX_SHAPE = 4, IX_SRC_NDIM = 12, IX_SRC_SHAPE = 13 };
+
+static void save_shape(lm_node *node, int32_t at, const lm_tensor *t) {
+  node->ip[at] = t->ndim;
+  for (int32_t d = 0; d < t->ndim; d++) node->ip[at + 1 + d] = t->shape[d];
+}
+
+/* zeros shaped like the node's saved shape at ip[at] */
+static lm_status zeros_of(lm_ctx *ctx, const lm_node *node, int32_t at, int32_t dtype, lm_tensor **out) {
+  lm_status st = lm_new(ctx, "backward", dtype, (int32_t)node->ip[at], node->ip + at + 1, out);
+  if (!st) st = lm_fill(ctx, *out, 0);
+  return st;
+}
+
+static lm_status record_failed(lm_tensor **out, lm_status st) {
+  lm_tensor_release(*out);
+  *out = NULL;
+  return st;
+}
+
+/* gather: the gradient of t adds each g element at the position it came from */
+static lm_status gather_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  lm_tensor *z;
+  lm_status st = zeros_of(ctx, node, IX_NDIM, gout[0]->dtype, &z);
+  if (!st) st = scatter_forward(ctx, z, (int32_t)node->ip[IX_DIM], node->saved[0], gout[0], LM_SCATTER_ADD, z, NULL);
+  if (st) {
+    lm_tensor_release(z);
+    return st;
+  }
+  gin[0] = z;
+  return LM_OK;
+}
+
+lm_status lm_gather(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = gather_forward(ctx, t, dim, index, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node;
+  if ((st = lm_record(ctx, LM_OP_GATHER, gather_backward, 1, &t, 1, &res, &node))) return record_failed(&res, st);
+  if (node) {
+    node->ip[IX_DIM] = lm_wrap_dim(dim, t->ndim > 0 ? t->ndim : 1);
+    save_shape(node, IX_NDIM, t);
+    if ((st = lm_save(ctx, node, 0, index))) return record_failed(&res, st);
+  }
+  return lm_finish_out(res, out);
+}
+
+/* index_select: index_add of g into zeros, done as a scatter-add with the
+   index broadcast along the other dims */
+static lm_status index_select_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *g = gout[0], *index = node->saved[0];
+  int32_t d = (int32_t)node->ip[IX_DIM], nd = (int32_t)node->ip[IX_NDIM];
+  if (nd == 0) { /* one element, selected once */
+    lm_tensor_retain((lm_tensor *)g);
+    gin[0] = (lm_tensor *)g;
+    return LM_OK;
+  }
+  int64_t shape[LM_MAX_DIMS];
+  for (int32_t k = 0; k < nd; k++) shape[k] = k == d ? lm_numel(index) : 1;
+  lm_tensor *line = NULL, *wide = NULL, *z = NULL;
+  lm_status st = lm_reshape(ctx, index, nd, shape, &line);
+  if (!st) st = lm_expand(ctx, line, nd, g->shape, &wide);
+  if (!st) st = zeros_of(ctx, node, IX_NDIM, g->dtype, &z);
+  if (!st) st = scatter_forward(ctx, z, d, wide, g, LM_SCATTER_ADD, z, NULL);
+  lm_tensor_release(line);
+  lm_tensor_release(wide);
+  if (st) {
+    lm_tensor_release(z);
+    return st;
+  }
+  gin[0] = z;
+  return LM_OK;
+}
+
+lm_status lm_index_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = index_select_forward(ctx, t, dim, index, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node;
+  if ((st = lm_record(ctx, LM_OP_INDEX_SELECT, index_select_backward, 1, &t, 1, &res, &node)))
+    return record_failed(&res, st);
+  if (node) {
+    node->ip[IX_DIM] = lm_wrap_dim(dim, t->ndim > 0 ? t->ndim : 1);
+    save_shape(node, IX_NDIM, t);
+    if ((st = lm_save(ctx, node, 0, index))) return record_failed(&res, st);
+  }
+  return lm_finish_out(res, out);
+}
+
+/* scatter: t's gradient is g, with the overwritten positions zeroed for
+   SET; src's is g gathered at the index (zeros where src was not read, a
+   sum for a 0-d src that was written everywhere) */
+static lm_status scatter_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *g = gout[0], *index = node->saved[0];
+  int32_t d = (int32_t)node->ip[IX_DIM];
+  lm_status st = LM_OK;
+  lm_tensor *zero = NULL, *gg = NULL, *z = NULL, *v = NULL;
+  if (node->needs[0]) {
+    if (node->ip[IX_MODE] == LM_SCATTER_ADD) {
+      lm_tensor_retain((lm_tensor *)g);
+      gin[0] = (lm_tensor *)g;
+    } else {
+      if ((st = lm_new(ctx, "backward", g->dtype, 0, NULL, &zero)) || (st = lm_fill(ctx, zero, 0))) goto done;
+      if ((st = scatter_forward(ctx, g, d, index, zero, LM_SCATTER_SET, NULL, &gin[0]))) goto done;
+    }
+  }
+  if (node->needs[2]) {
+    int32_t sdt = (int32_t)node->ip[IX_SRC_DTYPE], snd = (int32_t)node->ip[IX_SRC_NDIM];
+    if ((st = gather_forward(ctx, g, d, index, &gg))) goto done;
+    if (snd == 0) { /* one value written at every index */
+      if ((st = lm_reduce(ctx, LM_OP_SUM, gg, 0, NULL, 0, 0, &z, NULL))) goto done;
+      st = lm_cast_if_needed(ctx, z, sdt, &gin[2]);
+      goto done;
+    }
+    if ((st = zeros_of(ctx, node, IX_SRC_NDIM, sdt, &z))) goto done;
+    /* the part of src that index covers: its leading corner */
+    lm_tensor *corner = z;
+    lm_tensor_retain(corner);
+    for (int32_t k = 0; k < snd && !st; k++) { /* a 0-d index reads src as one element */
+      st = lm_slice(ctx, corner, k, 0, k < gg->ndim ? gg->shape[k] : 1, 1, &v);
+      lm_tensor_release(corner);
+      corner = v;
+      v = NULL;
+    }
+    if (!st) st = lm_copy_(ctx, corner, gg);
+    lm_tensor_release(corner);
+    if (!st) { gin[2] = z; z = NULL; }
+  }
+done:
+  lm_tensor_release(zero);
+  lm_tensor_release(gg);
+  lm_tensor_release(z);
+  return st;
+}
+
+lm_status lm_scatter(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, const lm_tensor *src, int32_t mode, lm_tensor *dst, lm_tensor **out) {
+  const lm_tensor *ins[3] = {t, index, src};
+  lm_status st = lm_check_grad_dst(ctx, mode == LM_SCATTER_ADD ? "scatter_add" : "scatter", dst, 3, ins);
+  if (st) return st;
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  st = scatter_forward(ctx, t, dim, index, src, mode, dst, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node = NULL; /* an integer t takes src converted: nothing to differentiate */
+  if (!dst && lm_dtype_is_float(res->dtype) && (st = lm_record(ctx, LM_OP_SCATTER, scatter_backward, 3, ins, 1, &res, &node)))
+    return record_failed(&res, st);
+  if (node) {
+    node->ip[IX_DIM] = lm_wrap_dim(dim, t->ndim > 0 ? t->ndim : 1);
+    node->ip[IX_MODE] = mode;
+    node->ip[IX_SRC_DTYPE] = src->dtype;
+    save_shape(node, IX_NDIM, t);
+    save_shape(node, IX_SRC_NDIM, src);
+    if ((st = lm_save(ctx, node, 0, index))) return record_failed(&res, st);
+  }
+  return lm_finish_out(res, out);
+}
+
+/* g (of the broadcast shape) summed back to t's shape, dtype cast */
+static lm_status to_input(lm_ctx *ctx, const lm_node *node, lm_tensor *g, lm_tensor **out) {
+  return lm_sum_to(ctx, g, (int32_t)node->ip[IX_NDIM], node->ip + IX_SHAPE, out);
+}
+
+/* masked_fill: the filled positions no longer depend on t */
+static lm_status masked_fill_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  lm_tensor *r;
+  lm_status st = masked_fill_forward(ctx, gout[0], node->saved[0], 0, NULL, &r);
+  if (st) return st;
+  st = to_input(ctx, node, r, &gin[0]);
+  lm_tensor_release(r);
+  return st;
+}
+
+lm_status lm_masked_fill(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out) {
+  const lm_tensor *ins[2] = {t, mask};
+  lm_status st = lm_check_grad_dst(ctx, "masked_fill", dst, 2, ins);
+  if (st) return st;
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  st = masked_fill_forward(ctx, t, mask, value, dst, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node = NULL;
+  if (!dst && (st = lm_record(ctx, LM_OP_MASKED_FILL, masked_fill_backward, 2, ins, 1, &res, &node)))
+    return record_failed(&res, st);
+  if (node) {
+    save_shape(node, IX_NDIM, t);
+    if ((st = lm_save(ctx, node, 0, mask))) return record_failed(&res, st);
+  }
+  return lm_finish_out(res, out);
+}
+
+/* The elements of the contiguous dst (of the broadcast shape of dst and
+   mask) where mask is set take the consecutive values of src, as many as
+   the mask selects. */
+static lm_status masked_scatter(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *mask, const lm_tensor *src) {
+  lm_tensor *sc = NULL;
+  lm_status st = lm_contiguous(ctx, src, &sc);
+  if (st) return st;
+  select_plan p;
+  mask_walker(&p.w, dst, mask, dst->ndim, dst->shape);
+  p.mask = (const uint8_t *)lm_data(mask);
+  p.vals = lm_data(dst);
+  p.es = lm_dtype_size(dst->dtype);
+  p.coords = 1;
+  p.scatter = true;
+  p.out = lm_data(sc);
+  int64_t total = 0;
+  if (!(st = select_starts(ctx, "backward", &p, &total))) {
+    LM_ASSERT(total == lm_numel(sc));
+    if (total > 0) lm_parallel_for(ctx, p.chunks, 1, select_write, &p);
+    free(p.start);
+  }
+  lm_tensor_release(sc);
+  return st;
+}
+
+/* masked_select: g goes back to the selected positions of the broadcast
+   shape (ip[IX_SRC_NDIM..]), then sums to t's shape */
+static lm_status masked_select_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  lm_tensor *z;
+  lm_status st = zeros_of(ctx, node, IX_SRC_NDIM, gout[0]->dtype, &z);
+  if (!st) st = masked_scatter(ctx, z, node->saved[0], gout[0]);
+  if (!st) st = to_input(ctx, node, z, &gin[0]);
+  lm_tensor_release(z);
+  return st;
+}
+
+lm_status lm_masked_select(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = masked_select_forward(ctx, t, mask, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node;
+  const lm_tensor *ins[2] = {t, mask};
+  if ((st = lm_record(ctx, LM_OP_MASKED_SELECT, masked_select_backward, 2, ins, 1, &res, &node)))
+    return record_failed(&res, st);
+  if (node) {
+    save_shape(node, IX_NDIM, t);
+    node->ip[IX_SRC_NDIM] = 0;
+    /* the broadcast shape (checked by the forward) */
+    int32_t nd;
+    lm_broadcast_shape(ctx, "masked_select", t->ndim, t->shape, mask->ndim, mask->shape, &nd, node->ip + IX_SRC_SHAPE);
+    node->ip[IX_SRC_NDIM] = nd;
+    if ((st = lm_save(ctx, node, 0, mask))) return record_failed(&res, st);
+  }
+  return lm_finish_out(res, out);
 }

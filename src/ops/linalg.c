@@ -214,7 +214,7 @@ done:
   return st;
 }
 
-lm_status lm_matmul(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
+static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
   const lm_tensor *ts[2] = {a, b};
   lm_status st = check_operands(ctx, "matmul", 2, ts);
   if (st) return st;
@@ -254,8 +254,8 @@ lm_status lm_matmul(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tens
   return lm_finish_out(res, out);
 }
 
-lm_status lm_addmm(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b, double beta, double alpha,
-                   lm_tensor **out) {
+static lm_status addmm_forward(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b, double beta,
+                               double alpha, lm_tensor **out) {
   const lm_tensor *ts[3] = {a, b, c};
   lm_status st = check_operands(ctx, "addmm", 3, ts);
   if (st) return st;
@@ -284,4 +284,104 @@ lm_status lm_addmm(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm
 fail:
   lm_tensor_release(res);
   return st;
+}
+
+/* ---- autograd ---- */
+
+/* x with a unit dimension inserted at dim when flag, else x itself (+1). */
+static lm_status unit_dim(lm_ctx *ctx, const lm_tensor *x, bool flag, int32_t dim, lm_tensor **out) {
+  if (flag) return lm_unsqueeze(ctx, x, dim, out);
+  lm_tensor_retain((lm_tensor *)x);
+  *out = (lm_tensor *)x;
+  return LM_OK;
+}
+
+/* alpha * p summed to like's shape (and reshaped back from its 2-D form). */
+static lm_status grad_to(lm_ctx *ctx, lm_tensor *p, const lm_tensor *like2, const lm_tensor *like, double alpha,
+                         lm_tensor **out) {
+  lm_tensor *s = NULL, *r = NULL;
+  lm_status st = lm_sum_to(ctx, p, like2->ndim, like2->shape, &s);
+  if (!st) st = lm_reshape(ctx, s, like->ndim, like->shape, &r);
+  if (!st && alpha != 1) {
+    lm_tensor *scaled;
+    if (!(st = lm_binary_scalar(ctx, LM_OP_MUL, r, alpha, 0, NULL, &scaled))) {
+      lm_tensor_release(r);
+      r = scaled;
+    }
+  }
+  lm_tensor_release(s);
+  if (st) lm_tensor_release(r);
+  else *out = r;
+  return st;
+}
+
+/* d(a @ b): a 1-D operand is treated as a row (a) or column (b) matrix,
+   and gradients over broadcast batch dimensions are summed. p[0] alpha. */
+static lm_status matmul_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *a = n->saved[0], *b = n->saved[1];
+  double alpha = n->op == LM_OP_ADDMM ? n->p[0] : 1;
+  lm_tensor *a2 = NULL, *b2 = NULL, *g1 = NULL, *g2 = NULL, *t = NULL, *p = NULL;
+  lm_status st;
+  int32_t ia = n->op == LM_OP_ADDMM ? 1 : 0; /* addmm's inputs are (c, a, b) */
+  bool a1 = a->ndim == 1, b1 = b->ndim == 1;
+  if ((st = unit_dim(ctx, a, a1, 0, &a2)) || (st = unit_dim(ctx, b, b1, 1, &b2))) goto done;
+  if ((st = unit_dim(ctx, gout[0], a1, gout[0]->ndim - (b1 ? 0 : 1), &g1))) goto done;
+  if ((st = unit_dim(ctx, g1, b1, g1->ndim, &g2))) goto done;
+  if (n->needs[ia]) {
+    if ((st = lm_transpose(ctx, b2, -1, -2, &t)) || (st = lm_matmul(ctx, g2, t, &p))) goto done;
+    if ((st = grad_to(ctx, p, a2, a, alpha, &gin[ia]))) goto done;
+    lm_tensor_release(t); lm_tensor_release(p);
+    t = p = NULL;
+  }
+  if (n->needs[ia + 1]) {
+    if ((st = lm_transpose(ctx, a2, -1, -2, &t)) || (st = lm_matmul(ctx, t, g2, &p))) goto done;
+    if ((st = grad_to(ctx, p, b2, b, alpha, &gin[ia + 1]))) goto done;
+  }
+  if (ia && n->needs[0]) {
+    const int64_t *m = n->ip;
+    lm_tensor *s;
+    if ((st = lm_sum_to(ctx, gout[0], (int32_t)m[0], m + 2, &s))) goto done;
+    st = lm_binary_scalar(ctx, LM_OP_MUL, s, n->p[1], 0, NULL, &gin[0]);
+    lm_tensor_release(s);
+  }
+done:
+  lm_tensor_release(a2); lm_tensor_release(b2); lm_tensor_release(g1); lm_tensor_release(g2);
+  lm_tensor_release(t); lm_tensor_release(p);
+  return st;
+}
+
+static lm_status record_mm(lm_ctx *ctx, int32_t op, int32_t nin, const lm_tensor *const *ins, const lm_tensor *a,
+                           const lm_tensor *b, lm_tensor **out, double alpha, double beta) {
+  lm_node *n;
+  lm_status st = lm_record(ctx, op, matmul_backward, nin, ins, 1, out, &n);
+  if (!st && n) {
+    n->p[0] = alpha;
+    n->p[1] = beta;
+    if (op == LM_OP_ADDMM) { /* c's shape, for its gradient */
+      n->ip[0] = ins[0]->ndim;
+      memcpy(n->ip + 2, ins[0]->shape, (size_t)ins[0]->ndim * sizeof *ins[0]->shape);
+    }
+    if (!(st = lm_save(ctx, n, 0, a))) st = lm_save(ctx, n, 1, b);
+  }
+  if (st) { lm_tensor_release(*out); *out = NULL; }
+  return st;
+}
+
+lm_status lm_matmul(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
+  lm_tensor *res;
+  lm_status st = matmul_forward(ctx, a, b, &res);
+  if (st) return st;
+  const lm_tensor *ins[2] = {a, b};
+  if ((st = record_mm(ctx, LM_OP_MATMUL, 2, ins, a, b, &res, 1, 0))) return st;
+  return lm_finish_out(res, out);
+}
+
+lm_status lm_addmm(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b, double beta, double alpha,
+                   lm_tensor **out) {
+  lm_tensor *res;
+  lm_status st = addmm_forward(ctx, c, a, b, beta, alpha, &res);
+  if (st) return st;
+  const lm_tensor *ins[3] = {c, a, b};
+  if ((st = record_mm(ctx, LM_OP_ADDMM, 3, ins, a, b, &res, alpha, beta))) return st;
+  return lm_finish_out(res, out);
 }

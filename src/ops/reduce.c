@@ -753,7 +753,7 @@ static lm_status result_dtype(lm_ctx *ctx, int32_t op, int32_t dt, int32_t *odt)
   return LM_OK;
 }
 
-lm_status lm_reduce(lm_ctx *ctx, int32_t op, const lm_tensor *x, int32_t ndims, const int32_t *dims, int32_t keepdim, double param, lm_tensor **values, lm_tensor **indices) {
+static lm_status reduce_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, int32_t ndims, const int32_t *dims, int32_t keepdim, double param, lm_tensor **values, lm_tensor **indices) {
   if (op < LM_OP_SUM || op > LM_OP_COUNT_NONZERO)
     return lm_err(ctx, LM_E_ARG, "reduce: op %d (%s) is not a reduction", op, lm_op_name(op));
   const char *name = lm_op_name(op);
@@ -928,7 +928,7 @@ static void cum_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
   }
 }
 
-lm_status lm_cumsum(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out) {
+static lm_status cumsum_forward(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out) {
   lm_status st = lm_check_input(ctx, "cumsum", x, "input");
   if (st) return st;
   if (!out) return lm_err(ctx, LM_E_ARG, "cumsum: out-pointer is NULL");
@@ -961,5 +961,287 @@ done:
     return st;
   }
   *out = res;
+  return LM_OK;
+}
+
+/* ---- autograd ----
+ * The public entry points run the kernels with grad mode off (a permuted
+ * copy inside must not record), then record a node on the values. Backward
+ * works on the gradient in the "keepdim" shape (reduced dims of size 1),
+ * which broadcasts against the input. Saved in the node: ip[0] the mask of
+ * reduced dims, ip[1] keepdim, ip[2] the dim of max/min with indices,
+ * ip[3] and ip[8..15] the input's ndim and shape; p[0] the parameter;
+ * saved[0] the input, saved[1] the values, saved[2] the indices, each only
+ * when the backward reads it. */
+
+enum { IP_MASK = 0, IP_KEEP = 1, IP_DIM = 2, IP_NDIM = 3, IP_SHAPE = 8 };
+
+/* the reduced dims as a bit mask (dims already checked by the forward) */
+static uint32_t reduced_mask(const lm_tensor *x, int32_t ndims, const int32_t *dims) {
+  int32_t nd = x->ndim > 0 ? x->ndim : 1;
+  if (ndims == 0) return (1u << nd) - 1;
+  uint32_t m = 0;
+  for (int32_t k = 0; k < ndims; k++) m |= 1u << lm_wrap_dim(dims[k], nd);
+  return m;
+}
+
+/* The reduced dims of an nd-D input as a list; 0 (every dim) for 0-d. */
+static int32_t mask_dims(uint32_t mask, int32_t nd, int32_t *dims) {
+  int32_t n = 0;
+  for (int32_t d = 0; d < nd; d++)
+    if (mask & (1u << d)) dims[n++] = d;
+  return n;
+}
+
+/* Elementwise out = fn(x, a, b, p) over x's shape, a and b (NULL: unused)
+   broadcast to it; every operand has x's float dtype. Backward formulas
+   with masks and divisions read best as one scalar function each. */
+typedef double (*pw_fn)(double x, double a, double b, double p);
+typedef struct pw_arg {
+  pw_fn fn;
+  double p;
+  int32_t dt;
+} pw_arg;
+
+#define PW_LOOP(T)                                                            \
+  for (int64_t i = 0; i < n; i++)                                             \
+    *(T *)(ptr[0] + i * s[0]) = (T)A->fn(*(const T *)(ptr[1] + i * s[1]),     \
+                                          *(const T *)(ptr[2] + i * s[2]),     \
+                                          *(const T *)(ptr[3] + i * s[3]), A->p)
+
+static void pw_kernel(char **ptr, const int64_t *s, int64_t n, void *arg) {
+  const pw_arg *A = arg;
+  if (A->dt == LM_F64) PW_LOOP(double);
+  else PW_LOOP(float);
+}
+
+static lm_status pointwise(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *a, const lm_tensor *b, pw_fn fn, double p, lm_tensor **out) {
+  LM_ASSERT(lm_dtype_is_float(x->dtype) && (!a || a->dtype == x->dtype) && (!b || b->dtype == x->dtype));
+  lm_status st = lm_new(ctx, "backward", x->dtype, x->ndim, x->shape, out);
+  if (st) return st;
+  lm_operand ops[4] = {lm_operand_of(*out, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
+                       lm_operand_of(a ? a : x, x->ndim, x->shape), lm_operand_of(b ? b : x, x->ndim, x->shape)};
+  pw_arg A = {fn, p, x->dtype};
+  lm_foreach(ctx, x->ndim, x->shape, 4, ops, pw_kernel, &A, true);
+  return LM_OK;
+}
+
+static double sgn(double x) { return x > 0 ? 1 : x < 0 ? -1 : x; }
+static double f_scale(double x, double a, double b, double p) { return x * p; }
+static double f_is_zero(double x, double a, double b, double p) { return x == 0; }
+static double f_zero_to_one(double x, double a, double b, double p) { return x == 0 ? 1 : x; }
+static double f_div(double x, double a, double b, double p) { return x / a; }
+/* x * a where the count b equals p, else 0 */
+static double f_mul_if_count(double x, double a, double b, double p) { return b == p ? x * a : 0; }
+/* prod: a = g * prod of the nonzero elements when the slice has no zero,
+   b = the same when it has exactly one; x's share is a / x, or b for the zero */
+static double f_prod_grad(double x, double a, double b, double p) { return x == 0 ? b : a / x; }
+/* max/min: 1 at the elements equal to the extremum a (NaN matches NaN) */
+static double f_is_extremum(double x, double a, double b, double p) { return x == a || (isnan(x) && isnan(a)); }
+/* norm(inf): 1 where |x| is the extremum a, or NaN */
+static double f_is_abs_extremum(double x, double a, double b, double p) { return fabs(x) == a || isnan(x); }
+static double f_select(double x, double a, double b, double p) { return x != 0 ? a : 0; }
+static double f_select_signed(double x, double a, double b, double p) { return b != 0 ? sgn(x) * a : 0; }
+/* std: g / std scaled, 0 where std is 0 (as PyTorch) */
+static double f_div_std(double x, double a, double b, double p) { return a == 0 ? 0 : x / a * p; }
+static double f_centered(double x, double a, double b, double p) { return a * (x - b); }
+/* d norm_p / dx for x with gradient a and norm b */
+static double f_norm_grad(double x, double a, double b, double p) {
+  if (p == 1) return a * sgn(x);
+  if (p == 2) return b == 0 ? 0 : a * x / b;
+  if (p < 1) return x == 0 ? 0 : a * sgn(x) * pow(fabs(x), p - 1) * pow(b, 1 - p);
+  return b == 0 ? 0 : a * sgn(x) * pow(fabs(x), p - 1) / pow(b, p - 1);
+}
+
+/* t viewed in the keepdim shape of the node's input */
+static lm_status keep_view(lm_ctx *ctx, const lm_node *node, const lm_tensor *t, lm_tensor **out) {
+  int32_t nd = (int32_t)node->ip[IP_NDIM];
+  uint32_t mask = (uint32_t)node->ip[IP_MASK];
+  int64_t shape[LM_MAX_DIMS];
+  for (int32_t d = 0; d < nd; d++) shape[d] = mask & (1u << d) ? 1 : node->ip[IP_SHAPE + d];
+  return lm_reshape(ctx, t, nd, shape, out);
+}
+
+static lm_status zeros_like_input(lm_ctx *ctx, const lm_node *node, int32_t dtype, lm_tensor **out) {
+  lm_status st = lm_new(ctx, "backward", dtype, (int32_t)node->ip[IP_NDIM], node->ip + IP_SHAPE, out);
+  if (!st) st = lm_fill(ctx, *out, 0);
+  return st;
+}
+
+/* Spreads the keepdim-shaped g evenly over the elements of x where
+   is(x, v) holds, v keepdim-shaped; sign multiplies by sgn(x) (norm inf). */
+static lm_status spread_evenly(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *v, const lm_tensor *g, pw_fn is,
+                               int32_t nd, const int32_t *dims, bool sign, lm_tensor **out) {
+  lm_tensor *m = NULL, *cnt = NULL, *share = NULL;
+  lm_status st = pointwise(ctx, x, v, NULL, is, 0, &m);
+  if (!st) st = lm_reduce(ctx, LM_OP_SUM, m, nd, dims, 1, 0, &cnt, NULL);
+  if (!st) st = pointwise(ctx, g, cnt, NULL, f_div, 0, &share);
+  if (!st) st = sign ? pointwise(ctx, x, share, m, f_select_signed, 0, out) : pointwise(ctx, m, share, NULL, f_select, 0, out);
+  lm_tensor_release(m);
+  lm_tensor_release(cnt);
+  lm_tensor_release(share);
+  return st;
+}
+
+/* prod: each element's gradient is g times the product of the others,
+   found without dividing by zero: slices with two zeros give 0 everywhere,
+   with one zero only the zero gets the product of the rest. */
+static lm_status prod_backward(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *g, int32_t nd, const int32_t *dims, lm_tensor **out) {
+  lm_tensor *z = NULL, *xs = NULL, *pnz = NULL, *nz = NULL, *a0 = NULL, *a1 = NULL;
+  lm_status st = pointwise(ctx, x, NULL, NULL, f_is_zero, 0, &z);
+  if (!st) st = pointwise(ctx, x, NULL, NULL, f_zero_to_one, 0, &xs);
+  if (!st) st = lm_reduce(ctx, LM_OP_PROD, xs, nd, dims, 1, 0, &pnz, NULL);
+  if (!st) st = lm_reduce(ctx, LM_OP_SUM, z, nd, dims, 1, 0, &nz, NULL);
+  if (!st) st = pointwise(ctx, g, pnz, nz, f_mul_if_count, 0, &a0);
+  if (!st) st = pointwise(ctx, g, pnz, nz, f_mul_if_count, 1, &a1);
+  if (!st) st = pointwise(ctx, x, a0, a1, f_prod_grad, 0, out);
+  lm_tensor_release(z);
+  lm_tensor_release(xs);
+  lm_tensor_release(pnz);
+  lm_tensor_release(nz);
+  lm_tensor_release(a0);
+  lm_tensor_release(a1);
+  return st;
+}
+
+/* var and std: (x - mean) times 2 g / (N - correction), or g / ((N -
+   correction) std) for std */
+static lm_status var_backward(lm_ctx *ctx, int32_t op, const lm_tensor *x, const lm_tensor *y, const lm_tensor *g,
+                              int32_t nd, const int32_t *dims, double n, double correction, lm_tensor **out) {
+  lm_tensor *mean = NULL, *a = NULL;
+  lm_status st = lm_reduce(ctx, LM_OP_MEAN, x, nd, dims, 1, 0, &mean, NULL);
+  double denom = n - correction;
+  if (!st) st = op == LM_OP_VAR ? pointwise(ctx, g, NULL, NULL, f_scale, 2 / denom, &a)
+                                : pointwise(ctx, g, y, NULL, f_div_std, 1 / denom, &a);
+  if (!st) st = pointwise(ctx, x, a, mean, f_centered, 0, out);
+  lm_tensor_release(mean);
+  lm_tensor_release(a);
+  return st;
+}
+
+static lm_status reduce_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *x = node->saved[0];
+  int32_t op = node->op, nd = (int32_t)node->ip[IP_NDIM], dims[LM_MAX_DIMS];
+  int32_t ndims = mask_dims((uint32_t)node->ip[IP_MASK], nd, dims);
+  double param = node->p[0], n = 1;
+  for (int32_t k = 0; k < ndims; k++) n *= (double)node->ip[IP_SHAPE + dims[k]];
+  lm_tensor *g = NULL, *y = NULL, *ix = NULL, *t = NULL;
+  lm_status st = keep_view(ctx, node, gout[0], &g);
+  if (!st && node->saved[1]) st = keep_view(ctx, node, node->saved[1], &y);
+  if (st) goto done;
+  switch (op) {
+  case LM_OP_SUM: st = lm_expand(ctx, g, nd, node->ip + IP_SHAPE, &gin[0]); break;
+  case LM_OP_MEAN:
+    st = lm_binary_scalar(ctx, LM_OP_DIV, g, n, 0, NULL, &t);
+    if (!st) st = lm_expand(ctx, t, nd, node->ip + IP_SHAPE, &gin[0]);
+    break;
+  case LM_OP_PROD: st = prod_backward(ctx, x, g, ndims, dims, &gin[0]); break;
+  case LM_OP_MAX:
+  case LM_OP_MIN:
+    if (node->saved[2]) { /* max/min over one dim: all of it to the reported position */
+      int32_t d = (int32_t)node->ip[IP_DIM];
+      st = keep_view(ctx, node, node->saved[2], &ix);
+      if (!st) st = zeros_like_input(ctx, node, g->dtype, &t);
+      if (!st) st = lm_scatter(ctx, t, d, ix, g, LM_SCATTER_SET, t, NULL);
+      if (!st) { gin[0] = t; t = NULL; }
+    } else { /* max/min over all or several dims: shared evenly among ties */
+      st = spread_evenly(ctx, x, y, g, f_is_extremum, ndims, dims, false, &gin[0]);
+    }
+    break;
+  case LM_OP_VAR:
+  case LM_OP_STD: st = var_backward(ctx, op, x, y, g, ndims, dims, n, param, &gin[0]); break;
+  case LM_OP_NORM:
+    if (param == 0) st = zeros_like_input(ctx, node, g->dtype, &gin[0]);
+    else if (isinf(param)) st = spread_evenly(ctx, x, y, g, f_is_abs_extremum, ndims, dims, true, &gin[0]);
+    else st = pointwise(ctx, x, g, y, f_norm_grad, param, &gin[0]);
+    break;
+  default: st = lm_err(ctx, LM_E_UNSUPPORTED, "%s: no backward", lm_op_name(op));
+  }
+done:
+  lm_tensor_release(g);
+  lm_tensor_release(y);
+  lm_tensor_release(ix);
+  lm_tensor_release(t);
+  return st;
+}
+
+static bool differentiable(int32_t op) {
+  switch (op) {
+  case LM_OP_SUM: case LM_OP_MEAN: case LM_OP_PROD: case LM_OP_MAX: case LM_OP_MIN:
+  case LM_OP_VAR: case LM_OP_STD: case LM_OP_NORM: return true;
+  default: return false;
+  }
+}
+
+lm_status lm_reduce(lm_ctx *ctx, int32_t op, const lm_tensor *x, int32_t ndims, const int32_t *dims, int32_t keepdim, double param, lm_tensor **values, lm_tensor **indices) {
+  bool was = lm_grad_pause(ctx);
+  lm_status st = reduce_forward(ctx, op, x, ndims, dims, keepdim, param, values, indices);
+  ctx->grad_enabled = was;
+  if (st || !differentiable(op) || !lm_dtype_is_float(x->dtype)) return st;
+  lm_node *node;
+  const lm_tensor *ins[1] = {x};
+  if ((st = lm_record(ctx, op, reduce_backward, 1, ins, 1, values, &node)) || !node) goto fail;
+  node->ip[IP_MASK] = reduced_mask(x, ndims, dims);
+  node->ip[IP_KEEP] = keepdim != 0;
+  node->ip[IP_NDIM] = x->ndim;
+  for (int32_t d = 0; d < x->ndim; d++) node->ip[IP_SHAPE + d] = x->shape[d];
+  node->p[0] = param;
+  bool by_index = (op == LM_OP_MAX || op == LM_OP_MIN) && indices;
+  lm_tensor *ix = indices ? *indices : NULL;
+  if (by_index) {
+    node->ip[IP_DIM] = lm_wrap_dim(dims[0], x->ndim > 0 ? x->ndim : 1);
+    st = lm_save(ctx, node, 2, ix);
+  } else if (op != LM_OP_SUM && op != LM_OP_MEAN) {
+    st = lm_save(ctx, node, 0, x);
+    if (!st && op != LM_OP_PROD && op != LM_OP_VAR) st = lm_save(ctx, node, 1, *values);
+  }
+  if (st) goto fail;
+  return LM_OK;
+fail:
+  if (st) {
+    lm_tensor_release(*values);
+    *values = NULL;
+    if (indices) {
+      lm_tensor_release(*indices);
+      *indices = NULL;
+    }
+  }
+  return st;
+}
+
+/* cumsum: the gradient of a running sum is the running sum of the
+   gradient taken from the end: flip, cumsum, flip. */
+static lm_status cumsum_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  if (node->ip[1] == 0) { /* 0-d: the identity */
+    lm_tensor_retain(gout[0]);
+    gin[0] = gout[0];
+    return LM_OK;
+  }
+  int32_t d = (int32_t)node->ip[0];
+  lm_tensor *f = NULL, *c = NULL;
+  lm_status st = lm_flip(ctx, gout[0], 1, &d, &f);
+  if (!st) st = cumsum_forward(ctx, f, d, &c);
+  if (!st) st = lm_flip(ctx, c, 1, &d, &gin[0]);
+  lm_tensor_release(f);
+  lm_tensor_release(c);
+  return st;
+}
+
+lm_status lm_cumsum(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out) {
+  bool was = lm_grad_pause(ctx);
+  lm_status st = cumsum_forward(ctx, x, dim, out);
+  ctx->grad_enabled = was;
+  if (st || !lm_dtype_is_float(x->dtype)) return st;
+  lm_node *node;
+  const lm_tensor *ins[1] = {x};
+  if ((st = lm_record(ctx, LM_OP_CUMSUM, cumsum_backward, 1, ins, 1, out, &node))) {
+    lm_tensor_release(*out);
+    *out = NULL;
+    return st;
+  }
+  if (node) {
+    node->ip[0] = lm_wrap_dim(dim, x->ndim > 0 ? x->ndim : 1);
+    node->ip[1] = x->ndim;
+  }
   return LM_OK;
 }

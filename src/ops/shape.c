@@ -54,7 +54,7 @@ static void cat_blocks(void *arg, int64_t begin, int64_t end) {
 /* PyTorch still skips 1-D inputs of size 0 whatever the other shapes are. */
 static bool cat_skipped(const lm_tensor *t) { return t->ndim == 1 && t->shape[0] == 0; }
 
-lm_status lm_cat(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32_t dim, lm_tensor **out) {
+static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32_t dim, lm_tensor **out) {
   char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
   if (n <= 0 || !ts) return lm_err(ctx, LM_E_ARG, "cat: expected a non-empty list of tensors");
   int32_t ref = -1, dtype = -1;
@@ -118,7 +118,7 @@ lm_status lm_cat(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32_t dim, lm_t
 /* ---- flip ---- */
 
 /* A copy of a view that walks the flipped dims backwards. */
-lm_status lm_flip(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int32_t *dims, lm_tensor **out) {
+static lm_status flip_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int32_t *dims, lm_tensor **out) {
   if (!t) return lm_err(ctx, LM_E_ARG, "flip: input is NULL");
   if (ndims < 0 || (ndims > 0 && !dims)) return lm_err(ctx, LM_E_ARG, "flip: bad dims list (%d entries)", ndims);
   bool flip[LM_MAX_DIMS] = {false};
@@ -183,7 +183,7 @@ static int64_t wrap_shift(int64_t s, int64_t n) {
   return s < 0 ? s + n : s;
 }
 
-lm_status lm_roll(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int64_t *shifts, const int32_t *dims, lm_tensor **out) {
+static lm_status roll_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int64_t *shifts, const int32_t *dims, lm_tensor **out) {
   if (!t) return lm_err(ctx, LM_E_ARG, "roll: input is NULL");
   if (ndims < 0 || !shifts || (ndims > 0 && !dims))
     return lm_err(ctx, LM_E_ARG, "roll: bad shifts/dims lists (%d entries)", ndims);
@@ -268,7 +268,7 @@ static void gather_rows(void *arg, int64_t begin, int64_t end) {
 
 static const char *const pad_mode_names[] = {"constant", "reflect", "replicate"};
 
-lm_status lm_pad(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t *pad, int32_t mode, double value, lm_tensor **out) {
+static lm_status pad_forward(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t *pad, int32_t mode, double value, lm_tensor **out) {
   char x[LM_SHAPE_BUF];
   if (!t) return lm_err(ctx, LM_E_ARG, "pad: input is NULL");
   if (mode != LM_PAD_CONSTANT && mode != LM_PAD_REFLECT && mode != LM_PAD_REPLICATE)
@@ -367,5 +367,227 @@ lm_status lm_pad(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t 
 done:
   free(tables);
   if (st) { lm_tensor_release(res); return st; }
+  return lm_finish_out(res, out);
+}
+
+/* ---- autograd ----
+ * The public entry points run the forward with grad mode off (its copies
+ * into the fresh result must not be refused as writes into a tensor), then
+ * record. The backward of each op is the op's own adjoint: slices of the
+ * gradient for cat, the inverse flip and roll, the opposite padding for
+ * constant pad, and an accumulating gather for reflect/replicate. */
+
+static lm_status record_failed(lm_tensor **out, lm_status st) {
+  lm_tensor_release(*out);
+  *out = NULL;
+  return st;
+}
+
+/* cat: node->extra holds, per input, its size along the dim, its dtype and
+   whether cat skipped it (a 1-D empty input) */
+static lm_status cat_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  int32_t d = (int32_t)node->ip[0], n = (int32_t)node->ip[1];
+  const int64_t *size = node->extra, *dtype = size + n, *skipped = dtype + n;
+  int64_t pos = 0;
+  lm_status st = LM_OK;
+  for (int32_t i = 0; i < n && !st; i++) {
+    if (skipped[i]) {
+      int64_t zero = 0;
+      if (node->needs[i]) st = lm_new(ctx, "backward", (int32_t)dtype[i], 1, &zero, &gin[i]);
+      continue;
+    }
+    if (node->needs[i]) {
+      lm_tensor *s;
+      st = lm_slice(ctx, gout[0], d, pos, pos + size[i], 1, &s);
+      if (!st) {
+        st = lm_cast_if_needed(ctx, s, (int32_t)dtype[i], &gin[i]);
+        lm_tensor_release(s);
+      }
+    }
+    pos += size[i];
+  }
+  return st;
+}
+
+lm_status lm_cat(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32_t dim, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = cat_forward(ctx, n, ts, dim, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  if (lm_dtype_is_float(res->dtype)) {
+    lm_node *node;
+    if ((st = lm_record(ctx, LM_OP_CAT, cat_backward, n, (const lm_tensor *const *)ts, 1, &res, &node)))
+      return record_failed(&res, st);
+    if (node) {
+      int64_t *info = malloc((size_t)n * 3 * sizeof *info);
+      if (!info) return record_failed(&res, lm_err(ctx, LM_E_OOM, "cat: out of memory"));
+      node->extra = info;
+      node->extra_free = free;
+      int32_t ref = 0;
+      while (ref < n - 1 && cat_skipped(ts[ref])) ref++;
+      int32_t d = cat_skipped(ts[ref]) ? 0 : lm_wrap_dim(dim, ts[ref]->ndim);
+      for (int32_t i = 0; i < n; i++) {
+        info[2 * n + i] = cat_skipped(ts[i]);
+        info[i] = cat_skipped(ts[i]) ? 0 : ts[i]->shape[d];
+        info[n + i] = ts[i]->dtype;
+      }
+      node->ip[0] = d;
+      node->ip[1] = n;
+    }
+  }
+  return lm_finish_out(res, out);
+}
+
+/* flip: ip[0] the number of dims, ip[1..] the dims */
+static lm_status flip_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  int32_t dims[LM_MAX_DIMS], n = (int32_t)node->ip[0];
+  for (int32_t i = 0; i < n; i++) dims[i] = (int32_t)node->ip[1 + i];
+  return flip_forward(ctx, gout[0], n, dims, &gin[0]);
+}
+
+lm_status lm_flip(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int32_t *dims, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = flip_forward(ctx, t, ndims, dims, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node;
+  if ((st = lm_record(ctx, LM_OP_FLIP, flip_backward, 1, &t, 1, &res, &node))) return record_failed(&res, st);
+  if (node) {
+    node->ip[0] = ndims;
+    for (int32_t i = 0; i < ndims; i++) node->ip[1 + i] = dims[i];
+  }
+  return lm_finish_out(res, out);
+}
+
+/* roll: ip[0] the number of dims, ip[1..8] the dims, ip[9..] the shifts
+   that undo the roll */
+static lm_status roll_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  int32_t dims[LM_MAX_DIMS], n = (int32_t)node->ip[0];
+  for (int32_t i = 0; i < n; i++) dims[i] = (int32_t)node->ip[1 + i];
+  return roll_forward(ctx, gout[0], n, node->ip + 9, dims, &gin[0]);
+}
+
+lm_status lm_roll(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int64_t *shifts, const int32_t *dims, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = roll_forward(ctx, t, ndims, shifts, dims, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node;
+  if ((st = lm_record(ctx, LM_OP_ROLL, roll_backward, 1, &t, 1, &res, &node))) return record_failed(&res, st);
+  if (node) {
+    node->ip[0] = ndims;
+    if (ndims == 0) node->ip[9] = -wrap_shift(shifts[0], lm_numel(t));
+    for (int32_t i = 0; i < ndims; i++) {
+      node->ip[1 + i] = dims[i];
+      node->ip[9 + i] = -wrap_shift(shifts[i], t->shape[lm_wrap_dim(dims[i], t->ndim)]);
+    }
+  }
+  return lm_finish_out(res, out);
+}
+
+/* pad: ip[0] pairs, ip[1] mode, ip[2..17] the padding, ip[20] and ip[21..]
+   the input's ndim and shape */
+enum { PAD_N = 0, PAD_MODE = 1, PAD_PADS = 2, PAD_NDIM = 20, PAD_SHAPE = 21 };
+
+typedef struct pad_back_arg {
+  int32_t dt;
+  int64_t nout, gs, ds; /* output positions along the dim; element strides of g and of the result */
+  const int64_t *map;   /* output position -> input position */
+} pad_back_arg;
+
+#define PAD_BACK_LINES(T)                                                \
+  for (int64_t k = 0; k < n; k++) {                                      \
+    T *d = (T *)(p[0] + k * s[0]);                                       \
+    const T *g = (const T *)(p[1] + k * s[1]);                           \
+    for (int64_t o = 0; o < A->nout; o++) d[A->map[o] * A->ds] += g[o * A->gs]; \
+  }
+
+/* p[0] the (zeroed) result, p[1] the gradient; n lines along the dim,
+   s their byte strides */
+static void pad_back_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
+  const pad_back_arg *A = arg;
+  if (A->dt == LM_F64) PAD_BACK_LINES(double)
+  else PAD_BACK_LINES(float)
+}
+
+/* Reflect / replicate: every output element read one input element, so
+   the gradient adds each output's gradient into that element. The index
+   map is a product of per-dim maps, so this runs one dim at a time. */
+static lm_status pad_gather_backward(lm_ctx *ctx, const lm_node *node, const lm_tensor *g, lm_tensor **out) {
+  int32_t nd = (int32_t)node->ip[PAD_NDIM], npairs = (int32_t)node->ip[PAD_N], mode = (int32_t)node->ip[PAD_MODE];
+  const int64_t *in_shape = node->ip + PAD_SHAPE;
+  lm_tensor *cur = (lm_tensor *)g, *next = NULL;
+  lm_tensor_retain(cur);
+  int64_t *map = NULL;
+  lm_status st = LM_OK;
+  for (int32_t k = 0; k < npairs && !st; k++) {
+    int32_t d = nd - 1 - k;
+    int64_t b = node->ip[PAD_PADS + 2 * k], e = node->ip[PAD_PADS + 2 * k + 1], n = in_shape[d];
+    if (b == 0 && e == 0) continue;
+    int64_t shape[LM_MAX_DIMS];
+    memcpy(shape, cur->shape, sizeof shape);
+    shape[d] = n;
+    if ((st = lm_new(ctx, "backward", g->dtype, nd, shape, &next)) || (st = lm_fill(ctx, next, 0))) break;
+    int64_t nout = cur->shape[d];
+    if (lm_numel(next) > 0 && nout > 0) {
+      if (!(map = malloc((size_t)nout * sizeof *map))) { st = lm_err(ctx, LM_E_OOM, "pad: out of memory"); break; }
+      for (int64_t o = 0; o < nout; o++) {
+        int64_t i = o - b;
+        if (mode == LM_PAD_REFLECT) {
+          if (i < 0) i = -i;
+          if (i >= n) i = 2 * (n - 1) - i;
+        } else {
+          i = i < 0 ? 0 : i >= n ? n - 1 : i;
+        }
+        map[o] = i;
+      }
+      pad_back_arg A = {g->dtype, nout, cur->stride[d], next->stride[d], map};
+      shape[d] = 1; /* iterate over the lines along d */
+      lm_operand ops[2] = {lm_operand_of(next, nd, shape), lm_operand_of(cur, nd, shape)};
+      lm_foreach(ctx, nd, shape, 2, ops, pad_back_kernel, &A, true);
+      free(map);
+      map = NULL;
+    }
+    lm_tensor_release(cur);
+    cur = next;
+    next = NULL;
+  }
+  lm_tensor_release(next);
+  if (st) {
+    lm_tensor_release(cur);
+    return st;
+  }
+  *out = cur;
+  return LM_OK;
+}
+
+static lm_status pad_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  int32_t npairs = (int32_t)node->ip[PAD_N];
+  if (node->ip[PAD_MODE] != LM_PAD_CONSTANT) return pad_gather_backward(ctx, node, gout[0], &gin[0]);
+  /* constant: the opposite padding crops what was added and puts zeros
+     where the forward cropped */
+  int64_t undo[2 * LM_MAX_DIMS];
+  for (int32_t i = 0; i < 2 * npairs; i++) undo[i] = -node->ip[PAD_PADS + i];
+  return pad_forward(ctx, gout[0], npairs, undo, LM_PAD_CONSTANT, 0, &gin[0]);
+}
+
+lm_status lm_pad(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t *pad, int32_t mode, double value, lm_tensor **out) {
+  lm_tensor *res = NULL;
+  bool was = lm_grad_pause(ctx);
+  lm_status st = pad_forward(ctx, t, npairs, pad, mode, value, &res);
+  ctx->grad_enabled = was;
+  if (st) return st;
+  lm_node *node;
+  if ((st = lm_record(ctx, LM_OP_PAD, pad_backward, 1, &t, 1, &res, &node))) return record_failed(&res, st);
+  if (node) {
+    node->ip[PAD_N] = npairs;
+    node->ip[PAD_MODE] = mode;
+    for (int32_t i = 0; i < 2 * npairs; i++) node->ip[PAD_PADS + i] = pad[i];
+    node->ip[PAD_NDIM] = t->ndim;
+    for (int32_t d = 0; d < t->ndim; d++) node->ip[PAD_SHAPE + d] = t->shape[d];
+  }
   return lm_finish_out(res, out);
 }

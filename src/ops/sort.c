@@ -194,13 +194,54 @@ done:
   return st;
 }
 
+/* ---- autograd for sort and topk values ----
+   Each value came from one position of t (saved[0] holds the indices), so
+   the gradient goes back there: zeros with g scattered at the indices.
+   ip[0] the dim, ip[1] and ip[2..] t's ndim and shape. */
+static lm_status sort_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  lm_tensor *z;
+  lm_status st = lm_new(ctx, "backward", gout[0]->dtype, (int32_t)node->ip[1], node->ip + 2, &z);
+  if (!st) st = lm_fill(ctx, z, 0);
+  if (!st) st = lm_scatter(ctx, z, (int32_t)node->ip[0], node->saved[0], gout[0], LM_SCATTER_SET, z, NULL);
+  if (st) {
+    lm_tensor_release(z);
+    return st;
+  }
+  gin[0] = z;
+  return LM_OK;
+}
+
+/* sort_k, recording a node on the values when t needs a gradient (the
+   indices are then computed even when the caller does not want them) */
+static lm_status sort_k_grad(lm_ctx *ctx, int32_t op, const lm_tensor *t, int64_t k, int32_t d, bool flip, lm_tensor **values, lm_tensor **indices) {
+  bool rec = values && lm_dtype_is_float(t->dtype) && lm_grad_needed(ctx, 1, &t);
+  lm_tensor *ix = NULL;
+  if (values) *values = NULL;
+  lm_status st = sort_k(ctx, lm_op_name(op), t, k, d, flip, values, rec || indices ? &ix : NULL);
+  if (st || !rec) goto done;
+  lm_node *node;
+  if ((st = lm_record(ctx, op, sort_backward, 1, &t, 1, values, &node)) || !node) goto done;
+  node->ip[0] = d;
+  node->ip[1] = t->ndim;
+  for (int32_t i = 0; i < t->ndim; i++) node->ip[2 + i] = t->shape[i];
+  st = lm_save(ctx, node, 0, ix);
+done:
+  if (st && values && *values) {
+    lm_tensor_release(*values);
+    *values = NULL;
+  }
+  if (!st && indices) *indices = ix;
+  else lm_tensor_release(ix);
+  return st;
+}
+
 lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descending, lm_tensor **values, lm_tensor **indices) {
   lm_status st = lm_check_input(ctx, "sort", t, "input");
   if (st) return st;
   int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
   if (d < 0) return lm_err(ctx, LM_E_INDEX, "sort: dimension %d out of range for a %d-D tensor", dim, t->ndim);
   int64_t len = t->ndim ? t->shape[d] : 1;
-  return sort_k(ctx, "sort", t, len, d, descending != 0, values, indices);
+  return sort_k_grad(ctx, LM_OP_SORT, t, len, d, descending != 0, values, indices);
 }
 
 lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32_t largest, lm_tensor **values, lm_tensor **indices) {
@@ -212,7 +253,7 @@ lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32
   if (k < 0 || k > len)
     return lm_err(ctx, LM_E_INDEX, "topk: k = %lld is out of range for dimension %d of size %lld (valid range 0 to %lld)",
                   (long long)k, d, (long long)len, (long long)len);
-  return sort_k(ctx, "topk", t, k, d, largest != 0, values, indices);
+  return sort_k_grad(ctx, LM_OP_TOPK, t, k, d, largest != 0, values, indices);
 }
 
 /* ---- unique ---- */

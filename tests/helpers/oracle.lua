@@ -8,6 +8,9 @@
 --   }
 --   { "grad_of(lambda x, w: F.conv2d(x, w), [x, w], g)", x = x, w = w, g = g }
 --     gives (output, grad of x, grad of w) for sum(output * g).
+--   { "run('for k in range(3):\\n    x.mul_(2)\\nresult = x')", x = x }
+--     executes statements (loops) in the case's namespace and returns what
+--     they leave in result.
 --   results[1][1] is the first output as a lumen tensor; results[i].error is
 --   PyTorch's error message when the expression raised.
 local lumen = require 'lumen'

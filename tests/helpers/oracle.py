@@ -30,12 +30,21 @@ def grad_of(f, xs, g=None):
     return [y] + [x.grad if x.is_floating_point() and x.grad is not None else torch.zeros_like(x) for x in xs]
 
 
+def run_block(src, env):
+    """run(src) in an expression: executes the Python statements src in the
+    case's namespace (loops an expression cannot hold) and returns the
+    value they leave in `result`."""
+    exec(src, env)
+    return env["result"]
+
+
 def main(d):
     torch.set_num_threads(1)
     cases = json.load(open(os.path.join(d, "cases.json")))
     results = []
     for i, case in enumerate(cases):
         env = {"torch": torch, "F": F, "np": np, "grad_of": grad_of}
+        env["run"] = lambda src, env=env: run_block(src, env)
         env.update({k: load(d, v) for k, v in case["inputs"].items()})
         try:
             r = eval(case["expr"], env)

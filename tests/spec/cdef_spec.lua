@@ -20,7 +20,9 @@ describe('cdef', function()
 
   it('struct layouts seen by LuaJIT equal those seen by the C compiler', function()
     local fields = { lm_tensor_info = { 'dtype', 'device', 'ndim', 'contiguous', 'shape', 'stride', 'offset', 'numel', 'data' },
-      lm_mem_stats = { 'live_bytes', 'peak_bytes', 'cached_bytes', 'total_allocs' } }
+      lm_mem_stats = { 'live_bytes', 'peak_bytes', 'cached_bytes', 'total_allocs' },
+      lm_optim_hparams = { 'lr', 'momentum', 'dampening', 'weight_decay', 'beta1', 'beta2', 'eps', 'alpha',
+        'nesterov', 'amsgrad', 'decoupled', 'centered', 'maximize' } }
     local src = { '#include <stdio.h>\n#include <stddef.h>\n#include "src/lumen.h"\nint main(void) {\n' }
     local expect = {}
     for st, fs in pairs(fields) do
