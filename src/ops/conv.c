@@ -442,23 +442,28 @@ static lm_status weight_grad(lm_ctx *ctx, const char *op, const conv_geom *g, co
   return st;
 }
 
-/* db[c] = sum over samples and positions of dy[n, c, :] (contiguous). */
+/* db[c] = sum over samples and positions of dy[n, c, :] (contiguous), in
+   double with four running sums (independent adds keep the FPU busy). */
 typedef struct bias_grad_arg { int32_t dtype; const char *dy; char *db; int64_t n, c, len; } bias_grad_arg;
 static void bias_grad_rows(void *arg, int64_t c0, int64_t c1) {
   const bias_grad_arg *b = arg;
   for (int64_t c = c0; c < c1; c++) {
-    double s = 0;
+    double s[4] = {0, 0, 0, 0};
     for (int64_t n = 0; n < b->n; n++) {
-      int64_t base = (n * b->c + c) * b->len;
+      int64_t base = (n * b->c + c) * b->len, i = 0;
       if (b->dtype == LM_F32) {
         const float *p = (const float *)b->dy + base;
-        for (int64_t i = 0; i < b->len; i++) s += p[i];
+        for (; i + 4 <= b->len; i += 4)
+          for (int k = 0; k < 4; k++) s[k] += p[i + k];
+        for (; i < b->len; i++) s[0] += p[i];
       } else {
         const double *p = (const double *)b->dy + base;
-        for (int64_t i = 0; i < b->len; i++) s += p[i];
+        for (; i + 4 <= b->len; i += 4)
+          for (int k = 0; k < 4; k++) s[k] += p[i + k];
+        for (; i < b->len; i++) s[0] += p[i];
       }
     }
-    lm_write_from_double(b->dtype, b->db + c * lm_dtype_size(b->dtype), s);
+    lm_write_from_double(b->dtype, b->db + c * lm_dtype_size(b->dtype), (s[0] + s[1]) + (s[2] + s[3]));
   }
 }
 
