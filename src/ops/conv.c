@@ -13,11 +13,13 @@
  *
  * im2col works on tiles of output rows so that its buffer stays small
  * and hot in cache; a 1x1 kernel with stride 1 and no padding skips it (the
- * image already is the column matrix). Samples are split across OpenMP
- * threads with single-threaded BLAS in each; with fewer samples than
- * threads, samples run one after another and BLAS uses the threads.
- * Gradients of the weight are summed in a fixed number of partial sums that
- * depends on the shapes only, so results do not depend on the thread count.
+ * image already is the column matrix). With stride 1, scatter usually runs
+ * as a gather with the kernel reversed (see scatter()). Samples (or tiles)
+ * are split across OpenMP threads with single-threaded BLAS in each; with
+ * fewer of them than threads, they run one after another and BLAS uses the
+ * threads. Gradients of the weight are summed in a fixed number of partial
+ * sums that depends on the shapes only, so results do not depend on the
+ * thread count. docs/ARCHITECTURE.md has the measurements behind this plan.
  */
 #include "../core/internal.h"
 #include <limits.h>
@@ -76,8 +78,9 @@ static void gemm(int32_t dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t 
                  const char *b, int64_t ldb, double beta, char *c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) { /* BLAS refuses lda = 0; an empty sum leaves beta * c */
+    int64_t es = lm_dtype_size(dtype);
     if (beta == 0)
-      for (int64_t i = 0; i < m; i++) memset(c + i * ldc * lm_dtype_size(dtype), 0, (size_t)(n * lm_dtype_size(dtype)));
+      for (int64_t i = 0; i < m; i++) memset(c + i * ldc * es, 0, (size_t)(n * es));
     return;
   }
   int ta_ = ta ? CBLAS_TRANS_ : CBLAS_NO_TRANS_, tb_ = tb ? CBLAS_TRANS_ : CBLAS_NO_TRANS_;
@@ -349,7 +352,8 @@ static lm_status conv_run(lm_ctx *ctx, const char *op, conv_job *j) {
   j->buf_bytes = g->direct ? 0 : (g->ckg * g->tile_rows * g->col[2] * g->es + 63) / 64 * 64;
   size_t nbytes = (size_t)(j->nworkers * j->buf_bytes);
   j->bufs = nbytes ? lm_alloc(ctx, nbytes) : NULL;
-  if (nbytes && !j->bufs) return lm_err(ctx, LM_E_OOM, "%s: out of memory for a %lld-byte im2col buffer", op, (long long)nbytes);
+  if (nbytes && !j->bufs)
+    return lm_err(ctx, LM_E_OOM, "%s: out of memory for a %lld-byte im2col buffer", op, (long long)nbytes);
   bool split = j->nworkers > 1;
   if (split) openblas_set_num_threads(1);
   lm_parallel_for(ctx, j->nworkers, 1, conv_workers, j);
@@ -638,8 +642,9 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
     return lm_err(ctx, LM_E_SHAPE, "%s: %lld input and %lld output channels, expected both divisible by groups = %lld",
                   op, (long long)cin, (long long)cout, (long long)groups);
   if (w->shape[1] * groups != cin)
-    return lm_err(ctx, LM_E_SHAPE, "%s: input %s has %lld channels, weight %s expects %lld (%lld per group x %lld groups)",
-                  op, LM_SHP(x, xs), (long long)cin, LM_SHP(w, ws), (long long)(w->shape[1] * groups),
+    return lm_err(ctx, LM_E_SHAPE,
+                  "%s: input %s has %lld channels, weight %s expects %lld (%lld per group x %lld groups)", op,
+                  LM_SHP(x, xs), (long long)cin, LM_SHP(w, ws), (long long)(w->shape[1] * groups),
                   (long long)w->shape[1], (long long)groups);
   if (b && (b->ndim != 1 || b->shape[0] != cout))
     return lm_err(ctx, LM_E_SHAPE, "%s: bias has shape %s, expected %lld (one per output channel)", op, LM_SHP(b, xs),
@@ -736,8 +741,9 @@ lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w,
   int32_t lead = batched ? 2 : 1;
   int64_t n = batched ? x->shape[0] : 1, cin = x->shape[lead - 1], cout = w->shape[1] * groups;
   if (w->shape[0] != cin)
-    return lm_err(ctx, LM_E_SHAPE, "%s: input %s has %lld channels, weight %s expects %lld (weight is in x out/groups x "
-                  "%s)", op, LM_SHP(x, xs), (long long)cin, LM_SHP(w, ws), (long long)w->shape[0], kernel_names[nsp]);
+    return lm_err(ctx, LM_E_SHAPE,
+                  "%s: input %s has %lld channels, weight %s expects %lld (weight is in x out/groups x %s)", op,
+                  LM_SHP(x, xs), (long long)cin, LM_SHP(w, ws), (long long)w->shape[0], kernel_names[nsp]);
   if (cin % groups)
     return lm_err(ctx, LM_E_SHAPE, "%s: %lld input channels, expected a multiple of groups = %lld", op, (long long)cin,
                   (long long)groups);

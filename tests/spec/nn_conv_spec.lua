@@ -151,6 +151,24 @@ describe('nn conv', function()
     for k = 1, 4 do check.assert_close(one[k], two[k], { rtol = 0, atol = 0 }) end
   end)
 
+  it('computes only the gradients asked for', function()
+    local function grads(xg, wg, bg)
+      local x, w, b = mk({ 2, 3, 6, 6 }, 'f32', 1), mk({ 4, 3, 3, 3 }, 'f32', 2), mk({ 4 }, 'f32', 3)
+      if xg then x:requires_grad_() end
+      if wg then w:requires_grad_() end
+      if bg then b:requires_grad_() end
+      F.conv2d(x, w, b, { padding = 1, stride = 2 }):backward(mk({ 2, 4, 3, 3 }, 'f32', 4))
+      return { x.grad, w.grad, b.grad }
+    end
+    local all = grads(true, true, true)
+    for k = 1, 3 do
+      local one = grads(k == 1, k == 2, k == 3)
+      for j = 1, 3 do
+        if j == k then check.assert_close(one[j], all[j], { rtol = 0, atol = 0 }) else assert.is_nil(one[j]) end
+      end
+    end
+  end)
+
   it('takes an empty batch', function()
     local x, w, b = lumen.zeros(0, 3, 5, 5):requires_grad_(), mk({ 4, 3, 3, 3 }):requires_grad_(), mk({ 4 }):requires_grad_()
     local y = F.conv2d(x, w, b, { padding = 1 })
