@@ -55,7 +55,10 @@ return function(lumen)
   end
   lumen.no_grad = with_grad_mode(0, 'no_grad')
   lumen.enable_grad = with_grad_mode(1, 'enable_grad')
-  function lumen.set_grad_enabled(on) C.lm_set_grad_enabled(ctx, on and 1 or 0) end
+  function lumen.set_grad_enabled(on)
+    if type(on) ~= 'boolean' then error('lumen.set_grad_enabled: expected true or false, got ' .. type(on), 2) end
+    C.lm_set_grad_enabled(ctx, on and 1 or 0)
+  end
   function lumen.is_grad_enabled() return C.lm_grad_enabled(ctx) ~= 0 end
 
   -- Ops defined in Lua: the registry maps a node's id to its backward and
