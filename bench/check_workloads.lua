@@ -11,7 +11,7 @@ if #names == 0 then names = W.names end
 local failed = 0
 for _, name in ipairs(names) do
   local file = os.tmpname()
-  if os.execute(string.format('%s %s/workloads_torch.py export %s %s --small', py, here, name, file)) ~= 0 then
+  if os.execute(string.format('%s %s/workloads_torch.py export %s %s', py, here, name, file)) ~= 0 then
     print(name .. ': the PyTorch export failed')
     failed = failed + 1
   else

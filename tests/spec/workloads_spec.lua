@@ -10,7 +10,7 @@ describe('benchmark workloads match PyTorch for one training step', function()
   for _, name in ipairs(W.names) do
     it(name, function()
       local file = os.tmpname()
-      assert.are.equal(0, os.execute(string.format('%s bench/workloads_torch.py export %s %s --small', py, name, file)))
+      assert.are.equal(0, os.execute(string.format('%s bench/workloads_torch.py export %s %s', py, name, file)))
       for _, dtype in ipairs { 'f64', 'f32' } do
         local ok, worst, report = W.check(name, file, dtype)
         assert(ok, string.format('worst error / tolerance %.3g\n%s', worst, report))
