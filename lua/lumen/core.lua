@@ -246,4 +246,89 @@ function M.dim_arg(d, op)
   return M.int_arg(d, op)
 end
 
+-- Checkers of Lua-side arguments and options (the nn layer, schedulers).
+-- Messages read "lumen.<op>: ...". level is as for error(), counted from
+-- the checker's caller: the default 2 blames the line that called it. It
+-- may instead be a function, called only on failure, that returns the
+-- level for error() counted from the function calling it (loss.lua walks
+-- the stack to the first line outside lumen's files).
+local function arg_error(level, fmt, ...)
+  local msg = string.format(fmt, ...)
+  if type(level) == 'function' then error(msg, level()) end
+  error(msg, (level or 2) + 2) -- arg_error, the checker, its caller
+end
+
+-- An integer that a double holds exactly.
+function M.is_int(v) return type(v) == 'number' and v == math.floor(v) and math.abs(v) < 2 ^ 53 end
+
+-- known: a set (name -> true; listed sorted) or a list of names (listed in
+-- its order, for an order that reads better, such as the signature's).
+local function option_names(known)
+  if known[1] ~= nil then return table.concat(known, ', ') end
+  local names = {}
+  for n in pairs(known) do names[#names + 1] = n end
+  table.sort(names)
+  return table.concat(names, ', ')
+end
+local function is_known(known, k)
+  if known[1] == nil then return known[k] ~= nil and known[k] ~= false end
+  for _, n in ipairs(known) do
+    if n == k then return true end
+  end
+  return false
+end
+
+-- An options table: nil gives {}; anything but a table, or a name not in
+-- known, is refused (a typo must not pass silently).
+function M.options(opts, op, known, level)
+  if opts == nil then return {} end
+  if type(opts) ~= 'table' then -- tensors are cdata, refused here too
+    arg_error(level, 'lumen.%s: options must be a table {%s}, got %s', op, option_names(known),
+      M.is_tensor(opts) and 'a tensor' or type(opts))
+  end
+  for k in pairs(opts) do
+    if not is_known(known, k) then
+      arg_error(level, "lumen.%s: unknown option '%s' (expected %s)", op, tostring(k), option_names(known))
+    end
+  end
+  return opts
+end
+
+-- A boolean; nil gives default.
+function M.flag(v, op, what, default, level)
+  if v == nil then return default end
+  if type(v) ~= 'boolean' then arg_error(level, 'lumen.%s: %s must be a boolean, got %s', op, what, type(v)) end
+  return v
+end
+
+-- A number (not NaN); nil gives default.
+function M.number(v, op, what, default, level)
+  if v == nil then return default end
+  if type(v) ~= 'number' or v ~= v then
+    arg_error(level, 'lumen.%s: %s must be a number, got %s', op, what, tostring(v))
+  end
+  return v
+end
+
+-- An integer or a list of nd integers (kernel sizes, strides, padding, one
+-- per spatial dim) as a new list of nd integers.
+function M.int_tuple(v, nd, op, what, level)
+  local t = {}
+  if M.is_int(v) then
+    for i = 1, nd do t[i] = v end
+    return t
+  end
+  if type(v) ~= 'table' or #v ~= nd then
+    arg_error(level, 'lumen.%s: %s must be an integer or a list of %d integers, got %s', op, what, nd,
+      type(v) == 'table' and ('a list of ' .. #v) or M.is_tensor(v) and 'a tensor' or tostring(v))
+  end
+  for i = 1, nd do
+    if not M.is_int(v[i]) then
+      arg_error(level, 'lumen.%s: %s entry %d is %s, expected an integer', op, what, i, tostring(v[i]))
+    end
+    t[i] = v[i]
+  end
+  return t
+end
+
 return M

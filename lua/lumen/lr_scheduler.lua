@@ -21,34 +21,15 @@ local function fail(who, level, fmt, ...)
   error(string.format('lumen.optim.lr_scheduler.%s: ' .. fmt, who, ...), level + 1)
 end
 
-local function is_int(v) return type(v) == 'number' and v == math.floor(v) and math.abs(v) < 2 ^ 53 end
-
 local function int_arg(who, level, name, v, min)
-  if not is_int(v) or v < min then
+  if not core.is_int(v) or v < min then
     fail(who, level + 1, '%s must be an integer >= %d, got %s', name, min, tostring(v))
   end
   return v
 end
 
-local function num_arg(who, level, name, v, default)
-  if v == nil and default ~= nil then return default end
-  if type(v) ~= 'number' or v ~= v then fail(who, level + 1, '%s must be a number, got %s', name, tostring(v)) end
-  return v
-end
-
-local function options(who, level, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= 'table' then fail(who, level + 1, 'options must be a table, got %s', type(opts)) end
-  for k in pairs(opts) do
-    if not allowed[k] then
-      local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
-      table.sort(names)
-      fail(who, level + 1, "unknown option '%s' (expected %s)", tostring(k), table.concat(names, ', '))
-    end
-  end
-  return opts
-end
+-- Options and numbers are checked by lumen.core under this name.
+local function op(who) return 'optim.lr_scheduler.' .. who end
 
 local function check_optimizer(who, level, opt)
   if type(opt) ~= 'table' or type(opt.param_groups) ~= 'table' then
@@ -144,7 +125,7 @@ S.StepLR = function(opt, step_size, gamma)
   check_optimizer('StepLR', 2, opt)
   local self = setmetatable({ name = 'StepLR' }, StepLR)
   self.step_size = int_arg('StepLR', 2, 'step_size', step_size, 1)
-  self.gamma = num_arg('StepLR', 2, 'gamma', gamma, 0.1)
+  self.gamma = core.number(gamma, op('StepLR'), 'gamma', 0.1)
   return start(self, opt)
 end
 function StepLR:get_lr()
@@ -175,7 +156,7 @@ S.MultiStepLR = function(opt, milestones, gamma)
     self.milestone_counts[m] = (self.milestone_counts[m] or 0) + 1
   end
   table.sort(self.milestones)
-  self.gamma = num_arg('MultiStepLR', 2, 'gamma', gamma, 0.1)
+  self.gamma = core.number(gamma, op('MultiStepLR'), 'gamma', 0.1)
   return start(self, opt)
 end
 function MultiStepLR:get_lr()
@@ -205,7 +186,7 @@ S.CosineAnnealingLR = function(opt, T_max, eta_min)
   check_optimizer('CosineAnnealingLR', 2, opt)
   local self = setmetatable({ name = 'CosineAnnealingLR' }, CosineAnnealingLR)
   self.T_max = int_arg('CosineAnnealingLR', 2, 'T_max', T_max, 1)
-  self.eta_min = num_arg('CosineAnnealingLR', 2, 'eta_min', eta_min, 0)
+  self.eta_min = core.number(eta_min, op('CosineAnnealingLR'), 'eta_min', 0)
   return start(self, opt)
 end
 function CosineAnnealingLR:get_lr()
@@ -238,7 +219,7 @@ S.PolyLR = function(opt, max_epochs, exponent)
   check_optimizer('PolyLR', 2, opt)
   local self = setmetatable({ name = 'PolyLR' }, PolyLR)
   self.max_epochs = int_arg('PolyLR', 2, 'max_epochs', max_epochs, 1)
-  self.exponent = num_arg('PolyLR', 2, 'exponent', exponent, 0.9)
+  self.exponent = core.number(exponent, op('PolyLR'), 'exponent', 0.9)
   return start(self, opt)
 end
 function PolyLR:closed_form()
@@ -259,15 +240,15 @@ local WarmupCosine = class('WarmupCosine')
 S.WarmupCosine = function(opt, opts)
   local who = 'WarmupCosine'
   check_optimizer(who, 2, opt)
-  opts = options(who, 2, opts, { warmup_steps = true, total_steps = true, min_lr = true, warmup_start_lr = true })
+  opts = core.options(opts, op(who), { warmup_steps = true, total_steps = true, min_lr = true, warmup_start_lr = true })
   local self = setmetatable({ name = who }, WarmupCosine)
   self.warmup_steps = int_arg(who, 2, 'warmup_steps', opts.warmup_steps, 0)
   self.total_steps = int_arg(who, 2, 'total_steps', opts.total_steps, 1)
   if self.total_steps <= self.warmup_steps then
     fail(who, 2, 'total_steps (%d) must be greater than warmup_steps (%d)', self.total_steps, self.warmup_steps)
   end
-  self.min_lr = num_arg(who, 2, 'min_lr', opts.min_lr, 0)
-  self.warmup_start_lr = num_arg(who, 2, 'warmup_start_lr', opts.warmup_start_lr, 0)
+  self.min_lr = core.number(opts.min_lr, op(who), 'min_lr', 0)
+  self.warmup_start_lr = core.number(opts.warmup_start_lr, op(who), 'warmup_start_lr', 0)
   return start(self, opt)
 end
 function WarmupCosine:closed_form()
@@ -296,7 +277,7 @@ Plateau.__index = Plateau
 S.ReduceLROnPlateau = function(opt, opts)
   local who = 'ReduceLROnPlateau'
   check_optimizer(who, 2, opt)
-  opts = options(who, 2, opts, { mode = true, factor = true, patience = true, threshold = true, threshold_mode = true,
+  opts = core.options(opts, op(who), { mode = true, factor = true, patience = true, threshold = true, threshold_mode = true,
     cooldown = true, min_lr = true, eps = true })
   local self = setmetatable({ name = who, optimizer = opt }, Plateau)
   self.mode = opts.mode or 'min'
@@ -305,21 +286,21 @@ S.ReduceLROnPlateau = function(opt, opts)
   if self.threshold_mode ~= 'rel' and self.threshold_mode ~= 'abs' then
     fail(who, 2, "threshold_mode must be 'rel' or 'abs', got %s", tostring(self.threshold_mode))
   end
-  self.factor = num_arg(who, 2, 'factor', opts.factor, 0.1)
+  self.factor = core.number(opts.factor, op(who), 'factor', 0.1)
   if self.factor >= 1 then fail(who, 2, 'factor must be < 1, got %s', tostring(self.factor)) end
   self.patience = int_arg(who, 2, 'patience', opts.patience == nil and 10 or opts.patience, 0)
-  self.threshold = num_arg(who, 2, 'threshold', opts.threshold, 1e-4)
+  self.threshold = core.number(opts.threshold, op(who), 'threshold', 1e-4)
   self.cooldown = int_arg(who, 2, 'cooldown', opts.cooldown == nil and 0 or opts.cooldown, 0)
-  self.eps = num_arg(who, 2, 'eps', opts.eps, 1e-8)
+  self.eps = core.number(opts.eps, op(who), 'eps', 1e-8)
   local min_lr = opts.min_lr == nil and 0 or opts.min_lr
   self.min_lrs = {}
   if type(min_lr) == 'table' then
     if #min_lr ~= #opt.param_groups then
       fail(who, 2, 'expected %d min_lrs (one per param group), got %d', #opt.param_groups, #min_lr)
     end
-    for i, v in ipairs(min_lr) do self.min_lrs[i] = num_arg(who, 2, 'min_lr[' .. i .. ']', v) end
+    for i, v in ipairs(min_lr) do self.min_lrs[i] = core.number(v, op(who), 'min_lr[' .. i .. ']') end
   else
-    min_lr = num_arg(who, 2, 'min_lr', min_lr)
+    min_lr = core.number(min_lr, op(who), 'min_lr')
     for i = 1, #opt.param_groups do self.min_lrs[i] = min_lr end
   end
   self.last_epoch = 0

@@ -640,7 +640,8 @@ describe('nn losses', function()
       assert.has_error(function() nn.DiceLoss { smooth = 1 } end,
         "lumen.dice_loss: unknown option 'smooth' (expected include_background, to_onehot_y, sigmoid, softmax, other_act, "
         .. 'reduction, smooth_nr, smooth_dr, batch, squared_pred, jaccard, weight)')
-      assert.has_error(function() nn.CrossEntropyLoss(3) end, 'lumen.cross_entropy: options must be a table, got number')
+      assert.has_error(function() nn.CrossEntropyLoss(3) end,
+        'lumen.cross_entropy: options must be a table {weight, ignore_index, label_smoothing, reduction}, got number')
     end)
   end)
 

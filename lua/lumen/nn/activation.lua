@@ -37,27 +37,7 @@ return function(nn, lumen)
     if t.h == nil then error(string.format('lumen.%s: %s was freed', op, what), 3) end
     return t.h
   end
-  local function number(v, op, what, default)
-    if v == nil then return default end
-    if type(v) ~= 'number' or v ~= v then
-      error(string.format('lumen.%s: %s must be a number, got %s', op, what, tostring(v)), 3)
-    end
-    return v
-  end
-  -- Options: a table of known names, or nil.
-  local function options(opts, op, known)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then error(string.format('lumen.%s: options must be a table, got %s', op, type(opts)), 3) end
-    for k in pairs(opts) do
-      if not known[k] then
-        local names = {}
-        for n in pairs(known) do names[#names + 1] = n end
-        table.sort(names)
-        error(string.format("lumen.%s: unknown option '%s' (expected %s)", op, tostring(k), table.concat(names, ', ')), 3)
-      end
-    end
-    return opts
-  end
+  local options, flag, number = core.options, core.flag, core.number
 
   -- y's values written into x (inplace = true); x is returned.
   local function into(x, y, op)
@@ -67,17 +47,11 @@ return function(nn, lumen)
     x:copy_(y)
     return x
   end
-  local function inplace_flag(v, op)
-    if v == nil then return false end
-    if type(v) ~= 'boolean' then error(string.format('lumen.%s: inplace must be a boolean, got %s', op, type(v)), 3) end
-    return v
-  end
-
   -- relu(x[, inplace]), sigmoid(x), tanh(x): lumen's own ops
   function F.relu(x, inplace)
     handle(x, 'relu', 'input')
     if type(inplace) == 'table' then inplace = options(inplace, 'relu', { inplace = true }).inplace end
-    if inplace_flag(inplace, 'relu') then return into(x, lumen.relu(x), 'relu') end
+    if flag(inplace, 'relu', 'inplace', false) then return into(x, lumen.relu(x), 'relu') end
     return lumen.relu(x)
   end
   function F.sigmoid(x)
@@ -97,7 +71,7 @@ return function(nn, lumen)
       slope, inplace = o.negative_slope, o.inplace
     end
     slope = number(slope, 'leaky_relu', 'negative_slope', 0.01)
-    inplace = inplace_flag(inplace, 'leaky_relu')
+    inplace = flag(inplace, 'leaky_relu', 'inplace', false)
     local y = call(C.lm_leaky_relu, xh, slope, out1)
     if inplace then return into(x, y, 'leaky_relu') end
     return y
@@ -111,7 +85,7 @@ return function(nn, lumen)
       alpha, inplace = o.alpha, o.inplace
     end
     alpha = number(alpha, 'elu', 'alpha', 1)
-    inplace = inplace_flag(inplace, 'elu')
+    inplace = flag(inplace, 'elu', 'inplace', false)
     local y = call(C.lm_elu, xh, alpha, out1)
     if inplace then return into(x, y, 'elu') end
     return y
@@ -170,7 +144,7 @@ return function(nn, lumen)
   local ReLU = class('ReLU')
   function ReLU:__init(opts)
     if type(opts) == 'boolean' then opts = { inplace = opts } end
-    self.inplace = inplace_flag(options(opts, 'nn.ReLU', { inplace = true }).inplace, 'nn.ReLU')
+    self.inplace = flag(options(opts, 'nn.ReLU', { inplace = true }, 3).inplace, 'nn.ReLU', 'inplace', false, 3)
   end
   function ReLU:forward(x) return F.relu(x, self.inplace) end
   function ReLU:extra_repr() return self.inplace and 'inplace=true' or '' end
@@ -179,9 +153,9 @@ return function(nn, lumen)
   local LeakyReLU = class('LeakyReLU')
   function LeakyReLU:__init(slope, opts)
     if type(slope) == 'table' then slope, opts = slope.negative_slope, { inplace = slope.inplace } end
-    opts = options(opts, 'nn.LeakyReLU', { inplace = true })
-    self.negative_slope = number(slope, 'nn.LeakyReLU', 'negative_slope', 0.01)
-    self.inplace = inplace_flag(opts.inplace, 'nn.LeakyReLU')
+    opts = options(opts, 'nn.LeakyReLU', { inplace = true }, 3)
+    self.negative_slope = number(slope, 'nn.LeakyReLU', 'negative_slope', 0.01, 3)
+    self.inplace = flag(opts.inplace, 'nn.LeakyReLU', 'inplace', false, 3)
   end
   function LeakyReLU:forward(x) return F.leaky_relu(x, self.negative_slope, self.inplace) end
   function LeakyReLU:extra_repr()
@@ -192,9 +166,9 @@ return function(nn, lumen)
   local ELU = class('ELU')
   function ELU:__init(alpha, opts)
     if type(alpha) == 'table' then alpha, opts = alpha.alpha, { inplace = alpha.inplace } end
-    opts = options(opts, 'nn.ELU', { inplace = true })
-    self.alpha = number(alpha, 'nn.ELU', 'alpha', 1)
-    self.inplace = inplace_flag(opts.inplace, 'nn.ELU')
+    opts = options(opts, 'nn.ELU', { inplace = true }, 3)
+    self.alpha = number(alpha, 'nn.ELU', 'alpha', 1, 3)
+    self.inplace = flag(opts.inplace, 'nn.ELU', 'inplace', false, 3)
   end
   function ELU:forward(x) return F.elu(x, self.alpha, self.inplace) end
   function ELU:extra_repr() return string.format('alpha=%g%s', self.alpha, self.inplace and ', inplace=true' or '') end
@@ -202,7 +176,7 @@ return function(nn, lumen)
   -- GELU(approximate = 'none') or GELU({approximate =})
   local GELU = class('GELU')
   function GELU:__init(approximate)
-    if type(approximate) == 'table' then approximate = options(approximate, 'nn.GELU', { approximate = true }).approximate end
+    if type(approximate) == 'table' then approximate = options(approximate, 'nn.GELU', { approximate = true }, 3).approximate end
     approximate = approximate or 'none'
     if not approximations[approximate] then
       error(string.format("lumen.nn.GELU: approximate must be 'none' or 'tanh', got %s", tostring(approximate)), 2)
@@ -219,7 +193,7 @@ return function(nn, lumen)
       opts, num_parameters, init = num_parameters, num_parameters.num_parameters, num_parameters.init
     end
     self.num_parameters = core.int_arg(num_parameters, 'nn.PReLU', 'num_parameters', 1)
-    local value = number(init, 'nn.PReLU', 'init', 0.25)
+    local value = number(init, 'nn.PReLU', 'init', 0.25, 3)
     self:param('weight', lumen.full({ self.num_parameters }, value, opts and opts.dtype or 'f32'))
   end
   function PReLU:forward(x) return F.prelu(x, self.weight) end

@@ -21,39 +21,9 @@ return function(nn, lumen)
     ffi.new('int64_t[3]'), ffi.new('int64_t[3]')
 
   -- Errors point at the user's call: level 4 from conv() (fail, conv,
-  -- F.convNd, user), 5 from the helpers conv() and module constructors call.
-  local function fail(op, msg, level) error('lumen.' .. op .. ': ' .. msg, level or 4) end
-
-  -- Options must be a table of known names.
-  local function check_opts(op, opts, known)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then fail(op, 'options must be a table {' .. known .. '}, got ' .. type(opts), 5) end
-    for k in pairs(opts) do
-      if type(k) ~= 'string' or not (',' .. known:gsub(' ', '') .. ','):find(',' .. k .. ',', 1, true) then
-        fail(op, string.format("unknown option '%s' (expected %s)", tostring(k), known), 5)
-      end
-    end
-    return opts
-  end
-
-  -- A number, or a table of nsp numbers, as a list of nsp integers.
-  local function per_dim(op, v, nsp, what)
-    local t = {}
-    if type(v) == 'number' then
-      for d = 1, nsp do t[d] = v end
-    elseif type(v) == 'table' and #v == nsp then
-      for d = 1, nsp do t[d] = v[d] end
-    else
-      fail(op, string.format('%s must be an integer or a table of %d integers, got %s', what, nsp,
-        type(v) == 'table' and ('a table of ' .. #v) or tostring(v)), 5)
-    end
-    for d = 1, nsp do
-      if type(t[d]) ~= 'number' or t[d] ~= math.floor(t[d]) or math.abs(t[d]) >= 2 ^ 53 then
-        fail(op, string.format('%s must hold integers, got %s', what, tostring(t[d])), 5)
-      end
-    end
-    return t
-  end
+  -- F.convNd, user); the checkers called in conv() and in the module
+  -- constructors (called by the class) take level 3.
+  local function fail(op, msg) error('lumen.' .. op .. ': ' .. msg, 4) end
 
   local function fill(arr, list)
     for d = 1, #list do arr[d - 1] = list[d] end
@@ -77,9 +47,9 @@ return function(nn, lumen)
 
   -- hx, hw, hb: handles of the input, weight (w itself too) and bias.
   local function conv(op, nsp, hx, hw, hb, w, opts)
-    opts = check_opts(op, opts, 'stride, padding, dilation, groups')
-    local stride = per_dim(op, opts.stride or 1, nsp, 'stride')
-    local dil = per_dim(op, opts.dilation or 1, nsp, 'dilation')
+    opts = core.options(opts, op, { 'stride', 'padding', 'dilation', 'groups' }, 3)
+    local stride = core.int_tuple(opts.stride or 1, nsp, op, 'stride', 3)
+    local dil = core.int_tuple(opts.dilation or 1, nsp, op, 'dilation', 3)
     local groups = opts.groups or 1
     if type(groups) ~= 'number' or groups ~= math.floor(groups) then
       fail(op, 'groups must be an integer, got ' .. tostring(groups))
@@ -87,7 +57,7 @@ return function(nn, lumen)
     local lo, hi
     local padding = opts.padding or 0
     if padding == 'valid' then
-      lo = per_dim(op, 0, nsp, 'padding')
+      lo = core.int_tuple(0, nsp, op, 'padding', 3)
       hi = lo
     elseif padding == 'same' then
       for d = 1, nsp do
@@ -106,7 +76,7 @@ return function(nn, lumen)
     elseif type(padding) == 'string' then
       fail(op, string.format("padding '%s' is not one of 'same' or 'valid' (or integers)", padding))
     else
-      lo = per_dim(op, padding, nsp, 'padding')
+      lo = core.int_tuple(padding, nsp, op, 'padding', 3)
       hi = lo
     end
     fill(stride_, stride)
@@ -118,15 +88,15 @@ return function(nn, lumen)
   end
 
   local function conv_transpose(op, nsp, hx, hw, hb, opts)
-    opts = check_opts(op, opts, 'stride, padding, output_padding, dilation, groups')
+    opts = core.options(opts, op, { 'stride', 'padding', 'output_padding', 'dilation', 'groups' }, 3)
     local groups = opts.groups or 1
     if type(groups) ~= 'number' or groups ~= math.floor(groups) then
       fail(op, 'groups must be an integer, got ' .. tostring(groups))
     end
-    fill(stride_, per_dim(op, opts.stride or 1, nsp, 'stride'))
-    fill(lo_, per_dim(op, opts.padding or 0, nsp, 'padding'))
-    fill(outpad_, per_dim(op, opts.output_padding or 0, nsp, 'output_padding'))
-    fill(dil_, per_dim(op, opts.dilation or 1, nsp, 'dilation'))
+    fill(stride_, core.int_tuple(opts.stride or 1, nsp, op, 'stride', 3))
+    fill(lo_, core.int_tuple(opts.padding or 0, nsp, op, 'padding', 3))
+    fill(outpad_, core.int_tuple(opts.output_padding or 0, nsp, op, 'output_padding', 3))
+    fill(dil_, core.int_tuple(opts.dilation or 1, nsp, op, 'dilation', 3))
     local y = run(op, C.lm_conv_transpose, hx, hw, hb, nsp, stride_, lo_, outpad_, dil_, groups, core.out1)
     return y
   end
@@ -164,11 +134,11 @@ return function(nn, lumen)
     local cls = nn.Module:extend(name)
     nn[name] = cls
     local fname = (transposed and 'conv_transpose' or 'conv') .. nsp .. 'd'
-    local known = 'stride, padding, dilation, groups, bias, padding_mode'
-      .. (transposed and ', output_padding' or '')
+    local known = { 'stride', 'padding', 'dilation', 'groups', 'bias', 'padding_mode',
+      transposed and 'output_padding' or nil }
     function cls:__init(cin, cout, k, opts)
       local function bad(msg) error('lumen.' .. name .. ': ' .. msg, 4) end
-      opts = check_opts(name, opts, known)
+      opts = core.options(opts, name, known, 3)
       for _, v in ipairs { { cin, 'in_channels' }, { cout, 'out_channels' } } do
         if type(v[1]) ~= 'number' or v[1] ~= math.floor(v[1]) or v[1] < 1 then
           bad(string.format('%s must be a positive integer, got %s', v[2], tostring(v[1])))
@@ -185,14 +155,14 @@ return function(nn, lumen)
         bad(string.format("padding_mode '%s' is not supported (only 'zeros')", tostring(opts.padding_mode)))
       end
       self.in_channels, self.out_channels, self.groups = cin, cout, groups
-      self.kernel_size = per_dim(name, k, nsp, 'kernel_size')
-      self.stride = per_dim(name, opts.stride or 1, nsp, 'stride')
-      self.dilation = per_dim(name, opts.dilation or 1, nsp, 'dilation')
+      self.kernel_size = core.int_tuple(k, nsp, name, 'kernel_size', 3)
+      self.stride = core.int_tuple(opts.stride or 1, nsp, name, 'stride', 3)
+      self.dilation = core.int_tuple(opts.dilation or 1, nsp, name, 'dilation', 3)
       local p = opts.padding or 0
-      self.padding = (p == 'same' or p == 'valid') and p or per_dim(name, p, nsp, 'padding')
+      self.padding = (p == 'same' or p == 'valid') and p or core.int_tuple(p, nsp, name, 'padding', 3)
       if transposed then
         if type(self.padding) == 'string' then bad("padding must be integers, not '" .. self.padding .. "'") end
-        self.output_padding = per_dim(name, opts.output_padding or 0, nsp, 'output_padding')
+        self.output_padding = core.int_tuple(opts.output_padding or 0, nsp, name, 'output_padding', 3)
       end
       local shape = transposed and { cin, cout / groups } or { cout, cin / groups }
       for d = 1, nsp do shape[d + 2] = self.kernel_size[d] end

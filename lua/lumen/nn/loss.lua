@@ -65,20 +65,18 @@ return function(nn, lumen)
     dice_ce_loss = list(dice_common, 'squared_pred', 'jaccard', 'weight', 'ce_weight', 'label_smoothing',
       'lambda_dice', 'lambda_ce'),
   }
-  local allowed_set = {}
-  for name, keys in pairs(allowed) do
-    local s = {}
-    for _, k in ipairs(keys) do s[k] = true end
-    allowed_set[name] = s
-  end
 
-  -- Errors point at the first caller outside this file (the user's line).
-  local this_file = debug.getinfo(1, 'S').source
+  -- Errors point at the first caller outside this file, lumen.core (the
+  -- option checkers call user_level on failure) and the module class
+  -- (constructors): the user's line. Returns the level for error() in the
+  -- function calling user_level.
+  local lumen_files = { [debug.getinfo(1, 'S').source] = true, [debug.getinfo(core.options, 'S').source] = true }
+  if nn.Module then lumen_files[debug.getinfo(nn.Module.extend, 'S').source] = true end
   local function user_level()
     local k = 3
     while true do
       local info = debug.getinfo(k, 'S')
-      if not info or info.source ~= this_file then return k - 1 end
+      if not info or not lumen_files[info.source] then return k - 1 end
       k = k + 1
     end
   end
@@ -91,36 +89,6 @@ return function(nn, lumen)
     local ok, res = pcall(fn, ...)
     if not ok then error((tostring(res):gsub('^.-lumen%.[%w_]+: ', 'lumen.' .. fname .. ': ', 1)), user_level()) end
     return res
-  end
-
-  -- The options table (or {}), after checking its keys.
-  local function options(fname, opts)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' or is_tensor(opts) then
-      fail(fname, 'options must be a table, got %s', is_tensor(opts) and 'a tensor' or type(opts))
-    end
-    for k in pairs(opts) do
-      if not allowed_set[fname][k] then
-        local names = {}
-        for _, n in ipairs(allowed[fname]) do names[#names + 1] = n end
-        fail(fname, "unknown option '%s' (expected %s)", tostring(k), table.concat(names, ', '))
-      end
-    end
-    return opts
-  end
-
-  local function bool_opt(fname, o, key, default)
-    local v = o[key]
-    if v == nil then return default end
-    if type(v) ~= 'boolean' then fail(fname, '%s must be a boolean, got %s', key, type(v)) end
-    return v
-  end
-
-  local function num_opt(fname, o, key, default)
-    local v = o[key]
-    if v == nil then return default end
-    if type(v) ~= 'number' or v ~= v then fail(fname, '%s must be a number, got %s', key, tostring(v)) end
-    return v
   end
 
   local reduction_codes = { none = C.LM_REDUCTION_NONE, mean = C.LM_REDUCTION_MEAN, sum = C.LM_REDUCTION_SUM }
@@ -176,20 +144,20 @@ return function(nn, lumen)
 
   function F.cross_entropy(input, target, opts)
     local fname = 'cross_entropy'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     tensor_arg(fname, input, 'input')
     tensor_arg(fname, target, 'target')
     local w = o.weight
     if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()) end
     local ignore = o.ignore_index == nil and -100 or core.int_arg(o.ignore_index, fname, 'ignore_index')
-    local eps = num_opt(fname, o, 'label_smoothing', 0)
+    local eps = core.number(o.label_smoothing, fname, 'label_smoothing', 0, user_level)
     local red = reduction_codes[reduction_opt(fname, o)]
     return core.call(C.lm_cross_entropy, input.h, target.h, handle_or_nil(w), ignore, eps, red, core.out1)
   end
 
   function F.nll_loss(input, target, opts)
     local fname = 'nll_loss'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     tensor_arg(fname, input, 'input')
     tensor_arg(fname, target, 'target')
     local w = o.weight
@@ -201,7 +169,7 @@ return function(nn, lumen)
 
   function F.binary_cross_entropy_with_logits(input, target, opts)
     local fname = 'binary_cross_entropy_with_logits'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     tensor_arg(fname, input, 'input')
     tensor_arg(fname, target, 'target')
     local w, pw = o.weight, o.pos_weight
@@ -230,7 +198,7 @@ return function(nn, lumen)
   end
 
   function F.mse_loss(input, target, opts)
-    local o = options('mse_loss', opts)
+    local o = core.options(opts, 'mse_loss', allowed.mse_loss, user_level)
     local r = reduction_opt('mse_loss', o)
     input, target = pair('mse_loss', input, target)
     local d = input - target
@@ -238,7 +206,7 @@ return function(nn, lumen)
   end
 
   function F.l1_loss(input, target, opts)
-    local o = options('l1_loss', opts)
+    local o = core.options(opts, 'l1_loss', allowed.l1_loss, user_level)
     local r = reduction_opt('l1_loss', o)
     input, target = pair('l1_loss', input, target)
     return reduce((input - target):abs(), r)
@@ -247,9 +215,9 @@ return function(nn, lumen)
   -- 0.5 d^2 / beta where |d| < beta, |d| - beta / 2 elsewhere; with
   -- m = min(|d|, beta) that is (|d| - m) + 0.5 m^2 / beta.
   function F.smooth_l1_loss(input, target, opts)
-    local o = options('smooth_l1_loss', opts)
+    local o = core.options(opts, 'smooth_l1_loss', allowed.smooth_l1_loss, user_level)
     local r = reduction_opt('smooth_l1_loss', o)
-    local beta = num_opt('smooth_l1_loss', o, 'beta', 1)
+    local beta = core.number(o.beta, 'smooth_l1_loss', 'beta', 1, user_level)
     if beta < 0 then fail('smooth_l1_loss', 'beta is %g, expected a value >= 0', beta) end
     input, target = pair('smooth_l1_loss', input, target)
     local a = (input - target):abs()
@@ -262,9 +230,9 @@ return function(nn, lumen)
   -- exp(target) * (target - input).
   function F.kl_div(input, target, opts)
     local fname = 'kl_div'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     local r = reduction_opt(fname, o, { 'none', 'batchmean', 'mean', 'sum' })
-    local log_target = bool_opt(fname, o, 'log_target', false)
+    local log_target = core.flag(o.log_target, fname, 'log_target', false, user_level)
     input, target = pair(fname, input, target)
     local l
     if log_target then
@@ -286,7 +254,7 @@ return function(nn, lumen)
   -- labels (integers, or floats holding integers) -> classes along dim.
   function F.one_hot(labels, num_classes, opts)
     local fname = 'one_hot'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     tensor_arg(fname, labels, 'labels')
     local nd = labels:dim()
     local dim = o.dim == nil and math.min(1, nd) or core.int_arg(o.dim, fname, 'dim')
@@ -372,14 +340,15 @@ return function(nn, lumen)
   local function dice_prepare(fname, input, target, o)
     seg_input(fname, input)
     tensor_arg(fname, target, 'target')
-    local sig, soft = bool_opt(fname, o, 'sigmoid', false), bool_opt(fname, o, 'softmax', false)
+    local sig = core.flag(o.sigmoid, fname, 'sigmoid', false, user_level)
+    local soft = core.flag(o.softmax, fname, 'softmax', false, user_level)
     local act = o.other_act
     if act ~= nil and type(act) ~= 'function' then fail(fname, 'other_act must be a function, got %s', type(act)) end
     if (sig and 1 or 0) + (soft and 1 or 0) + (act and 1 or 0) > 1 then
       fail(fname, 'sigmoid, softmax and other_act exclude each other (more than one given)')
     end
-    local onehot = bool_opt(fname, o, 'to_onehot_y', false)
-    local background = bool_opt(fname, o, 'include_background', true)
+    local onehot = core.flag(o.to_onehot_y, fname, 'to_onehot_y', false, user_level)
+    local background = core.flag(o.include_background, fname, 'include_background', true, user_level)
     local x = input
     if sig then x = x:sigmoid() end
     local nc = x:size(1)
@@ -407,7 +376,8 @@ return function(nn, lumen)
   end
 
   local function smooth_opts(fname, o)
-    return num_opt(fname, o, 'smooth_nr', 1e-5), num_opt(fname, o, 'smooth_dr', 1e-5)
+    return core.number(o.smooth_nr, fname, 'smooth_nr', 1e-5, user_level),
+      core.number(o.smooth_dr, fname, 'smooth_dr', 1e-5, user_level)
   end
 
   -- 'none' keeps N x C (or C, batch) and adds ones for the spatial dims.
@@ -424,12 +394,12 @@ return function(nn, lumen)
 
   function F.dice_loss(input, target, opts)
     local fname = 'dice_loss'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     local r = reduction_opt(fname, o)
     local nr, dr = smooth_opts(fname, o)
-    local batch = bool_opt(fname, o, 'batch', false)
-    local squared = bool_opt(fname, o, 'squared_pred', false)
-    local jaccard = bool_opt(fname, o, 'jaccard', false)
+    local batch = core.flag(o.batch, fname, 'batch', false, user_level)
+    local squared = core.flag(o.squared_pred, fname, 'squared_pred', false, user_level)
+    local jaccard = core.flag(o.jaccard, fname, 'jaccard', false, user_level)
     local x, t = dice_prepare(fname, input, target, o)
     local inter = region_sum(t * x, batch)
     local ground, pred
@@ -459,10 +429,10 @@ return function(nn, lumen)
   -- weight of its sample (of the batch with batch=true).
   function F.generalized_dice_loss(input, target, opts)
     local fname = 'generalized_dice_loss'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     local r = reduction_opt(fname, o)
     local nr, dr = smooth_opts(fname, o)
-    local batch = bool_opt(fname, o, 'batch', false)
+    local batch = core.flag(o.batch, fname, 'batch', false, user_level)
     local w_type = o.w_type or 'square'
     if w_type ~= 'square' and w_type ~= 'simple' and w_type ~= 'uniform' then
       fail(fname, "w_type must be 'square', 'simple' or 'uniform', got %s", tostring(w_type))
@@ -489,11 +459,12 @@ return function(nn, lumen)
 
   function F.tversky_loss(input, target, opts)
     local fname = 'tversky_loss'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     local r = reduction_opt(fname, o)
     local nr, dr = smooth_opts(fname, o)
-    local batch = bool_opt(fname, o, 'batch', false)
-    local alpha, beta = num_opt(fname, o, 'alpha', 0.5), num_opt(fname, o, 'beta', 0.5)
+    local batch = core.flag(o.batch, fname, 'batch', false, user_level)
+    local alpha = core.number(o.alpha, fname, 'alpha', 0.5, user_level)
+    local beta = core.number(o.beta, fname, 'beta', 0.5, user_level)
     local x, t = dice_prepare(fname, input, target, o)
     local tp = region_sum(x * t, batch)
     local fp = region_sum(x * (1 - t), batch) * alpha
@@ -516,13 +487,13 @@ return function(nn, lumen)
   -- = -bce(x (2t - 1), 0); softmax: -(1 - p)^gamma * log p * t per class.
   function F.focal_loss(input, target, opts)
     local fname = 'focal_loss'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     local r = reduction_opt(fname, o)
-    local gamma = num_opt(fname, o, 'gamma', 2)
-    local alpha = num_opt(fname, o, 'alpha', nil)
-    local use_softmax = bool_opt(fname, o, 'use_softmax', false)
-    local onehot = bool_opt(fname, o, 'to_onehot_y', false)
-    local background = bool_opt(fname, o, 'include_background', true)
+    local gamma = core.number(o.gamma, fname, 'gamma', 2, user_level)
+    local alpha = core.number(o.alpha, fname, 'alpha', nil, user_level)
+    local use_softmax = core.flag(o.use_softmax, fname, 'use_softmax', false, user_level)
+    local onehot = core.flag(o.to_onehot_y, fname, 'to_onehot_y', false, user_level)
+    local background = core.flag(o.include_background, fname, 'include_background', true, user_level)
     seg_input(fname, input)
     tensor_arg(fname, target, 'target')
     local nc = input:size(1)
@@ -581,9 +552,10 @@ return function(nn, lumen)
   -- binary cross-entropy on logits when the input has one channel.
   function F.dice_ce_loss(input, target, opts)
     local fname = 'dice_ce_loss'
-    local o = options(fname, opts)
+    local o = core.options(opts, fname, allowed[fname], user_level)
     local r = reduction_opt(fname, o, { 'mean', 'sum' })
-    local ld, lc = num_opt(fname, o, 'lambda_dice', 1), num_opt(fname, o, 'lambda_ce', 1)
+    local ld = core.number(o.lambda_dice, fname, 'lambda_dice', 1, user_level)
+    local lc = core.number(o.lambda_ce, fname, 'lambda_ce', 1, user_level)
     if ld < 0 then fail(fname, 'lambda_dice is %g, expected a value >= 0', ld) end
     if lc < 0 then fail(fname, 'lambda_ce is %g, expected a value >= 0', lc) end
     seg_input(fname, input)
@@ -620,7 +592,7 @@ return function(nn, lumen)
   local function loss_module(class, fname, buffers)
     local M = nn.Module:extend(class)
     function M:__init(opts)
-      local o = options(fname, opts)
+      local o = core.options(opts, fname, allowed[fname], user_level)
       self.opts = {}
       for k, v in pairs(o) do
         if buffers and buffers[k] and is_tensor(v) then

@@ -57,32 +57,7 @@ return function(nn, lumen)
     if t.h == nil then error(string.format('lumen.%s: %s was freed', op, what), 3) end
     return t.h
   end
-  local function number(v, op, what, default)
-    if v == nil then return default end
-    if type(v) ~= 'number' or v ~= v then
-      error(string.format('lumen.%s: %s must be a number, got %s', op, what, tostring(v)), 3)
-    end
-    return v
-  end
-  local function flag(v, op, what, default)
-    if v == nil then return default end
-    if type(v) ~= 'boolean' then error(string.format('lumen.%s: %s must be a boolean, got %s', op, what, type(v)), 3) end
-    return v
-  end
-  -- Refuses options the function does not know (a typo must not pass silently).
-  local function check_opts(opts, op, known)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then error(string.format('lumen.%s: options must be a table, got %s', op, type(opts)), 3) end
-    for k in pairs(opts) do
-      if not known[k] then
-        local names = {}
-        for n in pairs(known) do names[#names + 1] = n end
-        table.sort(names)
-        error(string.format("lumen.%s: unknown option '%s' (expected %s)", op, tostring(k), table.concat(names, ', ')), 3)
-      end
-    end
-    return opts
-  end
+  local options, flag, number = core.options, core.flag, core.number
   local function set(...)
     local s = {}
     for _, k in ipairs { ... } do s[k] = true end
@@ -100,7 +75,7 @@ return function(nn, lumen)
   function F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     local op = 'batch_norm'
     if type(weight) == 'table' then
-      local o = check_opts(weight, op, bn_opts)
+      local o = options(weight, op, bn_opts)
       weight, bias, training, momentum, eps = o.weight, o.bias, o.training, o.momentum, o.eps
     end
     local xh = tensor_handle(x, op, 'input')
@@ -128,7 +103,7 @@ return function(nn, lumen)
   function F.instance_norm(x, opts)
     local op = 'instance_norm'
     local xh = tensor_handle(x, op, 'input')
-    opts = check_opts(opts, op, in_opts)
+    opts = options(opts, op, in_opts)
     local wh, bh = opt_handle(opts.weight, op, 'weight'), opt_handle(opts.bias, op, 'bias')
     local eps = number(opts.eps, op, 'eps', 1e-5)
     local s = x:size()
@@ -176,13 +151,13 @@ return function(nn, lumen)
     local cls = nn.Module:extend(name)
     nn[name] = cls
     function cls:__init(num_features, opts)
-      opts = check_opts(opts, 'nn.' .. name, bn_module_opts)
+      opts = options(opts, 'nn.' .. name, bn_module_opts, 3)
       self.num_features = core.int_arg(num_features, 'nn.' .. name, 'num_features')
-      self.eps = number(opts.eps, 'nn.' .. name, 'eps', 1e-5)
+      self.eps = number(opts.eps, 'nn.' .. name, 'eps', 1e-5, 3)
       if opts.momentum == false then self.momentum = false
-      else self.momentum = number(opts.momentum, 'nn.' .. name, 'momentum', 0.1) end
-      self.affine = flag(opts.affine, 'nn.' .. name, 'affine', true)
-      self.track_running_stats = flag(opts.track_running_stats, 'nn.' .. name, 'track_running_stats', true)
+      else self.momentum = number(opts.momentum, 'nn.' .. name, 'momentum', 0.1, 3) end
+      self.affine = flag(opts.affine, 'nn.' .. name, 'affine', true, 3)
+      self.track_running_stats = flag(opts.track_running_stats, 'nn.' .. name, 'track_running_stats', true, 3)
       local dt = dtype_of(opts)
       if self.affine then
         self:param('weight', lumen.ones(num_features, dt))
@@ -238,12 +213,12 @@ return function(nn, lumen)
     local cls = nn.Module:extend(name)
     nn[name] = cls
     function cls:__init(num_features, opts)
-      opts = check_opts(opts, 'nn.' .. name, in_module_opts)
+      opts = options(opts, 'nn.' .. name, in_module_opts, 3)
       self.num_features = core.int_arg(num_features, 'nn.' .. name, 'num_features')
-      self.eps = number(opts.eps, 'nn.' .. name, 'eps', 1e-5)
-      self.momentum = number(opts.momentum, 'nn.' .. name, 'momentum', 0.1)
-      self.affine = flag(opts.affine, 'nn.' .. name, 'affine', false)
-      if flag(opts.track_running_stats, 'nn.' .. name, 'track_running_stats', false) then
+      self.eps = number(opts.eps, 'nn.' .. name, 'eps', 1e-5, 3)
+      self.momentum = number(opts.momentum, 'nn.' .. name, 'momentum', 0.1, 3)
+      self.affine = flag(opts.affine, 'nn.' .. name, 'affine', false, 3)
+      if flag(opts.track_running_stats, 'nn.' .. name, 'track_running_stats', false, 3) then
         error('lumen.nn.' .. name .. ': track_running_stats = true is not supported (instance norm uses the input statistics)', 2)
       end
       self.track_running_stats = false
@@ -275,14 +250,14 @@ return function(nn, lumen)
   local GroupNorm = nn.Module:extend('GroupNorm')
   nn.GroupNorm = GroupNorm
   function GroupNorm:__init(num_groups, num_channels, opts)
-    opts = check_opts(opts, 'nn.GroupNorm', gn_opts)
+    opts = options(opts, 'nn.GroupNorm', gn_opts, 3)
     self.num_groups = core.int_arg(num_groups, 'nn.GroupNorm', 'num_groups')
     self.num_channels = core.int_arg(num_channels, 'nn.GroupNorm', 'num_channels')
     if num_groups < 1 or num_channels % num_groups ~= 0 then
       error(string.format('lumen.nn.GroupNorm: num_channels (%d) must be divisible by num_groups (%d)', num_channels, num_groups), 2)
     end
-    self.eps = number(opts.eps, 'nn.GroupNorm', 'eps', 1e-5)
-    self.affine = flag(opts.affine, 'nn.GroupNorm', 'affine', true)
+    self.eps = number(opts.eps, 'nn.GroupNorm', 'eps', 1e-5, 3)
+    self.affine = flag(opts.affine, 'nn.GroupNorm', 'affine', true, 3)
     if self.affine then
       self:param('weight', lumen.ones(num_channels, dtype_of(opts)))
       self:param('bias', lumen.zeros(num_channels, dtype_of(opts)))
@@ -298,15 +273,15 @@ return function(nn, lumen)
   local LayerNorm = nn.Module:extend('LayerNorm')
   nn.LayerNorm = LayerNorm
   function LayerNorm:__init(normalized_shape, opts)
-    opts = check_opts(opts, 'nn.LayerNorm', ln_opts)
+    opts = options(opts, 'nn.LayerNorm', ln_opts, 3)
     local shape = type(normalized_shape) == 'number' and { normalized_shape } or normalized_shape
     if type(shape) ~= 'table' or #shape == 0 then
       error('lumen.nn.LayerNorm: normalized_shape must be a number or a table of sizes, got ' .. tostring(normalized_shape), 2)
     end
     self.normalized_shape = {}
     for i, v in ipairs(shape) do self.normalized_shape[i] = core.int_arg(v, 'nn.LayerNorm', 'normalized_shape entry') end
-    self.eps = number(opts.eps, 'nn.LayerNorm', 'eps', 1e-5)
-    self.elementwise_affine = flag(opts.elementwise_affine, 'nn.LayerNorm', 'elementwise_affine', true)
+    self.eps = number(opts.eps, 'nn.LayerNorm', 'eps', 1e-5, 3)
+    self.elementwise_affine = flag(opts.elementwise_affine, 'nn.LayerNorm', 'elementwise_affine', true, 3)
     if self.elementwise_affine then
       self:param('weight', lumen.ones(self.normalized_shape, dtype_of(opts)))
       self:param('bias', lumen.zeros(self.normalized_shape, dtype_of(opts)))

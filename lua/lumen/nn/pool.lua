@@ -10,56 +10,18 @@ return function(nn, lumen)
   local bufs = {}
   for i = 1, 4 do bufs[i] = ffi.new('int64_t[3]') end
 
-  local function is_int(v) return type(v) == 'number' and v == math.floor(v) and math.abs(v) < 2 ^ 53 end
-
-  -- opts must be nil or a table whose keys are all in known.
-  local function options(opts, op, known)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' or core.is_tensor(opts) then
-      error(string.format('lumen.%s: options must be a table, got %s', op, core.is_tensor(opts) and 'a tensor' or type(opts)), 3)
-    end
-    for k in pairs(opts) do
-      if not known[k] then error(string.format("lumen.%s: unknown option '%s'", op, tostring(k)), 3) end
-    end
-    return opts
-  end
-
-  -- An integer or a list of nd integers as a Lua list of nd values.
-  local function tuple(v, nd, op, what)
-    if is_int(v) then
-      local t = {}
-      for i = 1, nd do t[i] = v end
-      return t
-    end
-    if type(v) ~= 'table' or core.is_tensor(v) or #v ~= nd then
-      error(string.format('lumen.%s: %s must be an integer or a list of %d integers, got %s', op, what, nd,
-        type(v) == 'table' and not core.is_tensor(v) and ('a list of ' .. #v) or tostring(v)), 3)
-    end
-    for i = 1, nd do
-      if not is_int(v[i]) then
-        error(string.format('lumen.%s: %s entry %d is %s, expected an integer', op, what, i, tostring(v[i])), 3)
-      end
-    end
-    return v
-  end
+  local is_int, options, tuple = core.is_int, core.options, core.int_tuple
 
   -- stride: nil or an empty list means the kernel size, as in PyTorch.
   local function stride_of(v, k, nd, op)
     if v == nil or (type(v) == 'table' and not core.is_tensor(v) and next(v) == nil) then return k end
-    return tuple(v, nd, op, 'stride')
+    local s = tuple(v, nd, op, 'stride', 3)
+    return s
   end
 
   local function fill(buf, list)
     for i = 1, #list do buf[i - 1] = list[i] end
     return buf
-  end
-
-  local function flag(v, op, what)
-    if v == nil then return false end
-    if type(v) ~= 'boolean' then
-      error(string.format('lumen.%s: %s must be true or false, got %s', op, what, tostring(v)), 3)
-    end
-    return v
   end
 
   local function input(x, op)
@@ -79,8 +41,8 @@ return function(nn, lumen)
       local s = stride_of(opts.stride, k, nd, op)
       local p = tuple(opts.padding or 0, nd, op, 'padding')
       local d = tuple(opts.dilation or 1, nd, op, 'dilation')
-      local ceil = flag(opts.ceil_mode, op, 'ceil_mode')
-      local want_idx = flag(opts.return_indices, op, 'return_indices')
+      local ceil = core.flag(opts.ceil_mode, op, 'ceil_mode', false)
+      local want_idx = core.flag(opts.return_indices, op, 'return_indices', false)
       core.out1[0], core.out2[0] = nil, nil
       local st = C.lm_max_pool(ctx, h, nd, fill(bufs[1], k), fill(bufs[2], s), fill(bufs[3], p), fill(bufs[4], d),
         ceil and 1 or 0, core.out1, want_idx and core.out2 or nil)
@@ -103,8 +65,8 @@ return function(nn, lumen)
       k = tuple(k, nd, op, 'kernel_size')
       local s = stride_of(opts.stride, k, nd, op)
       local p = tuple(opts.padding or 0, nd, op, 'padding')
-      local ceil = flag(opts.ceil_mode, op, 'ceil_mode')
-      local include = opts.count_include_pad == nil or flag(opts.count_include_pad, op, 'count_include_pad')
+      local ceil = core.flag(opts.ceil_mode, op, 'ceil_mode', false)
+      local include = opts.count_include_pad == nil or core.flag(opts.count_include_pad, op, 'count_include_pad', false)
       local div = opts.divisor_override
       if div ~= nil and (not is_int(div) or div < 1) then
         error(string.format('lumen.%s: divisor_override must be a positive integer, got %s', op, tostring(div)), 2)

@@ -10,27 +10,7 @@ return function(nn, lumen)
   local size_buf = ffi.new('int64_t[8]')
   local scale_buf = ffi.new('double[3]')
 
-  local function is_int(v) return type(v) == 'number' and v == math.floor(v) and math.abs(v) < 2 ^ 53 end
-  local function is_list(v) return type(v) == 'table' and not core.is_tensor(v) end
-
-  local function options(opts, op, known)
-    if opts == nil then return {} end
-    if not is_list(opts) then
-      error(string.format('lumen.%s: options must be a table, got %s', op, core.is_tensor(opts) and 'a tensor' or type(opts)), 3)
-    end
-    for k in pairs(opts) do
-      if not known[k] then error(string.format("lumen.%s: unknown option '%s'", op, tostring(k)), 3) end
-    end
-    return opts
-  end
-
-  local function flag(v, op, what, default)
-    if v == nil then return default end
-    if type(v) ~= 'boolean' then
-      error(string.format('lumen.%s: %s must be true or false, got %s', op, what, tostring(v)), 3)
-    end
-    return v
-  end
+  local is_int, options, flag = core.is_int, core.options, core.flag
 
   -- A number or a list of n numbers as a Lua list; check(v) validates each.
   local function per_dim(v, n, op, what, check, expect)
@@ -38,11 +18,11 @@ return function(nn, lumen)
     if type(v) == 'number' then
       list = {}
       for i = 1, n do list[i] = v end
-    elseif is_list(v) and #v == n then
+    elseif type(v) == 'table' and #v == n then
       list = v
     else
       error(string.format('lumen.%s: %s must be %s or a list of %d, got %s', op, what, expect, n,
-        is_list(v) and ('a list of ' .. #v) or tostring(v)), 3)
+        type(v) == 'table' and ('a list of ' .. #v) or tostring(v)), 3)
     end
     for i = 1, n do
       if not check(list[i]) then
@@ -147,9 +127,9 @@ return function(nn, lumen)
     local op = 'affine_grid'
     local th = core.handle(theta, op, 'theta')
     opts = options(opts, op, { align_corners = true })
-    if not is_list(size) or (#size ~= 4 and #size ~= 5) then
+    if type(size) ~= 'table' or (#size ~= 4 and #size ~= 5) then
       error(string.format('lumen.affine_grid: size must be a list of 4 (N, C, H, W) or 5 (N, C, D, H, W) integers, got %s',
-        is_list(size) and ('a list of ' .. #size) or tostring(size)), 2)
+        type(size) == 'table' and ('a list of ' .. #size) or tostring(size)), 2)
     end
     for i = 1, #size do
       if not is_int(size[i]) then
@@ -179,7 +159,7 @@ return function(nn, lumen)
   nn.Upsample = Upsample
   function Upsample:__init(opts)
     opts = options(opts, 'Upsample', { size = true, scale_factor = true, mode = true, align_corners = true,
-      recompute_scale_factor = true })
+      recompute_scale_factor = true }, 3)
     self.size, self.scale_factor = opts.size, opts.scale_factor
     self.mode, self.align_corners = opts.mode or 'nearest', opts.align_corners
     self.recompute_scale_factor = opts.recompute_scale_factor
@@ -197,13 +177,13 @@ return function(nn, lumen)
   local Nearest = Upsample:extend('UpsamplingNearest2d')
   nn.UpsamplingNearest2d = Nearest
   function Nearest:__init(opts)
-    opts = options(opts, 'UpsamplingNearest2d', { size = true, scale_factor = true })
+    opts = options(opts, 'UpsamplingNearest2d', { size = true, scale_factor = true }, 3)
     Upsample.__init(self, { size = opts.size, scale_factor = opts.scale_factor, mode = 'nearest' })
   end
   local Bilinear = Upsample:extend('UpsamplingBilinear2d')
   nn.UpsamplingBilinear2d = Bilinear
   function Bilinear:__init(opts)
-    opts = options(opts, 'UpsamplingBilinear2d', { size = true, scale_factor = true })
+    opts = options(opts, 'UpsamplingBilinear2d', { size = true, scale_factor = true }, 3)
     Upsample.__init(self, { size = opts.size, scale_factor = opts.scale_factor, mode = 'bilinear', align_corners = true })
   end
 end

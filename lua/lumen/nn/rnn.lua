@@ -223,20 +223,6 @@ return function(nn, lumen)
   ---------------------------------------------------------------------------
   -- options
 
-  local function options(name, opts, allowed)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then error(fmt('lumen.%s: options must be a table, got %s', name, type(opts)), 4) end
-    for k in pairs(opts) do
-      if not allowed[k] then
-        local names = {}
-        for a in pairs(allowed) do names[#names + 1] = a end
-        table.sort(names)
-        error(fmt("lumen.%s: unknown option '%s' (expected %s)", name, tostring(k), table.concat(names, ', ')), 4)
-      end
-    end
-    return opts
-  end
-
   local function positive_int(name, what, v)
     if type(v) ~= 'number' or v ~= math.floor(v) or v < 1 then
       error(fmt('lumen.%s: %s must be a positive integer, got %s', name, what, tostring(v)), 4)
@@ -279,7 +265,7 @@ return function(nn, lumen)
     nn[name] = cls
 
     function cls:__init(input_size, hidden_size, opts)
-      opts = options(name, opts, name == 'RNN' and rnn_opts or layer_opts)
+      opts = core.options(opts, name, name == 'RNN' and rnn_opts or layer_opts, 3)
       self.mode = mode_of(name, opts.nonlinearity)
       self.input_size = positive_int(name, 'input_size', input_size)
       self.hidden_size = positive_int(name, 'hidden_size', hidden_size)
@@ -423,7 +409,7 @@ return function(nn, lumen)
     nn[name] = cls
 
     function cls:__init(input_size, hidden_size, opts)
-      opts = options(name, opts, name == 'RNNCell' and { bias = true, nonlinearity = true } or { bias = true })
+      opts = core.options(opts, name, name == 'RNNCell' and { bias = true, nonlinearity = true } or { bias = true }, 3)
       self.mode = mode_of(name, opts.nonlinearity)
       self.input_size = positive_int(name, 'input_size', input_size)
       self.hidden_size = positive_int(name, 'hidden_size', hidden_size)
