@@ -38,6 +38,26 @@ function check.close(a, e, opts)
   return true
 end
 
+-- Deterministic inputs: sin(0.731 i + 1.37 seed) for the flat position i
+-- (1-based), spread over [-1, 1] without ties; dtype defaults to f32.
+function check.sine(shape, dtype, seed)
+  local n = 1
+  for _, s in ipairs(shape) do n = n * s end
+  if n == 0 then return lumen.zeros(shape, dtype or 'f32') end
+  local flat = {}
+  for i = 1, n do flat[i] = math.sin(i * 0.731 + (seed or 0) * 1.37) end
+  return lumen.tensor(flat, dtype or 'f32'):reshape(shape)
+end
+
+-- A random normal tensor of the given shape whose last two dims are a
+-- transposed view (non-contiguous); dtype defaults to f32.
+function check.transposed_randn(shape, dtype)
+  local s = { unpack(shape) }
+  local n = #s
+  s[n], s[n - 1] = s[n - 1], s[n]
+  return lumen.randn(s, dtype or 'f32'):transpose(n - 2, n - 1)
+end
+
 -- assert_close for busted specs: fails with the first differing element.
 function check.assert_close(a, e, opts, what)
   local ok, msg = check.close(a, e, opts)

@@ -86,6 +86,19 @@ function M.parity(it, cases)
   end
 end
 
+-- {output, gradient of each input} of sum(f(xs...) * g), as the oracle's
+-- grad_of: each x becomes a leaf by detach, which keeps its layout (a
+-- strided input reaches the op as it is). An input with no gradient gives nil.
+function M.grad_of(f, xs, g)
+  local leaves = {}
+  for i, x in ipairs(xs) do leaves[i] = x:detach():requires_grad_() end
+  local y = f(unpack(leaves))
+  y:backward(g)
+  local out = { y }
+  for i, l in ipairs(leaves) do out[i + 1] = l.grad end
+  return out
+end
+
 -- A leaf's gradient must not have been touched: no .grad at all.
 function M.no_grad_recorded(y)
   assert.is_false(y.requires_grad)

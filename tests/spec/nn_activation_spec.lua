@@ -6,18 +6,10 @@ local nn = require 'lumen.nn'
 local oracle = require 'helpers.oracle'
 local check = require 'helpers.check'
 local gradcheck = require 'helpers.gradcheck'
+local gradcase = require 'helpers.gradcase'
 local F = nn.F
 
-local function grad_of(f, xs, g)
-  local leaves = {}
-  -- detach keeps the layout: a strided input reaches the op as it is
-  for i, x in ipairs(xs) do leaves[i] = x:detach():requires_grad_() end
-  local y = f(unpack(leaves))
-  y:backward(g)
-  local out = { y }
-  for i, l in ipairs(leaves) do out[i + 1] = l.grad end
-  return out
-end
+local grad_of = gradcase.grad_of
 
 local tol = { f32 = { rtol = 2e-6, atol = 1e-6 }, f64 = { rtol = 1e-12, atol = 1e-13 } }
 local gtol = { f32 = { rtol = 1e-5, atol = 1e-5 }, f64 = { rtol = 1e-11, atol = 1e-12 } }

@@ -11,13 +11,7 @@ local gradcheck = require 'helpers.gradcheck'
 local F = nn.F
 
 -- Deterministic values in [-1, 1] computed in Lua.
-local function mk(shape, dtype, seed)
-  local n = 1
-  for _, s in ipairs(shape) do n = n * s end
-  local flat = {}
-  for i = 1, n do flat[i] = math.sin(i * 0.731 + (seed or 0) * 1.37) end
-  return lumen.tensor(flat, dtype or 'f32'):reshape(shape)
-end
+local mk = check.sine
 
 local TOL = { f32 = { rtol = 1e-4, atol = 1e-4 }, f64 = { rtol = 1e-10, atol = 1e-10 } }
 

@@ -92,12 +92,7 @@ end
 
 local function randn(shape, dtype) return lumen.randn(shape, dtype or 'f32') end
 -- A view whose last two dims are swapped (non-contiguous), of the given shape.
-local function transposed(shape, dtype)
-  local s = { unpack(shape) }
-  local n = #s
-  s[n], s[n - 1] = s[n - 1], s[n]
-  return randn(s, dtype):transpose(n - 2, n - 1)
-end
+local transposed = check.transposed_randn
 
 for _, dt in ipairs { 'f32', 'f64' } do
   -- max pooling

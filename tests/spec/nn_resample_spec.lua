@@ -75,12 +75,7 @@ local function add(name, inputs, lua_fn, pyexpr, grads, opts)
 end
 
 local function randn(shape, dtype) return lumen.randn(shape, dtype or 'f32') end
-local function transposed(shape, dtype)
-  local s = { unpack(shape) }
-  local n = #s
-  s[n], s[n - 1] = s[n - 1], s[n]
-  return randn(s, dtype):transpose(n - 2, n - 1)
-end
+local transposed = check.transposed_randn
 -- The grid's gradient sums products over channels and corners that largely
 -- cancel; PyTorch computes them in float32.
 local grid_tol = { f32 = { rtol = 2e-5, atol = 1e-5 } }
