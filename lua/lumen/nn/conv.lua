@@ -121,7 +121,7 @@ return function(nn, lumen)
   -- modules
 
   -- "(3, 3)" as torch prints a tuple; "(3,)" for one value.
-  local function tuple(t)
+  local function tuple_repr(t)
     if #t == 1 then return '(' .. t[1] .. ',)' end
     return '(' .. table.concat(t, ', ') .. ')'
   end
@@ -176,12 +176,12 @@ return function(nn, lumen)
     end
     function cls:extra_repr()
       local s = string.format('%d, %d, kernel_size=%s, stride=%s', self.in_channels, self.out_channels,
-        tuple(self.kernel_size), tuple(self.stride))
+        tuple_repr(self.kernel_size), tuple_repr(self.stride))
       if type(self.padding) == 'string' then s = s .. ", padding='" .. self.padding .. "'"
-      elseif not all_equal(self.padding, 0) then s = s .. ', padding=' .. tuple(self.padding) end
-      if not all_equal(self.dilation, 1) then s = s .. ', dilation=' .. tuple(self.dilation) end
+      elseif not all_equal(self.padding, 0) then s = s .. ', padding=' .. tuple_repr(self.padding) end
+      if not all_equal(self.dilation, 1) then s = s .. ', dilation=' .. tuple_repr(self.dilation) end
       if self.output_padding and not all_equal(self.output_padding, 0) then
-        s = s .. ', output_padding=' .. tuple(self.output_padding)
+        s = s .. ', output_padding=' .. tuple_repr(self.output_padding)
       end
       if self.groups ~= 1 then s = s .. ', groups=' .. self.groups end
       if not self.bias then s = s .. ', bias=False' end
