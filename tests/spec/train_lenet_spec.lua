@@ -30,8 +30,12 @@ describe('training', function()
     local model = Net()
     local opt = optim.Adam(model:parameters(), { lr = 1e-3 })
     local batch, steps = 32, 800
-    local first, last
+    local first, last, live_early
     for step = 0, steps - 1 do
+      if step == 100 then
+        collectgarbage('collect')
+        live_early = lumen.memory().live
+      end
       local i = (step * batch) % 1024
       local x, y = train_x:slice(0, i, i + batch), train_y:slice(0, i, i + batch)
       opt:zero_grad()
@@ -41,6 +45,12 @@ describe('training', function()
       if step == 0 then first = loss:item() end
       last = loss:item()
     end
+    -- nothing accumulates from step to step: graphs, saved tensors and
+    -- temporaries are all gone once a step's tensors are collected
+    collectgarbage('collect')
+    local live_late = lumen.memory().live
+    assert.is_true(math.abs(live_late - live_early) < 65536,
+      string.format('live memory went from %d to %d bytes', live_early, live_late))
     model:eval()
     local pred = lumen.no_grad(function() return model(test_x):argmax(1) end)
     local acc = pred:eq(test_y):to('f32'):mean():item()
