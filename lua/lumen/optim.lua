@@ -20,7 +20,11 @@ local C, ctx = core.C, core.ctx
 local optim = {}
 
 local function fmt_value(v)
-  if type(v) == 'table' then return '{' .. table.concat(v, ', ') .. '}' end
+  if type(v) == 'table' then
+    local parts = {}
+    for i, e in ipairs(v) do parts[i] = type(e) == 'table' and '{...}' or tostring(e) end
+    return '{' .. table.concat(parts, ', ') .. '}'
+  end
   return tostring(v)
 end
 

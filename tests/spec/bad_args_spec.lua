@@ -24,6 +24,30 @@ describe('bad arguments', function()
   for k, v in pairs(lumen.core.Tensor) do
     if type(v) == 'function' and not skip[k] then fns[#fns + 1] = { 't:' .. k, v, true } end
   end
+  -- layers and losses, in functional form (also after a good first tensor),
+  -- module constructors, optimizers and schedules
+  local nn, optim = require 'lumen.nn', require 'lumen.optim'
+  for k, v in pairs(nn.F) do
+    if type(v) == 'function' then
+      fns[#fns + 1] = { 'nn.F.' .. k, v, false }
+      fns[#fns + 1] = { 'nn.F.' .. k .. '(x, ...)', v, true }
+    end
+  end
+  for k, v in pairs(nn) do
+    if type(v) == 'table' and getmetatable(v) and k:match('^%u') and k ~= 'Module' then
+      fns[#fns + 1] = { 'nn.' .. k, function(...) return v(...) end, false }
+    end
+  end
+  for _, k in ipairs { 'SGD', 'Adam', 'AdamW', 'RMSprop', 'clip_grad_norm_' } do
+    fns[#fns + 1] = { 'optim.' .. k, optim[k], false }
+  end
+  for k, v in pairs(optim.lr_scheduler) do
+    if type(v) == 'table' and getmetatable(v) then
+      fns[#fns + 1] = { 'optim.lr_scheduler.' .. k, function(...) return v(...) end, false }
+    elseif type(v) == 'function' then
+      fns[#fns + 1] = { 'optim.lr_scheduler.' .. k, v, false }
+    end
+  end
   table.sort(fns, function(a, b) return a[1] < b[1] end)
 
   it('raise lumen errors for every pair of bad values (' .. #fns .. ' functions)', function()

@@ -31,10 +31,17 @@ return function(nn, lumen)
     return x
   end
 
+  local function module_table(mods, who)
+    if mods ~= nil and (type(mods) ~= 'table' or nn.is_module(mods)) then
+      error(string.format('lumen.nn.%s: expected a table of modules, got %s', who, nn.is_module(mods) and 'a module' or type(mods)), 4)
+    end
+    return mods or {}
+  end
+
   local ModuleList = nn.Module:extend('ModuleList')
   nn.ModuleList = ModuleList
   function ModuleList:__init(mods)
-    for _, m in ipairs(mods or {}) do append(self, m) end
+    for _, m in ipairs(module_table(mods, 'ModuleList')) do append(self, m) end
   end
   ModuleList.append, ModuleList.get, ModuleList.len = append, get, len
   function ModuleList:forward() error('lumen.nn.ModuleList: a list has no forward; call its modules', 2) end
@@ -44,7 +51,8 @@ return function(nn, lumen)
   nn.ModuleDict = ModuleDict
   function ModuleDict:__init(mods)
     local names = {}
-    for k in pairs(mods or {}) do names[#names + 1] = k end
+    mods = module_table(mods, 'ModuleDict')
+    for k in pairs(mods) do names[#names + 1] = k end
     table.sort(names)
     for _, k in ipairs(names) do self:add(k, mods[k]) end
   end

@@ -104,6 +104,7 @@ return function(nn, lumen)
         error(string.format('lumen.nn.%s: dropout probability has to be between 0 and 1, got %s', name, tostring(p)), 3)
       end
       opts = opts or {}
+      if type(opts) ~= 'table' then error(string.format('lumen.nn.%s: options must be a table, got %s', name, type(opts)), 3) end
       for k in pairs(opts) do
         if k ~= 'inplace' then error(string.format("lumen.nn.%s: unknown option '%s' (expected inplace)", name, tostring(k)), 3) end
       end

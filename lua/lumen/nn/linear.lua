@@ -42,8 +42,10 @@ return function(nn, lumen)
 
   -- Flatten(start_dim = 1, end_dim = -1)
   function F.flatten(x, start_dim, end_dim)
+    if not lumen.is_tensor(x) then error('lumen.flatten: input must be a tensor, got ' .. type(x), 2) end
     local s = x:size()
-    local a, b = start_dim or 1, end_dim or -1
+    local a = lumen.core.int_arg(start_dim, 'flatten', 'start_dim', 1)
+    local b = lumen.core.int_arg(end_dim, 'flatten', 'end_dim', -1)
     if a < 0 then a = a + #s end
     if b < 0 then b = b + #s end
     if a < 0 or b >= #s or a > b then

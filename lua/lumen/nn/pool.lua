@@ -153,8 +153,11 @@ return function(nn, lumen)
     return tostring(v)
   end
 
-  local function copy_opts(opts)
+  local function copy_opts(opts, op)
     local o = {}
+    if opts ~= nil and type(opts) ~= 'table' then
+      error(string.format('lumen.nn.%s: options must be a table, got %s', op, type(opts)), 4)
+    end
     for k, v in pairs(opts or {}) do o[k] = v end
     return o
   end
@@ -163,7 +166,7 @@ return function(nn, lumen)
     local MaxPool = nn.Module:extend('MaxPool' .. nd .. 'd')
     function MaxPool:__init(k, opts)
       self.kernel_size = k
-      self.opts = copy_opts(opts)
+      self.opts = copy_opts(opts, self.__name)
     end
     function MaxPool:forward(x) return F['max_pool' .. nd .. 'd'](x, self.kernel_size, self.opts) end
     function MaxPool:extra_repr()
@@ -177,7 +180,7 @@ return function(nn, lumen)
     local AvgPool = nn.Module:extend('AvgPool' .. nd .. 'd')
     function AvgPool:__init(k, opts)
       self.kernel_size = k
-      self.opts = copy_opts(opts)
+      self.opts = copy_opts(opts, self.__name)
     end
     function AvgPool:forward(x) return F['avg_pool' .. nd .. 'd'](x, self.kernel_size, self.opts) end
     function AvgPool:extra_repr()
@@ -190,7 +193,7 @@ return function(nn, lumen)
     local MaxUnpool = nn.Module:extend('MaxUnpool' .. nd .. 'd')
     function MaxUnpool:__init(k, opts)
       self.kernel_size = k
-      self.opts = copy_opts(opts)
+      self.opts = copy_opts(opts, self.__name)
     end
     -- forward(x, indices[, output_size])
     function MaxUnpool:forward(x, indices, output_size)
