@@ -202,4 +202,103 @@ static inline bool lm_grad_pause(lm_ctx *ctx) {
 /* ---- host API table handed to plugins ---- */
 const lm_host_api *lm_host_api_get(void);
 
+/* ---- vector maths for f32 kernels ----
+   Shared by the kernel files (elementwise, activation, loss, rnn, norm,
+   optim). LM_CLONES gives a kernel an AVX2+FMA (x86-64-v3) clone picked at
+   load time, with multiply-adds fused; the helpers below are always inlined
+   into it, so they run on its ISA. */
+#include <string.h>
+#define LM_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#else
+#define LM_CLONES
+#endif
+#ifdef _OPENMP
+#define LM_PRAGMA(x) _Pragma(#x)
+#define LM_SIMD LM_PRAGMA(omp simd)
+#define LM_SIMD_SUM(...) LM_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#define LM_SIMD_MAX(v) LM_PRAGMA(omp simd reduction(max : v))
+#else
+#define LM_PRAGMA(x)
+#define LM_SIMD
+#define LM_SIMD_SUM(...)
+#define LM_SIMD_MAX(v)
+#endif
+
+/* Eight f32 lanes as GCC vector types (one AVX register, or two SSE halves
+   on the baseline ISA). The helpers are inlined, so no vector crosses a
+   call and the ABI notes of -Wpsabi are moot (the Makefile turns them off). */
+typedef float lm_v8f __attribute__((vector_size(32)));
+typedef int32_t lm_v8i __attribute__((vector_size(32)));
+typedef uint32_t lm_v8u __attribute__((vector_size(32)));
+LM_INLINE lm_v8f lm_v8_splat(float v) { return (lm_v8f){0} + v; }
+/* a where mask is set (all ones), else b */
+LM_INLINE lm_v8f lm_v8_select(lm_v8i mask, lm_v8f a, lm_v8f b) {
+  return (lm_v8f)(((lm_v8i)a & mask) | ((lm_v8i)b & ~mask));
+}
+
+/* c ? a : b through the bits: GCC keeps a float ?: as a branch when FP
+   traps may be observed (the default), and a branch stops a loop from
+   vectorising. */
+LM_INLINE float lm_pick_f32(bool c, float a, float b) {
+  uint32_t ua, ub, m = -(uint32_t)c;
+  memcpy(&ua, &a, 4);
+  memcpy(&ub, &b, 4);
+  ua = (ua & m) | (ub & ~m);
+  memcpy(&a, &ua, 4);
+  return a;
+}
+
+/* exp for f32, within about 1 ulp: exp(x) = 2^n exp(r), n = round(x / ln2),
+   r = x - n ln2 with ln2 in two parts so that r is exact (|r| <= ln2 / 2),
+   exp(r) by the degree-7 Cephes polynomial. Adding 1.5 * 2^23 rounds x / ln2
+   to an integer, which the low bits of the sum then hold (no float-to-int
+   conversion, so NaN is no trouble). x is clamped to [-104, 88.8] and 2^n
+   applied in two halves, so that overflow gives inf and the subnormal range
+   comes out right; NaN compares false, passes the clamps and stays NaN.
+   lm_exp_f32 is the same arithmetic one lane at a time, with bit selects for
+   clamps, so loops over it vectorise under any flags; both give the same
+   results. */
+#define LM_EXP_SHIFT 12582912.0f /* 1.5 * 2^23 */
+#define LM_EXP_SHIFT_BITS 0x4B400000
+#define LM_EXP_POLY(p, r)                          \
+  do {                                             \
+    p = p * r + 1.3981999507e-3f;                  \
+    p = p * r + 8.3334519073e-3f;                  \
+    p = p * r + 4.1665795894e-2f;                  \
+    p = p * r + 1.6666665459e-1f;                  \
+    p = p * r + 5.0000001201e-1f;                  \
+    p = p * (r * r) + r + 1.0f;                    \
+  } while (0)
+LM_INLINE lm_v8f lm_v8_exp(lm_v8f x) {
+  x = lm_v8_select(x > lm_v8_splat(88.8f), lm_v8_splat(88.8f), x);
+  x = lm_v8_select(x < lm_v8_splat(-104.0f), lm_v8_splat(-104.0f), x);
+  lm_v8f t = x * 1.44269504088896341f + LM_EXP_SHIFT, n = t - LM_EXP_SHIFT;
+  lm_v8f r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  lm_v8f p = lm_v8_splat(1.9875691500e-4f);
+  LM_EXP_POLY(p, r);
+  lm_v8i ni = (lm_v8i)t - LM_EXP_SHIFT_BITS, n1 = ni >> 1, n2 = ni - n1;
+  lm_v8f s1 = (lm_v8f)((lm_v8u)(n1 + 127) << 23), s2 = (lm_v8f)((lm_v8u)(n2 + 127) << 23);
+  return p * s1 * s2;
+}
+LM_INLINE float lm_exp_f32(float x) {
+  x = lm_pick_f32(x > 88.8f, 88.8f, x);
+  x = lm_pick_f32(x < -104.0f, -104.0f, x);
+  float t = x * 1.44269504088896341f + LM_EXP_SHIFT, n = t - LM_EXP_SHIFT;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  LM_EXP_POLY(p, r);
+  uint32_t tb;
+  memcpy(&tb, &t, 4);
+  int32_t ni = (int32_t)(tb - LM_EXP_SHIFT_BITS), n1 = ni >> 1, n2 = ni - n1;
+  uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
+  float s1, s2;
+  memcpy(&s1, &b1, 4);
+  memcpy(&s2, &b2, 4);
+  return p * s1 * s2;
+}
+
 #endif

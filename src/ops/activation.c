@@ -51,59 +51,21 @@ typedef struct act_arg {
 #define INV_SQRT_2PI 0.39894228040143267794
 #define GELU_C 0.044715
 
-#define INLINE static inline __attribute__((always_inline))
-#define PRAGMA(x) _Pragma(#x)
-#define SIMD PRAGMA(omp simd)
-#define SIMD_SUM(v) PRAGMA(omp simd reduction(+ : v))
-/* the kernels get an AVX2+FMA (x86-64-v3) clone picked at load time */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LM_CLONES
-#endif
-
-/* exp for f32 as plain arithmetic and selects, so that loops over it
-   vectorise: exp(x) = 2^n exp(r), n = round(x / ln2), r = x - n ln2 with
-   ln2 in two parts so that r is exact, exp(r) by the degree-7 Cephes
-   polynomial (within about 1 ulp); 2^n applied in two halves so that
-   overflow gives inf and the subnormal range comes out right. A NaN
-   compares false everywhere and stays NaN. */
-INLINE float exp_f32(float x) {
-  x = x > 88.8f ? 88.8f : x;
-  x = x < -104.0f ? -104.0f : x;
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  int32_t ni = (int32_t)n, n1 = ni >> 1, n2 = ni - n1;
-  uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
-  float s1, s2;
-  memcpy(&s1, &b1, 4);
-  memcpy(&s2, &b2, 4);
-  return p * s1 * s2;
-}
-
-/* erf and tanh for f32 from exp_f32, so that GELU loops vectorise too:
-   erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about
+/* erf and tanh for f32 from lm_exp_f32 (internal.h), so that GELU loops
+   vectorise too: erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about
    the spacing of floats near 1), tanh(u) = 1 - 2 / (exp(2u) + 1). Both
    are only ever added to 1 here, so absolute error is what counts. */
-INLINE float erf_f32(float x) {
+LM_INLINE float erf_f32(float x) {
   float a = fabsf(x), t = 1 / (1 + 0.3275911f * a);
   float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
-  float y = 1 - p * exp_f32(-a * a);
+  float y = 1 - p * lm_exp_f32(-a * a);
   return x < 0 ? -y : y;
 }
-INLINE float tanh_f32(float u) { return 1 - 2 / (exp_f32(2 * u) + 1); }
+LM_INLINE float tanh_f32(float u) { return 1 - 2 / (lm_exp_f32(2 * u) + 1); }
 
 /* f(x) and f'(x) in double (f64) and in float (f32: float arithmetic is
    several times faster, and as accurate as the result is stored). */
-INLINE double act_f64(int kind, double a, double x) {
+LM_INLINE double act_f64(int kind, double a, double x) {
   switch (kind) {
   case A_LEAKY_RELU: {
     double neg = x * a;
@@ -115,7 +77,7 @@ INLINE double act_f64(int kind, double a, double x) {
   }
   return 0;
 }
-INLINE double act_df64(int kind, double a, double x) {
+LM_INLINE double act_df64(int kind, double a, double x) {
   switch (kind) {
   case A_LEAKY_RELU: return x > 0 ? 1 : a;
   case A_ELU: return x > 0 ? 1 : a * exp(x);
@@ -127,7 +89,7 @@ INLINE double act_df64(int kind, double a, double x) {
   }
   return 0;
 }
-INLINE float act_f32(int kind, float a, float x) {
+LM_INLINE float act_f32(int kind, float a, float x) {
   switch (kind) {
   case A_LEAKY_RELU: { /* both sides computed: a select the loop can vectorise */
     float neg = x * a;
@@ -139,11 +101,11 @@ INLINE float act_f32(int kind, float a, float x) {
   }
   return 0;
 }
-INLINE float act_df32(int kind, float a, float x) {
+LM_INLINE float act_df32(int kind, float a, float x) {
   switch (kind) {
   case A_LEAKY_RELU: return x > 0 ? 1 : a;
   case A_ELU: return x > 0 ? 1 : a * expf(x);
-  case A_GELU: return 0.5f * (1 + erf_f32(x * (float)INV_SQRT_2)) + x * (float)INV_SQRT_2PI * exp_f32(-0.5f * x * x);
+  case A_GELU: return 0.5f * (1 + erf_f32(x * (float)INV_SQRT_2)) + x * (float)INV_SQRT_2PI * lm_exp_f32(-0.5f * x * x);
   case A_GELU_TANH: {
     float t = tanh_f32((float)SQRT_2_OVER_PI * (x + (float)GELU_C * x * x * x));
     return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * (float)SQRT_2_OVER_PI * (1 + 3 * (float)GELU_C * x * x);
@@ -156,13 +118,13 @@ INLINE float act_df32(int kind, float a, float x) {
    instance (see act_fwd / act_bwd), and contiguous runs get their own loop
    so that the cheap kinds vectorise. */
 #define ELEM(T, p, s, i) (*(T *)((p) + (i) * (s)))
-INLINE void fwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, bool f32) {
+LM_INLINE void fwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, bool f32) {
   if (f32) {
     const float af = (float)a;
     if (s[0] == 4 && s[1] == 4) {
       float *y = (float *)p[0];
       const float *x = (const float *)p[1];
-      SIMD for (int64_t i = 0; i < n; i++) y[i] = act_f32(kind, af, x[i]);
+      LM_SIMD for (int64_t i = 0; i < n; i++) y[i] = act_f32(kind, af, x[i]);
     } else {
       for (int64_t i = 0; i < n; i++) ELEM(float, p[0], s[0], i) = act_f32(kind, af, ELEM(float, p[1], s[1], i));
     }
@@ -170,20 +132,20 @@ INLINE void fwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, 
     if (s[0] == 8 && s[1] == 8) {
       double *y = (double *)p[0];
       const double *x = (const double *)p[1];
-      SIMD for (int64_t i = 0; i < n; i++) y[i] = act_f64(kind, a, x[i]);
+      LM_SIMD for (int64_t i = 0; i < n; i++) y[i] = act_f64(kind, a, x[i]);
     } else {
       for (int64_t i = 0; i < n; i++) ELEM(double, p[0], s[0], i) = act_f64(kind, a, ELEM(double, p[1], s[1], i));
     }
   }
 }
 /* operands: dx, g, x */
-INLINE void bwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, bool f32) {
+LM_INLINE void bwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, bool f32) {
   if (f32) {
     const float af = (float)a;
     if (s[0] == 4 && s[1] == 4 && s[2] == 4) {
       float *dx = (float *)p[0];
       const float *g = (const float *)p[1], *x = (const float *)p[2];
-      SIMD for (int64_t i = 0; i < n; i++) dx[i] = g[i] * act_df32(kind, af, x[i]);
+      LM_SIMD for (int64_t i = 0; i < n; i++) dx[i] = g[i] * act_df32(kind, af, x[i]);
     } else {
       for (int64_t i = 0; i < n; i++)
         ELEM(float, p[0], s[0], i) = ELEM(float, p[1], s[1], i) * act_df32(kind, af, ELEM(float, p[2], s[2], i));
@@ -192,7 +154,7 @@ INLINE void bwd_body(char **p, const int64_t *s, int64_t n, int kind, double a, 
     if (s[0] == 8 && s[1] == 8 && s[2] == 8) {
       double *dx = (double *)p[0];
       const double *g = (const double *)p[1], *x = (const double *)p[2];
-      SIMD for (int64_t i = 0; i < n; i++) dx[i] = g[i] * act_df64(kind, a, x[i]);
+      LM_SIMD for (int64_t i = 0; i < n; i++) dx[i] = g[i] * act_df64(kind, a, x[i]);
     } else {
       for (int64_t i = 0; i < n; i++)
         ELEM(double, p[0], s[0], i) = ELEM(double, p[1], s[1], i) * act_df64(kind, a, ELEM(double, p[2], s[2], i));
@@ -396,22 +358,22 @@ fail:
    x is read as [outer, L, inner] (contiguous) and normalised along L. A
    unit is one row (inner == 1), or one outer index and a block of up to
    COLS neighbouring inner positions, whose loops run along the contiguous
-   inner dim. Sums are in double; f32 exponentials use exp_f32 below, which
-   the loops vectorise, f64 ones libm's exp. */
+   inner dim. Sums are in double; f32 exponentials use lm_exp_f32, which the
+   loops vectorise, f64 ones libm's exp. */
 
 #define COLS 64
 
-INLINE double ld(const char *p, int64_t i, bool f32) {
+LM_INLINE double ld(const char *p, int64_t i, bool f32) {
   return f32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
 }
-INLINE void st(char *p, int64_t i, double v, bool f32) {
+LM_INLINE void st(char *p, int64_t i, double v, bool f32) {
   if (f32) ((float *)p)[i] = (float)v;
   else ((double *)p)[i] = v;
 }
-INLINE double ex(double v, bool f32) { return f32 ? (double)exp_f32((float)v) : exp(v); }
+LM_INLINE double ex(double v, bool f32) { return f32 ? (double)lm_exp_f32((float)v) : exp(v); }
 /* exp(p[i] - m), for f32 in float arithmetic (m holds a float value) */
-INLINE double exp_minus(const char *p, int64_t i, double m, bool f32) {
-  return f32 ? (double)exp_f32(((const float *)p)[i] - (float)m) : exp(((const double *)p)[i] - m);
+LM_INLINE double exp_minus(const char *p, int64_t i, double m, bool f32) {
+  return f32 ? (double)lm_exp_f32(((const float *)p)[i] - (float)m) : exp(((const double *)p)[i] - m);
 }
 
 typedef struct smax {
@@ -425,37 +387,37 @@ typedef struct smax {
 } smax;
 
 /* Forward over one row of L contiguous elements at x, into y. */
-INLINE void row_forward(const char *x, char *y, int64_t L, bool is_log, bool f32) {
+LM_INLINE void row_forward(const char *x, char *y, int64_t L, bool is_log, bool f32) {
   double m = -INFINITY, s = 0;
   int nan = 0;
-  PRAGMA(omp simd reduction(max : m) reduction(| : nan))
+  LM_PRAGMA(omp simd reduction(max : m) reduction(| : nan))
   for (int64_t l = 0; l < L; l++) {
     double v = ld(x, l, f32);
     m = v > m ? v : m;
     nan |= v != v;
   }
   if (nan) m = NAN; /* a NaN makes the whole slice NaN, as in torch */
-  SIMD_SUM(s) for (int64_t l = 0; l < L; l++) {
+  LM_SIMD_SUM(s) for (int64_t l = 0; l < L; l++) {
     double e = exp_minus(x, l, m, f32);
     if (!is_log) st(y, l, e, f32);
     s += e;
   }
   if (is_log) {
     const double lse = m + log(s);
-    SIMD for (int64_t l = 0; l < L; l++) st(y, l, ld(x, l, f32) - lse, f32);
+    LM_SIMD for (int64_t l = 0; l < L; l++) st(y, l, ld(x, l, f32) - lse, f32);
   } else {
     const double r = 1 / s;
-    SIMD for (int64_t l = 0; l < L; l++) st(y, l, ld(y, l, f32) * r, f32);
+    LM_SIMD for (int64_t l = 0; l < L; l++) st(y, l, ld(y, l, f32) * r, f32);
   }
 }
 
 /* Forward over m <= COLS columns: element (l, j) at offset l * in + j. */
-INLINE void cols_forward(const char *x, char *y, int64_t L, int64_t in, int64_t m, bool is_log, bool f32) {
+LM_INLINE void cols_forward(const char *x, char *y, int64_t L, int64_t in, int64_t m, bool is_log, bool f32) {
   double mx[COLS], sum[COLS];
   int nan[COLS];
   for (int64_t j = 0; j < m; j++) { mx[j] = -INFINITY; sum[j] = 0; nan[j] = 0; }
   for (int64_t l = 0; l < L; l++) {
-    SIMD for (int64_t j = 0; j < m; j++) {
+    LM_SIMD for (int64_t j = 0; j < m; j++) {
       double v = ld(x, l * in + j, f32);
       mx[j] = v > mx[j] ? v : mx[j];
       nan[j] |= v != v;
@@ -463,7 +425,7 @@ INLINE void cols_forward(const char *x, char *y, int64_t L, int64_t in, int64_t 
   }
   for (int64_t j = 0; j < m; j++) if (nan[j]) mx[j] = NAN;
   for (int64_t l = 0; l < L; l++) {
-    SIMD for (int64_t j = 0; j < m; j++) {
+    LM_SIMD for (int64_t j = 0; j < m; j++) {
       double e = exp_minus(x, l * in + j, mx[j], f32);
       if (!is_log) st(y, l * in + j, e, f32);
       sum[j] += e;
@@ -472,42 +434,42 @@ INLINE void cols_forward(const char *x, char *y, int64_t L, int64_t in, int64_t 
   for (int64_t j = 0; j < m; j++) sum[j] = is_log ? mx[j] + log(sum[j]) : 1 / sum[j];
   for (int64_t l = 0; l < L; l++) {
     if (is_log) {
-      SIMD for (int64_t j = 0; j < m; j++) st(y, l * in + j, ld(x, l * in + j, f32) - sum[j], f32);
+      LM_SIMD for (int64_t j = 0; j < m; j++) st(y, l * in + j, ld(x, l * in + j, f32) - sum[j], f32);
     } else {
-      SIMD for (int64_t j = 0; j < m; j++) st(y, l * in + j, ld(y, l * in + j, f32) * sum[j], f32);
+      LM_SIMD for (int64_t j = 0; j < m; j++) st(y, l * in + j, ld(y, l * in + j, f32) * sum[j], f32);
     }
   }
 }
 
 /* softmax: dx = y (g - sum(g y)); log_softmax: dx = g - exp(y) sum(g).
    y is the forward's output; dx may not alias it. */
-INLINE void row_backward(const char *y, const char *g, char *dx, int64_t L, bool is_log, bool f32) {
+LM_INLINE void row_backward(const char *y, const char *g, char *dx, int64_t L, bool is_log, bool f32) {
   double dot = 0;
-  SIMD_SUM(dot) for (int64_t l = 0; l < L; l++) dot += is_log ? ld(g, l, f32) : ld(g, l, f32) * ld(y, l, f32);
-  SIMD for (int64_t l = 0; l < L; l++) {
+  LM_SIMD_SUM(dot) for (int64_t l = 0; l < L; l++) dot += is_log ? ld(g, l, f32) : ld(g, l, f32) * ld(y, l, f32);
+  LM_SIMD for (int64_t l = 0; l < L; l++) {
     double gv = ld(g, l, f32), yv = ld(y, l, f32);
     st(dx, l, is_log ? gv - ex(yv, f32) * dot : yv * (gv - dot), f32);
   }
 }
 
-INLINE void cols_backward(const char *y, const char *g, char *dx, int64_t L, int64_t in, int64_t m, bool is_log, bool f32) {
+LM_INLINE void cols_backward(const char *y, const char *g, char *dx, int64_t L, int64_t in, int64_t m, bool is_log, bool f32) {
   double dot[COLS];
   for (int64_t j = 0; j < m; j++) dot[j] = 0;
   for (int64_t l = 0; l < L; l++) {
-    SIMD for (int64_t j = 0; j < m; j++) {
+    LM_SIMD for (int64_t j = 0; j < m; j++) {
       double gv = ld(g, l * in + j, f32);
       dot[j] += is_log ? gv : gv * ld(y, l * in + j, f32);
     }
   }
   for (int64_t l = 0; l < L; l++) {
-    SIMD for (int64_t j = 0; j < m; j++) {
+    LM_SIMD for (int64_t j = 0; j < m; j++) {
       double gv = ld(g, l * in + j, f32), yv = ld(y, l * in + j, f32);
       st(dx, l * in + j, is_log ? gv - ex(yv, f32) * dot[j] : yv * (gv - dot[j]), f32);
     }
   }
 }
 
-INLINE void smax_body(const smax *s, int64_t begin, int64_t end, bool is_log, bool f32) {
+LM_INLINE void smax_body(const smax *s, int64_t begin, int64_t end, bool is_log, bool f32) {
   const int64_t es = f32 ? 4 : 8;
   for (int64_t u = begin; u < end; u++) {
     const int64_t o = u / s->nblk, j0 = (u % s->nblk) * COLS;

@@ -32,63 +32,18 @@
 #include <math.h>
 #include <string.h>
 
-#define LM_SIMD _Pragma("omp simd")
-
-/* The f32 exp and sigmoid kernels get an AVX2+FMA (x86-64-v3) clone picked
-   at load time, with multiply-adds fused; the other kernels are memory
-   bound and fine with the baseline ISA. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
-#else
-#define LM_CLONES
-#endif
-
 typedef void (*un_fn)(char *o, int64_t os, const char *a, int64_t as, int64_t n, const void *param);
 typedef void (*bin_fn)(char *o, int64_t os, const char *a, int64_t as, const char *b, int64_t bs, int64_t n);
 typedef void (*where_fn)(char *o, int64_t os, const char *c, int64_t cs, const char *a, int64_t as,
                          const char *b, int64_t bs, int64_t n);
 
-/* ---- exp for f32, eight lanes at a time ----
-   exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2, ln2 split in
-   two parts so r is exact; exp(r) by a degree-7 polynomial (Cephes
-   coefficients), within about 1 ulp. 2^n is applied in two halves so that
-   results near overflow and in the subnormal range come out right. Written
-   with GCC vector extensions because the compiler will not if-convert the
-   range clamps of a scalar loop; the same code serves both clones (AVX2 or
-   two SSE halves). */
-/* the helpers are static and inlined, so the vector-return ABI note is moot */
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-#define SPLAT(v) ((v8f){v, v, v, v, v, v, v, v})
+/* ---- exp and sigmoid for f32, eight lanes at a time ----
+   over lm_v8_exp (internal.h), strided runs included; the same code serves
+   both clones (AVX2 or two SSE halves). Only these kernels get LM_CLONES:
+   the others are memory bound and fine with the baseline ISA. */
+LM_INLINE lm_v8f v8_sigmoid(lm_v8f x) { return 1.0f / (1.0f + lm_v8_exp(-x)); }
 
-static inline __attribute__((always_inline)) v8f v8_select(v8i mask, v8f a, v8f b) {
-  return (v8f)((mask & (v8i)a) | (~mask & (v8i)b));
-}
-
-static inline __attribute__((always_inline)) v8f v8_exp(v8f x) {
-  x = v8_select(x > SPLAT(88.8f), SPLAT(88.8f), x); /* NaN compares false and stays */
-  x = v8_select(x < SPLAT(-104.0f), SPLAT(-104.0f), x);
-  v8f n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  v8f r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  v8f p = SPLAT(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  v8i ni = __builtin_convertvector(n, v8i);
-  v8i n1 = ni >> 1, n2 = ni - n1;
-  v8f s1 = (v8f)((v8u)(n1 + 127) << 23), s2 = (v8f)((v8u)(n2 + 127) << 23);
-  return p * s1 * s2;
-}
-
-static inline __attribute__((always_inline)) v8f v8_sigmoid(v8f x) { return 1.0f / (1.0f + v8_exp(-x)); }
-
-/* A unary f32 kernel over v8f; the tail goes through a padded vector. */
+/* A unary f32 kernel over lm_v8f; the tail goes through a padded vector. */
 #define V8_KERNEL(NAME, VFN)                                                              \
   LM_CLONES static void NAME(char *o_, int64_t os, const char *a_, int64_t as, int64_t n, \
                              const void *param) {                                         \
@@ -96,7 +51,7 @@ static inline __attribute__((always_inline)) v8f v8_sigmoid(v8f x) { return 1.0f
     int64_t i = 0;                                                                        \
     if (os == 4 && as == 4)                                                               \
       for (; i + 8 <= n; i += 8) {                                                        \
-        v8f v;                                                                            \
+        lm_v8f v;                                                                         \
         memcpy(&v, a_ + i * 4, 32);                                                       \
         v = VFN(v);                                                                       \
         memcpy(o_ + i * 4, &v, 32);                                                       \
@@ -105,7 +60,7 @@ static inline __attribute__((always_inline)) v8f v8_sigmoid(v8f x) { return 1.0f
       int64_t m = n - i < 8 ? n - i : 8;                                                  \
       float buf[8] = {0};                                                                 \
       for (int64_t k = 0; k < m; k++) buf[k] = *(const float *)(a_ + (i + k) * as);       \
-      v8f v;                                                                              \
+      lm_v8f v;                                                                           \
       memcpy(&v, buf, 32);                                                                \
       v = VFN(v);                                                                         \
       memcpy(buf, &v, 32);                                                                \
@@ -113,7 +68,7 @@ static inline __attribute__((always_inline)) v8f v8_sigmoid(v8f x) { return 1.0f
     }                                                                                     \
   }
 
-V8_KERNEL(exp_f32, v8_exp)
+V8_KERNEL(exp_f32, lm_v8_exp)
 V8_KERNEL(sigmoid_f32, v8_sigmoid)
 
 /* ---- kernel generators ----

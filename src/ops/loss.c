@@ -28,7 +28,7 @@
  * thread count. When a gradient is wanted the forward keeps each position's
  * log-sum-exp (1/C of the logits' size, where torch keeps the whole
  * log-softmax); the backward's softmax is exp(x - lse). f32 runs on
- * vectorised exp and log (below); f64, the gradient-check dtype, on libm. */
+ * vectorised exp (internal.h) and log (below); f64, the gradient-check dtype, on libm. */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -72,90 +72,41 @@ static lm_status new_loss(lm_ctx *ctx, const char *op, int32_t dtype, int32_t re
 }
 
 /* ==== vector maths for the f32 kernels ====
-   GCC vector types, eight lanes (two SSE halves on the baseline ISA; the
-   kernels get an AVX2+FMA clone picked at load time). */
-#pragma GCC diagnostic ignored "-Wpsabi" /* the helpers are inlined; no vector ABI crosses a call */
-#define INLINE static inline __attribute__((always_inline))
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
-#else
-#define CLONES
-#endif
-#ifdef _OPENMP
-#define PRAGMA(x) _Pragma(#x)
-#define SIMD PRAGMA(omp simd)
-#define SIMD_SUM(v) PRAGMA(omp simd reduction(+ : v))
-#define SIMD_MAX(v) PRAGMA(omp simd reduction(max : v))
-#else
-#define SIMD
-#define SIMD_SUM(v)
-#define SIMD_MAX(v)
-#endif
-
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-INLINE v8f splat(float v) { return (v8f){0} + v; }
-INLINE v8i splat_i(int32_t v) { return (v8i){0} + v; }
-/* a where mask is set, else b */
-INLINE v8f blend(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
-INLINE v8f pow2i(v8i n) { return (v8f)((n + 127) << 23); }
-
-/* exp: n = round(x / ln2), r = x - n ln2 with ln2 in two parts (r exact),
-   exp(r) by its Taylor series to r^7 (|r| <= ln2 / 2: relative error below
-   1e-8 before rounding), then 2^n in two halves, so that overflow gives
-   inf and results toward the subnormal range stay right. NaN stays NaN. */
-INLINE v8f v8_exp(v8f x) {
-  v8f xc = blend(x > splat(88.8f), splat(88.8f), x);
-  xc = blend(xc < splat(-104.0f), splat(-104.0f), xc);
-  v8f xs = blend(xc == xc, xc, splat(0)); /* NaN lanes: any n will do */
-  v8f n = (xs * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
-  v8f r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  v8f p = splat(1.0f / 5040);
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  v8i ni = __builtin_convertvector(n, v8i), half = ni >> 1;
-  return p * pow2i(half) * pow2i(ni - half);
-}
+   (exp and the vector types are in internal.h) */
 
 /* log for normal positive s (0 gives -inf, inf gives inf, NaN or a negative
    NaN): s = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(z) with
    z = (m - 1) / (m + 1), |z| < 0.172, by its odd series to z^9 (error below
    1e-9). */
-INLINE v8f v8_log(v8f s) {
-  v8i bits = (v8i)s;
-  v8i e = ((bits >> 23) & 0xff) - 127;
-  v8f m = (v8f)((bits & 0x7fffff) | 0x3f800000);
-  v8i big = m > splat(1.41421356f);
-  m = blend(big, m * 0.5f, m);
+LM_INLINE lm_v8f v8_log(lm_v8f s) {
+  lm_v8i bits = (lm_v8i)s;
+  lm_v8i e = ((bits >> 23) & 0xff) - 127;
+  lm_v8f m = (lm_v8f)((bits & 0x7fffff) | 0x3f800000);
+  lm_v8i big = m > lm_v8_splat(1.41421356f);
+  m = lm_v8_select(big, m * 0.5f, m);
   e -= big; /* big is -1 where set */
-  v8f z = (m - 1.0f) / (m + 1.0f), z2 = z * z;
-  v8f q = splat(2.0f / 9);
+  lm_v8f z = (m - 1.0f) / (m + 1.0f), z2 = z * z;
+  lm_v8f q = lm_v8_splat(2.0f / 9);
   q = q * z2 + 2.0f / 7;
   q = q * z2 + 2.0f / 5;
   q = q * z2 + 2.0f / 3;
   q = q * z2 + 2.0f;
-  v8f ef = __builtin_convertvector(e, v8f);
-  v8f r = ef * 0.693359375f + (ef * -2.12194440e-4f + q * z);
-  r = blend(s == splat(0), splat(-INFINITY), r);
-  r = blend(s == splat(INFINITY), s, r);
-  return blend((s != s) | (s < splat(0)), splat(NAN), r);
+  lm_v8f ef = __builtin_convertvector(e, lm_v8f);
+  lm_v8f r = ef * 0.693359375f + (ef * -2.12194440e-4f + q * z);
+  r = lm_v8_select(s == lm_v8_splat(0), lm_v8_splat(-INFINITY), r);
+  r = lm_v8_select(s == lm_v8_splat(INFINITY), s, r);
+  return lm_v8_select((s != s) | (s < lm_v8_splat(0)), lm_v8_splat(NAN), r);
 }
 
 /* out[j] = exp(x[j] - m[j * m_step]) for j < n (m_step 0: one shift for all) */
-INLINE void exp_diff_f32(const float *x, const float *m, int64_t m_step, float *out, int64_t n) {
+LM_INLINE void exp_diff_f32(const float *x, const float *m, int64_t m_step, float *out, int64_t n) {
   int64_t j = 0;
-  v8f a, b, r;
+  lm_v8f a, b, r;
   for (; j + 8 <= n; j += 8) {
     memcpy(&a, x + j, sizeof a);
     if (m_step) memcpy(&b, m + j, sizeof b);
-    else b = splat(m[0]);
-    r = v8_exp(a - b);
+    else b = lm_v8_splat(m[0]);
+    r = lm_v8_exp(a - b);
     memcpy(out + j, &r, sizeof r);
   }
   if (j < n) {
@@ -165,15 +116,15 @@ INLINE void exp_diff_f32(const float *x, const float *m, int64_t m_step, float *
     else for (int k = 0; k < 8; k++) tb[k] = m[0];
     memcpy(&a, ta, sizeof a);
     memcpy(&b, tb, sizeof b);
-    r = v8_exp(a - b);
+    r = lm_v8_exp(a - b);
     memcpy(tr, &r, sizeof r);
     memcpy(out + j, tr, (size_t)(n - j) * sizeof *tr);
   }
 }
 
-INLINE void log_f32(const float *s, float *out, int64_t n) {
+LM_INLINE void log_f32(const float *s, float *out, int64_t n) {
   int64_t j = 0;
-  v8f a, r;
+  lm_v8f a, r;
   for (; j + 8 <= n; j += 8) {
     memcpy(&a, s + j, sizeof a);
     r = v8_log(a);
@@ -191,14 +142,14 @@ INLINE void log_f32(const float *s, float *out, int64_t n) {
 }
 
 /* f64 (gradient checks, not the fast path): libm */
-INLINE void exp_diff_f64(const double *x, const double *m, int64_t m_step, double *out, int64_t n) {
+LM_INLINE void exp_diff_f64(const double *x, const double *m, int64_t m_step, double *out, int64_t n) {
   for (int64_t j = 0; j < n; j++) out[j] = exp(x[j] - m[j * m_step]);
 }
-INLINE void log_f64(const double *s, double *out, int64_t n) {
+LM_INLINE void log_f64(const double *s, double *out, int64_t n) {
   for (int64_t j = 0; j < n; j++) out[j] = log(s[j]);
 }
-INLINE float log1_f32(float s) { float r; log_f32(&s, &r, 1); return r; }
-INLINE double log1_f64(double s) { return log(s); }
+LM_INLINE float log1_f32(float s) { float r; log_f32(&s, &r, 1); return r; }
+LM_INLINE double log1_f64(double s) { return log(s); }
 
 /* ==== cross_entropy and nll_loss ==== */
 
@@ -236,7 +187,7 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
    block is b rows of C contiguous classes (inner loops over classes). */
 #define DEF_CLASS_KERNELS(SUF, T)                                                                 \
   /* log-sum-exp over the classes of one block */                                                 \
-  INLINE void block_lse_##SUF(const class_plan *p, const T *x, int64_t b, T *lse) {               \
+  LM_INLINE void block_lse_##SUF(const class_plan *p, const T *x, int64_t b, T *lse) {            \
     const int64_t S = p->S, C = p->C;                                                             \
     if (p->log_input) {                                                                           \
       for (int64_t j = 0; j < b; j++) lse[j] = 0;                                                 \
@@ -247,12 +198,12 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
       for (int64_t j = 0; j < b; j++) {                                                           \
         const T *row = x + j * C;                                                                 \
         T mj = row[0], sj = 0;                                                                    \
-        SIMD_MAX(mj) for (int64_t c = 1; c < C; c++) mj = row[c] > mj ? row[c] : mj;              \
+        LM_SIMD_MAX(mj) for (int64_t c = 1; c < C; c++) mj = row[c] > mj ? row[c] : mj;           \
         if (mj == INFINITY || mj == -INFINITY) mj = 0; /* keeps inf - inf out */                  \
         for (int64_t c0 = 0; c0 < C; c0 += BLK) {                                                 \
           int64_t k = C - c0 < BLK ? C - c0 : BLK;                                                \
           exp_diff_##SUF(row + c0, &mj, 0, e, k);                                                 \
-          SIMD_SUM(sj) for (int64_t c = 0; c < k; c++) sj += e[c];                                \
+          LM_SIMD_SUM(sj) for (int64_t c = 0; c < k; c++) sj += e[c];                             \
         }                                                                                         \
         lse[j] = mj + log1_##SUF(sj);                                                             \
       }                                                                                           \
@@ -261,7 +212,7 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
     for (int64_t j = 0; j < b; j++) m[j] = x[j];                                                  \
     for (int64_t c = 1; c < C; c++) {                                                             \
       const T *xc = x + c * S;                                                                    \
-      SIMD for (int64_t j = 0; j < b; j++) m[j] = xc[j] > m[j] ? xc[j] : m[j];                    \
+      LM_SIMD for (int64_t j = 0; j < b; j++) m[j] = xc[j] > m[j] ? xc[j] : m[j];                 \
     }                                                                                             \
     for (int64_t j = 0; j < b; j++) {                                                             \
       if (m[j] == INFINITY || m[j] == -INFINITY) m[j] = 0;                                        \
@@ -269,16 +220,16 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
     }                                                                                             \
     for (int64_t c = 0; c < C; c++) {                                                             \
       exp_diff_##SUF(x + c * S, m, 1, e, b);                                                      \
-      SIMD for (int64_t j = 0; j < b; j++) s[j] += e[j];                                          \
+      LM_SIMD for (int64_t j = 0; j < b; j++) s[j] += e[j];                                       \
     }                                                                                             \
     log_##SUF(s, lse, b);                                                                         \
-    SIMD for (int64_t j = 0; j < b; j++) lse[j] += m[j];                                          \
+    LM_SIMD for (int64_t j = 0; j < b; j++) lse[j] += m[j];                                       \
   }                                                                                               \
                                                                                                   \
   /* sum_c coef[c] * (lse - x[c]) for each position of the block, where                           \
      coef[c] = w[c] * ((1 - e) t[c] + e / C) with probability targets t,                          \
      else w[c] */                                                                                 \
-  INLINE void block_weighted_nll_##SUF(const class_plan *p, const T *x, const T *t, int64_t b,    \
+  LM_INLINE void block_weighted_nll_##SUF(const class_plan *p, const T *x, const T *t, int64_t b, \
                                        const T *lse, T *out) {                                    \
     const int64_t S = p->S, C = p->C;                                                             \
     const T e = (T)p->eps, u = (T)(p->eps / C);                                                   \
@@ -299,15 +250,15 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
       const T wc = (T)class_weight(p, c), *xc = x + c * S;                                        \
       if (t) {                                                                                    \
         const T *tc = t + c * S;                                                                  \
-        SIMD for (int64_t j = 0; j < b; j++) out[j] += wc * ((1 - e) * tc[j] + u) * (lse[j] - xc[j]); \
+        LM_SIMD for (int64_t j = 0; j < b; j++) out[j] += wc * ((1 - e) * tc[j] + u) * (lse[j] - xc[j]); \
       } else {                                                                                    \
-        SIMD for (int64_t j = 0; j < b; j++) out[j] += wc * (lse[j] - xc[j]);                     \
+        LM_SIMD for (int64_t j = 0; j < b; j++) out[j] += wc * (lse[j] - xc[j]);                  \
       }                                                                                           \
     }                                                                                             \
   }                                                                                               \
                                                                                                   \
   /* Forward over the b positions from flat position pos. */                                      \
-  static CLONES void fwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b, double *lsum,   \
+  static LM_CLONES void fwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b, double *lsum, \
                                      double *wsum, int64_t *bad) {                                \
     const int64_t S = p->S, C = p->C, off = (pos / S) * C * S + pos % S;                          \
     const T *x = (const T *)p->x + off;                                                           \
@@ -351,10 +302,10 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
      class targets A = (1 - e) w[t] + (e / C) sum(w), B[c] = (1 - e) w[t] [c == t]                \
      + (e / C) w[c]; with probability targets A = sum_c w[c] t'[c],                               \
      B[c] = w[c] t'[c]; for nll_loss A = 0. */                                                    \
-  static CLONES void bwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b) {               \
+  static LM_CLONES void bwd_block_##SUF(const class_plan *p, int64_t pos, int64_t b) {            \
     const int64_t S = p->S, C = p->C, off = (pos / S) * C * S + pos % S;                          \
     const int64_t rs = S == 1 ? C : 1, cs = S == 1 ? 1 : S; /* position and class strides */      \
-    const T *x = (const T *)p->x + off, *lse = p->lse ? (const T *)p->lse + pos : NULL;          \
+    const T *x = (const T *)p->x + off, *lse = p->lse ? (const T *)p->lse + pos : NULL;           \
     const T *t = p->prob ? (const T *)p->prob + off : NULL;                                       \
     const T e = (T)p->eps, u = (T)(p->eps / C);                                                   \
     T g[BLK], a[BLK], wt[BLK], ex[BLK];                                                           \
@@ -363,7 +314,7 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
       for (int64_t j = 0; j < b; j++) a[j] = 0;                                                   \
       for (int64_t c = 0; c < C; c++) {                                                           \
         const T wc = (T)class_weight(p, c);                                                       \
-        for (int64_t j = 0; j < b; j++) a[j] += wc * ((1 - e) * t[j * rs + c * cs] + u);         \
+        for (int64_t j = 0; j < b; j++) a[j] += wc * ((1 - e) * t[j * rs + c * cs] + u);          \
       }                                                                                           \
     } else {                                                                                      \
       for (int64_t j = 0; j < b; j++) {                                                           \
@@ -404,9 +355,9 @@ static inline double class_weight(const class_plan *p, int64_t c) { return p->w 
           exp_diff_##SUF(xc, lse, 1, ex, b);                                                      \
           if (t) {                                                                                \
             const T *tc = t + c * S;                                                              \
-            SIMD for (int64_t j = 0; j < b; j++) gc[j] = g[j] * (a[j] * ex[j] - wc * ((1 - e) * tc[j] + u)); \
+            LM_SIMD for (int64_t j = 0; j < b; j++) gc[j] = g[j] * (a[j] * ex[j] - wc * ((1 - e) * tc[j] + u)); \
           } else {                                                                                \
-            SIMD for (int64_t j = 0; j < b; j++) gc[j] = g[j] * (a[j] * ex[j] - u * wc);          \
+            LM_SIMD for (int64_t j = 0; j < b; j++) gc[j] = g[j] * (a[j] * ex[j] - u * wc);       \
           }                                                                                       \
         }                                                                                         \
       }                                                                                           \
@@ -730,13 +681,13 @@ DEF_BCE_SCALAR(f64, double, exp, log1p)
 
 /* log1p(e) for e in [0, 1]: log(u) e / (u - 1) with u = 1 + e corrects the
    rounding of u (e itself where u rounds to 1). */
-INLINE v8f v8_log1p_unit(v8f e) {
-  v8f u = e + 1.0f;
-  return blend(u == splat(1.0f), e, v8_log(u) * (e / (u - 1.0f)));
+LM_INLINE lm_v8f v8_log1p_unit(lm_v8f e) {
+  lm_v8f u = e + 1.0f;
+  return lm_v8_select(u == lm_v8_splat(1.0f), e, v8_log(u) * (e / (u - 1.0f)));
 }
 
-INLINE v8f load8(const float *p, int64_t k) {
-  v8f v;
+LM_INLINE lm_v8f load8(const float *p, int64_t k) {
+  lm_v8f v;
   if (k == 8) {
     memcpy(&v, p, sizeof v);
   } else {
@@ -749,7 +700,7 @@ INLINE v8f load8(const float *p, int64_t k) {
 
 /* f32: eight lanes at a time where the run is contiguous (pos_weight may be
    one value for the run), the scalar loop otherwise. */
-static CLONES void bce_kernel_f32(char **ptr, const int64_t *s, int64_t n, void *arg) {
+static LM_CLONES void bce_kernel_f32(char **ptr, const int64_t *s, int64_t n, void *arg) {
   const bce_arg *a = arg;
   const int64_t fs = sizeof(float);
   if (s[0] != fs || s[1] != fs || s[2] != fs || (a->has_pw && s[3] != fs && s[3] != 0)) {
@@ -759,21 +710,21 @@ static CLONES void bce_kernel_f32(char **ptr, const int64_t *s, int64_t n, void 
   float *o = (float *)ptr[0];
   const float *xs = (const float *)ptr[1], *ts = (const float *)ptr[2];
   const float *pws = a->has_pw ? (const float *)ptr[3] : NULL;
-  const v8i sign = splat_i(INT32_MIN);
+  const lm_v8i sign = (lm_v8i){0} + INT32_MIN;
   for (int64_t i = 0; i < n; i += 8) {
     int64_t k = n - i < 8 ? n - i : 8;
-    v8f x = load8(xs + i, k), t = load8(ts + i, k);
-    v8f pw = !pws ? splat(1) : s[3] ? load8(pws + i, k) : splat(pws[0]);
-    v8f e = v8_exp((v8f)((v8i)x | sign)), lw = (pw - 1.0f) * t + 1.0f; /* exp(-|x|) */
-    v8f r;
+    lm_v8f x = load8(xs + i, k), t = load8(ts + i, k);
+    lm_v8f pw = !pws ? lm_v8_splat(1) : s[3] ? load8(pws + i, k) : lm_v8_splat(pws[0]);
+    lm_v8f e = lm_v8_exp((lm_v8f)((lm_v8i)x | sign)), lw = (pw - 1.0f) * t + 1.0f; /* exp(-|x|) */
+    lm_v8f r;
     if (a->mode == BCE_GRAD_X) {
-      v8f q = e / (e + 1.0f);
-      r = blend(x < splat(0), lw * q - pw * t, (1.0f - t) - lw * q);
+      lm_v8f q = e / (e + 1.0f);
+      r = lm_v8_select(x < lm_v8_splat(0), lw * q - pw * t, (1.0f - t) - lw * q);
     } else {
-      v8f l1p = v8_log1p_unit(e);
-      v8i neg = x < splat(0);
-      if (a->mode == BCE_LOSS) r = blend(neg, -pw * t * x, (1.0f - t) * x) + lw * l1p;
-      else r = (pw - 1.0f) * (blend(neg, -x, splat(0)) + l1p) - x;
+      lm_v8f l1p = v8_log1p_unit(e);
+      lm_v8i neg = x < lm_v8_splat(0);
+      if (a->mode == BCE_LOSS) r = lm_v8_select(neg, -pw * t * x, (1.0f - t) * x) + lw * l1p;
+      else r = (pw - 1.0f) * (lm_v8_select(neg, -x, lm_v8_splat(0)) + l1p) - x;
     }
     r *= (float)a->scale;
     if (k == 8) {

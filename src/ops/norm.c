@@ -25,25 +25,15 @@
 
 #define CHUNK 16384   /* elements of one group handled by one unit, at most */
 #define GRAIN 32768   /* elements below which another thread does not pay */
-#define PRAGMA(x) _Pragma(#x)
-#define SIMD_SUM2(a, b) PRAGMA(omp simd reduction(+ : a, b))
-#define SIMD _Pragma("omp simd")
-/* the kernels get an AVX2+FMA (x86-64-v3) clone picked at load time */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define LM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LM_CLONES
-#endif
 
 /* ---- elements as doubles ----
    The kernels are written once over double values and instantiated per
    dtype: f32 is a constant in each instance, so the tests fold away and the
    loops vectorise with the conversions inline. */
-#define INLINE static inline __attribute__((always_inline))
-INLINE double ld(const char *p, int64_t i, bool f32) {
+LM_INLINE double ld(const char *p, int64_t i, bool f32) {
   return f32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
 }
-INLINE void st(char *p, int64_t i, double v, bool f32) {
+LM_INLINE void st(char *p, int64_t i, double v, bool f32) {
   if (f32) ((float *)p)[i] = (float)v;
   else ((double *)p)[i] = v;
 }
@@ -89,7 +79,7 @@ typedef struct pass {
 
 /* One contiguous run of n elements at element offset off; j is the
    position of its first element within the group. */
-INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n, double *s1, double *s2, bool f32) {
+LM_INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n, double *s1, double *s2, bool f32) {
   const int64_t at = off * (f32 ? 4 : 8);
   const char *x = p->x + at, *g = p->g ? p->g + at : NULL;
   char *y = p->y ? p->y + at : NULL;
@@ -98,7 +88,7 @@ INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n
   switch (p->kind) {
   case K_MOMENTS: {
     const double k = p->k[q];
-    SIMD_SUM2(u, v) for (int64_t t = 0; t < n; t++) {
+    LM_SIMD_SUM(u, v) for (int64_t t = 0; t < n; t++) {
       double d = ld(x, t, f32) - k;
       u += d;
       v += d * d;
@@ -109,13 +99,13 @@ INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n
   case K_LN_GRAD_SUMS: {
     const double k = p->k[q];
     if (w) {
-      SIMD_SUM2(u, v) for (int64_t t = 0; t < n; t++) {
+      LM_SIMD_SUM(u, v) for (int64_t t = 0; t < n; t++) {
         double gw = ld(g, t, f32) * w[t];
         u += gw;
         v += gw * (ld(x, t, f32) - k);
       }
     } else {
-      SIMD_SUM2(u, v) for (int64_t t = 0; t < n; t++) {
+      LM_SIMD_SUM(u, v) for (int64_t t = 0; t < n; t++) {
         double gt = ld(g, t, f32);
         u += gt;
         v += gt * (ld(x, t, f32) - k);
@@ -125,19 +115,19 @@ INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n
   }
   case K_AFFINE: {
     const double a = p->a[q], b = p->b[q];
-    SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(x, t, f32) + b, f32);
+    LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(x, t, f32) + b, f32);
     break;
   }
   case K_LN_AFFINE: {
     const double a = p->a[q], b = p->b[q];
     if (w && bias) {
-      SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) * w[t] + bias[t], f32);
+      LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) * w[t] + bias[t], f32);
     } else if (w) {
-      SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) * w[t], f32);
+      LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) * w[t], f32);
     } else if (bias) {
-      SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) + bias[t], f32);
+      LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, (a * ld(x, t, f32) + b) + bias[t], f32);
     } else {
-      SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(x, t, f32) + b, f32);
+      LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(x, t, f32) + b, f32);
     }
     break;
   }
@@ -145,9 +135,9 @@ INLINE void run_body(const pass *p, int64_t q, int64_t off, int64_t j, int64_t n
   case K_LN_GRAD_X: {
     const double a = p->a[q], b = p->b[q], c = p->c[q];
     if (w) {
-      SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(g, t, f32) * w[t] + b * ld(x, t, f32) + c, f32);
+      LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(g, t, f32) * w[t] + b * ld(x, t, f32) + c, f32);
     } else {
-      SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(g, t, f32) + b * ld(x, t, f32) + c, f32);
+      LM_SIMD for (int64_t t = 0; t < n; t++) st(y, t, a * ld(g, t, f32) + b * ld(x, t, f32) + c, f32);
     }
     break;
   }
@@ -616,7 +606,7 @@ typedef struct ln_rows {
   double *cols;            /* backward: 2 D column sums per block, or NULL */
 } ln_rows;
 
-INLINE void ln_forward_rows(const ln_rows *p, int64_t begin, int64_t end, bool f32) {
+LM_INLINE void ln_forward_rows(const ln_rows *p, int64_t begin, int64_t end, bool f32) {
   const int64_t D = p->D, es = f32 ? 4 : 8;
   const double *w = p->w, *bias = p->bias;
   for (int64_t r = begin; r < end; r++) {
@@ -624,7 +614,7 @@ INLINE void ln_forward_rows(const ln_rows *p, int64_t begin, int64_t end, bool f
     char *y = p->y + r * D * es;
     const double k = ld(x, 0, f32);
     double u = 0, v = 0;
-    SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+    LM_SIMD_SUM(u, v) for (int64_t j = 0; j < D; j++) {
       double d = ld(x, j, f32) - k;
       u += d;
       v += d * d;
@@ -636,13 +626,13 @@ INLINE void ln_forward_rows(const ln_rows *p, int64_t begin, int64_t end, bool f
     p->mean[r] = mu;
     p->rstd[r] = rs;
     if (w && bias) {
-      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs * w[j] + bias[j], f32);
+      LM_SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs * w[j] + bias[j], f32);
     } else if (w) {
-      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs * w[j], f32);
+      LM_SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs * w[j], f32);
     } else if (bias) {
-      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs + bias[j], f32);
+      LM_SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs + bias[j], f32);
     } else {
-      SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs, f32);
+      LM_SIMD for (int64_t j = 0; j < D; j++) st(y, j, (ld(x, j, f32) - mu) * rs, f32);
     }
   }
 }
@@ -653,7 +643,7 @@ LM_CLONES static void ln_forward_run(void *arg, int64_t begin, int64_t end) {
 }
 
 /* dx = rstd (g w - mean(g w) - xhat mean(g w xhat)), as a g w + b x + c */
-INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, bool f32) {
+LM_INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, bool f32) {
   const int64_t D = p->D, M = p->M, es = f32 ? 4 : 8;
   const double *w = p->w;
   for (int64_t blk = begin; blk < end; blk++) {
@@ -665,7 +655,7 @@ INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, boo
       const double mu = p->mean[r], rs = p->rstd[r];
       double u = 0, v = 0; /* sum(g w), sum(g w (x - mean)) */
       if (cw && w) { /* the column sums ride along */
-        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+        LM_SIMD_SUM(u, v) for (int64_t j = 0; j < D; j++) {
           const double gj = ld(g, j, f32), dj = ld(x, j, f32) - mu, gw = gj * w[j];
           u += gw;
           v += gw * dj;
@@ -673,7 +663,7 @@ INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, boo
           cb[j] += gj;
         }
       } else if (cw) {
-        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+        LM_SIMD_SUM(u, v) for (int64_t j = 0; j < D; j++) {
           const double gj = ld(g, j, f32), dj = ld(x, j, f32) - mu;
           u += gj;
           v += gj * dj;
@@ -681,13 +671,13 @@ INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, boo
           cb[j] += gj;
         }
       } else if (w) {
-        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+        LM_SIMD_SUM(u, v) for (int64_t j = 0; j < D; j++) {
           const double gw = ld(g, j, f32) * w[j];
           u += gw;
           v += gw * (ld(x, j, f32) - mu);
         }
       } else {
-        SIMD_SUM2(u, v) for (int64_t j = 0; j < D; j++) {
+        LM_SIMD_SUM(u, v) for (int64_t j = 0; j < D; j++) {
           const double gj = ld(g, j, f32);
           u += gj;
           v += gj * (ld(x, j, f32) - mu);
@@ -697,9 +687,9 @@ INLINE void ln_backward_blocks(const ln_rows *p, int64_t begin, int64_t end, boo
       char *dx = p->y + r * D * es;
       const double b = -rs * rs * rs * v / (double)D, c = -rs * u / (double)D - b * mu;
       if (w) {
-        SIMD for (int64_t j = 0; j < D; j++) st(dx, j, rs * ld(g, j, f32) * w[j] + b * ld(x, j, f32) + c, f32);
+        LM_SIMD for (int64_t j = 0; j < D; j++) st(dx, j, rs * ld(g, j, f32) * w[j] + b * ld(x, j, f32) + c, f32);
       } else {
-        SIMD for (int64_t j = 0; j < D; j++) st(dx, j, rs * ld(g, j, f32) + b * ld(x, j, f32) + c, f32);
+        LM_SIMD for (int64_t j = 0; j < D; j++) st(dx, j, rs * ld(g, j, f32) + b * ld(x, j, f32) + c, f32);
       }
     }
   }
@@ -723,7 +713,7 @@ typedef struct ln_cols {
 } ln_cols;
 
 #define COLS 256
-INLINE void ln_cols_body(const ln_cols *p, int64_t begin, int64_t end, bool f32) {
+LM_INLINE void ln_cols_body(const ln_cols *p, int64_t begin, int64_t end, bool f32) {
   for (int64_t blk = begin; blk < end; blk++) {
     const int64_t j0 = blk * COLS, m = p->D - j0 < COLS ? p->D - j0 : COLS;
     double *gw = p->gw + j0, *gb = p->gb + j0;
@@ -732,7 +722,7 @@ INLINE void ln_cols_body(const ln_cols *p, int64_t begin, int64_t end, bool f32)
       const int64_t at = (r * p->D + j0) * (f32 ? 4 : 8);
       const char *x = p->x + at, *g = p->g + at;
       const double mu = p->mean[r], rs = p->rstd[r];
-      SIMD for (int64_t t = 0; t < m; t++) {
+      LM_SIMD for (int64_t t = 0; t < m; t++) {
         double gt = ld(g, t, f32);
         gw[t] += gt * (ld(x, t, f32) - mu) * rs;
         gb[t] += gt;

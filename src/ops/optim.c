@@ -22,7 +22,6 @@
 #include <string.h>
 
 #define OPTIM_GRAIN 32768 /* elements per thread, as for the other loops */
-#define LM_SIMD _Pragma("omp simd")
 /* The update loops test settings that stay fixed for the whole loop; GCC at
    -O2 does not version a loop on them (-funswitch-loops comes with -O3),
    and without that they do not vectorise. (The Makefile builds this file

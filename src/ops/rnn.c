@@ -57,62 +57,17 @@ typedef struct cell_grad_args {
   char *dgx, *dgh, *ds; /* gate gradients (dgh: GRU only), state gradient (NULL: not wanted) */
 } cell_grad_args;
 
-/* f32 math that vectorizes: the loops below run eight lanes at a time
-   (AVX2 clone) instead of calling libm per element, which made the cell
-   the slowest part of an LSTM step. exp: 2^n * e^r with n = round(x / ln2),
-   |r| <= ln2 / 2 and e^r by its Taylor series to r^7 (error below 1e-8,
-   under float rounding). 2^n is built from the bits of the rounding sum,
-   so no float-to-int conversion is needed; NaN passes the clamps and stays
-   NaN. tanh(x) = 1 - 2 / (1 + e^2x) is within 1e-7 absolutely. f64 keeps
-   libm: it serves gradient checks, not speed. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define RNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define RNN_CLONES
-#endif
-
-#define INLINE static inline __attribute__((always_inline))
-
-/* c ? a : b through the bits: GCC leaves a float ?: as a branch inside
-   these loops, which stops it from vectorizing them. */
-INLINE float pick_f32(bool c, float a, float b) {
-  uint32_t ua, ub, m = -(uint32_t)c;
-  memcpy(&ua, &a, 4);
-  memcpy(&ub, &b, 4);
-  ua = (ua & m) | (ub & ~m);
-  memcpy(&a, &ua, 4);
-  return a;
-}
-
-INLINE float exp_f32(float x) {
-  x = pick_f32(x > 88.0f, 88.0f, x); /* NaN compares false and stays */
-  x = pick_f32(x < -87.0f, -87.0f, x);
-  const float shift = 12582912.0f + 127.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-  float t = x * 1.44269504088896341f + shift; /* its low mantissa bits hold n + 127 */
-  float n = t - shift;
-  float r = (x - n * 0.693359375f) - n * -2.12194440e-4f; /* ln2 in two parts: r is exact */
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  uint32_t bits;
-  memcpy(&bits, &t, 4);
-  bits <<= 23; /* n + 127 (1..254) into the exponent field: 2^n */
-  float scale;
-  memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
-INLINE float tanh_f32(float x) { return 1.0f - 2.0f / (1.0f + exp_f32(2.0f * x)); }
+/* f32 math that vectorizes (lm_exp_f32, internal.h): the loops below run
+   eight lanes at a time (AVX2 clone) instead of calling libm per element,
+   which made the cell the slowest part of an LSTM step. tanh(x) =
+   1 - 2 / (1 + e^2x) is within 1e-7 absolutely. f64 keeps libm: it serves
+   gradient checks, not speed. */
+LM_INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + lm_exp_f32(-x)); }
+LM_INLINE float tanh_f32(float x) { return 1.0f - 2.0f / (1.0f + lm_exp_f32(2.0f * x)); }
 static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline double tanh_f64(double x) { return tanh(x); }
 
 #define ROW(r, T, b) ((const T *)(r).data + (b) * (r).ld)
-#define SIMD _Pragma("omp simd")
 
 /* The LSTM forward always fills the workspace (i, f, g, o, tanh c): the
    loop stays branch-free, and the caller keeps it only when recording. */
@@ -125,7 +80,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
       const T *restrict cp = ROW(a->s, T, b);                                            \
       T *restrict h = (T *)a->h + b * H, *restrict c = (T *)a->c + b * H;                \
       T *restrict ws = (T *)a->ws + b * 5 * H;                                           \
-      SIMD for (int64_t j = 0; j < H; j++) {                                             \
+      LM_SIMD for (int64_t j = 0; j < H; j++) {                                          \
         T i = SIG(gx[j] + gh[j]), f = SIG(gx[H + j] + gh[H + j]);                        \
         T g = TANH(gx[2 * H + j] + gh[2 * H + j]), o = SIG(gx[3 * H + j] + gh[3 * H + j]); \
         T cn = f * cp[j] + i * g, tc = TANH(cn);                                         \
@@ -142,9 +97,9 @@ static inline double tanh_f64(double x) { return tanh(x); }
       const T *restrict dh = ROW(a->dh, T, b), *restrict dc = ROW(a->dc, T, b);          \
       const T *restrict cp = ROW(a->s, T, b), *restrict ws = ROW(a->ws, T, b);           \
       T *restrict dg = (T *)a->dgx + b * 4 * H;                                          \
-      SIMD for (int64_t j = 0; j < H; j++) {                                             \
+      LM_SIMD for (int64_t j = 0; j < H; j++) {                                          \
         T i = ws[j], f = ws[H + j], g = ws[2 * H + j], o = ws[3 * H + j], tc = ws[4 * H + j]; \
-        T dct = dc[j] + dh[j] * o * (1 - tc * tc); /* through h = o * tanh(c) too */    \
+        T dct = dc[j] + dh[j] * o * (1 - tc * tc); /* through h = o * tanh(c) too */     \
         dg[j] = dct * g * i * (1 - i);                                                   \
         dg[H + j] = dct * cp[j] * f * (1 - f);                                           \
         dg[2 * H + j] = dct * i * (1 - g * g);                                           \
@@ -152,7 +107,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
       }                                                                                  \
       if (!a->ds) continue;                                                              \
       T *restrict ds = (T *)a->ds + b * H;                                               \
-      SIMD for (int64_t j = 0; j < H; j++) {                                             \
+      LM_SIMD for (int64_t j = 0; j < H; j++) {                                          \
         T o = ws[3 * H + j], tc = ws[4 * H + j];                                         \
         ds[j] = (dc[j] + dh[j] * o * (1 - tc * tc)) * ws[H + j];                         \
       }                                                                                  \
@@ -167,7 +122,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
       const T *restrict gx = ROW(a->gx, T, b), *restrict gh = ROW(a->gh, T, b);          \
       const T *restrict hp = ROW(a->s, T, b);                                            \
       T *restrict h = (T *)a->h + b * H, *restrict ws = (T *)a->ws + b * 4 * H;          \
-      SIMD for (int64_t j = 0; j < H; j++) {                                             \
+      LM_SIMD for (int64_t j = 0; j < H; j++) {                                          \
         T r = SIG(gx[j] + gh[j]), z = SIG(gx[H + j] + gh[H + j]);                        \
         T hn = gh[2 * H + j], n = TANH(gx[2 * H + j] + r * hn);                          \
         h[j] = (1 - z) * n + z * hp[j];                                                  \
@@ -182,7 +137,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
       const T *restrict dh = ROW(a->dh, T, b), *restrict hp = ROW(a->s, T, b);           \
       const T *restrict ws = ROW(a->ws, T, b);                                           \
       T *restrict dgx = (T *)a->dgx + b * 3 * H, *restrict dgh = (T *)a->dgh + b * 3 * H; \
-      SIMD for (int64_t j = 0; j < H; j++) {                                             \
+      LM_SIMD for (int64_t j = 0; j < H; j++) {                                          \
         T r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];               \
         T dn = dh[j] * (1 - z) * (1 - n * n);                                            \
         T dz = dh[j] * (hp[j] - n) * z * (1 - z);                                        \
@@ -194,13 +149,13 @@ static inline double tanh_f64(double x) { return tanh(x); }
       }                                                                                  \
       if (!a->ds) continue;                                                              \
       T *restrict ds = (T *)a->ds + b * H;                                               \
-      SIMD for (int64_t j = 0; j < H; j++) ds[j] = dh[j] * ws[H + j];                    \
+      LM_SIMD for (int64_t j = 0; j < H; j++) ds[j] = dh[j] * ws[H + j];                 \
     }                                                                                    \
   }
 
-LSTM_KERNELS(float, RNN_CLONES, sigmoid_f32, tanh_f32)
+LSTM_KERNELS(float, LM_CLONES, sigmoid_f32, tanh_f32)
 LSTM_KERNELS(double, , sigmoid_f64, tanh_f64)
-GRU_KERNELS(float, RNN_CLONES, sigmoid_f32, tanh_f32)
+GRU_KERNELS(float, LM_CLONES, sigmoid_f32, tanh_f32)
 GRU_KERNELS(double, , sigmoid_f64, tanh_f64)
 
 /* Rows per thread chunk: small steps stay on one thread. */
