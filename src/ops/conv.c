@@ -604,6 +604,41 @@ fail:
   return st;
 }
 
+static lm_status conv_transpose_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin);
+
+/* Runs a convolution (gather) or a transposed one (scatter) on contiguous
+   operands into a new output and records it for autograd. */
+static lm_status run_conv(lm_ctx *ctx, const char *op, bool transposed, const conv_geom *g, const lm_tensor *x,
+                          const lm_tensor *w, const lm_tensor *b, bool batched, int64_t n, int64_t cout, int32_t nsp,
+                          const int64_t *osp, const int64_t *stride, const int64_t *pad, const int64_t *dilation,
+                          int64_t groups, lm_tensor **out) {
+  lm_status st;
+  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
+  if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
+  if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
+  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
+  if ((st = transposed ? scatter(ctx, op, g, xc, wc, bc, y) : gather(ctx, op, g, xc, wc, bc, y))) goto done;
+
+  lm_node *node;
+  const lm_tensor *ins[3] = {x, w, b};
+  if ((st = lm_record(ctx, transposed ? LM_OP_CONV_TRANSPOSE : LM_OP_CONV,
+                      transposed ? conv_transpose_backward : conv_backward, 3, ins, 1, &y, &node)))
+    goto done;
+  if (node) {
+    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
+    save_params(node, nsp, groups, batched, stride, pad, dilation);
+  }
+done:
+  lm_tensor_release(xc);
+  lm_tensor_release(wc);
+  lm_tensor_release(bc);
+  if (st) {
+    lm_tensor_release(y);
+    return st;
+  }
+  return lm_finish_out(y, out);
+}
+
 lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp,
                   const int64_t *stride, const int64_t *pad_lo, const int64_t *pad_hi, const int64_t *dilation,
                   int64_t groups, lm_tensor **out) {
@@ -645,28 +680,7 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
   make_geom(&g, x->dtype, n, cin, cout, groups, nsp, x->shape + lead, osp, w->shape + 2, stride, pad_lo, dilation);
   if ((st = check_blas_limits(ctx, op, &g))) return st;
 
-  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
-  if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
-  if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
-  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
-  if ((st = gather(ctx, op, &g, xc, wc, bc, y))) goto done;
-
-  lm_node *node;
-  const lm_tensor *ins[3] = {x, w, b};
-  if ((st = lm_record(ctx, LM_OP_CONV, conv_backward, 3, ins, 1, &y, &node))) goto done;
-  if (node) {
-    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
-    save_params(node, nsp, groups, batched, stride, pad_lo, dilation);
-  }
-done:
-  lm_tensor_release(xc);
-  lm_tensor_release(wc);
-  lm_tensor_release(bc);
-  if (st) {
-    lm_tensor_release(y);
-    return st;
-  }
-  return lm_finish_out(y, out);
+  return run_conv(ctx, op, false, &g, x, w, b, batched, n, cout, nsp, osp, stride, pad_lo, dilation, groups, out);
 }
 
 /* ---- transposed convolution ---- */
@@ -745,26 +759,5 @@ lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w,
   make_geom(&g, x->dtype, n, cout, cin, groups, nsp, osp, x->shape + lead, w->shape + 2, stride, padding, dilation);
   if ((st = check_blas_limits(ctx, op, &g))) return st;
 
-  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
-  if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
-  if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
-  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
-  if ((st = scatter(ctx, op, &g, xc, wc, bc, y))) goto done;
-
-  lm_node *node;
-  const lm_tensor *ins[3] = {x, w, b};
-  if ((st = lm_record(ctx, LM_OP_CONV_TRANSPOSE, conv_transpose_backward, 3, ins, 1, &y, &node))) goto done;
-  if (node) {
-    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
-    save_params(node, nsp, groups, batched, stride, padding, dilation);
-  }
-done:
-  lm_tensor_release(xc);
-  lm_tensor_release(wc);
-  lm_tensor_release(bc);
-  if (st) {
-    lm_tensor_release(y);
-    return st;
-  }
-  return lm_finish_out(y, out);
+  return run_conv(ctx, op, true, &g, x, w, b, batched, n, cout, nsp, osp, stride, padding, dilation, groups, out);
 }
