@@ -146,6 +146,8 @@ lm_status lm_view(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *
 lm_status lm_reshape(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out);
 lm_status lm_slice(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t start, int64_t stop, int64_t step, lm_tensor **out);
 lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index, lm_tensor **out);
+/* outs (t->shape[dim] slots) receives every slice along dim */
+lm_status lm_unbind(lm_ctx *ctx, const lm_tensor *t, int32_t dim, lm_tensor **outs);
 lm_status lm_transpose(lm_ctx *ctx, const lm_tensor *t, int32_t dim0, int32_t dim1, lm_tensor **out);
 lm_status lm_permute(lm_ctx *ctx, const lm_tensor *t, const int32_t *perm, lm_tensor **out);
 lm_status lm_expand(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, lm_tensor **out);

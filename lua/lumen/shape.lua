@@ -148,12 +148,16 @@ return function(lumen)
     return t:split(math.ceil(n / chunks), dim)
   end)
 
-  -- unbind(t, dim=0): the list of slices t:select(dim, i).
+  -- unbind(t, dim=0): the list of slices t:select(dim, i), as one op for
+  -- autograd (its backward writes all the slices' gradients at once).
   export(lumen, 'unbind', function(t, dim)
     local h = handle(t, 'unbind', 'tensor')
     dim = int_arg(dim or 0, 'unbind', 'dim')
+    local n = dim_size(t, dim, 'unbind')
+    local outs = ffi.new('lm_tensor*[?]', math.max(n, 1))
+    core.check(C.lm_unbind(core.ctx, h, dim, outs))
     local parts = {}
-    for i = 0, dim_size(t, dim, 'unbind') - 1 do parts[i + 1] = call(C.lm_select, h, dim, i, core.out1) end
+    for i = 0, n - 1 do parts[i + 1] = core.wrap(outs[i]) end
     return parts
   end)
 

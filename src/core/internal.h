@@ -126,6 +126,12 @@ lm_operand lm_operand_of(const lm_tensor *t, int32_t ndim, const int64_t *shape)
 /* parallel_for over [0, n) in chunks of at least grain; fn(arg, begin, end) */
 void lm_parallel_for(lm_ctx *ctx, int64_t n, int64_t grain, void (*fn)(void *arg, int64_t begin, int64_t end), void *arg);
 
+/* ---- BLAS (src/ops/linalg.c) ----
+   c = alpha * op(a) @ op(b) + beta * c, row-major, f32 or f64; m, n or k
+   may be 0. */
+void lm_gemm(int32_t dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const char *a,
+             int64_t lda, const char *b, int64_t ldb, double beta, char *c, int64_t ldc);
+
 /* ---- dtype conversion ---- */
 /* Converts n elements between dtypes with byte strides. */
 void lm_cast_strided(int32_t dst_dtype, char *dst, int64_t dst_stride, int32_t src_dtype, const char *src, int64_t src_stride, int64_t n);

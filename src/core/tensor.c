@@ -589,6 +589,46 @@ lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index,
   return record_view(ctx, VIEW_SELECT, t, out, 2, params);
 }
 
+/* unbind: one node for all the slices, whose backward writes each slice's
+   gradient into one tensor (selecting slice by slice would send back a
+   full-size gradient per slice: O(n^2) for a loop over time steps). */
+static lm_status unbind_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
+  int32_t dim = (int32_t)n->ip[0], in_nd = (int32_t)n->ip[16];
+  lm_tensor *g, *v = NULL;
+  lm_status st = lm_new(ctx, "backward", gout[0]->dtype, in_nd, n->ip + 17, &g);
+  for (int32_t i = 0; !st && i < n->n_out; i++) {
+    if (!(st = lm_select(ctx, g, dim, i, &v))) st = lm_copy_(ctx, v, gout[i]);
+    lm_tensor_release(v);
+    v = NULL;
+  }
+  if (st) lm_tensor_release(g);
+  else gin[0] = g;
+  return st;
+}
+
+lm_status lm_unbind(lm_ctx *ctx, const lm_tensor *t, int32_t dim, lm_tensor **outs) {
+  WRAP_DIM("unbind", dim, t->ndim);
+  int64_t n = t->shape[dim_w];
+  if (n > INT32_MAX) return lm_err(ctx, LM_E_SHAPE, "unbind: %lld slices, expected fewer than 2^31", (long long)n);
+  bool grad = ctx->grad_enabled;
+  ctx->grad_enabled = false; /* the slices record one node together, below */
+  lm_status st = LM_OK;
+  int64_t made = 0;
+  for (; made < n && !st; made++) st = lm_select(ctx, t, dim_w, made, &outs[made]);
+  ctx->grad_enabled = grad;
+  if (st) made--;
+  lm_node *node = NULL;
+  if (!st && n > 0) st = lm_record(ctx, LM_OP_VIEW, unbind_backward, 1, &t, (int32_t)n, outs, &node);
+  if (node) {
+    node->ip[0] = dim_w;
+    node->ip[16] = t->ndim;
+    memcpy(node->ip + 17, t->shape, (size_t)t->ndim * sizeof *t->shape);
+  }
+  if (st)
+    for (int64_t i = 0; i < made; i++) { lm_tensor_release(outs[i]); outs[i] = NULL; }
+  return st;
+}
+
 lm_status lm_transpose(lm_ctx *ctx, const lm_tensor *t, int32_t d0, int32_t d1, lm_tensor **out) {
   WRAP_DIM("transpose", d0, t->ndim);
   WRAP_DIM("transpose", d1, t->ndim);

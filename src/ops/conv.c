@@ -25,12 +25,6 @@
 #include <limits.h>
 #include <string.h>
 
-/* The CBLAS entry points used (see linalg.c for why they are declared here). */
-enum { CBLAS_ROW_MAJOR_ = 101, CBLAS_NO_TRANS_ = 111, CBLAS_TRANS_ = 112 };
-extern void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
-                        const float *b, int ldb, float beta, float *c, int ldc);
-extern void cblas_dgemm(int order, int ta, int tb, int m, int n, int k, double alpha, const double *a, int lda,
-                        const double *b, int ldb, double beta, double *c, int ldc);
 extern void openblas_set_num_threads(int n);
 
 /* Bytes of one im2col tile per thread: big enough for GEMM to run well,
@@ -72,24 +66,6 @@ static void geom_finish(conv_geom *g) {
     if (g->tile_rows < 1) g->tile_rows = 1;
   }
   g->ntiles = g->rows > 0 ? (g->rows + g->tile_rows - 1) / g->tile_rows : 0;
-}
-
-static void gemm(int32_t dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const char *a, int64_t lda,
-                 const char *b, int64_t ldb, double beta, char *c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) { /* BLAS refuses lda = 0; an empty sum leaves beta * c */
-    int64_t es = lm_dtype_size(dtype);
-    if (beta == 0)
-      for (int64_t i = 0; i < m; i++) memset(c + i * ldc * es, 0, (size_t)(n * es));
-    return;
-  }
-  int ta_ = ta ? CBLAS_TRANS_ : CBLAS_NO_TRANS_, tb_ = tb ? CBLAS_TRANS_ : CBLAS_NO_TRANS_;
-  if (dtype == LM_F32)
-    cblas_sgemm(CBLAS_ROW_MAJOR_, ta_, tb_, (int)m, (int)n, (int)k, 1.0f, (const float *)a, (int)lda,
-                (const float *)b, (int)ldb, (float)beta, (float *)c, (int)ldc);
-  else
-    cblas_dgemm(CBLAS_ROW_MAJOR_, ta_, tb_, (int)m, (int)n, (int)k, 1.0, (const double *)a, (int)lda,
-                (const double *)b, (int)ldb, beta, (double *)c, (int)ldc);
 }
 
 /* ---- im2col and col2im on one group of one sample ---- */
@@ -247,7 +223,7 @@ static void gather_items(const conv_job *j, int64_t i0, int64_t i1, char *col) {
         b = col;
         ldb = len;
       }
-      gemm(g->dtype, false, false, g->mg, len, g->ckg, j->a + gi * g->mg * g->ckg * es, g->ckg, b, ldb,
+      lm_gemm(g->dtype, false, false, g->mg, len, g->ckg, 1.0, j->a + gi * g->mg * g->ckg * es, g->ckg, b, ldb,
            j->bias ? 1.0 : 0.0, out + gi * g->mg * g->col_sz * es, g->col_sz);
     }
   }
@@ -268,9 +244,9 @@ static void scatter_items(const conv_job *j, int64_t i0, int64_t i1, char *col) 
         const char *a = j->a + gi * g->mg * g->ckg * es, *ing = in + (gi * g->mg * g->col_sz + p0) * es;
         char *ig = img + gi * g->cg * g->img_sz * es;
         if (g->direct) {
-          gemm(g->dtype, true, false, g->ckg, len, g->mg, a, g->ckg, ing, g->col_sz, 0.0, ig + p0 * es, g->col_sz);
+          lm_gemm(g->dtype, true, false, g->ckg, len, g->mg, 1.0, a, g->ckg, ing, g->col_sz, 0.0, ig + p0 * es, g->col_sz);
         } else {
-          gemm(g->dtype, true, false, g->ckg, len, g->mg, a, g->ckg, ing, g->col_sz, 0.0, col, len);
+          lm_gemm(g->dtype, true, false, g->ckg, len, g->mg, 1.0, a, g->ckg, ing, g->col_sz, 0.0, col, len);
           im2col_walk(g, ig, r0, r1, col, true);
         }
       }
@@ -301,7 +277,7 @@ static void weight_items(const conv_job *j, int64_t i0, int64_t i1, char *col) {
             b = col;
             ldb = len;
           }
-          gemm(g->dtype, false, true, g->mg, g->ckg, len, in + (gi * g->mg * g->col_sz + p0) * es, g->col_sz, b, ldb,
+          lm_gemm(g->dtype, false, true, g->mg, g->ckg, len, 1.0, in + (gi * g->mg * g->col_sz + p0) * es, g->col_sz, b, ldb,
                1.0, acc + gi * g->mg * g->ckg * es, g->ckg);
         }
       }
@@ -628,6 +604,41 @@ fail:
   return st;
 }
 
+static lm_status conv_transpose_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin);
+
+/* Runs a convolution (gather) or a transposed one (scatter) on contiguous
+   operands into a new output and records it for autograd. */
+static lm_status run_conv(lm_ctx *ctx, const char *op, bool transposed, const conv_geom *g, const lm_tensor *x,
+                          const lm_tensor *w, const lm_tensor *b, bool batched, int64_t n, int64_t cout, int32_t nsp,
+                          const int64_t *osp, const int64_t *stride, const int64_t *pad, const int64_t *dilation,
+                          int64_t groups, lm_tensor **out) {
+  lm_status st;
+  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
+  if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
+  if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
+  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
+  if ((st = transposed ? scatter(ctx, op, g, xc, wc, bc, y) : gather(ctx, op, g, xc, wc, bc, y))) goto done;
+
+  lm_node *node;
+  const lm_tensor *ins[3] = {x, w, b};
+  if ((st = lm_record(ctx, transposed ? LM_OP_CONV_TRANSPOSE : LM_OP_CONV,
+                      transposed ? conv_transpose_backward : conv_backward, 3, ins, 1, &y, &node)))
+    goto done;
+  if (node) {
+    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
+    save_params(node, nsp, groups, batched, stride, pad, dilation);
+  }
+done:
+  lm_tensor_release(xc);
+  lm_tensor_release(wc);
+  lm_tensor_release(bc);
+  if (st) {
+    lm_tensor_release(y);
+    return st;
+  }
+  return lm_finish_out(y, out);
+}
+
 lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp,
                   const int64_t *stride, const int64_t *pad_lo, const int64_t *pad_hi, const int64_t *dilation,
                   int64_t groups, lm_tensor **out) {
@@ -669,28 +680,7 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
   make_geom(&g, x->dtype, n, cin, cout, groups, nsp, x->shape + lead, osp, w->shape + 2, stride, pad_lo, dilation);
   if ((st = check_blas_limits(ctx, op, &g))) return st;
 
-  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
-  if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
-  if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
-  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
-  if ((st = gather(ctx, op, &g, xc, wc, bc, y))) goto done;
-
-  lm_node *node;
-  const lm_tensor *ins[3] = {x, w, b};
-  if ((st = lm_record(ctx, LM_OP_CONV, conv_backward, 3, ins, 1, &y, &node))) goto done;
-  if (node) {
-    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
-    save_params(node, nsp, groups, batched, stride, pad_lo, dilation);
-  }
-done:
-  lm_tensor_release(xc);
-  lm_tensor_release(wc);
-  lm_tensor_release(bc);
-  if (st) {
-    lm_tensor_release(y);
-    return st;
-  }
-  return lm_finish_out(y, out);
+  return run_conv(ctx, op, false, &g, x, w, b, batched, n, cout, nsp, osp, stride, pad_lo, dilation, groups, out);
 }
 
 /* ---- transposed convolution ---- */
@@ -769,26 +759,5 @@ lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w,
   make_geom(&g, x->dtype, n, cout, cin, groups, nsp, osp, x->shape + lead, w->shape + 2, stride, padding, dilation);
   if ((st = check_blas_limits(ctx, op, &g))) return st;
 
-  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
-  if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
-  if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
-  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
-  if ((st = scatter(ctx, op, &g, xc, wc, bc, y))) goto done;
-
-  lm_node *node;
-  const lm_tensor *ins[3] = {x, w, b};
-  if ((st = lm_record(ctx, LM_OP_CONV_TRANSPOSE, conv_transpose_backward, 3, ins, 1, &y, &node))) goto done;
-  if (node) {
-    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
-    save_params(node, nsp, groups, batched, stride, padding, dilation);
-  }
-done:
-  lm_tensor_release(xc);
-  lm_tensor_release(wc);
-  lm_tensor_release(bc);
-  if (st) {
-    lm_tensor_release(y);
-    return st;
-  }
-  return lm_finish_out(y, out);
+  return run_conv(ctx, op, true, &g, x, w, b, batched, n, cout, nsp, osp, stride, padding, dilation, groups, out);
 }

@@ -28,8 +28,18 @@ typedef struct mm_operand {
   int64_t bstride[LM_MAX_DIMS]; /* elements, per result batch dim; 0 = broadcast */
 } mm_operand;
 
-static void gemm(int32_t dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const char *a,
-                 int64_t lda, const char *b, int64_t ldb, double beta, char *c, int64_t ldc) {
+void lm_gemm(int32_t dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const char *a,
+             int64_t lda, const char *b, int64_t ldb, double beta, char *c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) { /* BLAS refuses lda = 0; an empty sum leaves beta * c */
+    int64_t es = lm_dtype_size(dtype);
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) {
+        char *p = c + (i * ldc + j) * es;
+        lm_write_from_double(dtype, p, beta == 0 ? 0 : beta * lm_read_as_double(dtype, p));
+      }
+    return;
+  }
   int ta_ = ta ? CBLAS_TRANS_ : CBLAS_NO_TRANS_, tb_ = tb ? CBLAS_TRANS_ : CBLAS_NO_TRANS_;
   if (dtype == LM_F32)
     cblas_sgemm(CBLAS_ROW_MAJOR_, ta_, tb_, (int)m, (int)n, (int)k, (float)alpha, (const float *)a, (int)lda,
@@ -138,12 +148,12 @@ static lm_status gemm_batched(lm_ctx *ctx, const char *op, const lm_tensor *a, c
   char *out = lm_data(res);
   int64_t lda;
   if (fold_batches(&pa, &pb, nbatch, bshape, m, k, &lda) && nout / n <= INT_MAX) {
-    gemm(dt, false, pb.trans, nout / n, n, k, alpha, pa.data, lda, pb.data, pb.ld, beta, out, n);
+    lm_gemm(dt, false, pb.trans, nout / n, n, k, alpha, pa.data, lda, pb.data, pb.ld, beta, out, n);
     goto done;
   }
   int64_t nb = nout / (m * n), idx[LM_MAX_DIMS] = {0}, oa = 0, ob = 0;
   for (int64_t bi = 0; bi < nb; bi++) {
-    gemm(dt, pa.trans, pb.trans, m, n, k, alpha, pa.data + oa * es, pa.ld, pb.data + ob * es, pb.ld, beta,
+    lm_gemm(dt, pa.trans, pb.trans, m, n, k, alpha, pa.data + oa * es, pa.ld, pb.data + ob * es, pb.ld, beta,
          out + bi * m * n * es, n);
     for (int32_t d = nbatch - 1; d >= 0; d--) { /* next batch position */
       oa += pa.bstride[d];

@@ -56,6 +56,11 @@ describe('autograd', function()
       { 'transpose', function(a) return a:transpose(0, 2) end, { r(2, 3, 4) } },
       { 'clone and contiguous', function(a) return a:t():contiguous():clone() end, { r(3, 4) } },
       { 'one input used twice', function(a) return a * a + a end, { r(5) } },
+      { 'unbind, some slices unused', function(a)
+        local p = lumen.unbind(a, 1)
+        return p[1] * 2 + p[3]:exp()
+      end, { r(3, 4) } },
+      { 'unbind then stack', function(a) return lumen.stack(lumen.unbind(a:sin(), 0), 1) end, { r(2, 3) } },
     }
     for _, c in ipairs(cases) do
       it(c[1], function() assert(gradcheck(c[2], c[3])) end)

@@ -71,6 +71,13 @@ describe('nn modules', function()
     assert.matches('lumen.nn.to: no CUDA backend', err(n.to, n, 'cuda'), 1, true)
   end)
 
+  it('report a bad constructor argument at the line that built the module', function()
+    local _, e = pcall(function() local m = nn.Linear(2, 3, 5); return m end)
+    assert.matches('nn_module_spec%.lua:%d+: lumen%.nn%.Linear: options must be a table', e)
+    _, e = pcall(function() local m = nn.BatchNorm2d('x'); return m end)
+    assert.matches('nn_module_spec%.lua:%d+: lumen%.nn%.BatchNorm2d: num_features must be an integer', e)
+  end)
+
   it('print as a tree with parameter counts', function()
     local s = tostring(Net(5))
     assert.matches('^Net  %[49 params%]\n  %(body%): Sequential  %[43 params%]\n    %(0%): Linear%(4, 5%)  %[25 params%]', s)

@@ -26,9 +26,12 @@ return function(nn, lumen)
   nn.Linear = Linear
   -- Linear(in, out, {bias = true})
   function Linear:__init(fin, fout, opts)
+    opts = lumen.core.options(opts, 'nn.Linear', { bias = true })
+    fin = lumen.core.int_arg(fin, 'nn.Linear', 'in_features')
+    fout = lumen.core.int_arg(fout, 'nn.Linear', 'out_features')
     self.in_features, self.out_features = fin, fout
     self:param('weight', lumen.empty(fout, fin))
-    self:param('bias', (not opts or opts.bias ~= false) and lumen.empty(fout) or nil)
+    self:param('bias', opts.bias ~= false and lumen.empty(fout) or nil)
     nn.init.default_(self.weight, self.bias)
   end
   function Linear:forward(x) return F.linear(x, self.weight, self.bias) end

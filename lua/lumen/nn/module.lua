@@ -28,11 +28,21 @@ return function(nn, lumen)
   Module.__call = function(o, ...) return o:forward(...) end
   Module.__tostring = function(o) return o:tree() end
 
+  -- Constructing: an error raised inside lumen's own files (a bad
+  -- argument to a layer) is reported at the line that built the module.
+  local lib_dir = debug.getinfo(1, 'S').source:gsub('^@', ''):match('^(.*/)nn/module%.lua$') or '\0'
   local class_mt = {
     __call = function(cls, ...)
       local o = setmetatable({}, cls)
       setup(o)
-      o:__init(...)
+      local ok, err = pcall(o.__init, o, ...)
+      if not ok then
+        if type(err) == 'string' then
+          if err:sub(1, #lib_dir) == lib_dir then err = err:gsub('^[^:]*:%d+: ', '', 1) end
+          if err:find('^lumen[.:]') then error(err, 2) end
+        end
+        error(err, 0)
+      end
       return o
     end,
   }

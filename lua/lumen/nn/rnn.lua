@@ -101,23 +101,10 @@ return function(nn, lumen)
     return b_ih + b_hh, nil
   end
 
-  -- The time steps of a projection as one op whose backward stacks the
-  -- steps' gradients once. Selecting each step as a view would send back a
-  -- full-size, mostly zero gradient per step: O(T^2) work for the sequence.
-  local split_steps = lumen.custom_op {
-    name = 'unbind',
-    forward = function(state, t, dim)
-      state.dim = dim
-      return unpack(lumen.unbind(t, dim))
-    end,
-    backward = function(state, ...) return lumen.stack({ ... }, state.dim) end,
-  }
-  local MAX_SPLIT = 4000 -- Lua passes at most about 8000 values in one call
-
-  local function time_steps(gx, tdim, T)
-    if T <= MAX_SPLIT and gx.requires_grad and lumen.is_grad_enabled() then return { split_steps(gx, tdim) } end
-    return lumen.unbind(gx, tdim)
-  end
+  -- The time steps of a projection: unbind records one node for all of
+  -- them, so backward writes the steps' gradients once (selecting each step
+  -- would send back a full-size gradient per step: O(T^2) work).
+  local function time_steps(gx, tdim) return lumen.unbind(gx, tdim) end
 
   -- One layer in one direction. x: time-major (T x N x I, tdim 0) or
   -- batch-major (N x T x I, tdim 1). Returns the outputs (shaped like x with
@@ -127,7 +114,7 @@ return function(nn, lumen)
     local T = s[tdim + 1]
     local bias, b_hh = input_bias(mode, w.b_ih, w.b_hh)
     local gx = project(x:reshape(s[1] * s[2], s[3]), w.w_ih, bias)
-    local gxs = time_steps(gx:view(s[1], s[2], gx:size(1)), tdim, T)
+    local gxs = time_steps(gx:view(s[1], s[2], gx:size(1)), tdim)
     local step = steps[mode]
     local outs = {}
     for k = 1, T do
