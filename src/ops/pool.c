@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INLINE static inline __attribute__((always_inline))
 #define WORK_GRAIN 32768 /* element visits below which another thread does not pay */
 /* loops whose iterations are independent: vectorise them even at -O2 */
 #ifdef _OPENMP
@@ -27,20 +26,20 @@
 #define SIMD
 #endif
 
-INLINE double load(const void *p, int64_t i, bool f64) {
+LM_INLINE double load(const void *p, int64_t i, bool f64) {
   return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
-INLINE void store(void *p, int64_t i, double v, bool f64) {
+LM_INLINE void store(void *p, int64_t i, double v, bool f64) {
   if (f64) ((double *)p)[i] = v;
   else ((float *)p)[i] = (float)v;
 }
-INLINE void add_to(void *p, int64_t i, double v, bool f64) {
+LM_INLINE void add_to(void *p, int64_t i, double v, bool f64) {
   if (f64) ((double *)p)[i] += v;
   else ((float *)p)[i] += (float)v;
 }
 
 /* mask ? a : b for a mask of all ones or all zeros, without a branch. */
-INLINE double select_double(int64_t mask, double a, double b) {
+LM_INLINE double select_double(int64_t mask, double a, double b) {
   uint64_t ua, ub;
   memcpy(&ua, &a, sizeof ua);
   memcpy(&ub, &b, sizeof ub);
@@ -253,7 +252,7 @@ typedef struct max_job {
 /* One output's update by input position i holding v. NaN wins, as in
    PyTorch. Masks rather than branches: on random data a branch here
    mispredicts half the time. */
-INLINE void max_update(double *best, int64_t *best_i, double v, int64_t i) {
+LM_INLINE void max_update(double *best, int64_t *best_i, double v, int64_t i) {
   int64_t take = -(int64_t)((v > *best) | (v != v));
   *best = select_double(take, v, *best);
   *best_i ^= (*best_i ^ i) & take;
@@ -264,7 +263,7 @@ INLINE void max_update(double *best, int64_t *best_i, double v, int64_t i) {
    loop runs along the output row where windows lie wholly inside the
    input (vectorised). A window's positions are still visited in order
    (d, h, w), which decides ties as PyTorch does. */
-INLINE void max_rows(max_job *j, int64_t r0, int64_t r1, bool f64) {
+LM_INLINE void max_rows(max_job *j, int64_t r0, int64_t r1, bool f64) {
   const window_plan *p = j->p;
   const window_dim *D = &p->dim[0], *H = &p->dim[1], *W = &p->dim[2];
   int64_t ip = in_plane(p), op = out_plane(p), HW = H->in * W->in;
@@ -316,7 +315,7 @@ typedef struct scatter_job {
 
 /* Max pool backward: each output's gradient goes to its argmax. The
    indices are also the caller's, who may have changed them since. */
-INLINE void max_back_planes(scatter_job *j, int64_t p0, int64_t p1, bool f64) {
+LM_INLINE void max_back_planes(scatter_job *j, int64_t p0, int64_t p1, bool f64) {
   int64_t ip = in_plane(j->p), op = out_plane(j->p);
   for (int64_t plane = p0; plane < p1; plane++) {
     char *gx = j->gx + plane * ip * (f64 ? 8 : 4);
@@ -428,14 +427,14 @@ typedef struct avg_job {
   atomic_bool oom;
 } avg_job;
 
-INLINE double window_divisor(const window_plan *p, int64_t od, int64_t oh, int64_t ow) {
+LM_INLINE double window_divisor(const window_plan *p, int64_t od, int64_t oh, int64_t ow) {
   if (p->divisor > 0) return p->divisor;
   return (double)(p->dim[0].count[od] * p->dim[1].count[oh] * p->dim[2].count[ow]);
 }
 
 /* Rows of outputs, summed one input row of their windows at a time, as
    max_rows does. */
-INLINE void avg_rows(avg_job *j, int64_t r0, int64_t r1, bool f64) {
+LM_INLINE void avg_rows(avg_job *j, int64_t r0, int64_t r1, bool f64) {
   const window_plan *p = j->p;
   const window_dim *D = &p->dim[0], *H = &p->dim[1], *W = &p->dim[2];
   int64_t ip = in_plane(p), op = out_plane(p), HW = H->in * W->in;
@@ -469,7 +468,7 @@ static void avg_rows_f32(void *a, int64_t r0, int64_t r1) { avg_rows(a, r0, r1, 
 static void avg_rows_f64(void *a, int64_t r0, int64_t r1) { avg_rows(a, r0, r1, true); }
 
 /* Backward: every output spreads its gradient over its window. */
-INLINE void avg_back_planes(avg_job *j, int64_t p0, int64_t p1, bool f64) {
+LM_INLINE void avg_back_planes(avg_job *j, int64_t p0, int64_t p1, bool f64) {
   const window_plan *p = j->p;
   const window_dim *D = &p->dim[0], *H = &p->dim[1], *W = &p->dim[2];
   int64_t ip = in_plane(p), op = out_plane(p), HW = H->in * W->in;
@@ -592,7 +591,7 @@ typedef struct unpool_job {
   atomic_bool bad; /* an index outside the output plane */
 } unpool_job;
 
-INLINE void unpool_planes(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
+LM_INLINE void unpool_planes(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
   for (int64_t plane = p0; plane < p1; plane++) {
     char *y = j->dst + plane * j->out_plane * (f64 ? 8 : 4);
     memset(y, 0, (size_t)j->out_plane * (f64 ? 8 : 4));
@@ -611,7 +610,7 @@ static void unpool_f64(void *a, int64_t p0, int64_t p1) { unpool_planes(a, p0, p
 
 /* Backward gathers: the gradient of input i is the output's at idx[i]
    (checked again: the indices are the caller's, who may have changed them). */
-INLINE void unpool_back(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
+LM_INLINE void unpool_back(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
   for (int64_t plane = p0; plane < p1; plane++) {
     const char *g = j->src + plane * j->out_plane * (f64 ? 8 : 4);
     for (int64_t i = plane * j->in_plane; i < (plane + 1) * j->in_plane; i++) {

@@ -23,7 +23,6 @@
 #define CB 256      /* outputs per block in the column path */
 #define GRAIN 32768 /* elements below which another thread does not pay */
 #define MAXSPLIT 64 /* pieces one long run is split into, at most */
-#define INLINE static inline __attribute__((always_inline))
 /* loops whose iterations are independent: vectorise them even at -O2 */
 #ifdef _OPENMP
 #define PRAGMA(x) _Pragma(#x)
@@ -78,7 +77,7 @@ typedef int64_t v2l __attribute__((vector_size(16)));
 enum { M_ID, M_SQ, M_DEV, M_ABS };
 
 #define DEF_VSUM(SUF, T, V, VI, SIGNBIT)                                 \
-  INLINE V vmap_##SUF(V x, V c, int mode) {                              \
+  LM_INLINE V vmap_##SUF(V x, V c, int mode) {                              \
     switch (mode) {                                                      \
     case M_SQ: return x * x;                                             \
     case M_DEV: x -= c; return x * x;                                    \
@@ -86,7 +85,7 @@ enum { M_ID, M_SQ, M_DEV, M_ABS };
     default: return x;                                                   \
     }                                                                    \
   }                                                                      \
-  INLINE double smap_##SUF(double x, double c, int mode) {               \
+  LM_INLINE double smap_##SUF(double x, double c, int mode) {               \
     switch (mode) {                                                      \
     case M_SQ: return x * x;                                             \
     case M_DEV: return (x - c) * (x - c);                                \
@@ -94,7 +93,7 @@ enum { M_ID, M_SQ, M_DEV, M_ABS };
     default: return x;                                                   \
     }                                                                    \
   }                                                                      \
-  INLINE double vsum_##SUF(const T *p, int64_t n, double c, int mode) {  \
+  LM_INLINE double vsum_##SUF(const T *p, int64_t n, double c, int mode) {  \
     enum { W = sizeof(V) / sizeof(T) };                                  \
     const V cv = (V){0} + (T)c;                                          \
     double total = 0;                                                    \
@@ -121,7 +120,7 @@ enum { M_ID, M_SQ, M_DEV, M_ABS };
     return total;                                                        \
   }                                                                      \
   /* any stride: contiguous data goes to the vector kernel */            \
-  INLINE double msum_##SUF(const T *p, int64_t n, int64_t s, double c, int mode) { \
+  LM_INLINE double msum_##SUF(const T *p, int64_t n, int64_t s, double c, int mode) { \
     if (s == 1) return vsum_##SUF(p, n, c, mode);                        \
     double t = 0;                                                        \
     for (int64_t i = 0; i < n; i++) t += smap_##SUF(p[i * s], c, mode);  \
@@ -137,7 +136,7 @@ DEF_VSUM(f64, double, v2d, v2l, (int64_t)0x8000000000000000ull)
 /* f32 mean and squared deviations in double: deviations from a mean near
    large values need more precision than f32 blocks keep. */
 typedef double v4d __attribute__((vector_size(32)));
-INLINE double dsum_f32_k(const float *p, int64_t n, int64_t s, double c, int mode) {
+LM_INLINE double dsum_f32_k(const float *p, int64_t n, int64_t s, double c, int mode) {
   double total = 0;
   int64_t i = 0;
   if (s == 1) {
@@ -177,8 +176,8 @@ static double dsqdev_f64(const double *p, int64_t n, int64_t s, double c) { retu
    data runs four vector accumulators, selecting with compare masks (vector
    ?: is C++ only); strided data a scalar loop. */
 #define DEF_EXT(SUF, T, V, VI)                                           \
-  INLINE V vsel_##SUF(VI m, V a, V b) { return (V)(((VI)a & m) | ((VI)b & ~m)); } \
-  INLINE double ext_##SUF##_k(const T *p, int64_t n, int64_t s, bool mx) { \
+  LM_INLINE V vsel_##SUF(VI m, V a, V b) { return (V)(((VI)a & m) | ((VI)b & ~m)); } \
+  LM_INLINE double ext_##SUF##_k(const T *p, int64_t n, int64_t s, bool mx) { \
     enum { W = sizeof(V) / sizeof(T) };                                  \
     T best = p[0];                                                       \
     bool nan = false;                                                    \
@@ -239,7 +238,7 @@ DEF_EXT(f64, double, v2d, v2l)
 
 /* nonzero count (NaN counts, as x != 0) */
 #define DEF_COUNT(SUF, T)                                                \
-  INLINE int64_t count_##SUF##_k(const T *p, int64_t n, int64_t s) {     \
+  LM_INLINE int64_t count_##SUF##_k(const T *p, int64_t n, int64_t s) {     \
     int64_t c = 0;                                                       \
     SIMD_SUM(c)                                                          \
     for (int64_t i = 0; i < n; i++) c += p[i * s] != 0;                  \
@@ -307,7 +306,7 @@ DEF_FLOAT_ROW(f64, double)
   DEF_COUNT(SUF, T)                                                      \
   DEF_EXTI(imax_##SUF, T, >, INAN)                                       \
   DEF_EXTI(imin_##SUF, T, <, INAN)                                       \
-  INLINE uint64_t usum_##SUF##_k(const T *p, int64_t n, int64_t s) {     \
+  LM_INLINE uint64_t usum_##SUF##_k(const T *p, int64_t n, int64_t s) {     \
     uint64_t t = 0;                                                      \
     SIMD_SUM(t)                                                          \
     for (int64_t i = 0; i < n; i++) t += (uint64_t)p[i * s];             \

@@ -20,19 +20,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define INLINE static inline __attribute__((always_inline))
 #define WORK_GRAIN 32768 /* element visits below which another thread does not pay */
 /* Sizes stay below 2^31, so that the tables sized by them cannot overflow. */
 #define SIZE_MAX_ENTRY INT64_C(2147483647)
 
-INLINE double load(const void *p, int64_t i, bool f64) {
+LM_INLINE double load(const void *p, int64_t i, bool f64) {
   return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
-INLINE void store(void *p, int64_t i, double v, bool f64) {
+LM_INLINE void store(void *p, int64_t i, double v, bool f64) {
   if (f64) ((double *)p)[i] = v;
   else ((float *)p)[i] = (float)v;
 }
-INLINE void add_to(void *p, int64_t i, double v, bool f64) {
+LM_INLINE void add_to(void *p, int64_t i, double v, bool f64) {
   if (f64) ((double *)p)[i] += v;
   else ((float *)p)[i] += (float)v;
 }
@@ -164,13 +163,13 @@ typedef struct interp_job {
 } interp_job;
 
 /* Linear along W on one input row. */
-INLINE double lerp_w(const char *x, int64_t row, const interp_dim *W, int64_t ow, bool f64) {
+LM_INLINE double lerp_w(const char *x, int64_t row, const interp_dim *W, int64_t ow, bool f64) {
   return W->w0[ow] * load(x, row + W->i0[ow], f64) + W->w1[ow] * load(x, row + W->i1[ow], f64);
 }
 
 /* Rows are (plane, od, oh) triples of out[2] outputs each. Linear weights
    nest as PyTorch's do (W inside H inside D); unit dims take no part. */
-INLINE void interp_rows(const interp_job *j, int64_t r0, int64_t r1, bool f64) {
+LM_INLINE void interp_rows(const interp_job *j, int64_t r0, int64_t r1, bool f64) {
   const interp_plan *p = j->p;
   const interp_dim *D = &p->dim[0], *H = &p->dim[1], *W = &p->dim[2];
   int64_t HW = H->in * W->in, ip = D->in * HW, op = D->out * H->out * W->out;
@@ -204,14 +203,14 @@ static void interp_rows_f32(void *a, int64_t r0, int64_t r1) { interp_rows(a, r0
 static void interp_rows_f64(void *a, int64_t r0, int64_t r1) { interp_rows(a, r0, r1, true); }
 
 /* Linear along W, backward: g spread over the two positions of output ow. */
-INLINE void spread_w(char *gx, int64_t row, const interp_dim *W, int64_t ow, double g, bool f64) {
+LM_INLINE void spread_w(char *gx, int64_t row, const interp_dim *W, int64_t ow, double g, bool f64) {
   add_to(gx, row + W->i0[ow], W->w0[ow] * g, f64);
   add_to(gx, row + W->i1[ow], W->w1[ow] * g, f64);
 }
 
 /* Backward: each output gradient goes to the positions it read, weighted
    (the forward's cases, reversed). */
-INLINE void interp_back_planes(const interp_job *j, int64_t p0, int64_t p1, bool f64) {
+LM_INLINE void interp_back_planes(const interp_job *j, int64_t p0, int64_t p1, bool f64) {
   const interp_plan *p = j->p;
   const interp_dim *D = &p->dim[0], *H = &p->dim[1], *W = &p->dim[2];
   int64_t HW = H->in * W->in, ip = D->in * HW, op = D->out * H->out * W->out;
@@ -339,7 +338,7 @@ typedef struct axis_pos {
   double w0, w1, mult;
 } axis_pos;
 
-INLINE axis_pos axis_at(const grid_job *j, double gv, int64_t size) {
+LM_INLINE axis_pos axis_at(const grid_job *j, double gv, int64_t size) {
   axis_pos a;
   double c;
   if (j->align) {
@@ -376,7 +375,7 @@ typedef struct corners {
   double mult[3];
 } corners;
 
-INLINE void corners_at(const grid_job *j, int64_t n, int64_t p, corners *k) {
+LM_INLINE void corners_at(const grid_job *j, int64_t n, int64_t p, corners *k) {
   axis_pos ax[3] = {{0, 1, 0, 0}, {0, 1, 0, 0}, {0, 1, 0, 0}};
   const int64_t gbase = (n * j->P + p) * j->nd;
   for (int32_t c = 0; c < j->nd; c++) { /* grid component c runs along spatial axis 2 - c */
@@ -410,7 +409,7 @@ INLINE void corners_at(const grid_job *j, int64_t n, int64_t p, corners *k) {
 }
 
 /* Forward: items are (n, p) pairs; every channel reads the same corners. */
-INLINE void grid_fwd(const grid_job *j, int64_t i0, int64_t i1, bool f64) {
+LM_INLINE void grid_fwd(const grid_job *j, int64_t i0, int64_t i1, bool f64) {
   int64_t plane = j->in[0] * j->in[1] * j->in[2];
   for (int64_t i = i0; i < i1; i++) {
     int64_t n = i / j->P, p = i % j->P;
@@ -428,7 +427,7 @@ static void grid_fwd_f32(void *a, int64_t i0, int64_t i1) { grid_fwd(a, i0, i1, 
 static void grid_fwd_f64(void *a, int64_t i0, int64_t i1) { grid_fwd(a, i0, i1, true); }
 
 /* Input gradient: items are planes (n, ch), each scattering over its points. */
-INLINE void grid_back_x(const grid_job *j, int64_t q0, int64_t q1, bool f64) {
+LM_INLINE void grid_back_x(const grid_job *j, int64_t q0, int64_t q1, bool f64) {
   int64_t plane = j->in[0] * j->in[1] * j->in[2];
   for (int64_t q = q0; q < q1; q++) {
     int64_t n = q / j->C;
@@ -446,7 +445,7 @@ static void grid_back_x_f32(void *a, int64_t q0, int64_t q1) { grid_back_x(a, q0
 static void grid_back_x_f64(void *a, int64_t q0, int64_t q1) { grid_back_x(a, q0, q1, true); }
 
 /* Grid gradient: items are (n, p) pairs, summing over channels. */
-INLINE void grid_back_grid(const grid_job *j, int64_t i0, int64_t i1, bool f64) {
+LM_INLINE void grid_back_grid(const grid_job *j, int64_t i0, int64_t i1, bool f64) {
   int64_t plane = j->in[0] * j->in[1] * j->in[2];
   for (int64_t i = i0; i < i1; i++) {
     int64_t n = i / j->P, p = i % j->P;
@@ -585,14 +584,14 @@ typedef struct affine_job {
 } affine_job;
 
 /* The point's homogeneous coordinates: x, y(, z), 1. */
-INLINE void point_coords(const affine_job *j, int64_t p, double *b) {
+LM_INLINE void point_coords(const affine_job *j, int64_t p, double *b) {
   int64_t w = p % j->sp[2], h = (p / j->sp[2]) % j->sp[1], d = p / (j->sp[2] * j->sp[1]);
   b[0] = j->base[2][w], b[1] = j->base[1][h];
   if (j->nd == 3) b[2] = j->base[0][d];
   b[j->nd] = 1;
 }
 
-INLINE void affine_fwd(const affine_job *j, int64_t i0, int64_t i1, bool f64) {
+LM_INLINE void affine_fwd(const affine_job *j, int64_t i0, int64_t i1, bool f64) {
   int32_t nd = j->nd, nc = nd + 1;
   for (int64_t i = i0; i < i1; i++) {
     int64_t n = i / j->P, p = i % j->P;
@@ -609,7 +608,7 @@ static void affine_fwd_f32(void *a, int64_t i0, int64_t i1) { affine_fwd(a, i0, 
 static void affine_fwd_f64(void *a, int64_t i0, int64_t i1) { affine_fwd(a, i0, i1, true); }
 
 /* Backward: theta's gradient for batch n sums g(p) b(p)^T over its points. */
-INLINE void affine_back(const affine_job *j, int64_t n0, int64_t n1, bool f64) {
+LM_INLINE void affine_back(const affine_job *j, int64_t n0, int64_t n1, bool f64) {
   int32_t nd = j->nd, nc = nd + 1;
   for (int64_t n = n0; n < n1; n++) {
     double acc[12] = {0};
