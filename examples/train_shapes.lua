@@ -36,6 +36,13 @@ end
 model:eval()
 local acc = lumen.no_grad(function() return model(test_x):argmax(1):eq(test_y):to('f32'):mean():item() end)
 print(string.format('held-out accuracy %.1f%%', 100 * acc))
+-- model, optimizer state, step and RNG state in one safetensors file,
+-- written atomically; a fresh model restored from it predicts the same
 local path = os.tmpname()
-checkpoint.save(path, { model = model, optimizer = opt, step = steps })  -- one safetensors file, written atomically
-print('checkpoint: ' .. path)
+checkpoint.save(path, { model = model, optimizer = opt, step = steps })
+local restored = Net()
+local step = checkpoint.load(path, { model = restored })
+restored:eval()
+local same = lumen.no_grad(function() return restored(test_x):eq(model(test_x)):all():item() end)
+print(string.format('checkpoint at step %d restored: %s', step, same and 'same predictions' or 'DIFFERENT predictions'))
+os.remove(path)
