@@ -355,6 +355,13 @@ lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);
 lm_status lm_file_read(lm_ctx *ctx, const char *path, int64_t offset, int64_t nbytes, void *dst);
 lm_status lm_file_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes);
 void lm_byteswap(void *data, int64_t count, int32_t width);
+/* gzip and zlib (src/io/compress.c): lm_gzip_read inflates a .gz file into
+   a u8 tensor, refusing more than max_bytes; lm_inflate inflates a raw zlib
+   stream that must hold exactly expected_size bytes; lm_gzip_write_atomic
+   writes the parts gzip-compressed (level -1: zlib's default, or 0..9). */
+lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tensor **out);
+lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, lm_tensor **out);
+lm_status lm_gzip_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes, int32_t level);
 
 /* plugins */
 lm_status lm_plugin_load(lm_ctx *ctx, const char *path, lm_plugin_handle **out);
