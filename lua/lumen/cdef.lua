@@ -358,8 +358,11 @@ void lm_byteswap(void *data, int64_t count, int32_t width);
 /* gzip and zlib (src/io/compress.c): lm_gzip_read inflates a .gz file into
    a u8 tensor, refusing more than max_bytes; lm_inflate inflates a raw zlib
    stream that must hold exactly expected_size bytes; lm_gzip_write_atomic
-   writes the parts gzip-compressed (level -1: zlib's default, or 0..9). */
+   writes the parts gzip-compressed (level -1: zlib's default, or 0..9).
+   lm_gzip_read_head inflates only the first nbytes (fewer when the data
+   is shorter), to read a header before trusting its sizes. */
 lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tensor **out);
+lm_status lm_gzip_read_head(lm_ctx *ctx, const char *path, int64_t nbytes, lm_tensor **out);
 lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, lm_tensor **out);
 lm_status lm_gzip_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes, int32_t level);
 

@@ -15,7 +15,7 @@
    concatenated gzip members allowed) or raw zlib into a growing buffer of
    at most max_bytes. what names the source in errors. */
 static lm_status inflate_bytes(lm_ctx *ctx, const char *what, const unsigned char *src, int64_t n, int64_t max_bytes,
-                               int window_bits, lm_tensor **out) {
+                               int window_bits, bool prefix, lm_tensor **out) {
   z_stream zs;
   memset(&zs, 0, sizeof zs);
   if (inflateInit2(&zs, window_bits) != Z_OK) return lm_err(ctx, LM_E_OOM, "gzip: cannot start zlib for %s", what);
@@ -35,6 +35,7 @@ static lm_status inflate_bytes(lm_ctx *ctx, const char *what, const unsigned cha
       in_left -= take;
     }
     if (used == cap) {
+      if (cap >= max_bytes && prefix) break; /* only the first max_bytes wanted */
       if (cap >= max_bytes) {
         st = lm_err(ctx, LM_E_FORMAT, "gzip: %s inflates to more than %lld bytes (the limit)", what, (long long)max_bytes);
         goto done;
@@ -79,7 +80,7 @@ done:
   return st;
 }
 
-lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tensor **out) {
+static lm_status gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, bool prefix, lm_tensor **out) {
   if (!out) return lm_err(ctx, LM_E_ARG, "gzip: out is NULL");
   if (max_bytes < 0) return lm_err(ctx, LM_E_ARG, "gzip: max_bytes is %lld, expected >= 0", (long long)max_bytes);
   int64_t size;
@@ -91,10 +92,18 @@ lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tens
     if (size < 18 || src[0] != 0x1f || src[1] != 0x8b)
       st = lm_err(ctx, LM_E_FORMAT, "gzip: %s is not a gzip file (%s)", path, size < 18 ? "too short" : "no gzip magic bytes");
     else
-      st = inflate_bytes(ctx, path, src, size, max_bytes, 15 + 16, out);
+      st = inflate_bytes(ctx, path, src, size, max_bytes, 15 + 16, prefix, out);
   }
   free(src);
   return st;
+}
+
+lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tensor **out) {
+  return gzip_read(ctx, path, max_bytes, false, out);
+}
+
+lm_status lm_gzip_read_head(lm_ctx *ctx, const char *path, int64_t nbytes, lm_tensor **out) {
+  return gzip_read(ctx, path, nbytes, true, out);
 }
 
 lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, lm_tensor **out) {
@@ -106,7 +115,7 @@ lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, l
   if (expected_size < 0) return lm_err(ctx, LM_E_ARG, "inflate: expected_size is %lld, expected >= 0", (long long)expected_size);
   lm_tensor *t;
   /* one byte of slack tells "exactly expected" from "more than expected" */
-  if ((st = inflate_bytes(ctx, "zlib stream", (const unsigned char *)lm_data(src), lm_numel(src), expected_size, 15, &t)))
+  if ((st = inflate_bytes(ctx, "zlib stream", (const unsigned char *)lm_data(src), lm_numel(src), expected_size, 15, false, &t)))
     return st;
   if (lm_numel(t) != expected_size) {
     st = lm_err(ctx, LM_E_FORMAT, "inflate: zlib stream holds %lld bytes, expected %lld", (long long)lm_numel(t), (long long)expected_size);
