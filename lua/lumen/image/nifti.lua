@@ -104,6 +104,9 @@ end
 -- The C context's message as a read/write error naming the file.
 local function c_fail(op, path)
   local msg = ffi.string(C.lm_ctx_errmsg(ctx)):gsub('^[%w_]+: ', '', 1)
+  -- the C message names the file too: say it once
+  local at = msg:find(path, 1, true)
+  if at == 1 then msg = 'file ' .. msg:sub(#path + 1):gsub('^:? *', '', 1) end
   C.lm_ctx_clear_error(ctx)
   error(string.format("lumen.image.%s: '%s': %s", op, path, msg), 0)
 end
@@ -233,8 +236,8 @@ end
 local function data_bytes(h, path)
   local need = h.vox_offset + h.nbytes
   local function short(have)
-    error(string.format("lumen.image.read: '%s': header says %s %s (%s) at offset %d but the file has %s",
-      path, table.concat(h.shape, 'x'), h.dt[1], fmt_bytes(h.nbytes), h.vox_offset, fmt_bytes(have)), 0)
+    error(string.format("lumen.image.read: '%s': header says %s %s (%s at offset %d, %s in all) but the file has %s",
+      path, table.concat(h.shape, 'x'), h.dt[1], fmt_bytes(h.nbytes), h.vox_offset, fmt_bytes(need), fmt_bytes(have)), 0)
   end
   if is_gz(path) then
     -- a little slack for trailing bytes; never more than the header allows
