@@ -37,6 +37,13 @@ static lm_status inflate_bytes(lm_ctx *ctx, const char *what, const unsigned cha
     if (used == cap) {
       if (cap >= max_bytes && prefix) break; /* only the first max_bytes wanted */
       if (cap >= max_bytes) {
+        /* the output may be exactly full with only the stream's trailer
+           left: one probe byte tells that from more data */
+        unsigned char probe;
+        zs.next_out = &probe;
+        zs.avail_out = 1;
+        int prc = inflate(&zs, Z_NO_FLUSH);
+        if (prc == Z_STREAM_END && zs.avail_out == 1 && zs.avail_in == 0 && in_left == 0) break;
         st = lm_err(ctx, LM_E_FORMAT, "gzip: %s inflates to more than %lld bytes (the limit)", what, (long long)max_bytes);
         goto done;
       }

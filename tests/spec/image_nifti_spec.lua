@@ -71,6 +71,8 @@ for name, code in made:
     ns = dict(np=np, nib=nib, arr=arr, aff=aff, rot=rot)
     exec(code, ns)
     nib.save(ns['img'], os.path.join(d, name))
+import zlib
+open(os.path.join(d, 'zraw.bin'), 'wb').write(zlib.compress(bytes(range(256)) * 40))
 for i, p in enumerate(open(os.path.join(d, 'paths.txt')).read().splitlines()):
     try:
         img = nib.load(p)
@@ -251,6 +253,36 @@ describe('image nifti write', function()
     local back = image.read(dir .. '/rt.nii.gz')
     assert_data(back.data, img.data:to('f64'), 0, 'rt')
     for r = 1, 4 do for c = 1, 4 do assert(math.abs(back.affine[r][c] - img.affine[r][c]) < 1e-5) end end
+  end)
+end)
+
+describe('zlib streams (lm_inflate, for MHA .zraw)', function()
+  local C, ctx = lumen.core.C, lumen.core.ctx
+  local function inflate(bytes, expected)
+    local src = lumen.empty({ #bytes }, 'u8')
+    require('ffi').copy(src:data_ptr(), bytes, #bytes)
+    local out = require('ffi').new('lm_tensor*[1]')
+    local st = C.lm_inflate(ctx, src.h, expected, out)
+    if st ~= 0 then
+      local msg = require('ffi').string(C.lm_ctx_errmsg(ctx))
+      C.lm_ctx_clear_error(ctx)
+      return nil, msg
+    end
+    return lumen.core.wrap(out[0])
+  end
+
+  it('inflates a zlib stream made by Python to exactly the expected bytes', function()
+    local z = read_file(dir .. '/zraw.bin')
+    local t = assert(inflate(z, 10240))
+    assert.are.same({ 10240 }, t:size())
+    local v = check.values(t)
+    for i = 1, 10240 do assert(v[i] == (i - 1) % 256, 'byte ' .. i) end
+    local _, err = inflate(z, 100)
+    assert.is_truthy(err:find('more than 100 bytes'), err)
+    _, err = inflate(z, 20000)
+    assert.is_truthy(err:find('holds 10240 bytes, expected 20000'), err)
+    _, err = inflate(z:sub(1, #z - 30), 10240)
+    assert.is_truthy(err:find('truncated'), err)
   end)
 end)
 
