@@ -337,6 +337,12 @@ describe('image nifti bad input', function()
     expect_read_error(p .. '.gz', 'more than')
   end)
 
+  it('reads a .nii whose vox_offset is 0 (old writers) from just after the header', function()
+    local p = craft('vox0.nii', good:sub(1, 108) .. ('\0'):rep(4) .. good:sub(113))
+    local a, b = image.read(p), image.read(dir .. '/w_f32.nii')
+    assert_data(a.data, b.data:to('f64'), 0, 'vox0')
+  end)
+
   it('refuses a missing file', function()
     expect_read_error(dir .. '/missing.nii', 'cannot open')
   end)

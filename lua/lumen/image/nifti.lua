@@ -193,10 +193,13 @@ local function parse_header(buf, n, path, pair)
   if h.nbytes > MAX_DATA then
     bad('header says %s %s (%s): impossibly large', table.concat(h.shape, 'x'), dt[1], fmt_bytes(h.nbytes))
   end
-  if not pair and (h.vox_offset < n and h.vox_offset < (version == 1 and 352 or 544)) then
-    bad('vox_offset %d is inside the header', h.vox_offset)
-  end
-  if pair then h.vox_offset = math.max(h.vox_offset, 0) end
+  -- a .nii whose vox_offset points into the header (old writers left 0)
+  -- has its data right after it, as nibabel and nifti1_io assume
+  local first = version == 1 and 352 or 544
+  if not pair and h.vox_offset < first then h.vox_offset = first end
+  if h.vox_offset < 0 then bad('vox_offset %g is negative', h.vox_offset) end
+  -- negative voxel sizes are read as their magnitude (nibabel's fix)
+  for i = 2, 8 do h.pixdim[i] = math.abs(h.pixdim[i]) end
   if h.vox_offset ~= math.floor(h.vox_offset) then bad('vox_offset %g is not a whole number', h.vox_offset) end
   return h
 end
