@@ -87,6 +87,35 @@ pal = rng.integers(0, 256, (4, 3))
 idx = rng.integers(0, 4, (3, 5))
 write_png(out + '/pal.png', idx, 8, 3, plte=pal); np.save(out + '/pal.npy', pal[idx].astype(np.uint8))
 
+# Adam7 interlacing: seven passes over sub-grids, each with its own rows
+def write_interlaced(path, rows, depth, ctype):
+    h, w = rows.shape[:2]
+    raw = b''
+    for y0, x0, dy, dx in ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)):
+        sub = rows[y0::dy, x0::dx]
+        if sub.size == 0: continue
+        for r in sub: raw += b'\0' + r.astype('>u2' if depth == 16 else 'u1').tobytes()
+    data = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, depth, ctype, 0, 0, 1))
+            + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+    open(path, 'wb').write(data)
+il8 = rng.integers(0, 256, (11, 9, 3)).astype(np.uint8)
+write_interlaced(out + '/il8.png', il8, 8, 2); np.save(out + '/il8.npy', il8)
+il16 = rng.integers(0, 65536, (10, 13)).astype(np.int32)
+write_interlaced(out + '/il16.png', il16, 16, 0); np.save(out + '/il16.npy', il16)
+
+# 1-, 2- and 4-bit grey: packed high bits first, rows padded to a byte;
+# read as 8-bit with the levels spread over 0..255 (v * 255 / (2^bits - 1))
+for bits in (1, 2, 4):
+    g = rng.integers(0, 2 ** bits, (5, 11))
+    raw = b''
+    for r in g:
+        acc = ''.join(format(int(v), '0%db' % bits) for v in r)
+        acc += '0' * (-len(acc) % 8)
+        raw += b'\0' + bytes(int(acc[i:i + 8], 2) for i in range(0, len(acc), 8))
+    open('%s/g%d.png' % (out, bits), 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 11, 5, bits, 0, 0, 0, 0))
+        + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+    np.save('%s/g%d.npy' % (out, bits), (g * 255 // (2 ** bits - 1)).astype(np.uint8))
+
 # a header promising 60000 x 60000 RGB pixels over a few bytes of data
 open(out + '/huge.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 60000, 60000, 8, 2, 0, 0, 0))
     + chunk(b'IDAT', zlib.compress(b'\0' * 1000)) + chunk(b'IEND', b''))
@@ -170,8 +199,8 @@ describe('image png', function()
     assert_same(image.read(P('c1.png')).data, t:reshape(3, 4), 'one channel')
   end)
 
-  it('reads files written by Python (16-bit, filtered rows, palettes) as Python wrote them', function()
-    for _, name in ipairs { 'g16', 'rgb16', 'ga8', 'pal' } do
+  it('reads files written by Python (16-bit, filtered, interlaced, palettes, 1/2/4-bit grey) as Python wrote them', function()
+    for _, name in ipairs { 'g16', 'rgb16', 'ga8', 'pal', 'il8', 'il16', 'g1', 'g2', 'g4' } do
       assert_same(rows_of(image.read(P(name .. '.png'))), lumen.load_npy(P(name .. '.npy')), name)
     end
   end)
