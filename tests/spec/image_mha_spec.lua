@@ -145,6 +145,7 @@ end
 
 describe('image mha', function()
   local expected, vol, rgb
+  teardown(function() os.execute('rm -rf ' .. dir) end)
   setup(function()
     vol = check.sine({ 4, 3, 5 }, 'f32', 1)
     image.new(vol, { affine = oblique }):write(P('lumen_oblique.mha'))

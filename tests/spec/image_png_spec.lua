@@ -165,6 +165,7 @@ for i, f in enumerate(real):
 
 describe('image png', function()
   local real
+  teardown(function() os.execute('rm -rf ' .. dir) end)
   setup(function()
     real = {}
     for line in run_python(PY):gmatch('[^\n]+') do real[#real + 1] = line end
