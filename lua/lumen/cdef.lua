@@ -365,6 +365,13 @@ lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tens
 lm_status lm_gzip_read_head(lm_ctx *ctx, const char *path, int64_t nbytes, lm_tensor **out);
 lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, lm_tensor **out);
 lm_status lm_gzip_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes, int32_t level);
+/* PNG (src/io/png.c): read gives H x W (grey) or H x W x C (grey+alpha,
+   RGB, RGBA; palettes become RGB, or RGBA with transparency), u8 for 8-bit
+   files (1, 2, 4 bits are scaled up), i32 for 16-bit ones. write takes
+   H x W or H x W x {1..4}: u8 as 8-bit, i32/i64 in 0..65535 as 16-bit;
+   it is atomic (temp file, fsync, rename). */
+lm_status lm_png_read(lm_ctx *ctx, const char *path, lm_tensor **out);
+lm_status lm_png_write(lm_ctx *ctx, const char *path, const lm_tensor *t);
 
 /* plugins */
 lm_status lm_plugin_load(lm_ctx *ctx, const char *path, lm_plugin_handle **out);
