@@ -10,7 +10,7 @@
 -- millimetres. lumen's affine is RAS, so the first two world rows are
 -- negated on the way in and on the way out.
 -- Files are written uncompressed, little-endian; compressed data
--- (CompressedData = True) is refused with an error for now.
+-- (CompressedData = True, one zlib stream: .zraw or LOCAL) is read.
 local ffi = require 'ffi'
 local core = require 'lumen.core'
 local C = core.C
@@ -104,9 +104,7 @@ return function(image, lumen)
     end
     local fields, data_pos, list = read_header(path, bad)
 
-    if is_true(fields.compresseddata) then
-      bad('compressed data (CompressedData = True) is not supported yet: write the file uncompressed')
-    end
+    local compressed = is_true(fields.compresseddata)
     if fields.objecttype and fields.objecttype:lower() ~= 'image' then
       bad('ObjectType is %s, expected Image', fields.objecttype)
     end
@@ -148,6 +146,10 @@ return function(image, lumen)
     local header_size = tonumber(fields.headersize or '0') or bad('HeaderSize is %s, expected a number', fields.headersize)
     local function piece(file, want, skip)
       local size = file_size('image.read', file)
+      if compressed then -- the stream runs to the end of the file unless its size is given
+        want = tonumber(fields.compresseddatasize or '') or size - math.max(skip, 0)
+        if skip == -1 then bad('HeaderSize = -1 cannot locate compressed data') end
+      end
       local offset = skip == -1 and size - want or skip
       if offset < 0 or size - offset < want then
         bad('header says %s but %s has %.0f bytes of data%s', desc, file == path and 'the file' or ("'" .. file .. "'"),
@@ -158,6 +160,7 @@ return function(image, lumen)
     if datafile:upper() == 'LOCAL' then
       piece(path, nbytes, header_size == -1 and -1 or data_pos + header_size)
     elseif list then
+      if compressed then bad('compressed data split over a LIST of files is not supported') end
       if #list == 0 or nbytes % #list ~= 0 then
         bad('ElementDataFile LIST names %d files, which do not divide %s evenly', #list, desc)
       end
@@ -181,8 +184,23 @@ return function(image, lumen)
     local base = ffi.cast('uint8_t*', buf:data_ptr())
     local at = 0
     for _, p in ipairs(pieces) do
-      if C.lm_file_read(core.ctx, p[1], p[2], p[3], base + at) ~= 0 then core.fail_as('image.read', 0) end
-      at = at + p[3]
+      if compressed then -- one zlib stream that must inflate to exactly nbytes
+        local z = lumen.empty({ math.max(p[3], 1) }, 'u8')
+        if C.lm_file_read(core.ctx, p[1], p[2], p[3], z:data_ptr()) ~= 0 then core.fail_as('image.read', 0) end
+        local out = ffi.new('lm_tensor*[1]')
+        if C.lm_inflate(core.ctx, z:slice(0, 0, p[3]).h, nbytes, out) ~= 0 then
+          local msg = ffi.string(C.lm_ctx_errmsg(core.ctx)):gsub('^[%w_]+: ', '')
+          C.lm_ctx_clear_error(core.ctx)
+          bad('compressed data: %s', msg)
+        end
+        local raw = core.wrap(out[0])
+        ffi.copy(base, raw:data_ptr(), nbytes)
+        raw:free()
+        z:free()
+      else
+        if C.lm_file_read(core.ctx, p[1], p[2], p[3], base + at) ~= 0 then core.fail_as('image.read', 0) end
+        at = at + p[3]
+      end
     end
     if swap then C.lm_byteswap(base, count, esize) end
     if not direct then
