@@ -302,6 +302,17 @@ lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid,
 /* theta N x 2 x 3 with size (N, C, H, W), or N x 3 x 4 with size (N, C, D, H, W). */
 lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, const int64_t *size, int32_t align_corners, lm_tensor **out);
 
+/* imgproc (src/ops/imgproc.c): image resampling loops, on contiguous f64
+   3-D volumes (scipy.ndimage.map_coordinates' conventions). */
+enum { LM_IMG_CONSTANT = 0, LM_IMG_NEAREST = 1 };
+/* In place: the cubic B-spline coefficients of x (mirror boundaries). */
+lm_status lm_spline_prefilter3d(lm_ctx *ctx, lm_tensor *x);
+/* out (f64, size[0] x size[1] x size[2]) samples x at m * (a, b, c, 1), m
+   3 x 4 row-major from output to input voxel indices; order 0, 1 or 3 (x
+   then holds spline coefficients); LM_IMG_CONSTANT: cval outside
+   [0, n - 1], LM_IMG_NEAREST: clamp to the volume. */
+lm_status lm_map_affine3d(lm_ctx *ctx, const lm_tensor *x, const double *m, int32_t order, int32_t mode, double cval, const int64_t *size, lm_tensor **out);
+
 /* norm (src/ops/norm.c): statistics in double; weight and bias may be
    NULL (1 and 0). Batch and group norm take x as N x C x * with per-channel
    [C] weight, bias and running statistics of x's dtype. */

@@ -10,8 +10,8 @@
 -- Interpolation follows scipy.ndimage.map_coordinates: order 0 (nearest,
 -- labels keep their dtype), 1 (linear), 3 (cubic B-spline after the exact
 -- prefilter); mode 'constant' gives cval outside [0, n-1] on any axis,
--- 'nearest' extends the edges. The loops run in LuaJIT over f64 buffers
--- (3-D volumes only).
+-- 'nearest' extends the edges. The loops are in src/ops/imgproc.c (f64,
+-- 3-D volumes only).
 local ffi = require 'ffi'
 
 return function(image, lumen)
@@ -111,140 +111,30 @@ return function(image, lumen)
 
   local function is_float(dt) return dt == 'f32' or dt == 'f64' end
 
-  -- Cubic B-spline prefilter along one axis of a C-order buffer, with
-  -- mirror boundaries (d c b | a b c d | c b a), the exact initial values.
-  local POLE = math.sqrt(3) - 2
-  local function prefilter_axis(p, shape, axis)
-    local n = shape[axis]
-    if n < 2 then return end
-    local stride = 1
-    for d = axis + 1, 3 do stride = stride * shape[d] end
-    local outer = 1
-    for d = 1, axis - 1 do outer = outer * shape[d] end
-    local z, gain = POLE, (1 - POLE) * (1 - 1 / POLE)
-    local zn1 = z ^ (n - 1)
-    for o = 0, outer - 1 do
-      for s = 0, stride - 1 do
-        local base = o * n * stride + s
-        for i = 0, n - 1 do p[base + i * stride] = p[base + i * stride] * gain end
-        -- causal pass
-        local c0 = p[base] + zn1 * p[base + (n - 1) * stride]
-        local zi = z
-        for i = 1, n - 2 do
-          c0 = c0 + zi * (p[base + i * stride] + zn1 * p[base + (n - 1 - i) * stride])
-          zi = zi * z
-        end
-        p[base] = c0 / (1 - zn1 * zn1)
-        for i = 1, n - 1 do p[base + i * stride] = p[base + i * stride] + z * p[base + (i - 1) * stride] end
-        -- anticausal pass
-        local last = base + (n - 1) * stride
-        p[last] = (z / (z * z - 1)) * (z * p[last - stride] + p[last])
-        for i = n - 2, 0, -1 do
-          p[base + i * stride] = z * (p[base + (i + 1) * stride] - p[base + i * stride])
-        end
-      end
-    end
-  end
-
-  -- Mirror an out-of-range tap index into [0, n-1].
-  local function mirror(i, n)
-    if n == 1 then return 0 end
-    local period = 2 * n - 2
-    i = i % period
-    if i >= n then i = period - i end
-    return i
-  end
-
-  -- Taps and weights of one axis for coordinate x (already in range).
-  local function taps(order, x, n, idx, w)
-    if order == 0 then
-      idx[0], w[0] = min(floor(x + 0.5), n - 1), 1
-      return 1
-    elseif order == 1 then
-      local i = floor(x)
-      local t = x - i
-      idx[0], w[0] = mirror(i, n), 1 - t
-      idx[1], w[1] = mirror(i + 1, n), t
-      return 2
-    end
-    local i = floor(x)
-    local t = x - i
-    local u = 1 - t
-    w[0] = u * u * u / 6
-    w[1] = (4 - 6 * t * t + 3 * t * t * t) / 6
-    w[2] = (1 + 3 * t + 3 * t * t - 3 * t * t * t) / 6
-    w[3] = t * t * t / 6
-    for q = 0, 3 do idx[q] = mirror(i - 1 + q, n) end
-    return 4
-  end
-
-  -- Points within EDGE of the border count as inside: affine arithmetic
-  -- leaves -1e-16 where an exact 0 was meant.
-  local EDGE = 1e-9
-
   -- Sample the volume (tensor data) at coordinates M * (a, b, c, 1) for
-  -- every voxel of out_shape; M is 4x4 (output voxel -> input voxel).
+  -- every voxel of out_shape; M is 4x4 (output voxel -> input voxel). The
+  -- loops are src/ops/imgproc.c's.
+  local core = require 'lumen.core'
+  local C, ctx = core.C, core.ctx
   local function sample(fn, data, M, out_shape, order, mode, cval)
-    local shape = data:size()
-    local src, p = f64_copy(data)
+    local src = f64_copy(data)
     local off = 0
     if order == 3 and mode == 'nearest' then
       -- as scipy: extend the edges by 12 voxels before the prefilter
       src = lumen.pad(src, { 12, 12, 12, 12, 12, 12 }, 'replicate'):contiguous()
-      p = ffi.cast('double*', src:data_ptr())
-      shape = src:size()
       off = 12
     end
-    if order == 3 then
-      for axis = 1, 3 do prefilter_axis(p, shape, axis) end
+    if order == 3 and C.lm_spline_prefilter3d(ctx, core.handle(src, fn, 'data')) ~= 0 then core.fail_as('image.' .. fn, 2) end
+    local m = ffi.new('double[12]')
+    for r = 1, 3 do
+      for c = 1, 4 do m[(r - 1) * 4 + c - 1] = M[r][c] end
+      m[(r - 1) * 4 + 3] = m[(r - 1) * 4 + 3] + off
     end
-    local n1, n2, n3 = shape[1], shape[2], shape[3]
-    local out = lumen.empty(out_shape, 'f64')
-    local q = ffi.cast('double*', out:data_ptr())
-    local i1, w1 = ffi.new('int64_t[4]'), ffi.new('double[4]')
-    local i2, w2 = ffi.new('int64_t[4]'), ffi.new('double[4]')
-    local i3, w3 = ffi.new('int64_t[4]'), ffi.new('double[4]')
-    local m = M
-    local nearest = mode == 'nearest'
-    local o = 0
-    for a = 0, out_shape[1] - 1 do
-      for b = 0, out_shape[2] - 1 do
-        for c = 0, out_shape[3] - 1 do
-          local x = m[1][1] * a + m[1][2] * b + m[1][3] * c + m[1][4] + off
-          local y = m[2][1] * a + m[2][2] * b + m[2][3] * c + m[2][4] + off
-          local z = m[3][1] * a + m[3][2] * b + m[3][3] * c + m[3][4] + off
-          local inside = true
-          if nearest then
-            x, y, z = min(max(x, 0), n1 - 1), min(max(y, 0), n2 - 1), min(max(z, 0), n3 - 1)
-          elseif x < -EDGE or y < -EDGE or z < -EDGE or x > n1 - 1 + EDGE or y > n2 - 1 + EDGE or z > n3 - 1 + EDGE then
-            inside = false
-          else
-            x, y, z = min(max(x, 0), n1 - 1), min(max(y, 0), n2 - 1), min(max(z, 0), n3 - 1)
-          end
-          if inside then
-            local k1 = taps(order, x, n1, i1, w1)
-            local k2 = taps(order, y, n2, i2, w2)
-            local k3 = taps(order, z, n3, i3, w3)
-            local s = 0
-            for u = 0, k1 - 1 do
-              local su = 0
-              for v = 0, k2 - 1 do
-                local row = (i1[u] * n2 + i2[v]) * n3
-                local sv = 0
-                for t = 0, k3 - 1 do sv = sv + w3[t] * p[row + i3[t]] end
-                su = su + w2[v] * sv
-              end
-              s = s + w1[u] * su
-            end
-            q[o] = s
-          else
-            q[o] = cval
-          end
-          o = o + 1
-        end
-      end
-    end
-    return out
+    local size = ffi.new('int64_t[3]', out_shape[1], out_shape[2], out_shape[3])
+    local st = C.lm_map_affine3d(ctx, core.handle(src, fn, 'data'), m, order,
+      mode == 'nearest' and C.LM_IMG_NEAREST or C.LM_IMG_CONSTANT, cval, size, core.out1)
+    if st ~= 0 then core.fail_as('image.' .. fn, 2) end
+    return core.wrap(core.out1[0])
   end
 
   local resample_opts = { order = true, cval = true, mode = true, spacing = true }
@@ -567,12 +457,8 @@ return function(image, lumen)
     local t, p = f64_copy(self.data)
     local n = t:numel()
     if n == 0 then fail(fn, 'the image is empty') end
-    local sorted = ffi.new('double[?]', n)
-    ffi.copy(sorted, p, n * 8)
-    local vals = {}
-    for i = 0, n - 1 do vals[i + 1] = sorted[i] end
-    table.sort(vals)
-    for i = 0, n - 1 do sorted[i] = vals[i + 1] end
+    local sorted_t = lumen.sort(t:reshape(-1)):contiguous() -- kept alive while read
+    local sorted = ffi.cast('double*', sorted_t:data_ptr())
     local a, b = percentile(sorted, n, lo), percentile(sorted, n, hi)
     for i = 0, n - 1 do p[i] = min(max(p[i], a), b) end
     return float_result(self, t), a, b
