@@ -118,6 +118,17 @@ result = (out.get_fdata(), out.affine)
   check.assert_close(sub(a), sub(e), { rtol = 1e-6, atol = 1e-9 }, 'resample_to_output')
 end)
 
+-- a 4-D image (i, j, k, t) resamples each volume on the same map
+local vol4 = check.sine({ 9, 10, 11, 2 }, 'f64', 9)
+add({ py([==[
+M = np.linalg.inv(a.numpy()) @ b.numpy()
+v = x.numpy()
+result = np.stack([nd.map_coordinates(v[..., t], grid_coords(M, (8, 9, 7)), order=3, mode='nearest') for t in range(2)], -1)
+]==]), x = vol4, a = T(A), b = T(B) }, function(r)
+  local out = image.new(vol4, { affine = A }):resample_to(tgt, { order = 3, mode = 'nearest' })
+  check.assert_close(out.data, r[1], { rtol = 1e-6, atol = 1e-9 }, '4-D resample_to')
+end)
+
 -- reorientation, as nibabel.orientations
 local shear = { { -0.2, 1.1, 0.3, 5 }, { 0.1, 0.15, -1.9, -2 }, { 1.4, 0.3, 0.1, 8 }, { 0, 0, 0, 1 } }
 local small = lumen.arange(4 * 5 * 6):to('f64'):reshape(4, 5, 6)
@@ -196,6 +207,29 @@ describe('image ops', function()
     assert.are.equal('f32', f:window(0, 1).data:dtype())
   end)
 
+  it('has C loops that refuse what they cannot take', function()
+    local core = require 'lumen.core'
+    local ffi = require 'ffi'
+    local m = ffi.new('double[12]', 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)
+    local size = ffi.new('int64_t[3]', 2, 2, 2)
+    local function msg(st)
+      assert.is_true(st < 0)
+      local s = ffi.string(core.C.lm_ctx_errmsg(core.ctx))
+      core.C.lm_ctx_clear_error(core.ctx)
+      return s
+    end
+    local f32 = lumen.zeros(3, 3, 3)
+    assert.matches('map_affine3d: input is f32, expected f64',
+      msg(core.C.lm_map_affine3d(core.ctx, core.handle(f32, 't'), m, 1, 0, 0, size, core.out1)), 1, true)
+    assert.matches('map_affine3d: order 2, expected 0, 1 or 3',
+      msg(core.C.lm_map_affine3d(core.ctx, core.handle(f32:to('f64'), 't'), m, 2, 0, 0, size, core.out1)), 1, true)
+    assert.matches('spline_prefilter3d: input is 2-D',
+      msg(core.C.lm_spline_prefilter3d(core.ctx, core.handle(lumen.zeros(3, 3):to('f64'), 't'))), 1, true)
+    m[3] = 0 / 0
+    assert.matches('map_affine3d: matrix entry 3 is not finite',
+      msg(core.C.lm_map_affine3d(core.ctx, core.handle(f32:to('f64'), 't'), m, 1, 0, 0, size, core.out1)), 1, true)
+  end)
+
   it('refuse bad arguments with clear errors', function()
     local function err(pat, f, ...)
       local ok, e = pcall(f, ...)
@@ -208,7 +242,7 @@ describe('image ops', function()
     err("lumen.image.resample_to: mode 'wrap' is not supported", src.resample_to, src, tgt, { mode = 'wrap' })
     err('lumen.image.resample: spacing must be a list of 3 positive numbers', src.resample, src, { spacing = { 1, 2 } })
     err('lumen.image.resample: spacing[2] is -1, expected a positive number', src.resample, src, { spacing = { 1, -1, 1 } })
-    err('lumen.image.resample: the image is 2-D, expected a 3-D volume', image.new(lumen.zeros(3, 4)).resample,
+    err('lumen.image.resample: the image is 2-D, expected 3 spatial dims', image.new(lumen.zeros(3, 4)).resample,
       image.new(lumen.zeros(3, 4)), { spacing = { 1, 1, 1 } })
     err("lumen.image.reorient: 'RAQ': letter 'Q' is not one of", src.reorient, src, 'RAQ')
     err("lumen.image.reorient: 'RAR' names a world axis twice", src.reorient, src, 'RAR')
@@ -217,6 +251,7 @@ describe('image ops', function()
     err('lumen.image.crop_foreground: margin must be a non-negative integer', src.crop_foreground, src, { margin = -1 })
     err('lumen.image.pad_back: box[1] = {0, 3} does not fit', image.pad_back, lumen.zeros(2, 2, 2),
       { { 0, 3 }, { 0, 2 }, { 0, 2 } }, { 5, 5, 5 })
+    err('lumen.image.crop_foreground: the image is 4-D, expected a 3-D volume', src.crop_foreground, image.new(vol4))
     err('lumen.image.zscore: mask is 2x2, expected the image shape 9x10x11', src.zscore, src, { mask = lumen.zeros(2, 2) })
     err('lumen.image.zscore: the mask selects no voxel', src.zscore, src, { mask = lumen.zeros(9, 10, 11) })
     err('lumen.image.clip_percentiles: percentiles must be numbers with 0 <= lo <= hi <= 100', src.clip_percentiles, src, 60, 40)

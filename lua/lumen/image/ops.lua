@@ -10,8 +10,8 @@
 -- Interpolation follows scipy.ndimage.map_coordinates: order 0 (nearest,
 -- labels keep their dtype), 1 (linear), 3 (cubic B-spline after the exact
 -- prefilter); mode 'constant' gives cval outside [0, n-1] on any axis,
--- 'nearest' extends the edges. The loops are in src/ops/imgproc.c (f64,
--- 3-D volumes only).
+-- 'nearest' extends the edges. The loops are in src/ops/imgproc.c (f64);
+-- images with trailing dims (i, j, k, t) resample volume by volume.
 local ffi = require 'ffi'
 
 return function(image, lumen)
@@ -40,6 +40,9 @@ return function(image, lumen)
 
   local function check_3d(fn, img)
     if img.data:dim() ~= 3 then fail(fn, 'the image is %d-D, expected a 3-D volume', img.data:dim()) end
+  end
+  local function check_spatial(fn, img)
+    if img.data:dim() < 3 then fail(fn, 'the image is %d-D, expected 3 spatial dims (i, j, k[, t...])', img.data:dim()) end
   end
 
   ---------------------------------------------------------------------------
@@ -137,6 +140,21 @@ return function(image, lumen)
     return core.wrap(core.out1[0])
   end
 
+  -- Images with trailing dims (i, j, k, t...) resample volume by volume.
+  local function sample_all(fn, data, M, out_shape, order, mode, cval)
+    local sz = data:size()
+    if #sz == 3 then return sample(fn, data, M, out_shape, order, mode, cval) end
+    local flat = data:reshape(sz[1], sz[2], sz[3], -1)
+    local nt = flat:size(3)
+    local out = lumen.empty({ out_shape[1], out_shape[2], out_shape[3], nt }, 'f64')
+    for t = 0, nt - 1 do
+      lumen.select(out, 3, t):copy_(sample(fn, lumen.select(flat, 3, t), M, out_shape, order, mode, cval))
+    end
+    local full = { out_shape[1], out_shape[2], out_shape[3] }
+    for d = 4, #sz do full[d] = sz[d] end
+    return out:reshape(full)
+  end
+
   local resample_opts = { order = true, cval = true, mode = true, spacing = true }
 
   local function interp_args(fn, opts)
@@ -168,14 +186,14 @@ return function(image, lumen)
     check_image(fn, self, 'self')
     check_image(fn, other, 'the target')
     opts = check_opts(fn, opts, { order = true, cval = true, mode = true })
-    check_3d(fn, self)
+    check_spatial(fn, self)
     if other.data:dim() < 3 then fail(fn, 'the target is %d-D, expected a 3-D grid', other.data:dim()) end
     local order, cval, mode = interp_args(fn, opts)
     local inv = inverse(self.affine)
     if not inv then fail(fn, 'the image affine is singular') end
     local M = matmul(inv, other.affine)
     local sz = other.data:size()
-    local out = sample(fn, self.data, M, { sz[1], sz[2], sz[3] }, order, mode, cval)
+    local out = sample_all(fn, self.data, M, { sz[1], sz[2], sz[3] }, order, mode, cval)
     return finish(self, out, order, copy_affine(other.affine))
   end
 
@@ -185,7 +203,7 @@ return function(image, lumen)
     local fn = 'resample'
     check_image(fn, self, 'self')
     opts = check_opts(fn, opts, resample_opts)
-    check_3d(fn, self)
+    check_spatial(fn, self)
     local sp = opts.spacing
     if type(sp) ~= 'table' or #sp ~= 3 then fail(fn, 'spacing must be a list of 3 positive numbers') end
     for i = 1, 3 do
@@ -205,7 +223,7 @@ return function(image, lumen)
       out_shape[c] = max(1, floor(sz[c] * old[c] / sp[c] + 0.5))
       for r = 1, 3 do affine[r][c] = self.affine[r][c] * ratio end
     end
-    local out = sample(fn, self.data, M, out_shape, order, mode, cval)
+    local out = sample_all(fn, self.data, M, out_shape, order, mode, cval)
     return finish(self, out, order, affine)
   end
 
