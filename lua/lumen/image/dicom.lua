@@ -305,14 +305,21 @@ return function(image, lumen)
     if nf ~= math.floor(nf) or nf < 1 then bad('NumberOfFrames is %s, expected a positive integer', nf) end
     local ba = get_us(d, T.bits_allocated)
     if not ba then bad('BitsAllocated is missing') end
-    if ba ~= 8 and ba ~= 16 and ba ~= 32 then bad('BitsAllocated is %d, expected 8, 16 or 32', ba) end
+    if ba ~= 1 and ba ~= 8 and ba ~= 16 and ba ~= 32 then bad('BitsAllocated is %d, expected 1, 8, 16 or 32', ba) end
     local bs = get_us(d, T.bits_stored) or ba
     local signed = (get_us(d, T.pixel_representation) or 0) == 1
     local count = rows * cols * nf
-    local nbytes = count * ba / 8
+    local nbytes = math.ceil(count * ba / 8)
     if nbytes > px.length then
       bad('header says %dx%d pixels x %d frames of %d bits (%.0f bytes) but the pixel data has %d bytes', cols, rows, nf,
         ba, nbytes, px.length)
+    end
+    if ba == 1 then -- bit-packed (segmentations), lowest bit first
+      local t = lumen.empty({ nf, rows, cols }, 'u8')
+      local src, dst = d.b.p + px.offset, ffi.cast('uint8_t*', t:data_ptr())
+      for i = 0, count - 1 do dst[i] = bit.band(bit.rshift(src[bit.rshift(i, 3)], bit.band(i, 7)), 1) end
+      return t, { rows = rows, columns = cols, frames = nf, bits_allocated = 1, bits_stored = 1, signed = false,
+        file_dtype = 'bit' }
     end
     local ctype = (signed and 'int' or 'uint') .. ba .. '_t'
     local dtype = ({ uint8_t = 'u8', int8_t = 'i32', uint16_t = 'i32', int16_t = 'i32', int32_t = 'i32',
