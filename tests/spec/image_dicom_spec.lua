@@ -72,6 +72,50 @@ for n, f in enumerate(files):
     A[:3, 3] = ipp
     r['affine'] = (np.diag([-1.0, -1, 1, 1]) @ A).tolist()
     r['slope'] = float(ds.RescaleSlope) if 'RescaleSlope' in ds and 'RescaleIntercept' in ds else None
+# a synthetic series: 4 oblique slices written in shuffled file order, and
+# one file of another series in the same folder that must be left out
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+os.makedirs(out + '/series', exist_ok=True)
+rng = np.random.default_rng(5)
+th = 0.3
+row = np.array([np.cos(th), np.sin(th), 0.0])
+col = np.array([-np.sin(th) * np.cos(0.2), np.cos(th) * np.cos(0.2), np.sin(0.2)])
+normal = np.cross(row, col)
+origin = np.array([-20.0, 15.5, 7.25])
+uid = generate_uid()
+slices = [rng.integers(-1000, 3000, size=(3, 5)).astype(np.int16) for _ in range(4)]
+def write_slice(name, pix, pos, series):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.4'
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.Modality = 'MR'
+    ds.SeriesInstanceUID = series
+    ds.ImageOrientationPatient = [float(v) for v in np.concatenate([row, col])]
+    ds.ImagePositionPatient = [float(v) for v in pos]
+    ds.PixelSpacing = [0.75, 1.25]
+    ds.SliceThickness = 2.0
+    ds.Rows, ds.Columns = pix.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 'MONOCHROME2'
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelData = pix.tobytes()
+    ds.save_as(out + '/series/' + name, write_like_original=False)
+for n, k in enumerate([2, 0, 3, 1]):
+    write_slice('f%d' % n, slices[k], origin + normal * 2.5 * k, uid)
+write_slice('other.dcm', slices[0] + 1, origin, generate_uid())
+A = np.eye(4)
+A[:3, 0] = row * 1.25
+A[:3, 1] = col * 0.75
+A[:3, 2] = normal * 2.5
+A[:3, 3] = origin
+vol = np.stack(slices).astype('<f8')
+vol.tofile(out + '/series.f64')
+series = {'path': out + '/series', 'affine': (np.diag([-1.0, -1, 1, 1]) @ A).tolist(), 'shape': list(vol.shape),
+          'raw': out + '/series.f64'}
+res.append({'series': series})
 json.dump(res, open(out + '/expected.json', 'w'))
 ]==]
 
@@ -88,6 +132,7 @@ describe('image dicom', function()
   local ok = p:close()
   assert(ok == true or ok == 0, 'python failed:\n' .. out)
   local cases = decode_json(slurp(P('expected.json')))
+  local series = table.remove(cases).series
 
   it('reads every test file like pydicom or refuses it clearly', function()
     local compared = 0
@@ -125,6 +170,25 @@ describe('image dicom', function()
       end
     end
     assert(compared >= 40, 'only ' .. compared .. ' files compared')
+  end)
+
+  it('reads a series folder in slice order, with its affine', function()
+    local img = image.read(series.path)
+    assert.are.same({ 5, 3, 4 }, img.data:size())
+    assert.are.equal('i32', img.data:dtype())
+    local got = img.data:permute(2, 1, 0):contiguous():to('f64')
+    local raw = slurp(series.raw)
+    local e, g = ffi.cast('const double*', raw), ffi.cast('const double*', got:data_ptr())
+    for i = 0, got:numel() - 1 do assert.are.equal(e[i], g[i]) end
+    for r = 1, 4 do
+      for k = 1, 4 do
+        assert(math.abs(img.affine[r][k] - series.affine[r][k]) < 1e-9,
+          string.format('affine[%d][%d] %g, expected %g', r, k, img.affine[r][k], series.affine[r][k]))
+      end
+    end
+    assert.are.equal(4, #img.meta.files)
+    -- a trailing slash reads the same folder
+    assert.are.same(img.affine, image.read(series.path .. '/').affine)
   end)
 
   it('refuses bad input clearly', function()
