@@ -16,7 +16,7 @@ HEADERS := src/lumen.h src/plugin.h src/core/internal.h
 # Debian packages the build, the tests and the benchmarks need.
 DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev \
             libpng-dev zlib1g-dev lua-busted python3-torch python3-numpy \
-            python3-nibabel
+            python3-nibabel python3-pydicom
 
 # Plugins: each plugins/<name>/ holds the C sources of one, built to
 # $(B)/plugins/<name>.so without liblumen (it reaches the engine through the

@@ -366,6 +366,11 @@ lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);
 lm_status lm_file_read(lm_ctx *ctx, const char *path, int64_t offset, int64_t nbytes, void *dst);
 lm_status lm_file_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes);
 void lm_byteswap(void *data, int64_t count, int32_t width);
+/* lm_is_dir: 1 when path is a directory. lm_dir_list: the names in a
+   directory, NUL-terminated one after another, into buf (cap bytes);
+   *needed is the size of the whole list (retry when it exceeds cap). */
+int32_t lm_is_dir(const char *path);
+lm_status lm_dir_list(lm_ctx *ctx, const char *path, char *buf, int64_t cap, int64_t *needed);
 /* gzip and zlib (src/io/compress.c): lm_gzip_read inflates a .gz file into
    a u8 tensor, refusing more than max_bytes; lm_inflate inflates a raw zlib
    stream that must hold exactly expected_size bytes; lm_gzip_write_atomic
@@ -375,6 +380,9 @@ void lm_byteswap(void *data, int64_t count, int32_t width);
 lm_status lm_gzip_read(lm_ctx *ctx, const char *path, int64_t max_bytes, lm_tensor **out);
 lm_status lm_gzip_read_head(lm_ctx *ctx, const char *path, int64_t nbytes, lm_tensor **out);
 lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, lm_tensor **out);
+/* lm_inflate_raw: a raw deflate stream (no zlib header, as DICOM's Deflated
+   Explicit VR Little Endian) of at most max_bytes, whatever its size. */
+lm_status lm_inflate_raw(lm_ctx *ctx, const lm_tensor *src, int64_t max_bytes, lm_tensor **out);
 lm_status lm_gzip_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes, int32_t level);
 /* PNG (src/io/png.c): read gives H x W (grey) or H x W x C (grey+alpha,
    RGB, RGBA; palettes become RGB, or RGBA with transparency), u8 for 8-bit

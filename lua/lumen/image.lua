@@ -85,8 +85,24 @@ local function format_of(path, who)
   return best
 end
 
+-- A DICOM series folder, or a file with no known suffix that has the DICM
+-- preamble (DICOM files often have no suffix), goes to the DICOM reader.
+local function dicom_fallback(path)
+  if type(path) ~= 'string' or not image.dicom then return nil end
+  if image.dicom.is_dir(path) then return image.dicom end
+  local lower = path:lower()
+  for suffix in pairs(image.formats) do
+    if lower:sub(-#suffix) == suffix then return nil end
+  end
+  local fh = io.open(path, 'rb')
+  local head = fh and fh:read(132)
+  if fh then fh:close() end
+  if head and #head == 132 and head:sub(129) == 'DICM' then return image.dicom end
+  return nil
+end
+
 function image.read(path, opts)
-  local f = format_of(path, 'read')
+  local f = dicom_fallback(path) or format_of(path, 'read')
   if not f.read then error("lumen.image.read: cannot read '" .. path .. "': the format is write-only", 2) end
   return f.read(path, opts or {})
 end

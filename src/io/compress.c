@@ -62,7 +62,7 @@ static lm_status inflate_bytes(lm_ctx *ctx, const char *what, const unsigned cha
     if (rc == Z_STREAM_END) {
       /* another gzip member may follow (as gzip -c a b > c writes) */
       if (zs.avail_in == 0 && in_left == 0) break;
-      if (window_bits == 15) break; /* raw zlib: trailing bytes ignored */
+      if (window_bits <= 15) break; /* zlib or raw deflate: trailing bytes ignored */
       if (inflateReset(&zs) != Z_OK) { st = lm_err(ctx, LM_E_FORMAT, "gzip: %s: corrupt data after a gzip member", what); goto done; }
       continue;
     }
@@ -131,6 +131,17 @@ lm_status lm_inflate(lm_ctx *ctx, const lm_tensor *src, int64_t expected_size, l
   }
   *out = t;
   return LM_OK;
+}
+
+lm_status lm_inflate_raw(lm_ctx *ctx, const lm_tensor *src, int64_t max_bytes, lm_tensor **out) {
+  lm_status st;
+  if (!out) return lm_err(ctx, LM_E_ARG, "inflate: out is NULL");
+  if ((st = lm_check_input(ctx, "inflate", src, "src"))) return st;
+  if (src->dtype != LM_U8 || !lm_is_contiguous(src))
+    return lm_err(ctx, LM_E_DTYPE, "inflate: src must be a contiguous u8 tensor");
+  if (max_bytes < 0) return lm_err(ctx, LM_E_ARG, "inflate: max_bytes is %lld, expected >= 0", (long long)max_bytes);
+  /* window_bits -15: raw deflate, no header or checksum */
+  return inflate_bytes(ctx, "deflate stream", (const unsigned char *)lm_data(src), lm_numel(src), max_bytes, -15, false, out);
 }
 
 lm_status lm_gzip_write_atomic(lm_ctx *ctx, const char *path, int32_t nparts, const void *const *parts, const int64_t *sizes, int32_t level) {

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -202,4 +203,29 @@ void lm_byteswap(void *data, int64_t count, int32_t width) {
   default:
     break; /* width 1 (or anything else): nothing to swap */
   }
+}
+
+int32_t lm_is_dir(const char *path) {
+  struct stat sb;
+  return path && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* Names in a directory (not . and ..), each ending in a NUL byte, into buf;
+   *needed gets the bytes the whole list takes, so a caller whose cap was
+   too small can retry with a bigger buffer. */
+lm_status lm_dir_list(lm_ctx *ctx, const char *path, char *buf, int64_t cap, int64_t *needed) {
+  if (!path || !needed) return lm_err(ctx, LM_E_ARG, "file: dir_list: path or needed is NULL");
+  DIR *d = opendir(path);
+  if (!d) return lm_err(ctx, LM_E_IO, "file: cannot list directory %s: %s", path, strerror(errno));
+  int64_t used = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    int64_t n = (int64_t)strlen(e->d_name) + 1;
+    if (buf && used + n <= cap) memcpy(buf + used, e->d_name, (size_t)n);
+    used += n;
+  }
+  closedir(d);
+  *needed = used;
+  return LM_OK;
 }
