@@ -6,7 +6,8 @@
 --     x: n x 1 x size x size f32, y: n i64 labels
 local lumen = require 'lumen'
 
-local shapes = {}
+local shapes = { name = 'shapes', synthetic = true,
+  description = 'disks (1) against squares (0) in Gaussian noise, 2-D classification' }
 
 function shapes.make(n, opts)
   opts = opts or {}
@@ -31,6 +32,20 @@ function shapes.make(n, opts)
   local img = lumen.where(label:reshape(n, 1, 1), disk, square):to('f32')
   img = img + lumen.randn(n, size, size) * noise
   return img:reshape(n, 1, size, size), label:to('i64')
+end
+
+-- Cases for lumen.data (the class is case.class; there is no label map).
+function shapes.cases(opts)
+  opts = opts or {}
+  local image = require 'lumen.image'
+  local x, y = shapes.make(opts.n or 4, opts)
+  local classes = y:totable()
+  local cases = {}
+  for i = 1, x:size()[1] do
+    cases[i] = { id = 'shapes_' .. i, class = classes[i],
+      image = image.new(x:select(0, i - 1):select(0, 0):transpose(0, 1)) }
+  end
+  return cases
 end
 
 return shapes

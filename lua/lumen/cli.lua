@@ -6,6 +6,7 @@
 --   lumen run script.lua [args]   run a script (see parse_options)
 --   lumen -e 'chunk' [args]       run a chunk
 --   lumen info                    version, BLAS, threads, devices, plugins
+--   lumen data list|fetch|show    datasets (lua/lumen/data.lua)
 --   lumen [repl]                  interactive prompt
 --   lumen --version | --help
 local host = ...
@@ -21,6 +22,9 @@ usage: lumen [command] [args]
   lumen run SCRIPT [ARGS]   run a Lua script with lumen loaded
   lumen -e CHUNK [ARGS]     run a Lua chunk with lumen loaded
   lumen info                show version, BLAS, threads, devices and plugins
+  lumen data list           list the datasets (datasets/*.lua)
+  lumen data fetch NAME     unpack a dataset's Debian packages into the cache
+  lumen data show NAME      print its cases and write a PNG montage
   lumen [repl]              interactive prompt (EOF or Ctrl-D quits)
   lumen --version           print the version
   lumen --help              print this help
@@ -200,6 +204,16 @@ function commands.info()
     end
   end
   return 0
+end
+
+function commands.data(args)
+  load_lumen()
+  local ok, status = pcall(function() return require('lumen.data').cli(args) end)
+  if not ok then
+    eprint(tostring(status))
+    return 1
+  end
+  return status
 end
 
 -- The REPL: each line is tried as `return <line>`, then as a statement.
