@@ -234,15 +234,18 @@ function data.montage(tiles)
   return lumen.cat(parts, 0)
 end
 
--- Writes a montage of the middle slices of the first max cases (image,
--- then label when there is one) to path; returns the number of tiles and
+-- Writes a montage of the middle slices of the first max readable cases
+-- (image, then label when there is one) to path; returns the number of tiles and
 -- the notes about cases that could not be read.
 function data.write_montage(cases, path, max)
   local image = require 'lumen.image'
   local tiles, notes = {}, {}
-  for i = 1, math.min(#cases, max or 8) do
+  local shown = 0
+  for i = 1, #cases do
+    if shown >= (max or 8) then break end
     local ok, img, lab = pcall(data.load, cases[i])
     if ok then
+      shown = shown + 1
       tiles[#tiles + 1] = middle_slice(img)
       if lab then tiles[#tiles + 1] = middle_slice(lab) end
     else
