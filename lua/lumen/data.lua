@@ -214,6 +214,9 @@ local function middle_slice(img)
   while d:dim() > 3 do d = d:select(d:dim() - 1, 0) end -- first volume of a series
   if d:dim() == 3 then d = d:select(2, math.floor(d:size()[3] / 2)) end
   if d:dim() == 1 then d = d:reshape(d:size()[1], 1) end
+  -- NIfTI's j axis points to the front (RAS): show it upwards, as viewers do
+  local fmt = img.meta and img.meta.format
+  if type(fmt) == 'string' and fmt:match('^nifti') and d:size()[2] > 1 then d = lumen.flip(d, { 1 }) end
   d = d:to('f64')
   local lo, hi = lumen.amin(d):item(), lumen.amax(d):item()
   local scaled = hi > lo and (d - lo) * (255 / (hi - lo)) or d * 0
