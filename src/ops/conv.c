@@ -570,29 +570,38 @@ static lm_status grad_out_contiguous(lm_ctx *ctx, lm_tensor *const *gout, lm_ten
 
 /* ---- convolution ---- */
 
-/* x: N x Cin x img, w: Cout x Cin/g x k; the column side is y: N x Cout x col. */
-static lm_status conv_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
-  const char *op = "conv";
+/* Both directions' backward. A convolution reads x as the image side and
+   writes y on the column side (x: N x Cin x img, w: Cout x Cin/g x k); a
+   transposed one the other way round (x: N x Cin x col, w: Cin x Cout/g x
+   k). The input gradient runs the opposite direction of the forward. */
+static lm_status backward_of(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin, bool transposed) {
+  const char *op = transposed ? "conv_transpose" : "conv";
   const lm_tensor *x = node->saved[0], *w = node->saved[1];
   int32_t nsp = (int32_t)node->ip[IP_NSP];
   bool batched = node->ip[IP_BATCHED];
   int32_t lead = batched ? 2 : 1;
-  int64_t n = batched ? x->shape[0] : 1, cin = x->shape[lead - 1], cout = w->shape[0];
+  int64_t groups = node->ip[IP_GROUPS];
+  int64_t n = batched ? x->shape[0] : 1, cin = x->shape[lead - 1];
+  int64_t cout = transposed ? w->shape[1] * groups : w->shape[0];
   lm_tensor *dy = NULL, *dx = NULL, *dw = NULL;
   lm_status st = grad_out_contiguous(ctx, gout, &dy);
   if (st) return st;
   conv_geom g;
-  make_geom(&g, x->dtype, n, cin, cout, node->ip[IP_GROUPS], nsp, x->shape + lead, dy->shape + lead, w->shape + 2,
-            node->ip + IP_STRIDE, node->ip + IP_PAD, node->ip + IP_DIL);
+  if (transposed)
+    make_geom(&g, x->dtype, n, cout, cin, groups, nsp, dy->shape + lead, x->shape + lead, w->shape + 2,
+              node->ip + IP_STRIDE, node->ip + IP_PAD, node->ip + IP_DIL);
+  else
+    make_geom(&g, x->dtype, n, cin, cout, groups, nsp, x->shape + lead, dy->shape + lead, w->shape + 2,
+              node->ip + IP_STRIDE, node->ip + IP_PAD, node->ip + IP_DIL);
   if (node->needs[0]) {
     if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &dx))) goto fail;
-    if ((st = scatter(ctx, op, &g, dy, w, NULL, dx))) goto fail;
+    if ((st = transposed ? gather(ctx, op, &g, dy, w, NULL, dx) : scatter(ctx, op, &g, dy, w, NULL, dx))) goto fail;
   }
   if (node->needs[1]) {
     if ((st = lm_new(ctx, op, w->dtype, w->ndim, w->shape, &dw))) goto fail;
-    if ((st = weight_grad(ctx, op, &g, dy, x, dw))) goto fail;
+    if ((st = transposed ? weight_grad(ctx, op, &g, x, dy, dw) : weight_grad(ctx, op, &g, dy, x, dw))) goto fail;
   }
-  if (node->needs[2] && (st = bias_grad(ctx, op, dy, n, cout, g.col_sz, &gin[2]))) goto fail;
+  if (node->needs[2] && (st = bias_grad(ctx, op, dy, n, cout, transposed ? g.img_sz : g.col_sz, &gin[2]))) goto fail;
   gin[0] = dx;
   gin[1] = dw;
   lm_tensor_release(dy);
@@ -604,7 +613,13 @@ fail:
   return st;
 }
 
-static lm_status conv_transpose_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin);
+static lm_status conv_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  return backward_of(ctx, node, gout, gin, false);
+}
+
+static lm_status conv_transpose_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  return backward_of(ctx, node, gout, gin, true);
+}
 
 /* Runs a convolution (gather) or a transposed one (scatter) on contiguous
    operands into a new output and records it for autograd. */
@@ -685,40 +700,6 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
 
 /* ---- transposed convolution ---- */
 
-/* x: N x Cin x col, w: Cin x Cout/g x k; the image side is y: N x Cout x img. */
-static lm_status conv_transpose_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
-  const char *op = "conv_transpose";
-  const lm_tensor *x = node->saved[0], *w = node->saved[1];
-  int32_t nsp = (int32_t)node->ip[IP_NSP];
-  bool batched = node->ip[IP_BATCHED];
-  int32_t lead = batched ? 2 : 1;
-  int64_t groups = node->ip[IP_GROUPS];
-  int64_t n = batched ? x->shape[0] : 1, cin = x->shape[lead - 1], cout = w->shape[1] * groups;
-  lm_tensor *dy = NULL, *dx = NULL, *dw = NULL;
-  lm_status st = grad_out_contiguous(ctx, gout, &dy);
-  if (st) return st;
-  conv_geom g;
-  make_geom(&g, x->dtype, n, cout, cin, groups, nsp, dy->shape + lead, x->shape + lead, w->shape + 2,
-            node->ip + IP_STRIDE, node->ip + IP_PAD, node->ip + IP_DIL);
-  if (node->needs[0]) {
-    if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &dx))) goto fail;
-    if ((st = gather(ctx, op, &g, dy, w, NULL, dx))) goto fail;
-  }
-  if (node->needs[1]) {
-    if ((st = lm_new(ctx, op, w->dtype, w->ndim, w->shape, &dw))) goto fail;
-    if ((st = weight_grad(ctx, op, &g, x, dy, dw))) goto fail;
-  }
-  if (node->needs[2] && (st = bias_grad(ctx, op, dy, n, cout, g.img_sz, &gin[2]))) goto fail;
-  gin[0] = dx;
-  gin[1] = dw;
-  lm_tensor_release(dy);
-  return LM_OK;
-fail:
-  lm_tensor_release(dy);
-  lm_tensor_release(dx);
-  lm_tensor_release(dw);
-  return st;
-}
 
 lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b, int32_t nsp,
                             const int64_t *stride, const int64_t *padding, const int64_t *output_padding,

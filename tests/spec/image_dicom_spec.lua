@@ -6,22 +6,9 @@
 local ffi = require 'ffi'
 local image = require 'lumen.image'
 
-local python = os.getenv('LUMEN_PYTHON') or '/usr/bin/python3'
-local dir = os.tmpname()
-os.remove(dir)
-assert(os.execute('mkdir -p ' .. dir) == 0)
-local function P(name) return dir .. '/' .. name end
-local function slurp(path)
-  local f = assert(io.open(path, 'rb'))
-  local s = f:read('*a')
-  f:close()
-  return s
-end
-local function write_all(path, s)
-  local f = assert(io.open(path, 'wb'))
-  f:write(s)
-  f:close()
-end
+local scratch = require 'helpers.scratch'
+local dir, P = scratch.dir()
+local slurp, write_all = scratch.read, scratch.write
 
 local PY = [==[
 import sys, os, glob, json
@@ -126,11 +113,7 @@ local function decode_json(s)
 end
 
 describe('image dicom', function()
-  write_all(P('exp.py'), PY)
-  local p = io.popen(string.format('%s -W ignore %s %s 2>&1', python, P('exp.py'), dir))
-  local out = p:read('*a')
-  local ok = p:close()
-  assert(ok == true or ok == 0, 'python failed:\n' .. out)
+  scratch.python(PY, dir, '-W ignore')
   local cases = decode_json(slurp(P('expected.json')))
   local series = table.remove(cases).series
 

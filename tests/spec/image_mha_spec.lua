@@ -9,25 +9,10 @@ local lumen = require 'lumen'
 local image = require 'lumen.image'
 local check = require 'helpers.check'
 
-local python = os.getenv('LUMEN_PYTHON') or '/usr/bin/python3'
-local dir = os.tmpname()
-os.remove(dir)
-assert(os.execute('mkdir -p ' .. dir) == 0)
-local function P(name) return dir .. '/' .. name end
-
-local function write_all(path, s)
-  local f = assert(io.open(path, 'wb'))
-  f:write(s)
-  f:close()
-end
-local function run_python(script)
-  write_all(P('script.py'), script)
-  local p = io.popen(string.format('%s %s %s 2>&1', python, P('script.py'), dir))
-  local out = p:read('*a')
-  local ok = p:close()
-  assert(ok == true or ok == 0, 'python failed:\n' .. out)
-  return out
-end
+local scratch = require 'helpers.scratch'
+local dir, P = scratch.dir()
+local write_all = scratch.write
+local function run_python(script) return scratch.python(script, dir) end
 
 local PY = [==[
 import sys, json

@@ -5,31 +5,10 @@ local lumen = require 'lumen'
 local image = require 'lumen.image'
 local ffi = require 'ffi'
 
-local python = os.getenv('LUMEN_PYTHON') or '/usr/bin/python3'
-local dir = os.tmpname()
-os.remove(dir)
-assert(os.execute('mkdir -p ' .. dir) == 0)
-local function P(name) return dir .. '/' .. name end
-
-local function read_all(path)
-  local f = assert(io.open(path, 'rb'))
-  local s = f:read('*a')
-  f:close()
-  return s
-end
-local function write_all(path, s)
-  local f = assert(io.open(path, 'wb'))
-  f:write(s)
-  f:close()
-end
-local function run_python(script)
-  write_all(P('script.py'), script)
-  local p = io.popen(string.format('%s %s %s 2>&1', python, P('script.py'), dir))
-  local out = p:read('*a')
-  local ok = p:close()
-  assert(ok == true or ok == 0, 'python failed:\n' .. out)
-  return out
-end
+local scratch = require 'helpers.scratch'
+local dir, P = scratch.dir()
+local read_all, write_all = scratch.read, scratch.write
+local function run_python(script) return scratch.python(script, dir) end
 
 -- Same shape, dtype and bytes (compared through ffi, not lumen's ops).
 local function assert_same(a, e, what)
