@@ -3,7 +3,11 @@
 --   local image = require 'lumen.image'
 --   local img = image.read('ch2.nii.gz')
 --   img.data        tensor, dims in the file's index order (i, j, k[, t]),
---                   as nibabel and MONAI give them (a view: no copy)
+--                   as nibabel and MONAI give them (a view: no copy);
+--                   colour images add a trailing channel dim: (x, y, c)
+--                   for PNG (meta.channels 2, 3 or 4), (i, j, k, 3) for
+--                   DICOM (pydicom's (frames, rows, columns, 3) seen in
+--                   i, j, k order; meta.color_space 'RGB' or 'YBR_FULL')
 --   img.affine      4x4 (a Lua list of 4 rows) from voxel index (i, j, k, 1)
 --                   to world millimetres in RAS+ (as NIfTI and nibabel)
 --   img:spacing(), img:origin(), img:direction()  derived from the affine
