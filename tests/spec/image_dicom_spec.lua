@@ -42,7 +42,7 @@ def write_colour(name, photometric, planar, bits, frames, syntax, rows=5, cols=6
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     n = rows * cols * frames * (2 if photometric == 'YBR_FULL_422' else 3)
     v = crng.integers(0, 2 ** bits, size=n)
-    dt = ('<' if ds.is_little_endian else '>') + ('u1' if bits == 8 else 'u2')
+    dt = ('<' if ds.is_little_endian else '>') + {8: 'u1', 16: 'u2', 32: 'u4'}[bits]
     ds.PixelData = v.astype(dt).tobytes()
     p = out + '/colour/' + name
     ds.save_as(p, write_like_original=False)
@@ -53,6 +53,7 @@ colour_files = [
     write_colour('rgb16_il_2f.dcm', 'RGB', 0, 16, 2, ExplicitVRLittleEndian),
     write_colour('rgb16_planar_be.dcm', 'RGB', 1, 16, 2, ExplicitVRBigEndian),
     write_colour('rgb16_implicit.dcm', 'RGB', 0, 16, 1, ImplicitVRLittleEndian),
+    write_colour('rgb32_planar_be.dcm', 'RGB', 1, 32, 2, ExplicitVRBigEndian),
     write_colour('ybr_full_planar_2f.dcm', 'YBR_FULL', 1, 8, 2, ExplicitVRLittleEndian),
     write_colour('ybr_full_il.dcm', 'YBR_FULL', 0, 8, 1, ExplicitVRLittleEndian, 16, 16),
     write_colour('ybr_422_3f.dcm', 'YBR_FULL_422', 0, 8, 3, ExplicitVRLittleEndian),
@@ -217,8 +218,8 @@ describe('image dicom', function()
       end
     end
     assert(compared >= 50, 'only ' .. compared .. ' files compared')
-    -- pydicom's uncompressed colour files (4, one big endian planar) and the 8 written here
-    assert(colour >= 12, 'only ' .. colour .. ' colour files compared')
+    -- pydicom's uncompressed colour files (4, one big endian planar) and the 9 written here
+    assert(colour >= 13, 'only ' .. colour .. ' colour files compared')
   end)
 
   it('reads a series folder in slice order, with its affine', function()
