@@ -121,8 +121,9 @@ end
 -- Formats: one file each, lua/lumen/image/<name>.lua, returning
 -- function(image, lumen) that adds entries to image.formats; a missing
 -- file is skipped. 'ops' (image/ops.lua) adds resampling, reorientation,
--- cropping and intensity methods to Image the same way.
-for _, name in ipairs { 'nifti', 'mha', 'png', 'dicom', 'ops' } do
+-- cropping and intensity methods to Image the same way; 'deform'
+-- (image/deform.lua) adds image.deform, random smooth deformations.
+for _, name in ipairs { 'nifti', 'mha', 'png', 'dicom', 'ops', 'deform' } do
   local ok, mod = pcall(require, 'lumen.image.' .. name)
   if ok then
     mod(image, lumen)
