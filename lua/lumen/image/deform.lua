@@ -279,6 +279,29 @@ return function(image, lumen)
     return deform.integrate(v, vopts), v
   end
 
+  -- random_field_for(img, {magnitude_mm =, control_mm = 20, seed =,
+  -- steps =, dtype =}) -> u, v for img's grid (its first 3 dims), with the
+  -- velocity drawn in millimetres (largest component magnitude_mm, control
+  -- points control_mm apart) and each component turned into voxels by the
+  -- spacing of its axis (the affine's column lengths).
+  local for_known = { magnitude_mm = true, control_mm = true, seed = true, steps = true, dtype = true }
+  function deform.random_field_for(img, opts)
+    opts = check_opts('random_field_for', opts, for_known)
+    if getmetatable(img) ~= image.Image then fail('random_field_for', 'expected an image, got %s', type(img)) end
+    local s = img.data:size()
+    if #s < 3 then fail('random_field_for', 'the image is %d-D, expected 3 spatial dims', #s) end
+    local sp = img:spacing()
+    local control = opts.control_mm or 20
+    if type(control) ~= 'number' or not (control > 0) then
+      fail('random_field_for', 'control_mm must be a positive number, got %s', tostring(control))
+    end
+    local v = velocity('random_field_for', { shape = { s[1], s[2], s[3] },
+      spacing_vox = { control / sp[1], control / sp[2], control / sp[3] }, magnitude = opts.magnitude_mm,
+      seed = opts.seed, dtype = opts.dtype })
+    v = v * lumen.tensor({ 1 / sp[1], 1 / sp[2], 1 / sp[3] }, v:dtype()):reshape(3, 1, 1, 1)
+    return deform.integrate(v, { steps = opts.steps }), v
+  end
+
   ---------------------------------------------------------------------------
   -- apply(img or tensor, u, {order, padding}): data of spatial shape u's
   -- (s...), optionally with one trailing dim (time, channels) warped
