@@ -334,11 +334,11 @@ local function run(s, pos)
           if s.batched then table.insert(oshape, 1, s.samples) end
           out = lumen.zeros(oshape, s.dtype)
         end
-        local os = s.batched and out:select(0, n) or out
+        local out_n = s.batched and out:select(0, n) or out
         local p = pred:to(s.dtype)
         for j = 0, nb - 1 do
           for a = 1, nd do start_buf[a - 1] = starts[j][a] end
-          core.check(C.lm_window_accumulate(ctx, os.h, p:select(0, j).h, start_buf, s.weight_buf, sub.bits, scale))
+          core.check(C.lm_window_accumulate(ctx, out_n.h, p:select(0, j).h, start_buf, s.weight_buf, sub.bits, scale))
         end
         if not rawequal(p, pred) then p:free() end
         if not rawequal(flipped, inp) then flipped:free() end
