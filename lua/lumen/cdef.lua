@@ -320,6 +320,17 @@ lm_status lm_loader_take(lm_ctx *ctx, lm_loader *loader, int32_t max, lm_tensor 
 void lm_loader_free(lm_loader *loader);
 /* Threads for this context's own loops only (not BLAS, not other contexts). */
 void lm_ctx_set_loop_threads(lm_ctx *ctx, int32_t n);
+/* window (src/ops/window.c): the loops of sliding-window inference
+   (lua/lumen/inference.lua). out is K x S (S: 1 to 3 spatial sizes), f32 or
+   f64. lm_window_accumulate adds scale * w(r) * pred[c, r] at out[c, start + r]
+   for one window's prediction pred (K x R, out's dtype), where w is the
+   product of per-axis weights (weights: R[0] + R[1] + ... doubles, axis
+   after axis); bit a of flip says pred is mirrored along spatial axis a.
+   start may be negative or run past the end: positions outside out are
+   skipped. lm_window_normalize divides out[c, x] by the product of per-axis
+   sums (sums: S[0] + S[1] + ... doubles, all > 0). */
+lm_status lm_window_accumulate(lm_ctx *ctx, lm_tensor *out, const lm_tensor *pred, const int64_t *start, const double *weights, int32_t flip, double scale);
+lm_status lm_window_normalize(lm_ctx *ctx, lm_tensor *out, const double *sums);
 
 /* norm (src/ops/norm.c): statistics in double; weight and bias may be
    NULL (1 and 0). Batch and group norm take x as N x C x * with per-channel
