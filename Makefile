@@ -97,6 +97,7 @@ bench: deps
 	@LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' luajit bench/check_workloads.lua
 	@sh bench/run.sh
 	@sh bench/run.sh workloads
+	@sh bench/run.sh images
 
 clean:
 	rm -rf build
