@@ -18,7 +18,9 @@
 -- A case is {image =, label =, id =, spacing =}. image: a tensor
 -- (channels x spatial, or spatial for one channel), a lumen.image, a file
 -- path, or a list of these (modalities, stacked as channels); label: the
--- same kinds, one channel, integer values (float files are rounded).
+-- same kinds, one channel, integer values (float files are rounded;
+-- label_from = 'nonzero' takes label > 0, as lumen.data's cases say), so
+-- loader.new{cases = data.cases('colin27'), ...} works as it is.
 -- Images are read when the loader is made, or by the workers each time a
 -- case is sampled with `lazy = true` (then a file that cannot be read
 -- fails that batch, naming the case). spacing (mm per voxel) comes from
@@ -102,6 +104,7 @@ local function load_case(case, n)
       table.remove(s, 1)
       error(string.format('case %s: label is %s but the image is %s', id, table.concat(l, 'x'), table.concat(s, 'x')), 0)
     end
+    if case.label_from == 'nonzero' then t = t:gt(0) end -- a masked image as the mask (lumen.data)
     if core.is_float(core.dtype_code(t:dtype())) then t = t:round() end
     lab = t:to(t:dtype() == 'u8' and 'u8' or 'i32'):contiguous()
   end
@@ -353,10 +356,12 @@ function loader.new(opts)
     if type(case) ~= 'table' or case.image == nil then bad('cases[%d] must be a table with an image', i) end
     local id = case.id or tostring(i)
     if cfg.lazy then
-      cfg.cases[i] = { id = id, raw = { image = case.image, label = case.label, spacing = case.spacing, id = id } }
+      cfg.cases[i] = { id = id, raw = { image = case.image, label = case.label, spacing = case.spacing, id = id,
+        label_from = case.label_from } }
       if sampler == 'balanced' and case.label == nil then bad('case %s has no label for the balanced sampler', id) end
     else
-      local ok, img, lab, spacing = pcall(load_case, { image = case.image, label = case.label, spacing = case.spacing, id = id }, #patch)
+      local ok, img, lab, spacing = pcall(load_case, { image = case.image, label = case.label, spacing = case.spacing,
+        id = id, label_from = case.label_from }, #patch)
       if not ok then error('lumen.loader: ' .. tostring(img), 2) end
       if sampler == 'balanced' and not lab then bad('case %s has no label for the balanced sampler', id) end
       cfg.cases[i] = { id = id, image = img, label = lab, spacing = spacing }
