@@ -232,6 +232,16 @@ describe('augment spatial transforms', function()
     end
   end)
 
+  it('rotates 2-D patches within the limit', function()
+    for seed = 1, 4 do
+      local A = read_map({ augment.affine{ rotate = 25, p = 1 }, augment.flip{ axes = { 0 }, p = 1 } }, { 15, 17 }, seed)
+      -- a flipped rotation: orthonormal, determinant -1, angle <= 25 degrees
+      assert.is_true(math.abs(A[1][1] ^ 2 + A[1][2] ^ 2 - 1) < 2e-5 and math.abs(A[1][1] * A[2][1] + A[1][2] * A[2][2]) < 2e-5)
+      assert.is_true(math.abs(A[1][1] * A[2][2] - A[1][2] * A[2][1] + 1) < 2e-5)
+      assert.is_true(math.abs(A[2][2]) >= math.cos(math.rad(25)) - 2e-5)
+    end
+  end)
+
   it('rotates in millimetres when voxels are anisotropic', function()
     local spacing = { 1, 1, 3 }
     -- a ramp of physical slope 1 mm^-1 along each axis in turn keeps its
