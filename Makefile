@@ -44,7 +44,7 @@ $(B)/obj/ops/optim.o: override CFLAGS += -fno-math-errno
 # -z nodelete: LuaJIT unloads liblumen at exit, which must not unmap libgomp
 # while an OpenMP worker still spins in it.
 $(B)/liblumen.so: $(LIB_OBJ)
-	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ -lopenblas -lpng -lz -lm -lpthread
+	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ -lopenblas -lpng -lz -lm -lpthread -ldl
 
 # The host embeds LuaJIT but does not link liblumen: the Lua module loads it
 # after choosing OpenBLAS's kernel set (OpenBLAS reads that when it loads).
@@ -97,6 +97,7 @@ bench: deps
 	@LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' luajit bench/check_workloads.lua
 	@sh bench/run.sh
 	@sh bench/run.sh workloads
+	@sh bench/run.sh images
 
 clean:
 	rm -rf build
