@@ -49,7 +49,7 @@ local known = { image = true, brain = true, seed = true, n_lesions = true, radiu
   polarity = true, roughness = true, rim_mm = true, instances = true, deform = true, spacing = true, cache = true,
   deb_dir = true, max_tries = true }
 
-local floor, ceil, sqrt, max, min = math.floor, math.ceil, math.sqrt, math.max, math.min
+local floor, ceil, sqrt, max = math.floor, math.ceil, math.sqrt, math.max
 
 local function fail(fmt, ...) error(string.format('lesions.make: ' .. fmt, ...), 3) end
 

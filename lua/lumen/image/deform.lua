@@ -40,7 +40,7 @@
 return function(image, lumen)
   local deform = {}
   image.deform = deform
-  local floor, max, abs = math.floor, math.max, math.abs
+  local floor = math.floor
 
   local function fail(fn, fmt, ...) error(string.format('lumen.image.deform.' .. fn .. ': ' .. fmt, ...), 3) end
 
