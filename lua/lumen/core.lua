@@ -224,6 +224,20 @@ function M.info(t)
   return info
 end
 
+-- host(t): t itself when it is on the CPU, else a CPU copy: for code that
+-- reads values through pointers (printing, item, totable, writing files).
+function M.host(t)
+  local h = M.handle(t, 'to', 'tensor')
+  C.lm_tensor_get_info(h, info)
+  if info.device == C.LM_CPU then return t end
+  return M.call(C.lm_to_device, h, C.LM_CPU, M.out1)
+end
+
+-- Device names: 'cpu', 'cuda' (and 'cuda:0', the one device used so far).
+M.devices = { cpu = C.LM_CPU, cuda = C.LM_CUDA, ['cuda:0'] = C.LM_CUDA }
+M.device_names = { [C.LM_CPU] = 'cpu', [C.LM_CUDA] = 'cuda' }
+function M.is_device(v) return type(v) == 'string' and M.devices[v] ~= nil end
+
 -- Registers fn as lumen.name and as the method t:name(...).
 function M.export(lumen, name, fn, method_only)
   if not method_only then lumen[name] = fn end
