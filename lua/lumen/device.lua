@@ -112,14 +112,16 @@ end
 
 function M.cuda.device_count() return #state().devices end
 
--- use_backend(table, label): registers another backend table as 'cuda'
--- (the specs' fake device, tests/plugin/fake_device.c); reset() drops it.
-function M.cuda.use_backend(be, label)
+-- use_backend(table, label, lib): registers another backend table as 'cuda'
+-- (the specs' fake device, tests/plugin/fake_device.c); lib, the ffi.load
+-- namespace the table lives in, is kept alive with it (collecting it would
+-- unload the library under liblumen). reset() drops it.
+function M.cuda.use_backend(be, label, lib)
   local s = core.cuda_state
   if s and s.available then core.check(C.lm_backend_unregister(ctx, C.LM_CUDA), 2) end
   core.check(C.lm_backend_register(ctx, C.LM_CUDA, be), 2)
   core.cuda_state = { available = true, devices = { label or 'registered backend' }, backend = label,
-    library = label }
+    library = label, lib = lib }
 end
 function M.cuda.reset()
   if core.cuda_state and core.cuda_state.available then
