@@ -61,13 +61,15 @@ $(B)/lumen: src/host/main.c src/lumen.h
 # (lumen info says why not otherwise). It links the shared CUDA runtime from
 # the toolkit nvcc belongs to, found again at run time through the rpath
 # ($ORIGIN first: a bundle carries libcudart beside it). sm_90 code plus
-# compute_90 PTX for newer GPUs.
+# compute_90 PTX for newer GPUs. -z nodelete: tensors freed while LuaJIT
+# closes may reach the backend after its ffi namespace was collected.
 CUDA_LIB := $(patsubst %/bin/nvcc,%,$(NVCC))/lib64
 $(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -shared -Xcompiler -fPIC -Xcompiler -Wall -gencode arch=compute_90,code=sm_90 \
 	  -gencode arch=compute_90,code=compute_90 -o $@ $(wildcard src/cuda/*.cu) \
-	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker --disable-new-dtags -Xlinker -rpath,'$$ORIGIN:$(CUDA_LIB)'
+	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker --disable-new-dtags -Xlinker -rpath,'$$ORIGIN:$(CUDA_LIB)' \
+	  -Xlinker -znodelete
 
 .SECONDEXPANSION:
 $(B)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) src/plugin.h src/lumen.h
@@ -87,7 +89,7 @@ $(B)/tests/plugins/clip_relu_abi99.so: tests/plugin/clip_relu.c src/plugin.h src
 # (transfers, the device cache, the CPU ops' refusals) are tested without a GPU.
 $(B)/tests/plugins/fake_device.so: tests/plugin/fake_device.c src/backend.h src/lumen.h
 	@mkdir -p $(dir $@)
-	$(CC) $(PLUGIN_CFLAGS) -o $@ $<
+	$(CC) $(PLUGIN_CFLAGS) -Wl,-z,nodelete -o $@ $<
 
 # make bundle: build/bundle/, a folder that runs on a machine without
 # LuaJIT, OpenBLAS or a compiler (the CUDA driver and, for convolutions,

@@ -37,7 +37,9 @@ and `...` is a table of parsed options:
   --                          everything after is positional
   other arguments             opts[1], opts[2], ... (strings)
 The global `lumen` is the library.
-Environment: LUMEN_ROOT, LUMEN_LIB, LUMEN_PLUGIN_PATH, OPENBLAS_CORETYPE.
+Environment: LUMEN_ROOT, LUMEN_LIB, LUMEN_PLUGIN_PATH, OPENBLAS_CORETYPE,
+LUMEN_CUDA_LIB (liblumen_cuda.so), LUMEN_NO_CUDA, LUMEN_CUDNN (libcudnn.so.9
+or its folder), LUMEN_CUDA_LIBS (folders holding cuBLAS and cuDNN).
 ]]
 
 local function eprint(...)

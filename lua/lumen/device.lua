@@ -277,11 +277,16 @@ local function load_from(spec, dir)
   return lib
 end
 
--- find_library(spec) -> { name=, found=path, version=, looked={...},
--- others={paths of other versions}, error= }
-local function find_library(spec)
+-- find_library(spec[, dirs]) -> { name=, found=path, version=, looked={...},
+-- others={paths of other versions}, error= }; dirs (a list of folders)
+-- replaces the search, the loader's own too.
+local function find_library(spec, only)
   local r = { name = spec.name, soname = spec.soname, looked = {}, others = {} }
   local dirs = search_dirs(spec.env ~= 'LUMEN_CUDA_LIBS' and spec.env or nil)
+  if only then
+    dirs = {}
+    for i, d in ipairs(only) do dirs[i] = { dir = d, why = 'given' } end
+  end
   local seen = {}
   for _, d in ipairs(dirs) do
     if not seen[d.dir] then
@@ -302,7 +307,7 @@ local function find_library(spec)
       end
     end
   end
-  if not r.found then -- the loader's own search (ld.so.cache)
+  if not r.found and not only then -- the loader's own search (ld.so.cache)
     r.looked[#r.looked + 1] = "the loader's search path"
     local lib = load_from(spec, nil)
     if lib then r.found, r.lib = spec.soname .. " (the loader's search path)", lib end
@@ -322,6 +327,15 @@ function M.cuda.libraries()
     core.cuda_libraries = list
   end
   return core.cuda_libraries
+end
+
+-- find_library(key, dirs): one library ('cublas' or 'cudnn') looked for in
+-- the given folders only (the specs' way to see the reports).
+function M.cuda.find_library(key, dirs)
+  for _, spec in ipairs(LIBS) do
+    if spec.key == key then return find_library(spec, dirs) end
+  end
+  error("lumen.cuda.find_library: unknown library '" .. tostring(key) .. "' (expected cublas or cudnn)", 2)
 end
 
 -- One line per library for lumen info.

@@ -356,6 +356,27 @@ describe('devices (fake backend)', function()
       refused, agreed, #fns, table.concat(untried, ' ')))
   end)
 
+  it('reports where it looked for the CUDA libraries and which versions it saw', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute('mkdir -p ' .. dir .. ' && touch ' .. dir .. '/libcudnn.so.8 ' .. dir .. '/libcudnn.so.8.9.7')
+    local r = lumen.cuda.find_library('cudnn', { dir, dir .. '/none' })
+    os.execute('rm -rf ' .. dir)
+    assert.is_nil(r.found)
+    assert.are.same({ dir .. ' (given)', dir .. '/none (given)' }, r.looked)
+    assert.are.same({ dir .. '/libcudnn.so.8' }, r.others) -- the sonames only
+    assert.has_error(function() lumen.cuda.find_library('cufft') end,
+      "lumen.cuda.find_library: unknown library 'cufft' (expected cublas or cudnn)")
+    -- where a CUDA toolkit is installed, its copy is found and has a version
+    local f = io.open('/usr/local/cuda/lib64/libcudnn.so.9', 'rb')
+    if f then
+      f:close()
+      r = lumen.cuda.find_library('cudnn', { '/usr/local/cuda/lib64' })
+      assert.are.equal('/usr/local/cuda/lib64/libcudnn.so.9', r.found)
+      assert.matches('^9%.%d+%.%d+$', r.version)
+    end
+  end)
+
   it('says why CUDA is not used when it is not', function()
     lumen.cuda.reset()
     ffi.C.setenv('LUMEN_NO_CUDA', '1', 1)
