@@ -68,7 +68,7 @@ static lm_status backend_of(lm_ctx *ctx, const char *op, int32_t device, const l
   return LM_OK;
 }
 
-/* The backend's message for a failed call fn, as an error of op. */
+/* The backend's message for its failed call (status code), as an error of op. */
 static lm_status be_fail(lm_ctx *ctx, const char *op, const lm_backend *be, lm_status code) {
   const char *why = be->last_error ? be->last_error() : NULL;
   if (code != LM_E_OOM) code = LM_E_DEVICE;

@@ -363,7 +363,8 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
 }
 
 lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
-  return lm_to_dtype(ctx, t, t->dtype, out);
+  lm_status st = lm_check_input(ctx, "clone", t, "tensor");
+  return st ? st : lm_to_dtype(ctx, t, t->dtype, out);
 }
 
 /* The gradient of a copy or conversion: g in the input's dtype. */
@@ -392,7 +393,8 @@ lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
     *out = (lm_tensor *)t;
     return LM_OK;
   }
-  return lm_clone(ctx, t, out);
+  lm_status st = lm_check_input(ctx, "contiguous", t, "tensor");
+  return st ? st : lm_clone(ctx, t, out);
 }
 
 /* ---- views ---- */
