@@ -322,6 +322,8 @@ local function spatial_draw(transforms, n, patch, rng)
       lumen.manual_seed(rng:seed())
       local coarse = lumen.randn(grid) * t.magnitude
       local f = augment.bspline_upsample(coarse, patch)
+      -- a patch one voxel thick (2-D slices of a volume) stays in its plane
+      for a = 1, n do if patch[a] == 1 then f:select(0, a - 1):fill_(0) end end
       field = field and field + f or f
     end
   end
