@@ -37,6 +37,8 @@
 -- caller's generator state is saved and restored around them.
 -- Sampling goes through nn.F.grid_sample with align_corners = true
 -- (normalised -1..1 spans the first to the last voxel centre).
+local core = require 'lumen.core'
+
 return function(image, lumen)
   local deform = {}
   image.deform = deform
@@ -44,19 +46,8 @@ return function(image, lumen)
 
   local function fail(fn, fmt, ...) error(string.format('lumen.image.deform.' .. fn .. ': ' .. fmt, ...), 3) end
 
-  local function check_opts(fn, opts, known)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then fail(fn, 'options must be a table, got %s', type(opts)) end
-    for k in pairs(opts) do
-      if not known[k] then
-        local names = {}
-        for n in pairs(known) do names[#names + 1] = n end
-        table.sort(names)
-        fail(fn, "unknown option '%s' (expected %s)", tostring(k), table.concat(names, ', '))
-      end
-    end
-    return opts
-  end
+  -- level 3: the error points at the caller of the public function
+  local function check_opts(fn, opts, known) return core.options(opts, 'image.deform.' .. fn, known, 3) end
 
   local function check_shape(fn, shape)
     if type(shape) ~= 'table' or (#shape ~= 2 and #shape ~= 3) then
