@@ -11,9 +11,10 @@
  * the calling thread's message ("cudaMemcpyAsync: an illegal memory access
  * was encountered"), which liblumen puts after the op's name.
  *
- * The table is append-only and carries its own size: later entries (the op
- * kernels) are read only when size says the library has them, and a NULL
- * entry means the backend lacks that function.
+ * The table is append-only and carries its own size: later entries are
+ * read only when size says the library has them, and a NULL entry means
+ * the backend lacks that function (the ops needing it then refuse the
+ * device with a message).
  *
  * Ordering: a backend runs its work in one order (one stream for the whole
  * process), so device memory freed by one op can be handed to the next
@@ -28,7 +29,34 @@
 extern "C" {
 #endif
 
-enum { LM_BACKEND_ABI = 1 };
+enum { LM_BACKEND_ABI = 1, LM_BACKEND_MAX_OPERANDS = 5 };
+
+/* A host value standing for an operand of elementwise (an f64 or an i64,
+   so that every integer keeps its exact value). */
+typedef union lm_scalar {
+  double f;
+  int64_t i;
+} lm_scalar;
+
+/* Pointwise formulas of the backward passes of reductions
+   (src/ops/reduce.c), elementwise op codes past the core op set: each maps
+   (x, a, b) and param p to one value, computed in double. */
+enum {
+  LM_PW_SCALE = 1000,    /* x * p */
+  LM_PW_IS_ZERO,         /* x == 0 */
+  LM_PW_ZERO_TO_ONE,     /* x == 0 ? 1 : x */
+  LM_PW_DIV,             /* x / a */
+  LM_PW_MUL_IF_COUNT,    /* b == p ? x * a : 0 */
+  LM_PW_PROD_GRAD,       /* x == 0 ? b : a / x */
+  LM_PW_IS_EXTREMUM,     /* x == a, or both NaN */
+  LM_PW_IS_ABS_EXTREMUM, /* |x| == a, or x NaN */
+  LM_PW_SELECT,          /* x != 0 ? a : 0 */
+  LM_PW_SELECT_SIGNED,   /* b != 0 ? sgn(x) * a : 0 (sgn(NaN) is NaN) */
+  LM_PW_DIV_STD,         /* a == 0 ? 0 : x / a * p */
+  LM_PW_CENTERED,        /* a * (x - b) */
+  LM_PW_NORM_GRAD,       /* d|x|_p / dx for gradient a and norm b (see reduce.c) */
+  LM_PW_END
+};
 
 typedef struct lm_backend {
   uint32_t abi;   /* LM_BACKEND_ABI the library was built with */
@@ -62,7 +90,56 @@ typedef struct lm_backend {
   int32_t (*synchronize)(void);
   /* Free and total memory of the device. */
   int32_t (*mem_info)(int64_t *free_bytes, int64_t *total_bytes);
-  /* The op kernels will be appended here. */
+
+  /* ---- op kernels ----
+     liblumen's op code keeps the op's meaning (argument checks, shapes,
+     broadcasting, result dtypes, output allocation, autograd) and hands a
+     backend only raw loops over device memory, described below. Pointers
+     are device addresses of element [0, ..., 0] of each operand; strides
+     are in elements and may be 0 (broadcast) or negative. An entry that is
+     NULL (or past size) makes the ops that need it refuse the device. */
+
+  /* One strided N-d loop over the positions of (ndim, shape), row-major.
+     Operand 0 is written, operands 1 .. nops-1 are read (nops at most
+     LM_BACKEND_MAX_OPERANDS); strides[k * ndim + d] is operand k's stride
+     in dim d and dtypes[k] its dtype. Each input is converted to the
+     compute dtype `dtype` (f32, f64, i32, i64 or u8; bool data is read as
+     u8), op is applied in that dtype, and the result converted to operand
+     0's dtype (to bool as v != 0). An input whose data[k] is NULL is the
+     host value scalars[k] at every position (dtypes[k] is then LM_F64,
+     read from .f, or LM_I64, read from .i). op is one of
+       LM_OP_NEG .. LM_OP_LOGICAL_NOT: 1 input, as src/ops/elementwise.c;
+       LM_OP_ADD .. LM_OP_LOGICAL_XOR: 2 inputs (integers wrap; comparisons
+         and logical ops give 0 or 1);
+       LM_OP_COPY: 1 input, dtype being its own (so conversions are direct);
+       LM_OP_CLAMP: inputs x, lo, hi: min(max(x, lo), hi), NaN stays;
+       LM_OP_WHERE: inputs cond, a, b: a where cond != 0, else b;
+       LM_PW_*: inputs x, a, b and the parameter param, in f64 (below). */
+  int32_t (*elementwise)(int32_t op, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t nops,
+                         void *const *data, const int64_t *strides, const int32_t *dtypes,
+                         const union lm_scalar *scalars, double param);
+  /* Reductions. Output o (of nout = the product of kshape[0 .. kn), in
+     row-major order of the kept dims) reduces the run of rn >= 1 elements
+     x[off(o) + r * rs], r = 0 .. rn-1, where off(o) is the sum over kept
+     dims of o's position times kstride. x has dtype (bool read as u8); op
+     is LM_OP_SUM .. LM_OP_COUNT_NONZERO with src/ops/reduce.c's meaning;
+     param is the correction of VAR and STD, p of NORM. out (contiguous,
+     out_dtype) receives the values, and indices (i64, NULL when not
+     wanted) the position r of MAX and MIN; ARGMAX and ARGMIN write
+     positions into out. Floats accumulate in double; integer sums and
+     products wrap in 64 bits; an extremum is NaN when the run has one, and
+     ties give the first position. */
+  int32_t (*reduce)(int32_t op, int32_t dtype, const void *x, int32_t kn, const int64_t *kshape,
+                    const int64_t *kstride, int64_t rn, int64_t rs, double param, int32_t out_dtype, void *out,
+                    int64_t *indices);
+  /* c = alpha * op(a) @ op(b) + beta * c for `batch` products of row-major
+     matrices (as lm_gemm in src/core/internal.h: op(a) is m x k, op(b)
+     k x n, transposed when ta / tb), product i reading a + i * stride_a,
+     b + i * stride_b and writing c + i * stride_c (strides in elements);
+     f32 or f64; m, n, k >= 1; c is not read when beta is 0. */
+  int32_t (*gemm)(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha,
+                  const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
+                  double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -42,12 +42,15 @@ return function(lumen)
     local ta, tb = is_tensor(a), is_tensor(b)
     local st
     out1[0] = nil
+    -- with a destination no result comes back (an out would hold a second
+    -- reference to dst that nobody releases)
+    local out = dh == nil and out1 or nil
     if ta and tb then
-      st = C.lm_binary(ctx, code, th(a, name, 'first operand', level), th(b, name, 'second operand', level), dh, out1)
+      st = C.lm_binary(ctx, code, th(a, name, 'first operand', level), th(b, name, 'second operand', level), dh, out)
     elseif ta and type(b) == 'number' then
-      st = C.lm_binary_scalar(ctx, code, th(a, name, 'first operand', level), b, 0, dh, out1)
+      st = C.lm_binary_scalar(ctx, code, th(a, name, 'first operand', level), b, 0, dh, out)
     elseif tb and type(a) == 'number' then
-      st = C.lm_binary_scalar(ctx, code, th(b, name, 'second operand', level), a, 1, dh, out1)
+      st = C.lm_binary_scalar(ctx, code, th(b, name, 'second operand', level), a, 1, dh, out)
     else
       error(string.format('lumen.%s: expected tensors or a tensor and a number, got %s and %s',
         name, type(a), type(b)), level)

@@ -173,6 +173,7 @@ static lm_node *node_new(lm_ctx *ctx, int32_t op, lm_backward_fn fn, int32_t n_i
     lm_tensor *o = out[i];
     n->outs[i].dtype = o->dtype;
     n->outs[i].ndim = o->ndim;
+    n->outs[i].device = o->storage->device;
     memcpy(n->outs[i].shape, o->shape, sizeof o->shape);
     if (o->grad_fn) lm_node_release(o->grad_fn);
     o->grad_fn = n;
@@ -345,13 +346,17 @@ lm_status lm_backward_begin(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *gr
     if (!same_shape(grad->ndim, grad->shape, t->ndim, t->shape))
       return lm_err(ctx, LM_E_SHAPE, "backward: gradient of shape %s for a tensor of shape %s, expected the same shape",
                     LM_SHP(grad, a), LM_SHP(t, b));
-    if ((st = lm_cast_if_needed(ctx, grad, t->dtype, &g))) return st;
+    lm_tensor *moved = NULL; /* the gradient goes where the tensor is */
+    if ((st = lm_to_device(ctx, grad, lm_device_of(t), &moved))) return st;
+    st = lm_cast_if_needed(ctx, moved, t->dtype, &g);
+    lm_tensor_release(moved);
+    if (st) return st;
   } else {
     if (lm_numel(t) != 1)
       return lm_err(ctx, LM_E_SHAPE, "backward: the tensor has shape %s, expected one element (or pass a gradient)",
                     LM_SHP(t, a));
-    if ((st = lm_new(ctx, "backward", t->dtype, t->ndim, t->shape, &g))) return st;
-    lm_fill(ctx, g, 1.0);
+    if ((st = lm_new_on(ctx, "backward", lm_device_of(t), t->dtype, t->ndim, t->shape, &g))) return st;
+    if ((st = lm_fill(ctx, g, 1.0))) { lm_tensor_release(g); return st; }
   }
   lm_backward_walk *w = calloc(1, sizeof *w);
   if (!w) { lm_tensor_release(g); return lm_err(ctx, LM_E_OOM, "backward: out of memory"); }
@@ -400,7 +405,7 @@ static lm_status grad_out_of(lm_ctx *ctx, lm_node *n, int32_t i, lm_tensor **out
     return LM_OK;
   }
   lm_out_meta *m = &n->outs[i];
-  lm_status st = lm_new(ctx, "backward", m->dtype, m->ndim, m->shape, out);
+  lm_status st = lm_new_on(ctx, "backward", m->device, m->dtype, m->ndim, m->shape, out);
   if (!st) st = lm_fill(ctx, *out, 0.0);
   return st;
 }

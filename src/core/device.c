@@ -68,8 +68,15 @@ static lm_status backend_of(lm_ctx *ctx, const char *op, int32_t device, const l
   return LM_OK;
 }
 
-/* The backend's message for its failed call (status code), as an error of op. */
-static lm_status be_fail(lm_ctx *ctx, const char *op, const lm_backend *be, lm_status code) {
+const lm_backend *lm_backend_get(int32_t device) {
+  if (!device_valid(device) || device == LM_CPU) return NULL;
+  pthread_mutex_lock(&lock);
+  const lm_backend *be = pools[device].be;
+  pthread_mutex_unlock(&lock);
+  return be;
+}
+
+lm_status lm_backend_fail(lm_ctx *ctx, const char *op, const lm_backend *be, lm_status code) {
   const char *why = be->last_error ? be->last_error() : NULL;
   if (code != LM_E_OOM) code = LM_E_DEVICE;
   return lm_err(ctx, code, "%s: %s: %s", op, be->name, why && why[0] ? why : "unknown error");
@@ -94,7 +101,7 @@ lm_status lm_backend_register(lm_ctx *ctx, int32_t device, const lm_backend *be)
     return lm_err(ctx, LM_E_DEVICE, "backend_register: a %s backend (%s) is already registered for %s; unregister it first",
                   had->name, had->description ? had->description : "", lm_device_name(device));
   lm_status st = be->init ? be->init() : LM_OK;
-  if (st) return be_fail(ctx, "backend_register", be, st);
+  if (st) return lm_backend_fail(ctx, "backend_register", be, st);
   pthread_mutex_lock(&lock);
   pools[device].be = be;
   pthread_mutex_unlock(&lock);
@@ -243,7 +250,7 @@ lm_status lm_device_empty_cache(lm_ctx *ctx, int32_t device) {
   const lm_backend *be;
   lm_status st = backend_of(ctx, "empty_cache", device, &be);
   if (st) return st;
-  if ((st = be->synchronize())) return be_fail(ctx, "empty_cache", be, st);
+  if ((st = be->synchronize())) return lm_backend_fail(ctx, "empty_cache", be, st);
   pthread_mutex_lock(&lock);
   release_cache_locked(&pools[device]);
   pthread_mutex_unlock(&lock);
@@ -266,7 +273,7 @@ lm_status lm_device_mem_info(lm_ctx *ctx, int32_t device, int64_t *free_bytes, i
   lm_status st = backend_of(ctx, "mem_info", device, &be);
   if (st) return st;
   if (!be->mem_info) return lm_err(ctx, LM_E_UNSUPPORTED, "mem_info: the %s backend cannot tell", be->name);
-  if ((st = be->mem_info(free_bytes, total_bytes))) return be_fail(ctx, "mem_info", be, st);
+  if ((st = be->mem_info(free_bytes, total_bytes))) return lm_backend_fail(ctx, "mem_info", be, st);
   return LM_OK;
 }
 
@@ -275,7 +282,7 @@ lm_status lm_device_synchronize(lm_ctx *ctx, int32_t device) {
   const lm_backend *be;
   lm_status st = backend_of(ctx, "synchronize", device, &be);
   if (st) return st;
-  if ((st = be->synchronize())) return be_fail(ctx, "synchronize", be, st);
+  if ((st = be->synchronize())) return lm_backend_fail(ctx, "synchronize", be, st);
   return LM_OK;
 }
 
@@ -294,7 +301,7 @@ static lm_status host_to_device(lm_ctx *ctx, const lm_backend *be, const lm_tens
   ctx->grad_enabled = grad;
   if (!st) st = lm_new_on(ctx, "to", device, t->dtype, t->ndim, t->shape, &r);
   size_t nbytes = (size_t)lm_numel(t) * lm_dtype_size(t->dtype);
-  if (!st && nbytes && (st = be->copy_h2d(r->storage->data, lm_data(c), nbytes))) st = be_fail(ctx, "to", be, st);
+  if (!st && nbytes && (st = be->copy_h2d(r->storage->data, lm_data(c), nbytes))) st = lm_backend_fail(ctx, "to", be, st);
   lm_tensor_release(c);
   if (st) { lm_tensor_release(r); return st; }
   *out = r;
@@ -312,12 +319,12 @@ static lm_status device_to_host(lm_ctx *ctx, const lm_backend *be, const lm_tens
   if (!lm_is_contiguous(t)) {
     if ((st = lm_new_on(ctx, "to", t->storage->device, t->dtype, t->ndim, t->shape, &tmp))) goto done;
     if ((st = be->copy_strided(tmp->storage->data, src, lm_dtype_size(t->dtype), t->ndim, t->shape, t->stride))) {
-      st = be_fail(ctx, "to", be, st);
+      st = lm_backend_fail(ctx, "to", be, st);
       goto done;
     }
     src = tmp->storage->data;
   }
-  if ((st = be->copy_d2h(r->storage->data, src, nbytes))) st = be_fail(ctx, "to", be, st);
+  if ((st = be->copy_d2h(r->storage->data, src, nbytes))) st = lm_backend_fail(ctx, "to", be, st);
 done:
   lm_tensor_release(tmp);
   if (st) { lm_tensor_release(r); return st; }

@@ -4,6 +4,7 @@
 
 #include "../lumen.h"
 #include "../plugin.h"
+#include "../backend.h"
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -98,9 +99,42 @@ void lm_broadcast_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape
 /* Resolves the dst / out convention: if dst is given it must have shape
    (ndim, shape); otherwise a new tensor of dtype is made. *res is +1. */
 lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **res);
-/* An error naming op and what when t is NULL or not on the CPU (the only
-   device with kernels so far): the one place that says so. */
+/* An error naming op and what when t is NULL or not on the CPU: ops with no
+   device kernels check their inputs with it, the one place that says so. */
 lm_status lm_check_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what);
+
+/* ---- where an op runs (src/core/dispatch.c) ----
+   An op that has device kernels keeps its meaning here in liblumen (checks,
+   shapes, broadcasting, result dtypes, outputs, autograd) and sends only the
+   raw loop to the device's backend (src/backend.h): it finds its device with
+   lm_op_device, allocates its outputs there (lm_new_on), and for a device
+   other than the CPU calls lm_dev_elementwise, or the backend entry it
+   needs through LM_BACKEND_FOR. */
+static inline int32_t lm_device_of(const lm_tensor *t) { return t->storage->device; }
+/* An error naming op and what when t is NULL (any device is fine). */
+lm_status lm_check_arg(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what);
+/* The device of the tensors ts[0 .. n) (NULL entries skipped), which must
+   all be on one device, else an error naming op, the devices and the
+   tensors (what[i] names ts[i]). With cpu_scalars, 0-d CPU tensors do not
+   count (they become host scalars of a device op, as in torch). */
+lm_status lm_op_device(lm_ctx *ctx, const char *op, int32_t n, const lm_tensor *const *ts, const char *const *what,
+                       bool cpu_scalars, int32_t *device);
+/* The registered backend of device (NULL for the CPU or none). */
+const lm_backend *lm_backend_get(int32_t device);
+/* The backend's message for its failed call (status code) as an error of op. */
+lm_status lm_backend_fail(lm_ctx *ctx, const char *op, const lm_backend *be, lm_status code);
+/* The backend of device when its table has entry (a field of lm_backend),
+   else an error naming op that says the op does not run there yet. */
+lm_status lm_backend_for(lm_ctx *ctx, const char *op, int32_t device, size_t end, const char *entry,
+                         const lm_backend **be);
+#define LM_BACKEND_FOR(ctx, op, device, entry, be)                                                       \
+  lm_backend_for(ctx, op, device, offsetof(lm_backend, entry) + sizeof(((lm_backend *)0)->entry), #entry, be)
+/* The backend's elementwise loop: ts[0] (on the device) is written, ts[1 ..
+   n) read, all broadcast to (ndim, shape); inputs are tensors on the device
+   or 0-d CPU tensors (passed as host scalars). code and dtype as
+   lm_backend.elementwise. */
+lm_status lm_dev_elementwise(lm_ctx *ctx, const char *op, int32_t code, int32_t dtype, int32_t ndim,
+                             const int64_t *shape, int32_t n, const lm_tensor *const *ts, double param);
 /* An error naming op when t is an expanded view (stride 0 on a dim of size
    > 1): writing it would race between threads and lose values. */
 lm_status lm_check_writable(lm_ctx *ctx, const char *op, const lm_tensor *t);
@@ -162,7 +196,7 @@ typedef struct lm_edge {
   int32_t nr;      /* which of its outputs */
   lm_tensor *leaf; /* or the leaf that accumulates the gradient (+1) */
 } lm_edge;
-typedef struct lm_out_meta { int32_t dtype, ndim; int64_t shape[LM_MAX_DIMS]; } lm_out_meta;
+typedef struct lm_out_meta { int32_t dtype, ndim, device; int64_t shape[LM_MAX_DIMS]; } lm_out_meta;
 struct lm_node {
   int32_t refcount;
   int32_t op;               /* LM_OP_* or a plugin op id */

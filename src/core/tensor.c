@@ -326,11 +326,20 @@ static void transpose_tiles(void *arg, int64_t begin, int64_t end) {
   }
 }
 
+/* dst = src on a device: the backend's elementwise copy (a 0-d CPU source
+   is a host value, read as f64 or an exact i64). */
+static lm_status copy_on_device(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src, int32_t nd, const int64_t *shape) {
+  int32_t kd = src->dtype == LM_BOOL ? LM_U8 : src->dtype;
+  if (lm_device_of(src) != lm_device_of(dst)) kd = lm_dtype_is_float(src->dtype) ? LM_F64 : LM_I64;
+  const lm_tensor *ts[2] = {dst, src};
+  return lm_dev_elementwise(ctx, "copy", LM_OP_COPY, kd, nd, shape, 2, ts, 0);
+}
+
 lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
   lm_status st;
-  if ((st = lm_check_input(ctx, "copy", dst, "destination")) || (st = lm_check_input(ctx, "copy", src, "source")))
+  if ((st = lm_check_arg(ctx, "copy", dst, "destination")) || (st = lm_check_arg(ctx, "copy", src, "source")))
     return st;
   st = lm_broadcast_shape(ctx, "copy", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape);
   if (st) return st;
@@ -342,13 +351,26 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
                   LM_SHP(src, x), LM_SHP(dst, y));
   }
   if ((st = lm_check_writable(ctx, "copy", dst))) return st;
-  if (lm_needs_temp(dst, src, nd, shape)) { /* overlapping memory: copy via a temporary */
+  int32_t dd = lm_device_of(dst), sd = lm_device_of(src);
+  bool host_value = dd != LM_CPU && sd == LM_CPU && src->ndim == 0;
+  if (dd != sd && !host_value) { /* from another device: bring the source over first */
+    lm_tensor *moved;
+    bool grad = lm_grad_pause(ctx);
+    st = lm_to_device(ctx, src, dd, &moved);
+    ctx->grad_enabled = grad;
+    if (st) return st;
+    st = lm_copy_(ctx, dst, moved);
+    lm_tensor_release(moved);
+    return st;
+  }
+  if (dd == sd && lm_needs_temp(dst, src, nd, shape)) { /* overlapping memory: copy via a temporary */
     lm_tensor *tmp;
     if ((st = lm_clone(ctx, src, &tmp))) return st;
     st = lm_copy_(ctx, dst, tmp);
     lm_tensor_release(tmp);
     return st;
   }
+  if (dd != LM_CPU) return copy_on_device(ctx, dst, src, nd, shape);
   lm_operand ops[2] = {lm_operand_of(dst, nd, shape), lm_operand_of(src, nd, shape)};
   if (is_transpose_copy(dst, src, nd, shape, ops)) {
     transpose_arg a = {ops, shape, nd, ops[0].esize, shape[nd - 2], shape[nd - 1], (shape[nd - 2] + TILE - 1) / TILE};
@@ -363,7 +385,7 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
 }
 
 lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
-  lm_status st = lm_check_input(ctx, "clone", t, "tensor");
+  lm_status st = lm_check_arg(ctx, "clone", t, "tensor");
   return st ? st : lm_to_dtype(ctx, t, t->dtype, out);
 }
 
@@ -375,9 +397,9 @@ static lm_status copy_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, 
 lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
   lm_tensor *r;
   lm_node *n;
-  lm_status st = lm_check_input(ctx, "to", t, "tensor");
+  lm_status st = lm_check_arg(ctx, "to", t, "tensor");
   if (st) return st;
-  st = lm_new(ctx, "to", dtype, t->ndim, t->shape, &r);
+  st = lm_new_on(ctx, "to", lm_device_of(t), dtype, t->ndim, t->shape, &r);
   if (st) return st;
   st = lm_copy_(ctx, r, t);
   if (!st && lm_dtype_is_float(dtype) && (st = lm_record(ctx, LM_OP_COPY, copy_backward, 1, &t, 1, &r, &n)) == LM_OK && n)
@@ -393,7 +415,7 @@ lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
     *out = (lm_tensor *)t;
     return LM_OK;
   }
-  lm_status st = lm_check_input(ctx, "contiguous", t, "tensor");
+  lm_status st = lm_check_arg(ctx, "contiguous", t, "tensor");
   return st ? st : lm_clone(ctx, t, out);
 }
 
@@ -433,7 +455,7 @@ static lm_status view_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, 
     return lm_permute(ctx, g, inv, &gin[0]);
   }
   default: /* slice and select: the gradient lands in a zero tensor */
-    if ((st = lm_new(ctx, "backward", g->dtype, in_nd, in_shape, &z))) return st;
+    if ((st = lm_new_on(ctx, "backward", lm_device_of(g), g->dtype, in_nd, in_shape, &z))) return st;
     if ((st = lm_fill(ctx, z, 0.0))) goto done;
     st = ip[0] == VIEW_SLICE ? lm_slice(ctx, z, (int32_t)ip[1], ip[2], ip[3], ip[4], &v)
                              : lm_select(ctx, z, (int32_t)ip[1], ip[2], &v);
@@ -621,7 +643,7 @@ lm_status lm_select(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int64_t index,
 static lm_status unbind_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, lm_tensor **gin) {
   int32_t dim = (int32_t)n->ip[0], in_nd = (int32_t)n->ip[16];
   lm_tensor *g, *v = NULL;
-  lm_status st = lm_new(ctx, "backward", gout[0]->dtype, in_nd, n->ip + 17, &g);
+  lm_status st = lm_new_on(ctx, "backward", lm_device_of(gout[0]), gout[0]->dtype, in_nd, n->ip + 17, &g);
   for (int32_t i = 0; !st && i < n->n_out; i++) {
     if (!(st = lm_select(ctx, g, dim, i, &v))) st = lm_copy_(ctx, v, gout[i]);
     lm_tensor_release(v);

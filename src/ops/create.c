@@ -3,11 +3,30 @@
 #include <math.h>
 #include <string.h>
 
+/* On a device: zeros of contiguous memory by the backend's memset, anything
+   else as a copy of the value (a host scalar, converted as on the CPU). */
+static lm_status fill_device(lm_ctx *ctx, lm_tensor *t, double value) {
+  int64_t n = lm_numel(t);
+  if (n == 0) return LM_OK;
+  if (value == 0 && !signbit(value) && lm_is_contiguous(t)) { /* every dtype's zero is all zero bytes */
+    const lm_backend *be = lm_backend_get(lm_device_of(t));
+    lm_status st = be->memset(lm_data(t), 0, (size_t)n * lm_dtype_size(t->dtype));
+    return st ? lm_backend_fail(ctx, "fill", be, st) : LM_OK;
+  }
+  lm_tensor *src;
+  lm_status st = lm_from_ptr(ctx, LM_F64, 0, NULL, NULL, &value, &src);
+  if (st) return st;
+  st = lm_copy_(ctx, t, src);
+  lm_tensor_release(src);
+  return st;
+}
+
 /* Contiguous data: copy the element pattern; strided: broadcast-copy from a
    0-d tensor holding the value. */
 lm_status lm_fill(lm_ctx *ctx, lm_tensor *t, double value) {
-  lm_status cs = lm_check_input(ctx, "fill", t, "tensor");
+  lm_status cs = lm_check_arg(ctx, "fill", t, "tensor");
   if (cs) return cs;
+  if (lm_device_of(t) != LM_CPU) return fill_device(ctx, t, value);
   union { double d; int64_t i; char c[8]; } u; /* aligned for any dtype */
   char *v = u.c;
   lm_write_from_double(t->dtype, v, value);

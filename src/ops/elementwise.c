@@ -390,6 +390,11 @@ typedef struct ew_plan {
   bin_fn bin;
   where_fn wh;
   const void *param;
+  /* on a device: the backend's op code and compute dtype, and host values
+     read after the inputs (clamp's bounds, as 0-d CPU tensors) */
+  int32_t code, kd;
+  int32_t nextra;
+  const lm_tensor *extra[2];
 } ew_plan;
 
 /* bool data reads fine as u8 (0 / 1); the other way needs normalising */
@@ -454,10 +459,31 @@ static bool can_cast(int32_t from, int32_t to) {
   return true;
 }
 
+/* The device the plan's inputs and dst share (0-d CPU inputs are host
+   scalars anywhere), or an error naming op. */
+static lm_status ew_device(lm_ctx *ctx, const char *op, const ew_plan *plan, const lm_tensor *const *ins,
+                           const lm_tensor *dst, int32_t *dev) {
+  static const char *const names[3][4] = {{"input", "destination"},
+                                          {"first input", "second input", "destination"},
+                                          {"condition", "first input", "second input", "destination"}};
+  const lm_tensor *all[4];
+  int32_t n = plan->nin;
+  for (int32_t k = 0; k < n; k++) all[k] = ins[k];
+  all[n] = dst;
+  lm_status st = lm_op_device(ctx, op, n + 1, all, names[n - 1], true, dev);
+  if (!st && dst && lm_device_of(dst) != *dev)
+    st = lm_err(ctx, LM_E_DEVICE, "%s: the destination is on %s and the inputs on %s, expected one device", op,
+                lm_device_name(lm_device_of(dst)), lm_device_name(*dev));
+  return st;
+}
+
 /* Runs plan over inputs ins[0..nin) broadcast together; the result has
-   dtype rd (or goes into dst). */
+   dtype rd (or goes into dst), on the inputs' device. */
 static lm_status ew_run(lm_ctx *ctx, const char *op, ew_plan *plan, const lm_tensor *const *ins,
                         int32_t rd, lm_tensor *dst, lm_tensor **out) {
+  int32_t dev;
+  lm_status ds = ew_device(ctx, op, plan, ins, dst, &dev);
+  if (ds) return ds;
   int32_t nd = ins[0]->ndim;
   int64_t shape[LM_MAX_DIMS];
   memcpy(shape, ins[0]->shape, nd * sizeof *shape);
@@ -477,23 +503,33 @@ static lm_status ew_run(lm_ctx *ctx, const char *op, ew_plan *plan, const lm_ten
     if (st) return st;
     if ((st = lm_check_writable(ctx, op, dst))) goto done;
     bool alias = false;
-    for (int32_t k = 0; k < plan->nin && !alias; k++) alias = lm_needs_temp(dst, ins[k], nd, shape);
+    for (int32_t k = 0; k < plan->nin && !alias; k++)
+      alias = lm_device_of(ins[k]) == dev && lm_needs_temp(dst, ins[k], nd, shape);
     if (alias) {
-      st = lm_new(ctx, op, dst->dtype, nd, shape, &tmp);
+      st = lm_new_on(ctx, op, dev, dst->dtype, nd, shape, &tmp);
       if (st) goto done;
     }
   } else {
-    st = lm_new(ctx, op, rd, nd, shape, &res);
+    st = lm_new_on(ctx, op, dev, rd, nd, shape, &res);
     if (st) return st;
   }
   lm_tensor *target = tmp ? tmp : res;
-  plan->out_dtype = target->dtype;
-  for (int32_t k = 0; k < plan->nin; k++) plan->in_dtype[k] = ins[k]->dtype;
-  lm_operand ops[4];
-  ops[0] = lm_operand_of(target, nd, shape);
-  for (int32_t k = 0; k < plan->nin; k++) ops[k + 1] = lm_operand_of(ins[k], nd, shape);
-  lm_foreach(ctx, nd, shape, plan->nin + 1, ops, ew_loop, plan, true);
-  if (tmp) st = lm_copy_(ctx, res, tmp);
+  if (dev != LM_CPU) { /* the backend's loop, same operands */
+    const lm_tensor *ts[LM_BACKEND_MAX_OPERANDS];
+    int32_t n = 0;
+    ts[n++] = target;
+    for (int32_t k = 0; k < plan->nin; k++) ts[n++] = ins[k];
+    for (int32_t k = 0; k < plan->nextra; k++) ts[n++] = plan->extra[k];
+    st = lm_dev_elementwise(ctx, op, plan->code, plan->kd, nd, shape, n, ts, 0);
+  } else {
+    plan->out_dtype = target->dtype;
+    for (int32_t k = 0; k < plan->nin; k++) plan->in_dtype[k] = ins[k]->dtype;
+    lm_operand ops[4];
+    ops[0] = lm_operand_of(target, nd, shape);
+    for (int32_t k = 0; k < plan->nin; k++) ops[k + 1] = lm_operand_of(ins[k], nd, shape);
+    lm_foreach(ctx, nd, shape, plan->nin + 1, ops, ew_loop, plan, true);
+  }
+  if (tmp && !st) st = lm_copy_(ctx, res, tmp);
 done:
   if (tmp) lm_tensor_release(tmp);
   if (st) {
@@ -523,9 +559,7 @@ static lm_status unary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_t
   if (op < LM_OP_NEG || op > LM_OP_LOGICAL_NOT) return lm_err(ctx, LM_E_ARG, "unary: op %d is not a unary elementwise op", op);
   const char *name = op_label(op);
   lm_status cs;
-  if ((cs = lm_check_input(ctx, name, x, "input")) ||
-      (dst && (cs = lm_check_input(ctx, name, dst, "destination"))))
-    return cs;
+  if ((cs = lm_check_arg(ctx, name, x, "input"))) return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "%s: neither dst nor out given", name);
   int32_t xd = x->dtype, kd, rd, kout;
   if (float_valued(op)) {
@@ -541,7 +575,7 @@ static lm_status unary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_t
     kd = kout = xd == LM_BOOL ? LM_U8 : xd;
     rd = xd;
   }
-  ew_plan p = {.nin = 1, .kin = {kd}, .kout = kout};
+  ew_plan p = {.nin = 1, .kin = {kd}, .kout = kout, .code = op, .kd = kd};
   p.un = unary_kernel(op, kd);
   if (!p.un) return lm_err(ctx, LM_E_DTYPE, "%s: not supported for dtype %s", name, lm_dtype_name(xd));
   return ew_run(ctx, name, &p, &x, rd, dst, out);
@@ -567,6 +601,8 @@ static lm_status binary_plan(lm_ctx *ctx, const char *name, int32_t op, int32_t 
   }
   p->nin = 2;
   p->kin[0] = p->kin[1] = kd;
+  p->code = op;
+  p->kd = kd;
   p->bin = binary_kernel(op, kd);
   if (!p->bin) return lm_err(ctx, LM_E_DTYPE, "%s: not supported for dtype %s", name, lm_dtype_name(cd));
   return LM_OK;
@@ -588,9 +624,7 @@ static lm_status binary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *a, con
   if (st) return st;
   const char *name = op_label(op);
   lm_status cs;
-  if ((cs = lm_check_input(ctx, name, a, "first input")) ||
-      (cs = lm_check_input(ctx, name, b, "second input")) ||
-      (dst && (cs = lm_check_input(ctx, name, dst, "destination"))))
+  if ((cs = lm_check_arg(ctx, name, a, "first input")) || (cs = lm_check_arg(ctx, name, b, "second input")))
     return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "%s: neither dst nor out given", name);
   if (op == LM_OP_SUB && (a->dtype == LM_BOOL || b->dtype == LM_BOOL)) return bool_sub_error(ctx);
@@ -628,9 +662,7 @@ static lm_status scalar_forward(lm_ctx *ctx, int32_t op, const lm_tensor *a, dou
   if (st) return st;
   const char *name = op_label(op);
   lm_status cs;
-  if ((cs = lm_check_input(ctx, name, a, "input")) ||
-      (dst && (cs = lm_check_input(ctx, name, dst, "destination"))))
-    return cs;
+  if ((cs = lm_check_arg(ctx, name, a, "input"))) return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "%s: neither dst nor out given", name);
   if (op == LM_OP_SUB && a->dtype == LM_BOOL) return bool_sub_error(ctx);
   int32_t cd = scalar_common(a->dtype, s);
@@ -665,9 +697,7 @@ static int64_t sat_bound(double v, double lo, double hi) {
 
 static lm_status clamp_forward(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_tensor *dst, lm_tensor **out) {
   lm_status cs;
-  if ((cs = lm_check_input(ctx, "clamp", x, "input")) ||
-      (dst && (cs = lm_check_input(ctx, "clamp", dst, "destination"))))
-    return cs;
+  if ((cs = lm_check_arg(ctx, "clamp", x, "input"))) return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "clamp: neither dst nor out given");
   /* the scalar rule over both bounds; an open (infinite) side does not count */
   int32_t rd = x->dtype;
@@ -680,7 +710,7 @@ static lm_status clamp_forward(lm_ctx *ctx, const lm_tensor *x, double lo, doubl
   if (!lm_dtype_is_float(rd) && nonint) rd = LM_F32;
   else if (rd == LM_BOOL) rd = LM_I64;
   union { float f[2]; double d[2]; int32_t i[2]; int64_t l[2]; uint8_t u[2]; } b;
-  ew_plan p = {.nin = 1, .kin = {rd}, .kout = rd, .param = &b};
+  ew_plan p = {.nin = 1, .kin = {rd}, .kout = rd, .param = &b, .code = LM_OP_CLAMP, .kd = rd};
   switch (rd) {
   case LM_F32: b.f[0] = (float)lo; b.f[1] = (float)hi; p.un = clamp_f32; break;
   case LM_F64: b.d[0] = lo; b.d[1] = hi; p.un = clamp_f64; break;
@@ -689,22 +719,39 @@ static lm_status clamp_forward(lm_ctx *ctx, const lm_tensor *x, double lo, doubl
   case LM_U8: b.u[0] = (uint8_t)sat_bound(lo, 0, 255); b.u[1] = (uint8_t)sat_bound(hi, 0, 255); p.un = clamp_u8; break;
   default: return lm_err(ctx, LM_E_DTYPE, "clamp: not supported for dtype %s", lm_dtype_name(rd));
   }
-  return ew_run(ctx, "clamp", &p, &x, rd, dst, out);
+  /* a device reads the bounds as host values, exact (i64) or f64 */
+  union { double d; int64_t l; } hb[2];
+  lm_tensor *bt[2] = {NULL, NULL};
+  lm_status st = LM_OK;
+  if (lm_device_of(x) != LM_CPU || (dst && lm_device_of(dst) != LM_CPU)) {
+    bool fl = lm_dtype_is_float(rd);
+    for (int32_t i = 0; i < 2 && !st; i++) {
+      if (fl) hb[i].d = rd == LM_F32 ? (double)b.f[i] : b.d[i];
+      else hb[i].l = rd == LM_I32 ? b.i[i] : rd == LM_I64 ? b.l[i] : b.u[i];
+      st = lm_from_ptr(ctx, fl ? LM_F64 : LM_I64, 0, NULL, NULL, &hb[i], &bt[i]);
+    }
+    p.nextra = 2;
+    p.extra[0] = bt[0];
+    p.extra[1] = bt[1];
+  }
+  if (!st) st = ew_run(ctx, "clamp", &p, &x, rd, dst, out);
+  lm_tensor_release(bt[0]);
+  lm_tensor_release(bt[1]);
+  return st;
 }
 
 /* ---- where ---- */
 
 static lm_status where_forward(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
   lm_status cs;
-  if ((cs = lm_check_input(ctx, "where", cond, "condition")) ||
-      (cs = lm_check_input(ctx, "where", a, "first input")) ||
-      (cs = lm_check_input(ctx, "where", b, "second input")))
+  if ((cs = lm_check_arg(ctx, "where", cond, "condition")) || (cs = lm_check_arg(ctx, "where", a, "first input")) ||
+      (cs = lm_check_arg(ctx, "where", b, "second input")))
     return cs;
   if (!out) return lm_err(ctx, LM_E_ARG, "where: out is NULL");
   if (cond->dtype != LM_BOOL && cond->dtype != LM_U8)
     return lm_err(ctx, LM_E_DTYPE, "where: condition must be a bool tensor, got %s", lm_dtype_name(cond->dtype));
   int32_t rd = lm_dtype_promote(a->dtype, b->dtype);
-  ew_plan p = {.nin = 3, .kin = {LM_U8, rd, rd}, .kout = rd};
+  ew_plan p = {.nin = 3, .kin = {LM_U8, rd, rd}, .kout = rd, .code = LM_OP_WHERE, .kd = rd == LM_BOOL ? LM_U8 : rd};
   switch (lm_dtype_size(rd)) {
   case 1: p.wh = where_1; break;
   case 4: p.wh = where_4; break;

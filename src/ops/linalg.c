@@ -118,14 +118,35 @@ static bool fold_batches(const mm_operand *a, const mm_operand *b, int32_t nbatc
   return true;
 }
 
+/* batch products c_i = alpha * op(a_i) @ op(b_i) + beta * c_i, a_i at
+   a + i * sa elements (b, c alike): on the CPU one BLAS call each, on a
+   device one call of its backend's batched GEMM. */
+static lm_status gemm_call(lm_ctx *ctx, const char *op, int32_t dev, int32_t dt, bool ta, bool tb, int64_t m,
+                           int64_t n, int64_t k, double alpha, const char *a, int64_t lda, int64_t sa, const char *b,
+                           int64_t ldb, int64_t sb, double beta, char *c, int64_t ldc, int64_t sc, int64_t batch) {
+  if (dev == LM_CPU) {
+    int64_t es = lm_dtype_size(dt);
+    for (int64_t i = 0; i < batch; i++)
+      lm_gemm(dt, ta, tb, m, n, k, alpha, a + i * sa * es, lda, b + i * sb * es, ldb, beta, c + i * sc * es, ldc);
+    return LM_OK;
+  }
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  if (!st && (st = be->gemm(dt, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch)))
+    st = lm_backend_fail(ctx, op, be, st);
+  return st;
+}
+
 /* res (contiguous, batch x M x N) = alpha * a @ b + beta * res. */
 static lm_status gemm_batched(lm_ctx *ctx, const char *op, const lm_tensor *a, const lm_tensor *b, int32_t nbatch,
                               const int64_t *bshape, int64_t m, int64_t n, int64_t k, double alpha, double beta,
                               lm_tensor *res) {
   int64_t nout = lm_numel(res);
-  int32_t dt = res->dtype, es = lm_dtype_size(dt);
+  int32_t dt = res->dtype, es = lm_dtype_size(dt), dev = lm_device_of(res);
   if (nout == 0) return LM_OK;
-  if (k == 0) { /* an empty sum: only the beta term is left */
+  if (k == 0 && dev != LM_CPU) /* an empty sum: only the beta term is left */
+    return beta == 0 ? lm_fill(ctx, res, 0) : lm_binary_scalar(ctx, LM_OP_MUL, res, beta, 0, res, NULL);
+  if (k == 0) {
     char *p = lm_data(res);
     for (int64_t i = 0; i < nout; i++)
       lm_write_from_double(dt, p + i * es, beta == 0 ? 0 : beta * lm_read_as_double(dt, p + i * es));
@@ -148,14 +169,19 @@ static lm_status gemm_batched(lm_ctx *ctx, const char *op, const lm_tensor *a, c
   char *out = lm_data(res);
   int64_t lda;
   if (fold_batches(&pa, &pb, nbatch, bshape, m, k, &lda) && nout / n <= INT_MAX) {
-    lm_gemm(dt, false, pb.trans, nout / n, n, k, alpha, pa.data, lda, pb.data, pb.ld, beta, out, n);
+    st = gemm_call(ctx, op, dev, dt, false, pb.trans, nout / n, n, k, alpha, pa.data, lda, 0, pb.data, pb.ld, 0, beta,
+                   out, n, 0, 1);
     goto done;
   }
-  int64_t nb = nout / (m * n), idx[LM_MAX_DIMS] = {0}, oa = 0, ob = 0;
-  for (int64_t bi = 0; bi < nb; bi++) {
-    lm_gemm(dt, pa.trans, pb.trans, m, n, k, alpha, pa.data + oa * es, pa.ld, pb.data + ob * es, pb.ld, beta,
-         out + bi * m * n * es, n);
-    for (int32_t d = nbatch - 1; d >= 0; d--) { /* next batch position */
+  /* the innermost batch dim is one batched call; the outer ones a loop */
+  int32_t outer_nd = nbatch > 0 ? nbatch - 1 : 0;
+  int64_t inner = nbatch > 0 ? bshape[nbatch - 1] : 1, nb = nout / (m * n * inner);
+  int64_t sa = nbatch > 0 ? pa.bstride[nbatch - 1] : 0, sb = nbatch > 0 ? pb.bstride[nbatch - 1] : 0;
+  int64_t idx[LM_MAX_DIMS] = {0}, oa = 0, ob = 0;
+  for (int64_t bi = 0; bi < nb && !st; bi++) {
+    st = gemm_call(ctx, op, dev, dt, pa.trans, pb.trans, m, n, k, alpha, pa.data + oa * es, pa.ld, sa,
+                   pb.data + ob * es, pb.ld, sb, beta, out + bi * inner * m * n * es, n, m * n, inner);
+    for (int32_t d = outer_nd - 1; d >= 0; d--) { /* next outer batch position */
       oa += pa.bstride[d];
       ob += pb.bstride[d];
       if (++idx[d] < bshape[d]) break;
@@ -173,13 +199,15 @@ done:
   return st;
 }
 
-/* NULL, device and dtype checks shared by both ops. */
-static lm_status check_operands(lm_ctx *ctx, const char *op, int32_t n, const lm_tensor *const *ts) {
+/* NULL, device and dtype checks shared by both ops; *dev is where they run. */
+static lm_status check_operands(lm_ctx *ctx, const char *op, int32_t n, const lm_tensor *const *ts, int32_t *dev) {
   static const char *const names[] = {"operand 0", "operand 1", "operand 2"};
   for (int32_t i = 0; i < n; i++) {
-    lm_status st = lm_check_input(ctx, op, ts[i], names[i]);
+    lm_status st = lm_check_arg(ctx, op, ts[i], names[i]);
     if (st) return st;
   }
+  lm_status st = lm_op_device(ctx, op, n, ts, names, false, dev);
+  if (st) return st;
   for (int32_t i = 1; i < n; i++) {
     int32_t x = ts[0]->dtype, y = ts[i]->dtype;
     if (!lm_dtype_is_float(x) || !lm_dtype_is_float(y))
@@ -226,7 +254,8 @@ done:
 
 static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
   const lm_tensor *ts[2] = {a, b};
-  lm_status st = check_operands(ctx, "matmul", 2, ts);
+  int32_t dev;
+  lm_status st = check_operands(ctx, "matmul", 2, ts, &dev);
   if (st) return st;
   char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
   if (a->ndim == 0 || b->ndim == 0)
@@ -238,7 +267,7 @@ static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor
   if (k != k2)
     return lm_err(ctx, LM_E_SHAPE, "matmul: shapes %s and %s cannot be multiplied (%lld vs %lld)", LM_SHP(a, x),
                   LM_SHP(b, y), (long long)k, (long long)k2);
-  if (a1 && b1) return dot(ctx, a, b, out);
+  if (a1 && b1 && dev == LM_CPU) return dot(ctx, a, b, out);
   /* batch dims broadcast, aligned on the right */
   int32_t na = a1 ? 0 : a->ndim - 2, nb = b1 ? 0 : b->ndim - 2, nbatch = na > nb ? na : nb;
   int64_t shape[LM_MAX_DIMS];
@@ -255,7 +284,7 @@ static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor
   if (!a1) shape[nd++] = m;
   if (!b1) shape[nd++] = n;
   lm_tensor *res;
-  if ((st = lm_new(ctx, "matmul", a->dtype, nd, shape, &res))) return st;
+  if ((st = lm_new_on(ctx, "matmul", dev, a->dtype, nd, shape, &res))) return st;
   st = gemm_batched(ctx, "matmul", a, b, nbatch, shape, m, n, k, 1.0, 0.0, res);
   if (st) {
     lm_tensor_release(res);
@@ -267,7 +296,8 @@ static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor
 static lm_status addmm_forward(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b, double beta,
                                double alpha, lm_tensor **out) {
   const lm_tensor *ts[3] = {a, b, c};
-  lm_status st = check_operands(ctx, "addmm", 3, ts);
+  int32_t dev;
+  lm_status st = check_operands(ctx, "addmm", 3, ts, &dev);
   if (st) return st;
   char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF], z[LM_SHAPE_BUF], w[LM_SHAPE_BUF];
   if (a->ndim != 2 || b->ndim != 2)
@@ -286,7 +316,7 @@ static lm_status addmm_forward(lm_ctx *ctx, const lm_tensor *c, const lm_tensor 
     return lm_err(ctx, LM_E_SHAPE, "addmm: input of shape %s does not broadcast to the product's %s (%s @ %s)",
                   LM_SHP(c, z), lm_shape_str(2, shape, x, sizeof x), LM_SHP(a, y), LM_SHP(b, w));
   lm_tensor *res;
-  if ((st = lm_new(ctx, "addmm", a->dtype, 2, shape, &res))) return st;
+  if ((st = lm_new_on(ctx, "addmm", dev, a->dtype, 2, shape, &res))) return st;
   /* BLAS does not read C when beta is 0, so NaN in c stays out (as in torch) */
   if (beta != 0 && (st = lm_copy_(ctx, res, c))) goto fail;
   if ((st = gemm_batched(ctx, "addmm", a, b, 0, NULL, m, n, k, alpha, beta, res))) goto fail;

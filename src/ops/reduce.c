@@ -756,8 +756,9 @@ static lm_status reduce_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, int
   if (op < LM_OP_SUM || op > LM_OP_COUNT_NONZERO)
     return lm_err(ctx, LM_E_ARG, "reduce: op %d (%s) is not a reduction", op, lm_op_name(op));
   const char *name = lm_op_name(op);
-  lm_status st = lm_check_input(ctx, name, x, "input");
+  lm_status st = lm_check_arg(ctx, name, x, "input");
   if (st) return st;
+  int32_t dev = lm_device_of(x);
   if (!values) return lm_err(ctx, LM_E_ARG, "%s: values out-pointer is NULL", name);
   *values = NULL;
   if (indices) *indices = NULL;
@@ -827,9 +828,9 @@ static lm_status reduce_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, int
   }
 
   lm_tensor *val = NULL, *idx = NULL, *xp = NULL;
-  st = lm_new(ctx, name, P.odt, on, oshape, &val);
+  st = lm_new_on(ctx, name, dev, P.odt, on, oshape, &val);
   if (st) goto done;
-  if (indices && (st = lm_new(ctx, name, LM_I64, on, oshape, &idx))) goto done;
+  if (indices && (st = lm_new_on(ctx, name, dev, LM_I64, on, oshape, &idx))) goto done;
   if (nout == 0) goto done;
   if (rn == 0) { /* the identity of each op; NaN for a mean or variance of nothing */
     double id = P.kind == K_PROD || op == LM_OP_ALL ? 1 : (op == LM_OP_MEAN || P.kind == K_VAR) ? NAN : 0;
@@ -858,7 +859,14 @@ static lm_status reduce_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, int
   P.es = lm_dtype_size(P.ct);
   P.out = lm_data(val);
   P.idx = idx ? (int64_t *)lm_data(idx) : NULL;
-  st = run_plan(ctx, &P);
+  if (dev == LM_CPU) {
+    st = run_plan(ctx, &P);
+  } else { /* the same runs, reduced by the device's backend */
+    const lm_backend *be;
+    if (!(st = LM_BACKEND_FOR(ctx, name, dev, reduce, &be)) &&
+        (st = be->reduce(op, P.ct, P.x, P.kn, P.kshape, P.kstride, P.rn, P.rs, param, P.odt, P.out, P.idx)))
+      st = lm_backend_fail(ctx, name, be, st);
+  }
 
 done:
   lm_tensor_release(xp);
@@ -992,9 +1000,11 @@ static int32_t mask_dims(uint32_t mask, int32_t nd, int32_t *dims) {
   return n;
 }
 
-/* Elementwise out = fn(x, a, b, p) over x's shape, a and b (NULL: unused)
+/* Elementwise out = f(x, a, b, p) over x's shape, a and b (NULL: unused)
    broadcast to it; every operand has x's float dtype. Backward formulas
-   with masks and divisions read best as one scalar function each. */
+   with masks and divisions read best as one scalar function each; they are
+   named by the LM_PW_* codes of src/backend.h, which a device backend
+   evaluates the same way. */
 typedef double (*pw_fn)(double x, double a, double b, double p);
 typedef struct pw_arg {
   pw_fn fn;
@@ -1014,13 +1024,23 @@ static void pw_kernel(char **ptr, const int64_t *s, int64_t n, void *arg) {
   else PW_LOOP(float);
 }
 
-static lm_status pointwise(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *a, const lm_tensor *b, pw_fn fn, double p, lm_tensor **out) {
+static const pw_fn pw_fns[LM_PW_END - LM_PW_SCALE];
+
+static lm_status pointwise(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *a, const lm_tensor *b, int32_t code, double p, lm_tensor **out) {
   LM_ASSERT(lm_dtype_is_float(x->dtype) && (!a || a->dtype == x->dtype) && (!b || b->dtype == x->dtype));
-  lm_status st = lm_new(ctx, "backward", x->dtype, x->ndim, x->shape, out);
+  LM_ASSERT(code >= LM_PW_SCALE && code < LM_PW_END);
+  int32_t dev = lm_device_of(x);
+  lm_status st = lm_new_on(ctx, "backward", dev, x->dtype, x->ndim, x->shape, out);
   if (st) return st;
+  if (dev != LM_CPU) {
+    const lm_tensor *ts[4] = {*out, x, a ? a : x, b ? b : x};
+    st = lm_dev_elementwise(ctx, "backward", code, LM_F64, x->ndim, x->shape, 4, ts, p);
+    if (st) { lm_tensor_release(*out); *out = NULL; }
+    return st;
+  }
   lm_operand ops[4] = {lm_operand_of(*out, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
                        lm_operand_of(a ? a : x, x->ndim, x->shape), lm_operand_of(b ? b : x, x->ndim, x->shape)};
-  pw_arg A = {fn, p, x->dtype};
+  pw_arg A = {pw_fns[code - LM_PW_SCALE], p, x->dtype};
   lm_foreach(ctx, x->ndim, x->shape, 4, ops, pw_kernel, &A, true);
   return LM_OK;
 }
@@ -1052,6 +1072,22 @@ static double f_norm_grad(double x, double a, double b, double p) {
   return b == 0 ? 0 : a * sgn(x) * pow(fabs(x), p - 1) / pow(b, p - 1);
 }
 
+static const pw_fn pw_fns[LM_PW_END - LM_PW_SCALE] = {
+    [LM_PW_SCALE - LM_PW_SCALE] = f_scale,
+    [LM_PW_IS_ZERO - LM_PW_SCALE] = f_is_zero,
+    [LM_PW_ZERO_TO_ONE - LM_PW_SCALE] = f_zero_to_one,
+    [LM_PW_DIV - LM_PW_SCALE] = f_div,
+    [LM_PW_MUL_IF_COUNT - LM_PW_SCALE] = f_mul_if_count,
+    [LM_PW_PROD_GRAD - LM_PW_SCALE] = f_prod_grad,
+    [LM_PW_IS_EXTREMUM - LM_PW_SCALE] = f_is_extremum,
+    [LM_PW_IS_ABS_EXTREMUM - LM_PW_SCALE] = f_is_abs_extremum,
+    [LM_PW_SELECT - LM_PW_SCALE] = f_select,
+    [LM_PW_SELECT_SIGNED - LM_PW_SCALE] = f_select_signed,
+    [LM_PW_DIV_STD - LM_PW_SCALE] = f_div_std,
+    [LM_PW_CENTERED - LM_PW_SCALE] = f_centered,
+    [LM_PW_NORM_GRAD - LM_PW_SCALE] = f_norm_grad,
+};
+
 /* t viewed in the keepdim shape of the node's input */
 static lm_status keep_view(lm_ctx *ctx, const lm_node *node, const lm_tensor *t, lm_tensor **out) {
   int32_t nd = (int32_t)node->ip[IP_NDIM];
@@ -1061,24 +1097,53 @@ static lm_status keep_view(lm_ctx *ctx, const lm_node *node, const lm_tensor *t,
   return lm_reshape(ctx, t, nd, shape, out);
 }
 
-static lm_status zeros_like_input(lm_ctx *ctx, const lm_node *node, int32_t dtype, lm_tensor **out) {
-  lm_status st = lm_new(ctx, "backward", dtype, (int32_t)node->ip[IP_NDIM], node->ip + IP_SHAPE, out);
+static lm_status zeros_like_input(lm_ctx *ctx, const lm_node *node, const lm_tensor *g, lm_tensor **out) {
+  lm_status st = lm_new_on(ctx, "backward", lm_device_of(g), g->dtype, (int32_t)node->ip[IP_NDIM], node->ip + IP_SHAPE, out);
   if (!st) st = lm_fill(ctx, *out, 0);
   return st;
 }
 
 /* Spreads the keepdim-shaped g evenly over the elements of x where
    is(x, v) holds, v keepdim-shaped; sign multiplies by sgn(x) (norm inf). */
-static lm_status spread_evenly(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *v, const lm_tensor *g, pw_fn is,
+static lm_status spread_evenly(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *v, const lm_tensor *g, int32_t is,
                                int32_t nd, const int32_t *dims, bool sign, lm_tensor **out) {
   lm_tensor *m = NULL, *cnt = NULL, *share = NULL;
   lm_status st = pointwise(ctx, x, v, NULL, is, 0, &m);
   if (!st) st = lm_reduce(ctx, LM_OP_SUM, m, nd, dims, 1, 0, &cnt, NULL);
-  if (!st) st = pointwise(ctx, g, cnt, NULL, f_div, 0, &share);
-  if (!st) st = sign ? pointwise(ctx, x, share, m, f_select_signed, 0, out) : pointwise(ctx, m, share, NULL, f_select, 0, out);
+  if (!st) st = pointwise(ctx, g, cnt, NULL, LM_PW_DIV, 0, &share);
+  if (!st) st = sign ? pointwise(ctx, x, share, m, LM_PW_SELECT_SIGNED, 0, out) : pointwise(ctx, m, share, NULL, LM_PW_SELECT, 0, out);
   lm_tensor_release(m);
   lm_tensor_release(cnt);
   lm_tensor_release(share);
+  return st;
+}
+
+/* max/min over dim d on a device (which has no scatter yet): g where the
+   position along d equals the index ix, else 0, comparing ix with the
+   positions 0 .. n-1 broadcast along d. */
+static lm_status to_position_on_device(lm_ctx *ctx, const lm_node *node, const lm_tensor *g, const lm_tensor *ix,
+                                       int32_t d, lm_tensor **out) {
+  int32_t nd = (int32_t)node->ip[IP_NDIM];
+  if (nd == 0) { /* the extremum of one value is that value */
+    lm_tensor_retain((lm_tensor *)g);
+    *out = (lm_tensor *)g;
+    return LM_OK;
+  }
+  int64_t n = node->ip[IP_SHAPE + d], shape[LM_MAX_DIMS];
+  for (int32_t k = 0; k < nd; k++) shape[k] = k == d ? n : 1;
+  lm_tensor *pos = NULL, *dpos = NULL, *vpos = NULL, *hit = NULL, *zero = NULL;
+  lm_status st = lm_arange(ctx, 0, 1, n, LM_I64, &pos);
+  if (!st) st = lm_to_device(ctx, pos, lm_device_of(g), &dpos);
+  if (!st) st = lm_view(ctx, dpos, nd, shape, &vpos);
+  if (!st) st = lm_binary(ctx, LM_OP_EQ, vpos, ix, NULL, &hit);
+  if (!st) st = lm_new(ctx, "backward", g->dtype, 0, NULL, &zero);
+  if (!st) st = lm_fill(ctx, zero, 0);
+  if (!st) st = lm_where(ctx, hit, g, zero, out);
+  lm_tensor_release(pos);
+  lm_tensor_release(dpos);
+  lm_tensor_release(vpos);
+  lm_tensor_release(hit);
+  lm_tensor_release(zero);
   return st;
 }
 
@@ -1087,13 +1152,13 @@ static lm_status spread_evenly(lm_ctx *ctx, const lm_tensor *x, const lm_tensor 
    with one zero only the zero gets the product of the rest. */
 static lm_status prod_backward(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *g, int32_t nd, const int32_t *dims, lm_tensor **out) {
   lm_tensor *z = NULL, *xs = NULL, *pnz = NULL, *nz = NULL, *a0 = NULL, *a1 = NULL;
-  lm_status st = pointwise(ctx, x, NULL, NULL, f_is_zero, 0, &z);
-  if (!st) st = pointwise(ctx, x, NULL, NULL, f_zero_to_one, 0, &xs);
+  lm_status st = pointwise(ctx, x, NULL, NULL, LM_PW_IS_ZERO, 0, &z);
+  if (!st) st = pointwise(ctx, x, NULL, NULL, LM_PW_ZERO_TO_ONE, 0, &xs);
   if (!st) st = lm_reduce(ctx, LM_OP_PROD, xs, nd, dims, 1, 0, &pnz, NULL);
   if (!st) st = lm_reduce(ctx, LM_OP_SUM, z, nd, dims, 1, 0, &nz, NULL);
-  if (!st) st = pointwise(ctx, g, pnz, nz, f_mul_if_count, 0, &a0);
-  if (!st) st = pointwise(ctx, g, pnz, nz, f_mul_if_count, 1, &a1);
-  if (!st) st = pointwise(ctx, x, a0, a1, f_prod_grad, 0, out);
+  if (!st) st = pointwise(ctx, g, pnz, nz, LM_PW_MUL_IF_COUNT, 0, &a0);
+  if (!st) st = pointwise(ctx, g, pnz, nz, LM_PW_MUL_IF_COUNT, 1, &a1);
+  if (!st) st = pointwise(ctx, x, a0, a1, LM_PW_PROD_GRAD, 0, out);
   lm_tensor_release(z);
   lm_tensor_release(xs);
   lm_tensor_release(pnz);
@@ -1110,9 +1175,9 @@ static lm_status var_backward(lm_ctx *ctx, int32_t op, const lm_tensor *x, const
   lm_tensor *mean = NULL, *a = NULL;
   lm_status st = lm_reduce(ctx, LM_OP_MEAN, x, nd, dims, 1, 0, &mean, NULL);
   double denom = n - correction;
-  if (!st) st = op == LM_OP_VAR ? pointwise(ctx, g, NULL, NULL, f_scale, 2 / denom, &a)
-                                : pointwise(ctx, g, y, NULL, f_div_std, 1 / denom, &a);
-  if (!st) st = pointwise(ctx, x, a, mean, f_centered, 0, out);
+  if (!st) st = op == LM_OP_VAR ? pointwise(ctx, g, NULL, NULL, LM_PW_SCALE, 2 / denom, &a)
+                                : pointwise(ctx, g, y, NULL, LM_PW_DIV_STD, 1 / denom, &a);
+  if (!st) st = pointwise(ctx, x, a, mean, LM_PW_CENTERED, 0, out);
   lm_tensor_release(mean);
   lm_tensor_release(a);
   return st;
@@ -1140,19 +1205,23 @@ static lm_status reduce_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *g
     if (node->saved[2]) { /* max/min over one dim: all of it to the reported position */
       int32_t d = (int32_t)node->ip[IP_DIM];
       st = keep_view(ctx, node, node->saved[2], &ix);
-      if (!st) st = zeros_like_input(ctx, node, g->dtype, &t);
+      if (!st && lm_device_of(g) != LM_CPU) {
+        st = to_position_on_device(ctx, node, g, ix, d, &gin[0]);
+        break;
+      }
+      if (!st) st = zeros_like_input(ctx, node, g, &t);
       if (!st) st = lm_scatter(ctx, t, d, ix, g, LM_SCATTER_SET, t, NULL);
       if (!st) { gin[0] = t; t = NULL; }
     } else { /* max/min over all or several dims: shared evenly among ties */
-      st = spread_evenly(ctx, x, y, g, f_is_extremum, ndims, dims, false, &gin[0]);
+      st = spread_evenly(ctx, x, y, g, LM_PW_IS_EXTREMUM, ndims, dims, false, &gin[0]);
     }
     break;
   case LM_OP_VAR:
   case LM_OP_STD: st = var_backward(ctx, op, x, y, g, ndims, dims, n, param, &gin[0]); break;
   case LM_OP_NORM:
-    if (param == 0) st = zeros_like_input(ctx, node, g->dtype, &gin[0]);
-    else if (isinf(param)) st = spread_evenly(ctx, x, y, g, f_is_abs_extremum, ndims, dims, true, &gin[0]);
-    else st = pointwise(ctx, x, g, y, f_norm_grad, param, &gin[0]);
+    if (param == 0) st = zeros_like_input(ctx, node, g, &gin[0]);
+    else if (isinf(param)) st = spread_evenly(ctx, x, y, g, LM_PW_IS_ABS_EXTREMUM, ndims, dims, true, &gin[0]);
+    else st = pointwise(ctx, x, g, y, LM_PW_NORM_GRAD, param, &gin[0]);
     break;
   default: st = lm_err(ctx, LM_E_UNSUPPORTED, "%s: no backward", lm_op_name(op));
   }

@@ -42,6 +42,9 @@ return function(nn, lumen)
       mask:bernoulli_(1 - p)
       mask:mul_(1 / (1 - p))
     end
+    -- drawn on the CPU (the same numbers for a seed on any device) until
+    -- devices have their own Philox
+    if x:device() ~= 'cpu' then mask = mask:to(x:device()) end
     if inplace then
       if lumen.is_grad_enabled() and x.requires_grad then
         error('lumen.' .. op .. ': inplace = true cannot be tracked by autograd (the input requires grad), expected inplace = false', 3)

@@ -279,7 +279,7 @@ return function(nn, lumen)
     local shape = {}
     for i = 1, nd + 1 do shape[i] = 1 end
     shape[dim + 1] = num_classes
-    local classes = lumen.arange(num_classes, 'i64'):view(shape)
+    local classes = lumen.arange(num_classes, 'i64'):view(shape):to(l:device())
     return l:unsqueeze(dim):eq(classes):to(dtype)
   end
 
