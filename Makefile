@@ -28,6 +28,7 @@ PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared
 TARGETS := $(B)/liblumen.so $(B)/lumen $(PLUGINS)
 ifneq ($(NVCC),)
 TARGETS += $(B)/liblumen_cuda.so
+TEST_PLUGINS += $(B)/tests/plugins/cuda_emulated.so
 endif
 
 .PHONY: all deps test demo bench cdef clean bundle
@@ -64,11 +65,11 @@ $(B)/lumen: src/host/main.c src/lumen.h
 # compute_90 PTX for newer GPUs. -z nodelete: tensors freed while LuaJIT
 # closes may reach the backend after its ffi namespace was collected.
 CUDA_LIB := $(patsubst %/bin/nvcc,%,$(NVCC))/lib64
-$(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu) $(HEADERS)
+$(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu src/cuda/*.cuh) $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -shared -Xcompiler -fPIC -Xcompiler -Wall -gencode arch=compute_90,code=sm_90 \
 	  -gencode arch=compute_90,code=compute_90 -o $@ $(wildcard src/cuda/*.cu) \
-	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker --disable-new-dtags -Xlinker -rpath,'$$ORIGIN:$(CUDA_LIB)' \
+	  -cudart shared -L$(CUDA_LIB) -lcudart -ldl -Xlinker --disable-new-dtags -Xlinker -rpath,'$$ORIGIN:$(CUDA_LIB)' \
 	  -Xlinker -znodelete
 
 .SECONDEXPANSION:
@@ -90,6 +91,14 @@ $(B)/tests/plugins/clip_relu_abi99.so: tests/plugin/clip_relu.c src/plugin.h src
 $(B)/tests/plugins/fake_device.so: tests/plugin/fake_device.c src/backend.h src/lumen.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -Wl,-z,nodelete -o $@ $<
+
+# The CUDA backend's kernel files built for the host (LMCUDA_EMULATE): every
+# thread of a kernel run in turn, cuBLAS replaced by stand-ins, so that the
+# specs check the kernels' logic on machines without a GPU.
+$(B)/tests/plugins/cuda_emulated.so: tests/plugin/cuda_emulated.cu $(filter-out src/cuda/backend.cu,$(wildcard src/cuda/*.cu)) $(wildcard src/cuda/*.cuh) $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) -O1 -shared -Xcompiler -fPIC -DLMCUDA_EMULATE -gencode arch=compute_90,code=compute_90 -o $@ \
+	  tests/plugin/cuda_emulated.cu $(filter-out src/cuda/backend.cu,$(wildcard src/cuda/*.cu)) -Xlinker -znodelete
 
 # make bundle: build/bundle/, a folder that runs on a machine without
 # LuaJIT, OpenBLAS or a compiler (the CUDA driver and, for convolutions,

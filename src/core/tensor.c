@@ -328,29 +328,33 @@ static void transpose_tiles(void *arg, int64_t begin, int64_t end) {
 
 /* dst = src on a device: the backend's elementwise copy (a 0-d CPU source
    is a host value, read as f64 or an exact i64). */
-static lm_status copy_on_device(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src, int32_t nd, const int64_t *shape) {
+static lm_status copy_on_device(lm_ctx *ctx, const char *op, lm_tensor *dst, const lm_tensor *src, int32_t nd,
+                                const int64_t *shape) {
   int32_t kd = src->dtype == LM_BOOL ? LM_U8 : src->dtype;
   if (lm_device_of(src) != lm_device_of(dst)) kd = lm_dtype_is_float(src->dtype) ? LM_F64 : LM_I64;
   const lm_tensor *ts[2] = {dst, src};
-  return lm_dev_elementwise(ctx, "copy", LM_OP_COPY, kd, nd, shape, 2, ts, 0);
+  return lm_dev_elementwise(ctx, op, LM_OP_COPY, kd, nd, shape, 2, ts, 0);
 }
 
-lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
+static lm_status to_dtype_as(lm_ctx *ctx, const char *op, const lm_tensor *t, int32_t dtype, lm_tensor **out);
+
+/* lm_copy_, with errors in the name of op (to, clone, contiguous use it). */
+static lm_status copy_as(lm_ctx *ctx, const char *op, lm_tensor *dst, const lm_tensor *src) {
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
   lm_status st;
-  if ((st = lm_check_arg(ctx, "copy", dst, "destination")) || (st = lm_check_arg(ctx, "copy", src, "source")))
+  if ((st = lm_check_arg(ctx, op, dst, "destination")) || (st = lm_check_arg(ctx, op, src, "source")))
     return st;
-  st = lm_broadcast_shape(ctx, "copy", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape);
+  st = lm_broadcast_shape(ctx, op, dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape);
   if (st) return st;
   bool same = nd == dst->ndim;
   for (int32_t d = 0; same && d < nd; d++) same = shape[d] == dst->shape[d];
   if (!same) {
     char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
-    return lm_err(ctx, LM_E_SHAPE, "copy: source of shape %s does not broadcast to destination %s",
+    return lm_err(ctx, LM_E_SHAPE, "%s: source of shape %s does not broadcast to destination %s", op,
                   LM_SHP(src, x), LM_SHP(dst, y));
   }
-  if ((st = lm_check_writable(ctx, "copy", dst))) return st;
+  if ((st = lm_check_writable(ctx, op, dst))) return st;
   int32_t dd = lm_device_of(dst), sd = lm_device_of(src);
   bool host_value = dd != LM_CPU && sd == LM_CPU && src->ndim == 0;
   if (dd != sd && !host_value) { /* from another device: bring the source over first */
@@ -359,18 +363,18 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
     st = lm_to_device(ctx, src, dd, &moved);
     ctx->grad_enabled = grad;
     if (st) return st;
-    st = lm_copy_(ctx, dst, moved);
+    st = copy_as(ctx, op, dst, moved);
     lm_tensor_release(moved);
     return st;
   }
   if (dd == sd && lm_needs_temp(dst, src, nd, shape)) { /* overlapping memory: copy via a temporary */
     lm_tensor *tmp;
-    if ((st = lm_clone(ctx, src, &tmp))) return st;
-    st = lm_copy_(ctx, dst, tmp);
+    if ((st = to_dtype_as(ctx, op, src, src->dtype, &tmp))) return st;
+    st = copy_as(ctx, op, dst, tmp);
     lm_tensor_release(tmp);
     return st;
   }
-  if (dd != LM_CPU) return copy_on_device(ctx, dst, src, nd, shape);
+  if (dd != LM_CPU) return copy_on_device(ctx, op, dst, src, nd, shape);
   lm_operand ops[2] = {lm_operand_of(dst, nd, shape), lm_operand_of(src, nd, shape)};
   if (is_transpose_copy(dst, src, nd, shape, ops)) {
     transpose_arg a = {ops, shape, nd, ops[0].esize, shape[nd - 2], shape[nd - 1], (shape[nd - 2] + TILE - 1) / TILE};
@@ -384,9 +388,11 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
   return LM_OK;
 }
 
+lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) { return copy_as(ctx, "copy", dst, src); }
+
 lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
   lm_status st = lm_check_arg(ctx, "clone", t, "tensor");
-  return st ? st : lm_to_dtype(ctx, t, t->dtype, out);
+  return st ? st : to_dtype_as(ctx, "clone", t, t->dtype, out);
 }
 
 /* The gradient of a copy or conversion: g in the input's dtype. */
@@ -394,19 +400,24 @@ static lm_status copy_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, 
   return lm_cast_if_needed(ctx, gout[0], (int32_t)n->ip[0], &gin[0]);
 }
 
-lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
+/* A converted copy of t on its device, errors named op. */
+static lm_status to_dtype_as(lm_ctx *ctx, const char *op, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
   lm_tensor *r;
   lm_node *n;
-  lm_status st = lm_check_arg(ctx, "to", t, "tensor");
+  lm_status st = lm_check_arg(ctx, op, t, "tensor");
   if (st) return st;
-  st = lm_new_on(ctx, "to", lm_device_of(t), dtype, t->ndim, t->shape, &r);
+  st = lm_new_on(ctx, op, lm_device_of(t), dtype, t->ndim, t->shape, &r);
   if (st) return st;
-  st = lm_copy_(ctx, r, t);
+  st = copy_as(ctx, op, r, t);
   if (!st && lm_dtype_is_float(dtype) && (st = lm_record(ctx, LM_OP_COPY, copy_backward, 1, &t, 1, &r, &n)) == LM_OK && n)
     n->ip[0] = t->dtype;
   if (st) { lm_tensor_release(r); return st; }
   *out = r;
   return LM_OK;
+}
+
+lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
+  return to_dtype_as(ctx, "to", t, dtype, out);
 }
 
 lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
@@ -416,7 +427,7 @@ lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
     return LM_OK;
   }
   lm_status st = lm_check_arg(ctx, "contiguous", t, "tensor");
-  return st ? st : lm_clone(ctx, t, out);
+  return st ? st : to_dtype_as(ctx, "contiguous", t, t->dtype, out);
 }
 
 /* ---- views ---- */

@@ -1,4 +1,6 @@
-/* backend.cu - the CUDA backend: device discovery, memory, copies.
+/* backend.cu - the CUDA backend: device discovery, memory, copies, and the
+ * table that hands liblumen the op kernels of the other files
+ * (elementwise.cu, reduce.cu, blas.cu).
  *
  * Built into its own liblumen_cuda.so (it does not link liblumen) and
  * loaded by lua/lumen/device.lua at run time under pcall, so a machine
@@ -15,15 +17,17 @@
  * DMA of the previous one, and the call returns once the source was read. */
 #include <cuda_runtime.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "../backend.h"
-#include "../lumen.h"
+#include "common.cuh"
 
-namespace {
+namespace lmcuda {
 
+cudaStream_t stream;
+int sm_count;
 thread_local char last_msg[512];
 
 int32_t fail(const char *what, cudaError_t e) {
@@ -31,6 +35,27 @@ int32_t fail(const char *what, cudaError_t e) {
   cudaGetLastError(); /* clear the sticky-free error state for later calls */
   return e == cudaErrorMemoryAllocation ? LM_E_OOM : LM_E_DEVICE;
 }
+
+int32_t refuse(int32_t code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+int32_t launched(const char *what) {
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : fail(what, e);
+}
+
+} // namespace lmcuda
+
+namespace {
+
+using lmcuda::fail;
+using lmcuda::last_msg;
+using lmcuda::stream;
 
 #define CHECK(call)                                  \
   do {                                               \
@@ -51,7 +76,6 @@ const char *why(cudaError_t e) {
   }
 }
 
-cudaStream_t stream;
 char description[320];
 
 /* Host-to-device staging: two pinned buffers used in turn; an event per
@@ -74,6 +98,7 @@ int32_t cu_init(void) {
   cudaDeviceProp p;
   int rt = 0;
   CHECK(cudaGetDeviceProperties(&p, dev));
+  lmcuda::sm_count = p.multiProcessorCount;
   cudaRuntimeGetVersion(&rt);
   snprintf(description, sizeof description, "CUDA runtime %d.%d, %s (sm_%d%d)", rt / 1000, rt % 1000 / 10, p.name,
            p.major, p.minor);
@@ -208,6 +233,7 @@ int32_t cu_mem_info(int64_t *free_bytes, int64_t *total_bytes) {
 lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda", description, cu_init, cu_last_error, cu_malloc, cu_free,
     cu_memset, cu_copy_h2d, cu_copy_d2h, cu_copy_d2d, cu_copy_strided, cu_synchronize, cu_mem_info,
+    lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
 };
 
 } // namespace

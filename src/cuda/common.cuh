@@ -1,0 +1,61 @@
+/* common.cuh - what the files of the CUDA backend share.
+ *
+ * backend.cu owns the stream, the error message and the table; the op
+ * kernels live one family per file (elementwise.cu, reduce.cu, blas.cu)
+ * and enqueue their work on that one stream, returning 0 or a negative
+ * LM_E_* code with the message set (src/backend.h). */
+#ifndef LUMEN_CUDA_COMMON_CUH
+#define LUMEN_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <type_traits>
+
+#include "../backend.h"
+#include "../lumen.h"
+
+namespace lmcuda {
+
+/* The process's one stream (made by init). */
+extern cudaStream_t stream;
+/* Streaming multiprocessors of the device (for grid sizes). */
+extern int sm_count;
+
+/* Sets the calling thread's message "what: <CUDA's words>" and returns
+   LM_E_OOM or LM_E_DEVICE. */
+int32_t fail(const char *what, cudaError_t e);
+/* Sets the message (printf-style) and returns code. */
+int32_t refuse(int32_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The launch just made, checked. */
+int32_t launched(const char *what);
+
+/* Blocks of threads threads to cover n items with a grid-stride loop:
+   enough to fill the device, no more. */
+inline unsigned grid_for(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads, most = (int64_t)(sm_count > 0 ? sm_count : 32) * 32;
+  return (unsigned)(b < 1 ? 1 : b > most ? most : b);
+}
+
+/* The op kernels (their files). */
+int32_t elementwise(int32_t op, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t nops, void *const *data,
+                    const int64_t *strides, const int32_t *dtypes, const lm_scalar *scalars, double param);
+int32_t reduce(int32_t op, int32_t dtype, const void *x, int32_t kn, const int64_t *kshape, const int64_t *kstride,
+               int64_t rn, int64_t rs, double param, int32_t out_dtype, void *out, int64_t *indices);
+int32_t gemm(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha, const void *a,
+             int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b, double beta, void *c,
+             int64_t ldc, int64_t stride_c, int64_t batch);
+
+/* reduce.cu: the fewest elements of a run worth a piece of their own
+   (rows, columns). */
+extern int64_t reduce_min_piece[2];
+
+/* Element sizes by dtype. */
+__host__ __device__ inline int64_t dtype_size(int32_t d) {
+  return d == LM_F64 || d == LM_I64 ? 8 : d == LM_U8 || d == LM_BOOL ? 1 : 4;
+}
+
+} // namespace lmcuda
+
+#endif

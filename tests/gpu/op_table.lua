@@ -1,0 +1,320 @@
+-- tests/gpu/op_table.lua: the ops that run on a device, each compared with
+-- the CPU. Used by tests/spec/device_ops_spec.lua (the fake device and the
+-- CUDA kernels emulated on the host, small tensors) and by
+-- tests/gpu/checks.lua (the real CUDA backend, larger tensors).
+--
+-- A case is { name=, inputs=function(s) -> list of input specs, fn=, dtypes=,
+-- grad=, tol= }: s scales the sizes (1 in the specs); an input spec is a
+-- shape ({3, 4}), or { shape, dtype = 'i32', positive = true, ints = true,
+-- cpu_scalar = true } (ints: small integer values; cpu_scalar: a 0-d
+-- tensor left on the CPU, the host value of a device op). fn(inputs...)
+-- returns a tensor or a list of them. For each dtype of the case (the
+-- dtype of inputs that name none), compare(case, dtype, device) runs fn on
+-- CPU inputs and on copies of them on the device, then, with grad, sums
+-- each float result times a fixed random tensor and runs backward on both,
+-- and compares results and input gradients: integers and bools exactly,
+-- floats by the largest |device - cpu| / (1 + |cpu|) against a threshold
+-- per dtype (tol overrides: GEMMs add in another order, and f32 functions
+-- of CUDA may differ from the CPU's by an ulp or two).
+local lumen = require 'lumen'
+local ffi = require 'ffi'
+
+local M = {}
+
+M.thresholds = { f32 = 2e-6, f64 = 1e-13 }
+
+local F, D = { 'f32', 'f64' }, { 'f64' }
+local function ew(name, fn, inputs, dtypes, grad, extra)
+  local c = { name = name, fn = fn, inputs = inputs, dtypes = dtypes or F, grad = grad ~= false }
+  for k, v in pairs(extra or {}) do c[k] = v end
+  return c
+end
+local function one(shape) return function(s) return { shape(s) } end end
+local function mat(s) return { 3 * s, 5 } end
+local function pos(shape) return function(s) return { { shape(s), positive = true } } end end
+
+M.cases = {
+  -- unary elementwise, on a transposed (strided) view of the device tensor too
+  ew('neg', function(x) return -x end, one(mat)),
+  ew('abs', function(x) return x:abs() end, one(mat)),
+  ew('exp', function(x) return x:exp() end, one(mat)),
+  ew('log', function(x) return x:log() end, pos(mat)),
+  ew('log1p', function(x) return x:log1p() end, pos(mat)),
+  ew('sqrt', function(x) return x:sqrt() end, pos(mat)),
+  ew('rsqrt', function(x) return x:rsqrt() end, pos(mat)),
+  ew('sin of a transposed view', function(x) return x:t():sin() end, one(mat)),
+  ew('cos', function(x) return x:cos() end, one(mat)),
+  ew('sigmoid', function(x) return x:sigmoid() end, one(mat)),
+  ew('tanh', function(x) return x:tanh() end, one(mat)),
+  ew('relu', function(x) return x:relu() end, one(mat)),
+  ew('reciprocal', function(x) return x:reciprocal() end, pos(mat)),
+  ew('floor, ceil, round, sign', function(x) return { (x * 3):floor(), (x * 3):ceil(), (x * 3):round(), x:sign() } end,
+    one(mat), F, false),
+  ew('exp of an integer tensor (f32)', function(x) return x:exp() end,
+    function(s) return { { { 4 * s, 3 }, dtype = 'i32', ints = true } } end, { 'i32' }, false),
+  ew('neg, abs, sign of integers', function(x) return { -x, x:abs(), x:sign(), x:relu() } end,
+    function(s) return { { { 4 * s, 3 }, ints = true } } end, { 'i32', 'i64' }, false),
+  ew('logical_not', function(x) return x:logical_not() end,
+    function(s) return { { { 4 * s, 3 }, ints = true } } end, { 'f32', 'i64', 'u8', 'bool' }, false),
+  -- binary, broadcasting, strided, scalars, mixed dtypes
+  ew('add broadcast', function(a, b) return a + b end, function(s) return { { 3 * s, 1, 5 }, { 4, 5 } } end),
+  ew('sub of slices', function(a, b) return a:slice(0, 0, -1, 2) - b:select(1, 1) end,
+    function(s) return { { 6 * s, 4 }, { 4, 3 } } end),
+  ew('mul, transposed', function(a, b) return a:t() * b end, function(s) return { { 5, 3 * s }, { 3 * s, 5 } } end),
+  ew('div', function(a, b) return a / b end, function(s) return { { 3 * s, 5 }, { { 5 }, positive = true } } end),
+  ew('pow', function(a, b) return a ^ b end, function(s) return { { { 3 * s, 5 }, positive = true }, { 3 * s, 5 } } end),
+  ew('maximum, minimum', function(a, b) return { lumen.maximum(a, b), lumen.minimum(a, b) } end,
+    function(s) return { { 3 * s, 5 }, { 1, 5 } } end),
+  ew('comparisons', function(a, b) return { a:eq(b), a:ne(b), a:lt(b), a:le(b), a:gt(b), a:ge(b) } end,
+    function(s) return { { { 3 * s, 5 }, ints = true }, { { 5 }, ints = true } } end, { 'f32', 'i32', 'u8' }, false),
+  ew('logical and, or, xor', function(a, b) return { a:logical_and(b), a:logical_or(b), a:logical_xor(b) } end,
+    function(s) return { { { 3 * s, 5 }, ints = true }, { { 3 * s, 5 }, ints = true } } end, { 'f32', 'i64', 'bool' }, false),
+  ew('integer arithmetic wraps', function(a, b) return { a + b, a - b, a * b, a ^ b:abs():clamp(0, 4) } end,
+    function(s) return { { 4 * s, 3 }, { 4 * s, 3 } } end, { 'i32', 'i64', 'u8' }, false),
+  ew('integer division is true division', function(a, b) return a / (b:abs() + 1) end,
+    function(s) return { { { 4 * s, 3 }, ints = true }, { { 4 * s, 3 }, ints = true } } end, { 'i32', 'i64' }, false),
+  ew('bool add and mul stay bool', function(a, b) return { a + b, a * b, lumen.maximum(a, b) } end,
+    function(s) return { { 4 * s, 3 }, { 4 * s, 3 } } end, { 'bool' }, false),
+  ew('i32 + f32 (promotion)', function(a, b) return a + b end,
+    function(s) return { { { 3 * s, 5 }, dtype = 'i32', ints = true }, { 3 * s, 5 } } end, { 'f32' }),
+  ew('u8 * i64 (promotion)', function(a, b) return a * b end,
+    function(s) return { { { 3 * s, 5 }, dtype = 'u8' }, { { 5 }, dtype = 'i64' } } end, { 'i64' }, false),
+  ew('scalars on either side', function(x) return { x + 2.5, 3 - x, x * -2, 1 / (x:abs() + 1), x ^ 2 } end, one(mat)),
+  ew('integer tensor and scalars', function(x) return { x + 3, x * 2.5, x - 300, x:gt(0.5) } end,
+    function(s) return { { { 4 * s, 3 }, ints = true } } end, { 'i32', 'u8' }, false),
+  ew('a 0-d CPU tensor with a device tensor', function(x, c) return { x * c, c - x, lumen.where(x:gt(0), x, c) } end,
+    function(s) return { mat(s), { {}, cpu_scalar = true } } end),
+  ew('in place', function(x, y)
+    local c = x:clone()
+    c:add_(y)
+    c:mul_(2)
+    c:exp_()
+    c:clamp_(0, 3)
+    return c
+  end, function(s) return { mat(s), { 5 } } end, F, false),
+  ew('clamp', function(x) return { x:clamp(-0.5, 0.5), x:clamp(nil, 0.2), x:clamp(-0.1, nil) } end, one(mat)),
+  ew('clamp integers', function(x) return { x:clamp(-2, 3), x:clamp(0.5, 2.5) } end,
+    function(s) return { { { 4 * s, 3 }, ints = true } } end, { 'i32', 'i64', 'u8' }, false),
+  ew('where', function(c, a, b) return lumen.where(c:gt(0), a, b) end,
+    function(s) return { { 3 * s, 5 }, { 3 * s, 5 }, { 5 } } end),
+  ew('where with a number', function(c, a) return { lumen.where(c:gt(0), a, 0.5), lumen.where(c:gt(0), 2, a) } end,
+    function(s) return { { 3 * s, 5 }, { 3 * s, 5 } } end),
+  -- copies and conversions
+  ew('to(dtype)', function(x) return { x:to('f64'), x:to('f32'), x:to('i32'), x:to('i64'), x:to('u8'), x:to('bool') } end,
+    function(s) return { { { 4 * s, 3 }, ints = true } } end, { 'f32', 'i64', 'u8', 'bool' }, false),
+  ew('contiguous and clone of views', function(x) return { x:t():contiguous(), x:slice(1, 1, 5, 2):clone(),
+    x:select(0, 1):unsqueeze(0):expand(3, 5):contiguous() } end, one(mat)),
+  ew('fill_ and zero_ of views', function(x)
+    local c = x:clone()
+    c:select(1, 2):fill_(7)
+    c:slice(0, 0, -1, 2):fill_(0)
+    return c
+  end, one(mat), { 'f32', 'i32', 'bool' }, false),
+  ew('copy_ from another device and broadcast', function(x, y)
+    local c = x:clone()
+    c:copy_(y:cpu()) -- from the CPU into the device tensor
+    c:slice(0, 0, 1):copy_(y:select(0, 0))
+    return c
+  end, function(s) return { mat(s), mat(s) } end, F, false),
+  -- reductions
+  ew('sum', function(x) return { x:sum(), x:sum(1), x:sum(0, true), x:sum { 0, 2 } } end,
+    function(s) return { { 4 * s, 3, 5 } } end),
+  ew('sum over a transposed view (permuted copy)', function(x) return x:transpose(0, 2):sum { 0, 2 } end,
+    function(s) return { { 4 * s, 3, 5 } } end),
+  ew('sum of a long run (split into pieces)', function(x) return { x:sum(1), x:sum(0), x:mean() } end,
+    function(s) return { { 3, 700 * s } } end),
+  ew('mean', function(x) return { x:mean(), x:mean(0), x:mean(1, true) } end, function(s) return { { 4 * s, 6 } } end),
+  ew('prod', function(x) return { x:prod(), x:prod(1) } end, function(s) return { { 3, 5 * s } } end),
+  ew('max and min with indices', function(x)
+    local v, i = x:max(1)
+    local w, j = x:min(0, true)
+    return { v, i, w, j }
+  end, function(s) return { { 4 * s, 6 } } end),
+  ew('amax, amin over dims', function(x) return { x:amax { 0, 1 }, x:amin(2), x:max() } end,
+    function(s) return { { 3 * s, 4, 5 } } end),
+  ew('argmax, argmin', function(x) return { x:argmax(), x:argmax(1), x:argmin(0) } end,
+    function(s) return { { 4 * s, 6 } } end, F, false),
+  ew('argmax, argmin, max with many ties (first position wins)', function(x, y)
+    local v, i = x:max(1)
+    return { x:argmax(1), x:argmin(), y:argmax(0), y:argmin(0), v, i }
+  end, function(s) return { { { 3, 90 * s }, ints = true }, { { 90 * s, 3 }, ints = true } } end,
+    { 'f32', 'i32', 'u8' }, false),
+  ew('var, std', function(x) return { x:var(), x:var(1), x:std(0, { correction = 0 }), x:std(1, { keepdim = true }) } end,
+    function(s) return { { 4 * s, 6 } } end),
+  ew('norm p = 2, 1, 3, inf, 0', function(x) return { x:norm(), x:norm(1, 1), x:norm(3, 0), x:norm('inf', 1),
+    x:norm(0, 1) } end, function(s) return { { 4 * s, 6 } } end, F, true, { grad_of = { 1, 2, 3, 4 } }),
+  ew('all, any, count_nonzero', function(x) return { x:all(), x:any(1), x:count_nonzero(0), x:gt(0):all(1) } end,
+    function(s) return { { { 4 * s, 6 }, ints = true } } end, { 'f32', 'i32', 'u8', 'bool' }, false),
+  ew('integer sums and extrema', function(x) return { x:sum(), x:sum(1), x:prod(0), x:amax(1), x:argmin() } end,
+    function(s) return { { { 4 * s, 6 }, ints = true } } end, { 'i32', 'i64', 'u8', 'bool' }, false),
+  -- products
+  ew('matmul', function(a, b) return a:matmul(b) end, function(s) return { { 4 * s, 6 }, { 6, 5 } } end, F, true,
+    { gemm = true }),
+  ew('matmul of transposed operands', function(a, b) return a:t():matmul(b:t()) end,
+    function(s) return { { 6, 4 * s }, { 5, 6 } } end, F, true, { gemm = true }),
+  ew('batched matmul with broadcast', function(a, b) return a:matmul(b) end,
+    function(s) return { { 2, 3, 4 * s, 6 }, { 3, 6, 5 } } end, F, true, { gemm = true }),
+  ew('bmm', function(a, b) return a:bmm(b) end, function(s) return { { 3, 4 * s, 6 }, { 3, 6, 2 } } end, F, true,
+    { gemm = true }),
+  ew('mv, dot, outer', function(a, v, w) return { a:mv(v), v:dot(w), v:outer(w) } end,
+    function(s) return { { 4 * s, 6 }, { 6 }, { 6 } } end, F, true, { gemm = true }),
+  ew('addmm', function(c, a, b) return lumen.addmm(c, a, b, { beta = 0.5, alpha = 2 }) end,
+    function(s) return { { 5 }, { 4 * s, 6 }, { 6, 5 } } end, F, true, { gemm = true }),
+  ew('linear', function(x, w, b) return require('lumen.nn').F.linear(x, w, b) end,
+    function(s) return { { 2, 4 * s, 6 }, { 5, 6 }, { 5 } } end, F, true, { gemm = true }),
+  -- autograd through compositions
+  ew('a small network', function(x, w1, w2)
+    local h = (x:matmul(w1) + 1):tanh()
+    return (h:matmul(w2)):sigmoid():mean()
+  end, function(s) return { { 4 * s, 6 }, { 6, 8 }, { 8, 3 } } end, F, true, { gemm = true }),
+  ew('slice, select and unbind backward', function(x)
+    local parts = x:unbind(0)
+    return parts[1] * 2 + x:select(1, 0):sum() + x:slice(1, 1, 3):sum()
+  end, function(s) return { { 3, 4 * s } } end),
+}
+
+-- Inputs of a case for dtype, on the CPU (seeded: the same on every call).
+local function make_inputs(case, dtype, s)
+  lumen.manual_seed(1234)
+  local list = {}
+  for i, spec in ipairs(case.inputs(s)) do
+    if spec.dtype == nil and spec.positive == nil and spec.ints == nil and spec.cpu_scalar == nil then
+      spec = { spec }
+    end
+    local dt = spec.dtype or dtype
+    local x = lumen.randn(spec[1], 'f64')
+    if spec.positive then x = x:abs() + 0.2 end
+    if spec.ints or (dt ~= 'f32' and dt ~= 'f64') then x = (x * 3):round() end
+    if dt == 'bool' then x = x:gt(0) elseif dt == 'u8' then x = x:abs() * 40 end
+    list[i] = { x = x:to(dt), cpu_scalar = spec.cpu_scalar }
+  end
+  return list
+end
+
+local function as_list(r)
+  if lumen.is_tensor(r) then return { r } end
+  return r
+end
+
+local function is_float(t) return t:dtype() == 'f32' or t:dtype() == 'f64' end
+
+-- How far a (device result, on the CPU) is from e: the largest
+-- |a - e| / (1 + |e|) for floats (NaN matching NaN), the number of
+-- differing elements otherwise; nil, why when they cannot be compared.
+function M.error(a, e)
+  if a:dtype() ~= e:dtype() then return nil, 'dtype ' .. a:dtype() .. ' vs ' .. e:dtype() end
+  local sa, se = table.concat(a:size(), 'x'), table.concat(e:size(), 'x')
+  if sa ~= se then return nil, 'shape ' .. sa .. ' vs ' .. se end
+  a, e = a:cpu():contiguous(), e:contiguous()
+  local n, worst = a:numel(), 0
+  if n == 0 then return 0 end
+  if is_float(a) then
+    local ct = a:dtype() == 'f32' and 'float *' or 'double *'
+    local p, q = ffi.cast(ct, a:data_ptr()), ffi.cast(ct, e:data_ptr())
+    for i = 0, n - 1 do
+      local x, y = p[i], q[i]
+      local d
+      if x ~= x or y ~= y then d = (x ~= x and y ~= y) and 0 or math.huge
+      elseif x == y then d = 0
+      else d = math.abs(x - y) / (1 + math.abs(y)) end
+      if d > worst then worst = d end
+    end
+    return worst
+  end
+  local es = ({ i32 = 4, i64 = 8, u8 = 1, bool = 1 })[a:dtype()]
+  local p, q = ffi.cast('uint8_t *', a:data_ptr()), ffi.cast('uint8_t *', e:data_ptr())
+  for i = 0, n - 1 do
+    if ffi.string(p + i * es, es) ~= ffi.string(q + i * es, es) then worst = worst + 1 end
+  end
+  return worst
+end
+
+-- Runs one case for dtype on the CPU and on device; returns a record:
+-- { name=, dtype=, fwd= (largest error of the results), bwd= (of the
+-- gradients, or nil), tol=, ok=, why= }.
+function M.compare(case, dtype, device, s)
+  s = s or 1
+  local rec = { name = case.name, dtype = dtype, tol = (case.gemm and dtype == 'f32') and 2e-5 or M.thresholds[dtype] or 0 }
+  local ok, err = pcall(function()
+    local cpu_in, dev_in = make_inputs(case, dtype, s), {}
+    local grad = case.grad and (dtype == 'f32' or dtype == 'f64')
+    local cx, dx = {}, {}
+    for i, v in ipairs(cpu_in) do
+      cx[i] = v.x
+      dx[i] = v.cpu_scalar and v.x:clone() or v.x:to(device)
+      if grad and is_float(v.x) and not v.cpu_scalar then
+        cx[i]:requires_grad_()
+        dx[i]:requires_grad_()
+      end
+    end
+    local rc, rd = as_list(case.fn(unpack(cx))), as_list(case.fn(unpack(dx)))
+    if #rc ~= #rd then error('results: ' .. #rc .. ' on the CPU, ' .. #rd .. ' on ' .. device, 0) end
+    rec.fwd = 0
+    for i = 1, #rc do
+      if rd[i]:device() ~= device then error('result ' .. i .. ' is on ' .. rd[i]:device(), 0) end
+      local e, why = M.error(rd[i], rc[i])
+      if not e then error('result ' .. i .. ': ' .. why, 0) end
+      if e > rec.fwd then rec.fwd = e end
+    end
+    if grad then
+      -- sum of each chosen float result times a fixed random tensor
+      local lc, ld
+      lumen.manual_seed(99)
+      for k, i in ipairs(case.grad_of or (function() local t = {} for j = 1, #rc do t[j] = j end return t end)()) do
+        if is_float(rc[i]) and rc[i].requires_grad then
+          local g = lumen.randn(rc[i]:size(), rc[i]:dtype())
+          local tc, td = (rc[i] * g):sum(), (rd[i] * g:to(device)):sum()
+          lc = lc and lc + tc or tc
+          ld = ld and ld + td or td
+        end
+      end
+      if lc then
+        lc:backward()
+        ld:backward()
+        rec.bwd = 0
+        for i = 1, #cx do
+          if cx[i].requires_grad then
+            local gc, gd = cx[i].grad, dx[i].grad
+            if gc == nil and gd ~= nil then error('a gradient for input ' .. i .. ' on ' .. device .. ' only', 0) end
+            if gc ~= nil and gd == nil then error('no gradient for input ' .. i .. ' on ' .. device, 0) end
+            if gd and gd:device() ~= device then error('the gradient of input ' .. i .. ' is on ' .. gd:device(), 0) end
+            if gc ~= nil then
+              local e, why = M.error(gd, gc)
+              if not e then error('gradient ' .. i .. ': ' .. why, 0) end
+              if e > rec.bwd then rec.bwd = e end
+            end
+          end
+        end
+      end
+    end
+  end)
+  if not ok then
+    rec.ok, rec.why = false, tostring(err)
+  else
+    rec.ok = rec.fwd <= rec.tol and (rec.bwd == nil or rec.bwd <= rec.tol * 4)
+    if not rec.ok then rec.why = 'error past ' .. rec.tol end
+  end
+  return rec
+end
+
+-- Every case and dtype: the list of records.
+function M.run_all(device, s)
+  local out = {}
+  for _, case in ipairs(M.cases) do
+    for _, dt in ipairs(case.dtypes) do out[#out + 1] = M.compare(case, dt, device, s) end
+  end
+  return out
+end
+
+-- The records as a table of lines (failures say why).
+function M.report(records)
+  local lines = { string.format('%-46s %-5s %10s %10s  %s', 'op', 'dtype', 'forward', 'backward', 'result') }
+  for _, r in ipairs(records) do
+    local function num(v) return v == nil and '-' or (v == 0 and '0' or string.format('%.1e', v)) end
+    lines[#lines + 1] = string.format('%-46s %-5s %10s %10s  %s', r.name:sub(1, 46), r.dtype, num(r.fwd), num(r.bwd),
+      r.ok and 'ok' or ('FAIL: ' .. tostring(r.why)))
+  end
+  return lines
+end
+
+return M

@@ -1,0 +1,149 @@
+-- Ops on a device, without a GPU: the op table of tests/gpu/op_table.lua
+-- (every op with device kernels, forward and backward, against the CPU)
+-- run on two backends registered as 'cuda':
+--  - the fake device (tests/plugin/fake_device.c), whose kernels are plain
+--    loops written from src/backend.h: it checks what liblumen sends a
+--    backend (strides, broadcasting, dtypes, outputs, autograd);
+--  - the CUDA backend's own kernel files run on the host
+--    (tests/plugin/cuda_emulated.cu, built where nvcc is): it checks the
+--    CUDA kernels' logic, the cuBLAS operand swap included.
+-- Then what dispatch itself promises: results and gradients stay on the
+-- device, inputs on two devices are refused with both named, ops without
+-- device kernels refuse as before, and a backend without the kernel
+-- entries makes the ops refuse rather than crash.
+local ffi = require 'ffi'
+local lumen = require 'lumen'
+local core = lumen.core
+local ops = require 'gpu.op_table'
+
+local dir = core.libpath:match('^(.*)/[^/]*$') or 'build'
+local function load(name, decls)
+  local path = dir .. '/tests/plugins/' .. name .. '.so'
+  local f = io.open(path, 'rb')
+  if not f then return nil end
+  f:close()
+  pcall(ffi.cdef, decls)
+  return ffi.load(path)
+end
+local fake = load('fake_device', [[
+  const lm_backend *lm_fake_backend(void);
+  const lm_backend *lm_fake_backend_no_kernels(void);
+  void lm_fake_kernel_counts(int64_t *out);
+]])
+local emulated = load('cuda_emulated', 'const lm_backend *lm_cuda_emulated_backend(void);')
+
+local function kernel_counts()
+  local c = ffi.new('int64_t[3]')
+  fake.lm_fake_kernel_counts(c)
+  return { elementwise = tonumber(c[0]), reduce = tonumber(c[1]), gemm = tonumber(c[2]) }
+end
+
+local function use(be, label, lib)
+  collectgarbage('collect')
+  lumen.cuda.reset()
+  lumen.cuda.use_backend(be, label, lib)
+end
+
+-- Runs the whole table; fails with the report's failing lines.
+local function table_passes(label)
+  local records = ops.run_all('cuda', 1)
+  local bad, lines = {}, ops.report(records)
+  for i, r in ipairs(records) do
+    if not r.ok then bad[#bad + 1] = lines[i + 1] end
+  end
+  if os.getenv('DEVICE_OPS_VERBOSE') then print('\n' .. label .. '\n' .. table.concat(lines, '\n')) end
+  assert.are.same({}, bad)
+  assert.is_true(#records > 100)
+end
+
+describe('ops on a device', function()
+  teardown(function()
+    collectgarbage('collect')
+    lumen.cuda.reset()
+  end)
+
+  if not fake then
+    pending('tests/plugins/fake_device.so is not built (make test builds it)')
+    return
+  end
+
+  it('agree with the CPU on the fake device, forward and backward', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    table_passes('fake device')
+  end)
+
+  if emulated then
+    it("agree with the CPU in the CUDA backend's own kernels (run on the host)", function()
+      use(emulated.lm_cuda_emulated_backend(), 'CUDA kernels emulated on the host', emulated)
+      table_passes('CUDA kernels emulated')
+    end)
+  else
+    pending('tests/plugins/cuda_emulated.so is not built (it needs nvcc)')
+  end
+
+  it("run on the device's kernels, and results and gradients stay there", function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local x = lumen.randn(4, 5):cuda():requires_grad_()
+    local w = lumen.randn(5, 3):cuda():requires_grad_()
+    local c0 = kernel_counts()
+    local y = (x:matmul(w):tanh() * 2):sum(1)
+    local c1 = kernel_counts()
+    assert.are.equal(1, c1.gemm - c0.gemm)
+    assert.are.equal(1, c1.reduce - c0.reduce)
+    assert.are.equal(2, c1.elementwise - c0.elementwise) -- tanh, * 2
+    assert.are.equal('cuda', y:device())
+    y:sum():backward()
+    assert.are.equal('cuda', x.grad:device())
+    assert.are.equal('cuda', w.grad:device())
+    assert.are.same({ 4, 5 }, x.grad:size())
+    -- a gradient given on the CPU goes to the tensor's device
+    local z = x * 3
+    z:backward(lumen.ones(4, 5))
+    assert.are.equal('cuda', x.grad:device())
+  end)
+
+  it('refuse inputs on two devices, naming both', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local a, b = lumen.randn(2, 3), lumen.randn(2, 3)
+    local d = b:cuda()
+    assert.has_error(function() return a + d end,
+      'lumen.add: inputs on cpu and cuda (first input on cpu, second input on cuda), expected one device (move them with :to())')
+    assert.has_error(function() return lumen.where(d:gt(0), a, d) end,
+      'lumen.where: inputs on cuda and cpu (condition on cuda, first input on cpu), expected one device (move them with :to())')
+    assert.has_error(function() return a:matmul(d:t()) end,
+      'lumen.matmul: inputs on cpu and cuda (operand 0 on cpu, operand 1 on cuda), expected one device (move them with :to())')
+    assert.has_error(function() return d:add_(a) end,
+      'lumen.add: inputs on cuda and cpu (first input on cuda, second input on cpu), expected one device (move them with :to())')
+    assert.has_error(function() return lumen.addmm(a:select(0, 0), d, d:t()) end,
+      'lumen.addmm: inputs on cuda and cpu (operand 0 on cuda, operand 2 on cpu), expected one device (move them with :to())')
+    -- a 0-d CPU tensor is a host value, a 0-d device tensor is not special
+    assert.are.equal('cuda', (d * lumen.tensor(2)):device())
+    assert.has_error(function() return a * lumen.tensor(2):cuda() end,
+      'lumen.mul: inputs on cpu and cuda (first input on cpu, second input on cuda), expected one device (move them with :to())')
+  end)
+
+  it('leave ops without device kernels refusing as before', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local d = lumen.randn(2, 3):cuda()
+    assert.has_error(function() return d:cumsum(0) end,
+      "lumen.cumsum: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+    assert.has_error(function() return require('lumen.nn').F.softmax(d, 1) end,
+      "lumen.softmax: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+  end)
+
+  it('refuse the device when its backend has no kernels', function()
+    collectgarbage('collect')
+    lumen.cuda.reset()
+    lumen.cuda.use_backend(fake.lm_fake_backend_no_kernels(), 'old fake device', fake)
+    local d = lumen.randn(2, 3):cuda() -- memory and copies still work
+    assert.are.same(d:cpu():totable(), d:totable())
+    local pattern = "the cuda backend (fake) has no %s kernel, so this op runs on the CPU only (move the tensors with :to('cpu'))"
+    assert.has_error(function() return d + d end, 'lumen.add: ' .. pattern:format('elementwise'))
+    assert.has_error(function() return d:sum() end, 'lumen.sum: ' .. pattern:format('reduce'))
+    assert.has_error(function() return d:matmul(d:t()) end, 'lumen.matmul: ' .. pattern:format('gemm'))
+    assert.has_error(function() return d:to('f64') end, 'lumen.to: ' .. pattern:format('elementwise'))
+    d:free()
+    collectgarbage('collect')
+    lumen.cuda.reset()
+  end)
+end)
