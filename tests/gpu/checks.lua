@@ -6,14 +6,19 @@
 --   --fake=PATH   use the fake device of tests/plugin/fake_device.c instead
 --                 of CUDA (checks the script itself on a machine without a GPU)
 --   --mb=N        size of the bandwidth transfers (default 256)
+--   --scale=N     size factor of the op table's tensors (default 8)
 --
 -- Present: discovery (devices, CUDA versions, cuBLAS and cuDNN), the bundle
 -- loading its own libraries, exact transfers of every dtype and layout,
--- strided read-back, autograd through transfers, modules moving, CPU ops
--- refusing device tensors, the device allocator (cache reuse, stats back
--- to baseline, empty_cache returning memory), transfer bandwidth.
--- To come with the kernels: the op table against the CPU, LeNet on both
--- devices, the bench workloads beside PyTorch (docs/ARCHITECTURE.md).
+-- strided read-back, autograd through transfers, modules moving, where ops
+-- run (results and gradients on the device, two devices refused, ops
+-- without device kernels refusing), the op table of tests/gpu/op_table.lua
+-- against the CPU (every op with device kernels, forward and backward,
+-- printed as a table), the device allocator (cache reuse, stats back to
+-- baseline, empty_cache returning memory), transfer bandwidth, kernel
+-- speed (elementwise and reduction bandwidth, GEMM throughput).
+-- To come with the other kernels: LeNet on both devices, the bench
+-- workloads beside PyTorch (docs/ARCHITECTURE.md).
 local opts = ...
 local ffi = require 'ffi'
 local lumen = require 'lumen'
@@ -55,8 +60,12 @@ end
 
 local function mib(b) return string.format('%.1f MiB', b / 2 ^ 20) end
 
+local here = (debug.getinfo(1, 'S').source:match('^@(.*)/[^/]*$')) or 'tests/gpu'
+local op_table = dofile(here .. '/op_table.lua')
+
 print('== lumen GPU checks ==')
 if opts.fake then
+  if opts.fake:sub(1, 1) ~= '/' then opts.fake = os.getenv('PWD') .. '/' .. opts.fake end
   pcall(ffi.cdef, 'const lm_backend *lm_fake_backend(void);')
   local fake = ffi.load(opts.fake)
   lumen.cuda.use_backend(fake.lm_fake_backend(), 'fake device (' .. opts.fake .. ')', fake)
@@ -150,13 +159,41 @@ else
     return 'x:cuda():cpu() backward, nn.Sequential to cuda and back'
   end)
 
-  check('CPU ops refuse device tensors', function()
-    local d = lumen.randn(2, 3):cuda()
-    local ok, e = pcall(function() local r = d + d; return r end)
-    assert(not ok and tostring(e):find('lumen.add: first input is on cuda; this op runs on the CPU only so far', 1, true),
-      'unexpected: ' .. tostring(e))
-    return tostring(e):match('lumen%.add: .*')
+  check('where ops run', function()
+    local x = lumen.randn(64, 32):cuda():requires_grad_()
+    local w = lumen.randn(32, 16):cuda():requires_grad_()
+    local y = (x:matmul(w):tanh() * 2):sum(1)
+    assert(y:device() == 'cuda', 'the result is on ' .. y:device())
+    y:sum():backward()
+    assert(x.grad:device() == 'cuda' and w.grad:device() == 'cuda', 'gradients are not on the device')
+    local a = lumen.randn(2, 3)
+    local ok, e = pcall(function() local r = a + a:cuda(); return r end)
+    assert(not ok and tostring(e):find('lumen.add: inputs on cpu and cuda', 1, true), 'two devices: ' .. tostring(e))
+    local ok2, e2 = pcall(function() local r = a:cuda():cumsum(0); return r end)
+    assert(not ok2 and tostring(e2):find('lumen.cumsum: input is on cuda; this op runs on the CPU only so far', 1, true),
+      'an op without device kernels: ' .. tostring(e2))
+    return 'results and gradients on cuda; ' .. tostring(e):match('lumen%.add: [^(]*') .. 'refused; cumsum refused'
   end)
+
+  -- every op with device kernels against the CPU, forward and backward
+  local op_lines
+  check('ops against the CPU', function()
+    local records = op_table.run_all('cuda', tonumber(opts.scale) or 8)
+    op_lines = op_table.report(records)
+    local bad, worst32, worst64 = {}, 0, 0
+    for _, r in ipairs(records) do
+      if not r.ok then bad[#bad + 1] = r.name .. ' ' .. r.dtype .. ': ' .. tostring(r.why) end
+      local e = math.max(r.fwd or 0, r.bwd or 0)
+      if r.dtype == 'f32' then worst32 = math.max(worst32, e) elseif r.dtype == 'f64' then worst64 = math.max(worst64, e) end
+    end
+    if #bad > 0 then error(#bad .. ' of ' .. #records .. ' cases differ: ' .. table.concat(bad, '; '), 0) end
+    return string.format('%d cases agree (largest error f32 %.1e, f64 %.1e; integers exact)', #records, worst32, worst64)
+  end)
+  if op_lines then
+    print('')
+    print(table.concat(op_lines, '\n'))
+    print('')
+  end
 
   -- 4. the allocator
   check('device allocator', function()
@@ -207,6 +244,32 @@ else
     local d2h = reps * mb / 1024 / (lumen.clock() - t0)
     d:free()
     return string.format('%d MiB f32: host to device %.1f GB/s, device to host %.1f GB/s', mb, h2d * 1.074, d2h * 1.074)
+  end)
+end
+
+-- 6. kernel speed: informative, warns only when a kernel fails to run
+if available then
+  check('kernel speed', function()
+    local function time(reps, fn)
+      fn()
+      lumen.cuda.synchronize()
+      local t0 = lumen.clock()
+      for _ = 1, reps do fn() end
+      lumen.cuda.synchronize()
+      return (lumen.clock() - t0) / reps
+    end
+    -- 16M floats (64 MiB) and 4096^2 GEMMs; small ones on the fake device
+    local n, k = opts.fake and 2 ^ 14 or 2 ^ 24, opts.fake and 64 or 4096
+    local a, b = lumen.randn(n):cuda(), lumen.randn(n):cuda()
+    local out = a:clone()
+    local t_add = time(10, function() out:add_(b) end) -- reads out and b, writes out
+    local t_sum = time(10, function() return a:sum() end)
+    local m = lumen.randn(k, k):cuda()
+    local t_mm = time(5, function() return m:matmul(m) end)
+    local m64 = m:to('f64')
+    local t_dmm = time(3, function() return m64:matmul(m64) end)
+    return string.format('add %.0f GB/s, sum %.0f GB/s, sgemm %d %.2f TFLOP/s, dgemm %.2f TFLOP/s',
+      3 * 4 * n / t_add / 1e9, 4 * n / t_sum / 1e9, k, 2 * k ^ 3 / t_mm / 1e12, 2 * k ^ 3 / t_dmm / 1e12)
   end)
 end
 

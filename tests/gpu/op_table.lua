@@ -14,8 +14,10 @@
 -- each float result times a fixed random tensor and runs backward on both,
 -- and compares results and input gradients: integers and bools exactly,
 -- floats by the largest |device - cpu| / (1 + |cpu|) against a threshold
--- per dtype (tol overrides: GEMMs add in another order, and f32 functions
--- of CUDA may differ from the CPU's by an ulp or two).
+-- per dtype of each result (f32 2e-6, f64 1e-13, 4 times that for
+-- gradients; f32 GEMMs and long sums (gemm=, loose=) 2e-5, as they add in
+-- another order; f32 functions of CUDA may differ from the CPU's by an
+-- ulp or two).
 local lumen = require 'lumen'
 local ffi = require 'ffi'
 
@@ -122,7 +124,7 @@ M.cases = {
   ew('sum over a transposed view (permuted copy)', function(x) return x:transpose(0, 2):sum { 0, 2 } end,
     function(s) return { { 4 * s, 3, 5 } } end),
   ew('sum of a long run (split into pieces)', function(x) return { x:sum(1), x:sum(0), x:mean() } end,
-    function(s) return { { 3, 700 * s } } end),
+    function(s) return { { 3, 700 * s } } end, F, true, { loose = true }),
   ew('mean', function(x) return { x:mean(), x:mean(0), x:mean(1, true) } end, function(s) return { { 4 * s, 6 } } end),
   ew('prod', function(x) return { x:prod(), x:prod(1) } end, function(s) return { { 3, 5 * s } } end),
   ew('max and min with indices', function(x)
@@ -140,7 +142,7 @@ M.cases = {
   end, function(s) return { { { 3, 90 * s }, ints = true }, { { 90 * s, 3 }, ints = true } } end,
     { 'f32', 'i32', 'u8' }, false),
   ew('var, std', function(x) return { x:var(), x:var(1), x:std(0, { correction = 0 }), x:std(1, { keepdim = true }) } end,
-    function(s) return { { 4 * s, 6 } } end),
+    function(s) return { { 4 * s, 6 } } end, F, true, { loose = true }),
   ew('norm p = 2, 1, 3, inf, 0', function(x) return { x:norm(), x:norm(1, 1), x:norm(3, 0), x:norm('inf', 1),
     x:norm(0, 1) } end, function(s) return { { 4 * s, 6 } } end, F, true, { grad_of = { 1, 2, 3, 4 } }),
   ew('all, any, count_nonzero', function(x) return { x:all(), x:any(1), x:count_nonzero(0), x:gt(0):all(1) } end,
@@ -234,7 +236,18 @@ end
 -- gradients, or nil), tol=, ok=, why= }.
 function M.compare(case, dtype, device, s)
   s = s or 1
-  local rec = { name = case.name, dtype = dtype, tol = (case.gemm and dtype == 'f32') and 2e-5 or M.thresholds[dtype] or 0 }
+  local rec = { name = case.name, dtype = dtype }
+  -- the threshold of a result by its own dtype (an integer case may give floats)
+  local function tol(t)
+    local dt = t:dtype()
+    if dt == 'f32' and (case.gemm or case.loose) then return 2e-5 end
+    return M.thresholds[dt] or 0
+  end
+  local worst = 0 -- error / threshold, the largest
+  local function note(e, t, scale)
+    local limit = tol(t) * (scale or 1)
+    worst = math.max(worst, limit > 0 and e / limit or (e > 0 and math.huge or 0))
+  end
   local ok, err = pcall(function()
     local cpu_in, dev_in = make_inputs(case, dtype, s), {}
     local grad = case.grad and (dtype == 'f32' or dtype == 'f64')
@@ -255,6 +268,7 @@ function M.compare(case, dtype, device, s)
       local e, why = M.error(rd[i], rc[i])
       if not e then error('result ' .. i .. ': ' .. why, 0) end
       if e > rec.fwd then rec.fwd = e end
+      note(e, rc[i])
     end
     if grad then
       -- sum of each chosen float result times a fixed random tensor
@@ -282,6 +296,7 @@ function M.compare(case, dtype, device, s)
               local e, why = M.error(gd, gc)
               if not e then error('gradient ' .. i .. ': ' .. why, 0) end
               if e > rec.bwd then rec.bwd = e end
+              note(e, gc, 4) -- gradients pass through more ops
             end
           end
         end
@@ -291,8 +306,8 @@ function M.compare(case, dtype, device, s)
   if not ok then
     rec.ok, rec.why = false, tostring(err)
   else
-    rec.ok = rec.fwd <= rec.tol and (rec.bwd == nil or rec.bwd <= rec.tol * 4)
-    if not rec.ok then rec.why = 'error past ' .. rec.tol end
+    rec.ok = worst <= 1
+    if not rec.ok then rec.why = string.format('error %.1f times the threshold', worst) end
   end
   return rec
 end
