@@ -9,9 +9,12 @@
 -- liblumen in use (or $LUMEN_CUDA_LIB), loaded on first use: lumen on a
 -- machine without it, the driver or a GPU runs on the CPU, and
 -- lumen.cuda.status().reason says why. Once loaded it registers its table
--- (src/backend.h) with liblumen, which then moves tensors and caches device
--- memory. The CUDA libraries it will need (cuBLAS, cuDNN) are found at run
--- time, not linked; see find_library below for where.
+-- (src/backend.h) with liblumen, which then moves tensors, caches device
+-- memory and sends the ops that have device kernels there. The CUDA
+-- libraries it needs (cuBLAS now, cuDNN later) are found at run time, not
+-- linked: find_library below looks for them when the backend registers and
+-- loads what it finds by full path, so that the backend's own dlopen of the
+-- soname (src/cuda/blas.cu) gets that copy.
 local ffi = require 'ffi'
 local core = require 'lumen.core'
 local C, ctx = core.C, core.ctx
@@ -89,11 +92,15 @@ local function load_cuda()
     return s
   end
   s.available = true
+  s.find_libraries = true -- M.cuda.libraries() runs once the state is kept (below)
   return s
 end
 
 local function state()
-  if not core.cuda_state then core.cuda_state = load_cuda() end
+  if not core.cuda_state then
+    core.cuda_state = load_cuda()
+    if core.cuda_state.find_libraries then pcall(M.cuda.libraries) end
+  end
   return core.cuda_state
 end
 
@@ -406,7 +413,8 @@ return function(lumen)
 
   -- to(dtype), to(device), to(device, dtype), to{device=, dtype=}, to(other
   -- tensor): a copy with that dtype and device (t itself when it has both).
-  -- Conversions happen on the CPU: before going to a device, after leaving it.
+  -- A conversion while moving happens on the CPU (before going to a device,
+  -- after leaving it); to(dtype) of a device tensor converts on the device.
   function Tensor.to(t, a, b)
     core.handle(t, 'to', 'tensor')
     local dtype, device
