@@ -157,14 +157,20 @@ function M.is_tensor(x) return ffi.istype(box_ct, x) end
 -- full collection to finalize dead boxes. The threshold grows with live
 -- memory, so big models do not collect on every step.
 local gc_threshold = 32 * 2 ^ 20
-local stats = ffi.new('lm_mem_stats')
+-- Out-structs filled by C are made fresh for each call: with one struct
+-- refilled by two calls in the same trace, LuaJIT 2.1.0-beta3 (Debian's)
+-- may hand back the first call's field for the second read (seen with
+-- core.info(a).ndim, core.info(b).ndim; tests/spec/core_spec.lua).
+local stats_ct = ffi.typeof('lm_mem_stats')
 local live_after_gc = 0
 local function pace_gc()
   if C.lm_mem_allocated_since(ctx, 0) < gc_threshold then return end
   C.lm_mem_allocated_since(ctx, 1)
+  local stats = stats_ct()
   C.lm_mem_get_stats(ctx, stats)
   if tonumber(stats.live_bytes) - live_after_gc < gc_threshold then return end
   collectgarbage('collect')
+  stats = stats_ct()
   C.lm_mem_get_stats(ctx, stats)
   live_after_gc = tonumber(stats.live_bytes)
   gc_threshold = math.max(32 * 2 ^ 20, live_after_gc / 2)
@@ -230,9 +236,11 @@ function Tensor.free(t)
   end
 end
 
-local info = ffi.new('lm_tensor_info')
--- Layout snapshot (shared struct: copy what you need before the next call).
+local info_ct = ffi.typeof('lm_tensor_info')
+-- Layout snapshot, a new struct each call (see stats_ct above for why one
+-- shared struct is not safe).
 function M.info(t)
+  local info = info_ct()
   C.lm_tensor_get_info(M.handle(t, 'info', 'tensor'), info)
   return info
 end
@@ -241,6 +249,7 @@ end
 -- reads values through pointers (printing, item, totable, writing files).
 function M.host(t)
   local h = M.handle(t, 'to', 'tensor')
+  local info = info_ct()
   C.lm_tensor_get_info(h, info)
   if info.device == C.LM_CPU then return t end
   return M.call(C.lm_to_device, h, C.LM_CPU, M.out1)

@@ -445,9 +445,9 @@ return function(lumen)
 
   -- memory([device]) -> {live, peak, cached, allocs, system_allocs}: bytes,
   -- and counts of allocations served and of those the cache could not serve
-  local stats = ffi.new('lm_mem_stats')
   function lumen.memory(device)
     local code = M.code(device or 'cpu', 'memory', 2)
+    local stats = ffi.new('lm_mem_stats') -- fresh: see core.lua's stats_ct
     C.lm_device_mem_stats(ctx, code, stats)
     return { live = tonumber(stats.live_bytes), peak = tonumber(stats.peak_bytes),
       cached = tonumber(stats.cached_bytes), allocs = tonumber(stats.total_allocs),

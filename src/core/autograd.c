@@ -259,6 +259,14 @@ static lm_status accumulate_leaf(lm_ctx *ctx, lm_tensor *leaf, lm_tensor *g) {
     return lm_err(ctx, LM_E_SHAPE, "backward: gradient %s %s for a leaf %s %s", LM_SHP(g, a),
                   lm_dtype_name(g->dtype), LM_SHP(leaf, b), lm_dtype_name(leaf->dtype));
   }
+  if (lm_device_of(g) != lm_device_of(leaf)) { /* a 0-d CPU leaf used as a host value by a device op */
+    lm_tensor *moved;
+    lm_status st = lm_to_device(ctx, g, lm_device_of(leaf), &moved);
+    if (st) return st;
+    st = accumulate_leaf(ctx, leaf, moved);
+    lm_tensor_release(moved);
+    return st;
+  }
   if (leaf->grad) return lm_binary(ctx, LM_OP_ADD, leaf->grad, g, leaf->grad, NULL);
   /* a gradient nobody else holds can be kept as it is */
   if (atomic_load(&g->refcount) == 1 && lm_is_contiguous(g) && atomic_load(&g->storage->refcount) == 1) {
@@ -271,6 +279,14 @@ static lm_status accumulate_leaf(lm_ctx *ctx, lm_tensor *leaf, lm_tensor *g) {
 
 /* Adds g into the slot of output nr of node n. */
 static lm_status accumulate_node(lm_ctx *ctx, lm_node *n, int32_t nr, lm_tensor *g) {
+  if (lm_device_of(g) != n->outs[nr].device) { /* a 0-d CPU tensor used as a host value by a device op */
+    lm_tensor *moved;
+    lm_status st = lm_to_device(ctx, g, n->outs[nr].device, &moved);
+    if (st) return st;
+    st = accumulate_node(ctx, n, nr, moved);
+    lm_tensor_release(moved);
+    return st;
+  }
   lm_tensor **slot = &n->grads[nr];
   if (!*slot) {
     lm_tensor_retain(g);
