@@ -65,7 +65,7 @@ $(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu) $(HEADERS)
 .SECONDEXPANSION:
 $(B)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) src/plugin.h src/lumen.h
 	@mkdir -p $(dir $@)
-	$(CC) $(PLUGIN_CFLAGS) -Iplugins/$* -o $@ $(wildcard plugins/$*/*.c)
+	$(CC) $(PLUGIN_CFLAGS) -Iplugins/$* -o $@ $(wildcard plugins/$*/*.c) -lm
 
 $(B)/tests/plugins/clip_relu.so: tests/plugin/clip_relu.c src/plugin.h src/lumen.h
 	@mkdir -p $(dir $@)
