@@ -23,7 +23,7 @@ DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev 
 # host table of src/plugin.h). The test plugins live in tests/plugin/.
 PLUGINS      := $(patsubst plugins/%/,$(B)/plugins/%.so,$(wildcard plugins/*/))
 TEST_PLUGINS := $(B)/tests/plugins/clip_relu.so $(B)/tests/plugins/clip_relu_abi99.so
-PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared
+PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared -g
 
 TARGETS := $(B)/liblumen.so $(B)/lumen $(PLUGINS)
 ifneq ($(NVCC),)
