@@ -23,7 +23,7 @@ DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev 
 # host table of src/plugin.h). The test plugins live in tests/plugin/.
 PLUGINS      := $(patsubst plugins/%/,$(B)/plugins/%.so,$(wildcard plugins/*/))
 TEST_PLUGINS := $(B)/tests/plugins/clip_relu.so $(B)/tests/plugins/clip_relu_abi99.so
-PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared -g
+PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared
 
 TARGETS := $(B)/liblumen.so $(B)/lumen $(PLUGINS)
 ifneq ($(NVCC),)
@@ -63,7 +63,7 @@ $(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu) $(HEADERS)
 	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker -rpath,$(CUDA_LIB)
 
 .SECONDEXPANSION:
-$(B)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) src/plugin.h src/lumen.h
+$(B)/plugins/%.so: $$(wildcard plugins/$$*/*.c plugins/$$*/*.h) src/plugin.h src/lumen.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -Iplugins/$* -o $@ $(wildcard plugins/$*/*.c) -lm
 

@@ -5,9 +5,12 @@
  *   crf_meanfield   logits B x K x S, image B x C x S (C may be 0), compat K x K,
  *                   weights (2: spatial, bilateral);
  *                   ndim, iterations, use_spatial, use_bilateral, normalize,
- *                   sigma_spatial_mm, sigma_bilateral_mm, spacing[ndim], sigma_int[C];
- *                   the logits after mean field, B x K x S (differentiable in
- *                   logits, compat and weights)
+ *                   probs_eps (> 0: input 0 holds probabilities P and the
+ *                   logits are log(max(P, eps))), out_probs (1: return the
+ *                   softmax), sigma_spatial_mm, sigma_bilateral_mm,
+ *                   spacing[ndim], sigma_int[C];
+ *                   the logits (or probabilities) after mean field, B x K x S
+ *                   (differentiable in input 0, compat and weights)
  *   crf_lattice_filter  features N x d (already divided by their sigmas), values N x V;
  *                   (none);
  *                   sum_j exp(-|fi - fj|^2 / 2) v_j on the permutohedral lattice,
@@ -38,6 +41,7 @@ void crf_free(const crf_env *e, void *p, size_t nbytes) {
 }
 
 lm_status crf_oom(const crf_env *e, const char *what, size_t nbytes) {
+  if (!e->ctx) return LM_E_OOM; /* a worker thread: the caller reports it */
   return e->host->set_error(e->ctx, LM_E_OOM, "%s: out of memory for %s (%.1f MB)", e->op, what, (double)nbytes / 1048576.0);
 }
 
@@ -133,12 +137,13 @@ static lm_status read_spacing(const crf_env *e, const double *params, int32_t nd
 
 /* ---- crf_meanfield ---- */
 
-enum { MF_NDIM, MF_ITERS, MF_USE_S, MF_USE_B, MF_NORMALIZE, MF_SIGMA_S, MF_SIGMA_B, MF_FIXED };
+enum { MF_NDIM, MF_ITERS, MF_USE_S, MF_USE_B, MF_NORMALIZE, MF_PROBS_EPS, MF_OUT_PROBS, MF_SIGMA_S, MF_SIGMA_B, MF_FIXED };
 
 typedef struct mf_args {
   lm_tensor_info li, ii, ci, wi;
-  crf_mf_problem p; /* the settings; compat, image and weights per call */
+  crf_mf_problem p; /* the settings; compat, weights and image per call */
   int32_t B;
+  double eps;       /* > 0: input 0 holds probabilities, the logits are log(max(P, eps)) */
 } mf_args;
 
 static lm_status mf_check(const crf_env *e, lm_tensor *const *in, const double *params, int32_t n_params, mf_args *a) {
@@ -149,7 +154,7 @@ static lm_status mf_check(const crf_env *e, lm_tensor *const *in, const double *
       (st = check_float(e, in[2], "compat", &a->ci)) || (st = check_float(e, in[3], "weights", &a->wi)))
     return st;
   if (n_params < MF_FIXED)
-    return e->host->set_error(e->ctx, LM_E_ARG, "%s: expected at least %d params (ndim, iterations, use_spatial, use_bilateral, normalize, sigma_spatial_mm, sigma_bilateral_mm, spacing..., sigma_int...), got %d",
+    return e->host->set_error(e->ctx, LM_E_ARG, "%s: expected at least %d params (ndim, iterations, use_spatial, use_bilateral, normalize, probs_eps, out_probs, sigma_spatial_mm, sigma_bilateral_mm, spacing..., sigma_int...), got %d",
                               e->op, MF_FIXED, (int)n_params);
   crf_mf_problem *p = &a->p;
   if (!is_int(params[MF_NDIM], 1, CRF_MAX_DIMS))
@@ -186,6 +191,10 @@ static lm_status mf_check(const crf_env *e, lm_tensor *const *in, const double *
   p->use_smooth = params[MF_USE_S] != 0;
   p->use_bilateral = params[MF_USE_B] != 0;
   p->normalize = params[MF_NORMALIZE] != 0;
+  p->out_probs = params[MF_OUT_PROBS] != 0;
+  a->eps = params[MF_PROBS_EPS];
+  if (!(a->eps >= 0 && a->eps < 1))
+    return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs_eps is %g, expected 0 (the input is logits) or a number in (0, 1)", e->op, a->eps);
   p->sigma_smooth = params[MF_SIGMA_S];
   p->sigma_bil = params[MF_SIGMA_B];
   if (p->use_smooth && (!(p->sigma_smooth > 0) || !isfinite(p->sigma_smooth)))
@@ -204,42 +213,96 @@ static lm_status mf_check(const crf_env *e, lm_tensor *const *in, const double *
   return LM_OK;
 }
 
-/* What one call needs in doubles: logits, image, compat and weights. */
+/* The inputs of one call, contiguous, and per-volume buffers in f64. */
 typedef struct mf_data {
-  double *A, *I, *mu, w[2];
-  size_t a_bytes, i_bytes, mu_bytes;
+  lm_tensor *lc, *ic;       /* contiguous logits (or probs) and image */
+  lm_tensor_info lci, ici;
+  double *A, *I, *Z, *mu, w[2];
+  size_t kn_bytes, cn_bytes, mu_bytes;
 } mf_data;
 
 static void mf_data_free(const crf_env *e, mf_data *d) {
-  crf_free(e, d->A, d->a_bytes);
-  crf_free(e, d->I, d->i_bytes);
+  if (d->lc) e->host->tensor_release(d->lc);
+  if (d->ic) e->host->tensor_release(d->ic);
+  crf_free(e, d->A, d->kn_bytes);
+  crf_free(e, d->Z, d->kn_bytes);
+  crf_free(e, d->I, d->cn_bytes);
   crf_free(e, d->mu, d->mu_bytes);
+}
+
+static double value_at(const lm_tensor_info *t, int64_t i) {
+  return t->dtype == LM_F64 ? ((const double *)t->data)[i] : (double)((const float *)t->data)[i];
 }
 
 static lm_status mf_data_load(const crf_env *e, lm_tensor *const *in, mf_args *a, mf_data *d) {
   memset(d, 0, sizeof *d);
-  d->a_bytes = (size_t)a->li.numel * sizeof(double);
-  d->i_bytes = (size_t)a->ii.numel * sizeof(double);
+  const int64_t N = a->p.g.n;
+  d->kn_bytes = (size_t)(a->p.K * N) * sizeof(double);
+  d->cn_bytes = (size_t)(a->p.C * N) * sizeof(double);
   d->mu_bytes = (size_t)a->ci.numel * sizeof(double);
-  d->A = crf_alloc(e, d->a_bytes);
-  d->I = crf_alloc(e, d->i_bytes);
+  d->A = crf_alloc(e, d->kn_bytes);
+  d->Z = crf_alloc(e, d->kn_bytes);
+  d->I = crf_alloc(e, d->cn_bytes);
   d->mu = crf_alloc(e, d->mu_bytes);
-  if (!d->A || !d->I || !d->mu) return crf_oom(e, "the inputs in f64", d->a_bytes + d->i_bytes);
+  if (!d->A || !d->Z || !d->I || !d->mu) return crf_oom(e, "the volumes in f64", 2 * d->kn_bytes + d->cn_bytes);
   lm_status st;
-  if ((st = read_doubles(e, in[0], d->A)) || (st = read_doubles(e, in[1], d->I)) || (st = read_doubles(e, in[2], d->mu)) ||
-      (st = read_doubles(e, in[3], d->w)))
-    return st;
-  for (int64_t i = 0; i < a->li.numel; i++)
-    if (!isfinite(d->A[i])) return e->host->set_error(e->ctx, LM_E_ARG, "%s: logits hold %g at flat index %lld, expected finite values", e->op, d->A[i], (long long)i);
-  for (int64_t i = 0; i < a->ii.numel; i++)
-    if (!isfinite(d->I[i])) return e->host->set_error(e->ctx, LM_E_ARG, "%s: the image holds %g at flat index %lld, expected finite values", e->op, d->I[i], (long long)i);
+  if ((st = e->host->tensor_contiguous(e->ctx, in[0], &d->lc)) || (st = e->host->tensor_contiguous(e->ctx, in[1], &d->ic))) return st;
+  e->host->tensor_info(d->lc, &d->lci);
+  e->host->tensor_info(d->ic, &d->ici);
+  if ((st = read_doubles(e, in[2], d->mu)) || (st = read_doubles(e, in[3], d->w))) return st;
   for (int64_t i = 0; i < a->ci.numel; i++)
     if (!isfinite(d->mu[i])) return e->host->set_error(e->ctx, LM_E_ARG, "%s: compat holds %g, expected finite values", e->op, d->mu[i]);
-  if (!isfinite(d->w[0]) || !isfinite(d->w[1])) return e->host->set_error(e->ctx, LM_E_ARG, "%s: the kernel weights are %g and %g, expected finite values", e->op, d->w[0], d->w[1]);
+  if (!isfinite(d->w[0]) || !isfinite(d->w[1]))
+    return e->host->set_error(e->ctx, LM_E_ARG, "%s: the kernel weights are %g and %g, expected finite values", e->op, d->w[0], d->w[1]);
   a->p.compat = d->mu;
   a->p.w_smooth = d->w[0];
   a->p.w_bil = d->w[1];
+  a->p.image = d->I;
   return LM_OK;
+}
+
+/* Volume b's logits into d->A (from probabilities when eps > 0, checking
+   they are probabilities) and its image into d->I. */
+static lm_status mf_load_volume(const crf_env *e, const mf_args *a, mf_data *d, int32_t b) {
+  const int32_t K = a->p.K;
+  const int64_t N = a->p.g.n, base = (int64_t)b * K * N;
+  for (int64_t i = 0; i < K * N; i++) {
+    double v = value_at(&d->lci, base + i);
+    if (a->eps > 0) {
+      if (isnan(v))
+        return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: NaN at flat index %lld", e->op, (long long)(base + i));
+      if (!(v >= -1e-4 && v <= 1 + 1e-4))
+        return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: %g at flat index %lld (expected 0 to 1; pass softmax outputs, not logits)",
+                                  e->op, v, (long long)(base + i));
+      v = log(v > a->eps ? v : a->eps);
+    } else if (!isfinite(v)) {
+      return e->host->set_error(e->ctx, LM_E_ARG, "%s: logits hold %g at flat index %lld, expected finite values", e->op, v, (long long)(base + i));
+    }
+    d->A[i] = v;
+  }
+  if (a->eps > 0) {
+    for (int64_t i = 0; i < N; i++) {
+      double s = 0;
+      for (int32_t k = 0; k < K; k++) s += value_at(&d->lci, base + k * N + i);
+      if (fabs(s - 1) > 1e-3)
+        return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: they sum to %g over the %d labels at voxel %lld of volume %d, expected 1",
+                                  e->op, s, (int)K, (long long)i, (int)b);
+    }
+  }
+  const int64_t cbase = (int64_t)b * a->p.C * N;
+  for (int64_t i = 0; i < a->p.C * N; i++) {
+    double v = value_at(&d->ici, cbase + i);
+    if (!isfinite(v))
+      return e->host->set_error(e->ctx, LM_E_ARG, "%s: the image holds %g at flat index %lld, expected finite values", e->op, v, (long long)(cbase + i));
+    d->I[i] = v;
+  }
+  return LM_OK;
+}
+
+static void store(const lm_tensor_info *t, int64_t base, const double *src, int64_t n) {
+  if (t->dtype == LM_F64) memcpy((double *)t->data + base, src, (size_t)n * sizeof(double));
+  else
+    for (int64_t i = 0; i < n; i++) ((float *)t->data)[base + i] = (float)src[i];
 }
 
 static lm_status mf_forward(const lm_host_api *host, lm_ctx *ctx, lm_tensor *const *in, const double *params, int32_t n_params, lm_tensor **out) {
@@ -247,28 +310,28 @@ static lm_status mf_forward(const lm_host_api *host, lm_ctx *ctx, lm_tensor *con
   mf_args a;
   mf_data d;
   memset(&d, 0, sizeof d);
-  double *Z = NULL;
+  lm_tensor *y = NULL;
   lm_status st = mf_check(&e, in, params, n_params, &a);
   if (st) return st;
   if ((st = mf_data_load(&e, in, &a, &d))) goto done;
-  Z = crf_alloc(&e, d.a_bytes);
-  if (!Z) {
-    st = crf_oom(&e, "the output", d.a_bytes);
-    goto done;
-  }
-  const int64_t kn = (int64_t)a.p.K * a.p.g.n, cn = (int64_t)a.p.C * a.p.g.n;
+  if ((st = host->tensor_empty(ctx, a.li.dtype, a.li.ndim, a.li.shape, &y))) goto done;
+  lm_tensor_info yi;
+  host->tensor_info(y, &yi);
+  const int64_t kn = (int64_t)a.p.K * a.p.g.n;
   for (int32_t b = 0; b < a.B; b++) {
+    if ((st = mf_load_volume(&e, &a, &d, b))) goto done;
     crf_mf_problem p = a.p;
-    p.image = d.I + b * cn;
     if ((st = crf_mf_prepare(&e, &p))) goto done;
-    st = crf_mf_forward(&e, &p, d.A + b * kn, Z + b * kn, NULL);
+    st = crf_mf_forward(&e, &p, d.A, d.Z, NULL);
     crf_mf_release(&e, &p);
     if (st) goto done;
+    store(&yi, b * kn, d.Z, kn);
   }
-  st = write_tensor(&e, a.li.dtype, a.li.ndim, a.li.shape, Z, &out[0]);
+  out[0] = y;
+  y = NULL;
 done:
+  if (y) host->tensor_release(y);
   mf_data_free(&e, &d);
-  crf_free(&e, Z, d.a_bytes);
   return st;
 }
 
@@ -279,8 +342,8 @@ static lm_status mf_backward(const lm_host_api *host, lm_ctx *ctx, lm_tensor *co
   mf_args a;
   mf_data d;
   memset(&d, 0, sizeof d);
-  double *G = NULL, *gA = NULL, gmu_w[2] = { 0, 0 }, *gmu = NULL;
-  lm_tensor *ga_t = NULL, *gmu_t = NULL, *gw_t = NULL;
+  double *G = NULL, *gA = NULL, gw[2] = { 0, 0 }, *gmu = NULL;
+  lm_tensor *gc = NULL, *ga_t = NULL, *gmu_t = NULL, *gw_t = NULL;
   lm_tensor_info gi;
   char s1[96], s2[96];
   lm_status st = mf_check(&e, in, params, n_params, &a);
@@ -291,39 +354,51 @@ static lm_status mf_backward(const lm_host_api *host, lm_ctx *ctx, lm_tensor *co
   if (gi.ndim != a.li.ndim || memcmp(gi.shape, a.li.shape, (size_t)gi.ndim * sizeof gi.shape[0]) != 0)
     return host->set_error(ctx, LM_E_SHAPE, "%s: the output gradient is %s, expected %s like the logits", e.op, s1, s2);
   if ((st = mf_data_load(&e, in, &a, &d))) goto done;
-  G = crf_alloc(&e, d.a_bytes);
-  gA = crf_alloc(&e, d.a_bytes);
+  G = crf_alloc(&e, d.kn_bytes);
+  gA = crf_alloc(&e, d.kn_bytes);
   gmu = crf_alloc(&e, d.mu_bytes);
   if (!G || !gA || !gmu) {
-    st = crf_oom(&e, "the gradients", 2 * d.a_bytes);
+    st = crf_oom(&e, "the gradients", 2 * d.kn_bytes);
     goto done;
   }
-  if ((st = read_doubles(&e, grad_out[0], G))) goto done;
   memset(gmu, 0, d.mu_bytes);
-  const int64_t kn = (int64_t)a.p.K * a.p.g.n, cn = (int64_t)a.p.C * a.p.g.n;
+  if ((st = host->tensor_contiguous(ctx, grad_out[0], &gc))) goto done;
+  lm_tensor_info gci;
+  host->tensor_info(gc, &gci);
+  if ((st = host->tensor_empty(ctx, a.li.dtype, a.li.ndim, a.li.shape, &ga_t))) goto done;
+  lm_tensor_info gai;
+  host->tensor_info(ga_t, &gai);
+  const int64_t kn = (int64_t)a.p.K * a.p.g.n;
   for (int32_t b = 0; b < a.B; b++) {
+    if ((st = mf_load_volume(&e, &a, &d, b))) goto done;
+    for (int64_t i = 0; i < kn; i++) G[i] = value_at(&gci, b * kn + i);
     crf_mf_problem p = a.p;
-    p.image = d.I + b * cn;
     if ((st = crf_mf_prepare(&e, &p))) goto done;
-    st = crf_mf_backward(&e, &p, d.A + b * kn, G + b * kn, gA + b * kn, gmu, gmu_w);
+    st = crf_mf_backward(&e, &p, d.A, G, gA, gmu, gw);
     crf_mf_release(&e, &p);
     if (st) goto done;
+    if (a.eps > 0) /* A = log(max(P, eps)) */
+      for (int64_t i = 0; i < kn; i++) {
+        double pv = value_at(&d.lci, b * kn + i);
+        gA[i] = pv > a.eps ? gA[i] / pv : 0;
+      }
+    store(&gai, b * kn, gA, kn);
   }
-  if ((st = write_tensor(&e, a.li.dtype, a.li.ndim, a.li.shape, gA, &ga_t))) goto done;
   if ((st = write_tensor(&e, a.ci.dtype, a.ci.ndim, a.ci.shape, gmu, &gmu_t))) goto done;
-  if ((st = write_tensor(&e, a.wi.dtype, a.wi.ndim, a.wi.shape, gmu_w, &gw_t))) goto done;
+  if ((st = write_tensor(&e, a.wi.dtype, a.wi.ndim, a.wi.shape, gw, &gw_t))) goto done;
   grad_in[0] = ga_t;
   grad_in[1] = NULL; /* no gradient for the image (it only shapes the kernel) */
   grad_in[2] = gmu_t;
   grad_in[3] = gw_t;
   ga_t = gmu_t = gw_t = NULL;
 done:
+  if (gc) host->tensor_release(gc);
   if (ga_t) host->tensor_release(ga_t);
   if (gmu_t) host->tensor_release(gmu_t);
   if (gw_t) host->tensor_release(gw_t);
   mf_data_free(&e, &d);
-  crf_free(&e, G, d.a_bytes);
-  crf_free(&e, gA, d.a_bytes);
+  crf_free(&e, G, d.kn_bytes);
+  crf_free(&e, gA, d.kn_bytes);
   crf_free(&e, gmu, d.mu_bytes);
   return st;
 }
@@ -389,7 +464,7 @@ static lm_status lf_run(const crf_env *e, lm_tensor *feat, lm_tensor *vals, cons
     for (int32_t c = 0; c < a->nv; c++) T[c * a->n + i] = V[i * a->nv + c];
   for (int32_t c0 = 0; c0 < a->nv && a->n > 0; c0 += CRF_MAX_LABELS) {
     int32_t cn = a->nv - c0 < CRF_MAX_LABELS ? a->nv - c0 : CRF_MAX_LABELS;
-    if ((st = crf_lattice_filter(e, &L, T + c0 * a->n, a->n, V + c0 * a->n, a->n, cn, 1.0, 0, reverse))) goto done;
+    if ((st = crf_lattice_filter(e, &L, T + c0 * a->n, a->n, V + c0 * a->n, a->n, cn, 1.0, 0, reverse, NULL, NULL))) goto done;
   }
   for (int64_t i = 0; i < a->n; i++)
     for (int32_t c = 0; c < a->nv; c++) O[i * a->nv + c] = V[c * a->n + i];

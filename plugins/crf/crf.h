@@ -15,7 +15,17 @@
 #define CRF_MAX_FEATURES 16 /* lattice feature dims: 3 positions + 13 channels */
 #define CRF_MAX_LABELS 256
 
-/* The host and context of the call in progress, passed to every helper. */
+/* Hot loops get an AVX2+FMA clone picked at load time, as liblumen's
+   LM_CLONES (src/core/internal.h). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define CRF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("O3", "fp-contract=fast")))
+#else
+#define CRF_CLONES
+#endif
+
+/* The host and context of the call in progress, passed to every helper
+   (ctx NULL on worker threads: helpers then return codes and set no
+   message). */
 typedef struct crf_env {
   const lm_host_api *host;
   lm_ctx *ctx;
@@ -47,11 +57,13 @@ typedef struct crf_lattice {
 
 lm_status crf_lattice_build(const crf_env *e, int64_t n, int32_t d, crf_feature_fn feature, const void *arg, crf_lattice *L);
 void crf_lattice_free(const crf_env *e, crf_lattice *L);
-/* out[c*ostride + i] (+)= scale * sum_j k(fi, fj) in[c*istride + j] for c <
-   nv, approximately (Adams et al. 2010). reverse blurs the lattice axes in
-   the opposite order, which gives the transpose of the filter. */
+/* out[c*ostride + i] (+)= scale * os_i * sum_j k(fi, fj) is_j in[c*istride + j]
+   for c < nv, approximately (Adams et al. 2010), with the per-point scales
+   os = out_scale and is = in_scale (NULL: 1). reverse blurs the lattice
+   axes in the opposite order, which gives the transpose of the filter. */
 lm_status crf_lattice_filter(const crf_env *e, const crf_lattice *L, const double *in, int64_t istride, double *out,
-                             int64_t ostride, int32_t nv, double scale, int accumulate, int reverse);
+                             int64_t ostride, int32_t nv, double scale, int accumulate, int reverse, const float *in_scale,
+                             const float *out_scale);
 
 /* ---- separable Gaussian on the voxel grid (meanfield.c) ---- */
 

@@ -177,8 +177,9 @@ local function spacing_of(op, spacing, ndim, suggested)
   return spacing
 end
 
--- Checks that P holds probabilities over its first dim.
-local function check_probs(op, P, what)
+-- Checks that P holds probabilities over its first dim (shape_only: the
+-- values are left to the caller).
+local function check_probs(op, P, what, shape_only)
   what = what or 'probs'
   if not lumen.is_tensor(P) then fail(op, '%s must be a tensor, got %s', what, type(P)) end
   if not is_float(P) then fail(op, '%s must be f32 or f64, got %s', what, P:dtype()) end
@@ -186,6 +187,7 @@ local function check_probs(op, P, what)
     fail(op, '%s are %s, expected labels x spatial (2-D: K x H x W, 3-D: K x D x H x W)', what, shape_str(P))
   end
   if P:size(0) < 2 then fail(op, '%s have %d label(s), expected at least 2 along the first dim', what, P:size(0)) end
+  if shape_only then return end
   local lo, hi = P:min():item(), P:max():item()
   if lo ~= lo or hi ~= hi then fail(op, '%s are not probabilities: they hold NaN', what) end
   if lo < -1e-4 or hi > 1 + 1e-4 then
@@ -261,9 +263,10 @@ local DEFAULTS = {
   bilateral = { sigma_mm = 10, sigma_int = 1, weight = 3 },
 }
 
--- The params of crf_meanfield.
-local function mf_params(ndim, iters, ks, normalize, spacing)
-  local p = { ndim, iters, ks.use_s, ks.use_b, normalize, ks.sigma_s, ks.sigma_b }
+-- The params of crf_meanfield: eps > 0 when the input is probabilities,
+-- probs to return probabilities.
+local function mf_params(ndim, iters, ks, normalize, spacing, eps, probs)
+  local p = { ndim, iters, ks.use_s, ks.use_b, normalize, eps or 0, probs or false, ks.sigma_s, ks.sigma_b }
   for a = 1, ndim do p[#p + 1] = spacing[a] end
   for _, v in ipairs(ks.sigma_int) do p[#p + 1] = v end
   return p
@@ -276,7 +279,7 @@ crf.dense = public('dense', function(opts)
   options(op, opts, DENSE_OPTS)
   local P = opts.probs
   if P == nil then fail(op, 'probs is required (labels x spatial probabilities)') end
-  check_probs(op, P)
+  check_probs(op, P, 'probs', true) -- the values are checked in C, on the way in
   local K, ndim = P:size(0), P:dim() - 1
   local spatial = spatial_size(P, 1)
   local img, suggested = channels(op, opts.image, spatial)
@@ -289,11 +292,10 @@ crf.dense = public('dense', function(opts)
   local eps = number(op, 'eps', opts.eps, 1e-6)
   if eps <= 0 or eps >= 1 then fail(op, 'eps is %s, expected a number between 0 and 1', tostring(eps)) end
   local mu = compat_of(op, opts.compat, K, P:dtype())
-  local logits = lumen.log(lumen.clamp(P, eps, 1)):unsqueeze(0)
   local image = img and img:unsqueeze(0) or lumen.zeros({ 1, 0, unpack(spatial) }, P:dtype())
   local weights = lumen.tensor({ ks.w_s, ks.w_b }, 'f64')
-  local Z = ops().crf_meanfield(logits, image, mu, weights, mf_params(ndim, iters, ks, normalize, spacing))
-  return nn.F.softmax(Z, 1):select(0, 0)
+  local R = ops().crf_meanfield(P:unsqueeze(0), image, mu, weights, mf_params(ndim, iters, ks, normalize, spacing, eps, true))
+  return R:select(0, 0)
 end)
 
 local MF_OPTS = { 'spacing', 'smooth', 'bilateral', 'iterations', 'compat', 'weights', 'normalize' }

@@ -33,12 +33,12 @@
 typedef struct hash_table {
   int32_t d;
   int64_t cap;     /* slots, a power of two */
-  int32_t *slot;   /* vertex index, -1 when empty */
+  uint64_t *slot;  /* vertex index + 1 in the low 32 bits (0: empty), hash bits above */
   int32_t *keys;   /* m x d */
   int64_t m, keys_cap;
 } hash_table;
 
-static uint64_t hash_key(const int32_t *k, int32_t d) {
+static inline uint64_t hash_key(const int32_t *k, int32_t d) {
   uint64_t h = 0x9E3779B97F4A7C15ull;
   for (int32_t i = 0; i < d; i++) {
     h ^= (uint32_t)k[i];
@@ -46,6 +46,12 @@ static uint64_t hash_key(const int32_t *k, int32_t d) {
     h ^= h >> 29;
   }
   return h;
+}
+
+static inline int same_key(const int32_t *a, const int32_t *b, int32_t d) {
+  for (int32_t i = 0; i < d; i++)
+    if (a[i] != b[i]) return 0;
+  return 1;
 }
 
 static lm_status table_init(const crf_env *e, hash_table *t, int32_t d, int64_t expect) {
@@ -57,35 +63,45 @@ static lm_status table_init(const crf_env *e, hash_table *t, int32_t d, int64_t 
   t->slot = crf_alloc(e, (size_t)t->cap * sizeof *t->slot);
   t->keys = crf_alloc(e, (size_t)t->keys_cap * (size_t)d * sizeof *t->keys);
   if (!t->slot || !t->keys) return crf_oom(e, "the lattice hash table", (size_t)t->cap * (sizeof *t->slot + (size_t)d * 2));
-  memset(t->slot, 0xff, (size_t)t->cap * sizeof *t->slot);
+  memset(t->slot, 0, (size_t)t->cap * sizeof *t->slot);
   return LM_OK;
 }
 
 static void table_free(const crf_env *e, hash_table *t) {
+  if (!t->slot && !t->keys) return;
   crf_free(e, t->slot, (size_t)t->cap * sizeof *t->slot);
   crf_free(e, t->keys, (size_t)t->keys_cap * (size_t)t->d * sizeof *t->keys);
   t->slot = NULL;
   t->keys = NULL;
 }
 
-/* The slot of key: its vertex, or the empty slot where it would go. */
-static int64_t table_probe(const hash_table *t, const int32_t *key) {
-  int64_t mask = t->cap - 1, s = (int64_t)(hash_key(key, t->d) & (uint64_t)mask);
+/* The slot of key (hash h): its vertex, or the empty slot where it would
+   go. The hash bits kept in each slot spare most key comparisons. */
+static inline int64_t table_probe(const hash_table *t, const int32_t *key, uint64_t h) {
+  const int64_t mask = t->cap - 1;
+  const uint64_t tag = h & ~0xffffffffull;
+  int64_t s = (int64_t)((h >> 7) & (uint64_t)mask);
   for (;;) {
-    int32_t v = t->slot[s];
-    if (v < 0 || memcmp(t->keys + (int64_t)v * t->d, key, (size_t)t->d * sizeof *key) == 0) return s;
+    uint64_t e = t->slot[s];
+    if (e == 0) return s;
+    if ((e & ~0xffffffffull) == tag && same_key(t->keys + (int64_t)((uint32_t)e - 1) * t->d, key, t->d)) return s;
     s = (s + 1) & mask;
   }
 }
 
-static int32_t table_find(const hash_table *t, const int32_t *key) { return t->slot[table_probe(t, key)]; }
+static inline int32_t slot_vertex(uint64_t e) { return (int32_t)(uint32_t)e - 1; }
+
+static int32_t table_find(const hash_table *t, const int32_t *key) {
+  return slot_vertex(t->slot[table_probe(t, key, hash_key(key, t->d))]);
+}
 
 /* Doubles the slots when half full, and the key store when full. */
 static lm_status table_grow(const crf_env *e, hash_table *t) {
-  if (t->m >= INT32_MAX - 1) return e->host->set_error(e->ctx, LM_E_UNSUPPORTED, "%s: the lattice has over 2^31 vertices", e->op);
+  if (t->m >= INT32_MAX - 1)
+    return e->ctx ? e->host->set_error(e->ctx, LM_E_UNSUPPORTED, "%s: the lattice has over 2^31 vertices", e->op) : LM_E_UNSUPPORTED;
   if (t->m < t->keys_cap && 2 * t->m < t->cap) return LM_OK;
   int64_t cap = t->cap * 2, keys_cap = cap / 2;
-  int32_t *slot = crf_alloc(e, (size_t)cap * sizeof *slot);
+  uint64_t *slot = crf_alloc(e, (size_t)cap * sizeof *slot);
   int32_t *keys = crf_alloc(e, (size_t)keys_cap * (size_t)t->d * sizeof *keys);
   if (!slot || !keys) {
     crf_free(e, slot, (size_t)cap * sizeof *slot);
@@ -95,24 +111,31 @@ static lm_status table_grow(const crf_env *e, hash_table *t) {
   memcpy(keys, t->keys, (size_t)t->m * (size_t)t->d * sizeof *keys);
   crf_free(e, t->keys, (size_t)t->keys_cap * (size_t)t->d * sizeof *t->keys);
   crf_free(e, t->slot, (size_t)t->cap * sizeof *t->slot);
-  memset(slot, 0xff, (size_t)cap * sizeof *slot);
+  memset(slot, 0, (size_t)cap * sizeof *slot);
   t->slot = slot;
   t->keys = keys;
   t->cap = cap;
   t->keys_cap = keys_cap;
-  for (int64_t v = 0; v < t->m; v++) t->slot[table_probe(t, t->keys + v * t->d)] = (int32_t)v;
+  for (int64_t v = 0; v < t->m; v++) {
+    const int32_t *k = t->keys + v * t->d;
+    uint64_t h = hash_key(k, t->d);
+    t->slot[table_probe(t, k, h)] = (h & ~0xffffffffull) | (uint64_t)(v + 1);
+  }
   return LM_OK;
 }
 
-/* The vertex of key, added when new; -1 with the error set when out of memory. */
-static int32_t table_insert(const crf_env *e, hash_table *t, const int32_t *key, lm_status *st) {
-  int64_t s = table_probe(t, key);
-  if (t->slot[s] >= 0) return t->slot[s];
-  if ((*st = table_grow(e, t))) return -1;
-  s = table_probe(t, key); /* the table may have been rebuilt */
+/* The vertex of key, added when new; -1 with *st set when out of memory. */
+static inline int32_t table_insert(const crf_env *e, hash_table *t, const int32_t *key, lm_status *st) {
+  uint64_t h = hash_key(key, t->d);
+  int64_t s = table_probe(t, key, h);
+  if (t->slot[s]) return slot_vertex(t->slot[s]);
+  if (t->m >= t->keys_cap || 2 * t->m >= t->cap) {
+    if ((*st = table_grow(e, t))) return -1;
+    s = table_probe(t, key, h); /* the table was rebuilt */
+  }
   int32_t v = (int32_t)t->m++;
   memcpy(t->keys + (int64_t)v * t->d, key, (size_t)t->d * sizeof *key);
-  t->slot[s] = v;
+  t->slot[s] = (h & ~0xffffffffull) | (uint64_t)(v + 1);
   return v;
 }
 
@@ -122,7 +145,7 @@ static int32_t table_insert(const crf_env *e, hash_table *t, const int32_t *key,
    r-d-1) with d+1-r leading r's; the simplex holding x is a translate of a
    permutation of it, found from the nearest point of remainder 0 and the
    order of x's differences from it (Adams et al., section 3.1). */
-static void enclosing_simplex(const double *x, int32_t d, int32_t *keys, double *b) {
+static inline __attribute__((always_inline)) void enclosing_simplex(const double *x, int32_t d, int32_t *keys, double *b) {
   const int32_t d1 = d + 1;
   int32_t rem0[CRF_MAX_FEATURES + 1], rank[CRF_MAX_FEATURES + 1];
   double diff[CRF_MAX_FEATURES + 1];
@@ -162,30 +185,36 @@ static void enclosing_simplex(const double *x, int32_t d, int32_t *keys, double 
       }
     }
   }
-  double bb[CRF_MAX_FEATURES + 2];
-  for (int32_t r = 0; r <= d1; r++) bb[r] = 0;
-  for (int32_t j = 0; j < d1; j++) {
-    double delta = (x[j] - rem0[j]) / d1;
-    bb[d - rank[j]] += delta;
-    bb[d1 - rank[j]] -= delta;
-  }
-  bb[0] += 1.0 + bb[d1];
-  for (int32_t r = 0; r < d1; r++) {
-    b[r] = bb[r];
+  /* Barycentric weights from the differences sorted in decreasing order,
+     y_0 >= ... >= y_d (y at position d - rank): b_r = y_r - y_(r-1) for
+     r >= 1, and b_0 = 1 + y_0 - y_d (Adams et al., section 3.1). */
+  double y[CRF_MAX_FEATURES + 1];
+  for (int32_t j = 0; j < d1; j++) y[d - rank[j]] = (x[j] - rem0[j]) / d1; /* ranks are a permutation: all set */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+  b[0] = 1.0 + y[0] - y[d];
+  for (int32_t r = 1; r < d1; r++) b[r] = y[r] - y[r - 1];
+#pragma GCC diagnostic pop
+  for (int32_t r = 0; r < d1; r++)
     for (int32_t j = 0; j < d; j++) keys[r * d + j] = rem0[j] + r - (rank[j] >= d1 - r ? d1 : 0);
-  }
 }
 
 /* x = s E f: E has the orthonormal basis (1,..,1,-k,0,..)/sqrt(k(k+1)),
-   k = 1..d, of H as columns. */
-static void elevate(const double *f, int32_t d, double *x) {
+   k = 1..d, of H as columns; c[k] = s / sqrt(k(k+1)). */
+static void elevation_constants(int32_t d, double *c) {
   const double s = sqrt(2.0 / 3.0) * (d + 1);
+  c[0] = 0;
+  for (int32_t k = 1; k <= d; k++) c[k] = s / sqrt((double)k * (k + 1));
+}
+
+static inline void elevate(const double *f, int32_t d, const double *c, double *x) {
   double acc = 0;
-  for (int32_t j = d; j >= 0; j--) {
-    double c = j > 0 ? 1.0 / sqrt((double)j * (j + 1)) : 0;
-    x[j] = s * (acc - (j > 0 ? j * c * f[j - 1] : 0));
-    if (j > 0) acc += c * f[j - 1];
+  for (int32_t j = d; j > 0; j--) {
+    double v = c[j] * f[j - 1];
+    x[j] = acc - j * v;
+    acc += v;
   }
+  x[0] = acc;
 }
 
 void crf_lattice_free(const crf_env *e, crf_lattice *L) {
@@ -196,6 +225,100 @@ void crf_lattice_free(const crf_env *e, crf_lattice *L) {
   memset(L, 0, sizeof *L);
 }
 
+/* ---- building ---- */
+
+/* Points are split into BUILD_CHUNKS ranges, each with its own hash table
+   filled on its own thread; the tables are then merged into the first
+   one. The numbering of vertices then depends on the split, the results
+   do not (each vertex's sums run over the points in order). */
+#define BUILD_CHUNKS 2
+
+typedef struct build_chunk {
+  const crf_env *e; /* with ctx NULL: workers set no message, the caller does */
+  crf_feature_fn feature;
+  const void *arg;
+  crf_lattice *L;
+  int64_t begin, end;
+  hash_table t;
+  lm_status st;
+  int64_t bad_point; /* a feature out of range */
+  double bad_value;
+} build_chunk;
+
+static CRF_CLONES void build_chunk_run(build_chunk *c) {
+  crf_lattice *L = c->L;
+  const int32_t d = L->d, d1 = d + 1;
+  if ((c->st = table_init(c->e, &c->t, d, (c->end - c->begin) / 8 + 16))) return;
+  double f[CRF_MAX_FEATURES], x[CRF_MAX_FEATURES + 1], b[CRF_MAX_FEATURES + 1], ec[CRF_MAX_FEATURES + 1];
+  elevation_constants(d, ec);
+  /* neighbouring voxels mostly fall in the same simplex: keep the last
+     one's corners and skip the hash table when they repeat */
+  int32_t keys[(CRF_MAX_FEATURES + 1) * CRF_MAX_FEATURES], last[(CRF_MAX_FEATURES + 1) * CRF_MAX_FEATURES];
+  const size_t key_bytes = (size_t)(d1 * d) * sizeof keys[0];
+  for (int64_t i = c->begin; i < c->end; i++) {
+    c->feature(c->arg, i, f);
+    elevate(f, d, ec, x);
+    for (int32_t j = 0; j < d1; j++) {
+      if (!(fabs(x[j]) < COORD_LIMIT)) {
+        c->st = LM_E_ARG;
+        c->bad_point = i;
+        c->bad_value = f[j < d ? j : d - 1];
+        return;
+      }
+    }
+    enclosing_simplex(x, d, keys, b);
+    if (i > c->begin && same_key(keys, last, d1 * d)) {
+      for (int32_t r = 0; r < d1; r++) L->vert[i * d1 + r] = L->vert[(i - 1) * d1 + r];
+    } else {
+      for (int32_t r = 0; r < d1; r++) {
+        int32_t v = table_insert(c->e, &c->t, keys + r * d, &c->st);
+        if (v < 0) return;
+        L->vert[i * d1 + r] = v;
+      }
+      memcpy(last, keys, key_bytes);
+    }
+    for (int32_t r = 0; r < d1; r++) L->bary[i * d1 + r] = (float)b[r];
+  }
+}
+
+static void build_span(void *arg, int64_t b, int64_t e) {
+  build_chunk *chunks = arg;
+  for (int64_t c = b; c < e; c++) build_chunk_run(&chunks[c]);
+}
+
+typedef struct remap_job {
+  int32_t *vert;
+  const int32_t *map;
+  int64_t base; /* first entry of the chunk */
+} remap_job;
+
+static void remap_span(void *arg, int64_t b, int64_t e) {
+  const remap_job *j = arg;
+  for (int64_t k = b; k < e; k++) j->vert[j->base + k] = j->map[j->vert[j->base + k]];
+}
+
+typedef struct nbr_job {
+  const hash_table *t;
+  crf_lattice *L;
+} nbr_job;
+
+static void nbr_span(void *arg, int64_t b, int64_t e) {
+  const nbr_job *j = arg;
+  const int32_t d = j->L->d, d1 = d + 1;
+  int32_t up[CRF_MAX_FEATURES], down[CRF_MAX_FEATURES];
+  for (int64_t v = b; v < e; v++) {
+    const int32_t *k = j->t->keys + v * d;
+    for (int32_t a = 0; a < d1; a++) {
+      for (int32_t c = 0; c < d; c++) {
+        up[c] = k[c] - 1 + (c == a ? d1 : 0);
+        down[c] = k[c] + 1 - (c == a ? d1 : 0);
+      }
+      j->L->nbr[(v * d1 + a) * 2] = table_find(j->t, up);
+      j->L->nbr[(v * d1 + a) * 2 + 1] = table_find(j->t, down);
+    }
+  }
+}
+
 lm_status crf_lattice_build(const crf_env *e, int64_t n, int32_t d, crf_feature_fn feature, const void *arg, crf_lattice *L) {
   memset(L, 0, sizeof *L);
   if (d < 1 || d > CRF_MAX_FEATURES)
@@ -203,39 +326,57 @@ lm_status crf_lattice_build(const crf_env *e, int64_t n, int32_t d, crf_feature_
   const int32_t d1 = d + 1;
   L->d = d;
   L->n = n;
-  if ((int64_t)n * d1 >= INT64_MAX / 8) return crf_oom(e, "the lattice", SIZE_MAX);
+  if (n >= INT32_MAX) return e->host->set_error(e->ctx, LM_E_UNSUPPORTED, "%s: %lld points is too many for the lattice", e->op, (long long)n);
   L->vert = crf_alloc(e, (size_t)(n * d1) * sizeof *L->vert);
   L->bary = crf_alloc(e, (size_t)(n * d1) * sizeof *L->bary);
+  crf_env quiet = { e->host, NULL, e->op };
+  build_chunk chunks[BUILD_CHUNKS];
+  memset(chunks, 0, sizeof chunks);
   hash_table t;
   memset(&t, 0, sizeof t);
+  int32_t *map = NULL;
+  size_t map_bytes = 0;
   lm_status st = LM_OK;
   if (!L->vert || !L->bary) {
     st = crf_oom(e, "the lattice splat weights", (size_t)(n * d1) * 8);
     goto fail;
   }
-  if ((st = table_init(e, &t, d, n / 8 + 16))) goto fail;
-
-  double f[CRF_MAX_FEATURES], x[CRF_MAX_FEATURES + 1], b[CRF_MAX_FEATURES + 1];
-  int32_t keys[(CRF_MAX_FEATURES + 1) * CRF_MAX_FEATURES];
-  for (int64_t i = 0; i < n; i++) {
-    feature(arg, i, f);
-    elevate(f, d, x);
-    for (int32_t j = 0; j < d1; j++) {
-      if (!(fabs(x[j]) < COORD_LIMIT)) {
-        st = e->host->set_error(e->ctx, LM_E_ARG,
-                                "%s: feature %lld is %g after scaling by 1/sigma (a sigma too small for the range of positions or intensities, or a NaN)",
-                                e->op, (long long)i, f[j < d ? j : d - 1]);
-        goto fail;
-      }
+  for (int32_t c = 0; c < BUILD_CHUNKS; c++) {
+    chunks[c] = (build_chunk){ &quiet, feature, arg, L, n * c / BUILD_CHUNKS, n * (c + 1) / BUILD_CHUNKS, { 0 }, LM_OK, -1, 0 };
+  }
+  e->host->parallel_for(e->ctx, BUILD_CHUNKS, 1, build_span, chunks);
+  for (int32_t c = 0; c < BUILD_CHUNKS; c++) {
+    if (chunks[c].st == LM_E_ARG) {
+      st = e->host->set_error(e->ctx, LM_E_ARG,
+                              "%s: feature %lld is %g after scaling by 1/sigma (a sigma too small for the range of positions or intensities, or a NaN)",
+                              e->op, (long long)chunks[c].bad_point, chunks[c].bad_value);
+      goto fail;
     }
-    enclosing_simplex(x, d, keys, b);
-    for (int32_t r = 0; r < d1; r++) {
-      int32_t v = table_insert(e, &t, keys + r * d, &st);
-      if (v < 0) goto fail;
-      L->vert[i * d1 + r] = v;
-      L->bary[i * d1 + r] = (float)b[r];
+    if (chunks[c].st) {
+      st = chunks[c].st == LM_E_OOM ? crf_oom(e, "the lattice hash table", (size_t)chunks[c].t.cap * 8)
+                                    : e->host->set_error(e->ctx, chunks[c].st, "%s: the lattice has over 2^31 vertices", e->op);
+      goto fail;
     }
-    if ((i & 0xfffff) == 0xfffff && (st = crf_check_abort(e))) goto fail;
+  }
+  if ((st = crf_check_abort(e))) goto fail;
+  /* merge the other tables into the first */
+  t = chunks[0].t;
+  memset(&chunks[0].t, 0, sizeof chunks[0].t);
+  for (int32_t c = 1; c < BUILD_CHUNKS; c++) {
+    hash_table *ct = &chunks[c].t;
+    map_bytes = (size_t)(ct->m > 0 ? ct->m : 1) * sizeof *map;
+    map = crf_alloc(e, map_bytes);
+    if (!map) {
+      st = crf_oom(e, "the lattice merge", map_bytes);
+      goto fail;
+    }
+    for (int64_t v = 0; v < ct->m; v++)
+      if ((map[v] = table_insert(e, &t, ct->keys + v * d, &st)) < 0) goto fail;
+    remap_job rj = { L->vert, map, chunks[c].begin * d1 };
+    e->host->parallel_for(e->ctx, (chunks[c].end - chunks[c].begin) * d1, 65536, remap_span, &rj);
+    crf_free(e, map, map_bytes);
+    map = NULL;
+    table_free(e, ct);
   }
   /* Add the neighbours of every splatted vertex along every axis: the blur
      then carries mass through them instead of dropping it. Points on a
@@ -262,24 +403,16 @@ lm_status crf_lattice_build(const crf_env *e, int64_t n, int32_t d, crf_feature_
     st = crf_oom(e, "the lattice neighbours", L->nbr_bytes);
     goto fail;
   }
-  int32_t up[CRF_MAX_FEATURES], down[CRF_MAX_FEATURES];
-  for (int64_t v = 0; v < L->m; v++) {
-    const int32_t *k = t.keys + v * d;
-    for (int32_t j = 0; j < d1; j++) {
-      for (int32_t c = 0; c < d; c++) {
-        up[c] = k[c] - 1 + (c == j ? d1 : 0);
-        down[c] = k[c] + 1 - (c == j ? d1 : 0);
-      }
-      L->nbr[(v * d1 + j) * 2] = table_find(&t, up);
-      L->nbr[(v * d1 + j) * 2 + 1] = table_find(&t, down);
-    }
-  }
+  nbr_job nj = { &t, L };
+  e->host->parallel_for(e->ctx, L->m, 4096, nbr_span, &nj);
   table_free(e, &t);
   const double s2 = 2.0 / 3.0 * d1 * d1;
   L->gain = pow(2 * M_PI * s2, 0.5 * d) / pow((double)d1, d - 0.5);
   return LM_OK;
 fail:
+  for (int32_t c = 0; c < BUILD_CHUNKS; c++) table_free(e, &chunks[c].t);
   table_free(e, &t);
+  crf_free(e, map, map_bytes);
   L->m = 0;
   crf_lattice_free(e, L);
   return st;
@@ -294,7 +427,7 @@ typedef struct blur_job {
   int32_t nv, axis;
 } blur_job;
 
-static void blur_span(void *arg, int64_t b, int64_t e) {
+static CRF_CLONES void blur_span(void *arg, int64_t b, int64_t e) {
   const blur_job *j = arg;
   const int32_t d1 = j->L->d + 1, nv = j->nv;
   for (int64_t v = b; v < e; v++) {
@@ -312,36 +445,57 @@ static void blur_span(void *arg, int64_t b, int64_t e) {
   }
 }
 
-typedef struct slice_job {
+typedef struct filter_job {
   const crf_lattice *L;
-  const double *vals;
-  double *out;
-  int64_t ostride;
+  const double *in;
+  double *vals, *out;
+  int64_t istride, ostride;
   int32_t nv, accumulate;
   double scale;
-} slice_job;
+  const float *in_scale, *out_scale;
+} filter_job;
 
-static void slice_span(void *arg, int64_t b, int64_t e) {
-  const slice_job *j = arg;
-  const int32_t d1 = j->L->d + 1, nv = j->nv;
+/* splat: a scatter into the vertices, kept on one thread (threads would
+   need private copies of the lattice, and the sums would then depend on
+   their number) */
+static CRF_CLONES void splat(const filter_job *j) {
+  const crf_lattice *L = j->L;
+  const int32_t d1 = L->d + 1, nv = j->nv;
+  double v[CRF_MAX_LABELS];
+  for (int64_t i = 0; i < L->n; i++) {
+    double w0 = j->in_scale ? j->in_scale[i] : 1.0;
+    for (int32_t k = 0; k < nv; k++) v[k] = w0 * j->in[k * j->istride + i];
+    for (int32_t r = 0; r < d1; r++) {
+      double w = L->bary[i * d1 + r];
+      double *dst = j->vals + (int64_t)L->vert[i * d1 + r] * nv;
+      for (int32_t k = 0; k < nv; k++) dst[k] += w * v[k];
+    }
+  }
+}
+
+static CRF_CLONES void slice_span(void *arg, int64_t b, int64_t e) {
+  const filter_job *j = arg;
+  const crf_lattice *L = j->L;
+  const int32_t d1 = L->d + 1, nv = j->nv;
   double acc[CRF_MAX_LABELS];
   for (int64_t i = b; i < e; i++) {
     for (int32_t k = 0; k < nv; k++) acc[k] = 0;
     for (int32_t r = 0; r < d1; r++) {
-      double w = j->L->bary[i * d1 + r];
-      const double *src = j->vals + (int64_t)j->L->vert[i * d1 + r] * nv;
+      double w = L->bary[i * d1 + r];
+      const double *src = j->vals + (int64_t)L->vert[i * d1 + r] * nv;
       for (int32_t k = 0; k < nv; k++) acc[k] += w * src[k];
     }
+    double s = j->scale * (j->out_scale ? j->out_scale[i] : 1.0);
     for (int32_t k = 0; k < nv; k++) {
-      double v = j->scale * acc[k];
       double *o = j->out + k * j->ostride + i;
-      *o = j->accumulate ? *o + v : v;
+      *o = j->accumulate ? *o + s * acc[k] : s * acc[k];
     }
   }
 }
 
 lm_status crf_lattice_filter(const crf_env *e, const crf_lattice *L, const double *in, int64_t istride, double *out,
-                             int64_t ostride, int32_t nv, double scale, int accumulate, int reverse) {
+                             int64_t ostride, int32_t nv, double scale, int accumulate, int reverse, const float *in_scale,
+                             const float *out_scale) {
   if (nv < 1 || nv > CRF_MAX_LABELS)
     return e->host->set_error(e->ctx, LM_E_ARG, "%s: %d values per point, expected 1 to %d", e->op, (int)nv, CRF_MAX_LABELS);
   const int32_t d1 = L->d + 1;
@@ -353,14 +507,8 @@ lm_status crf_lattice_filter(const crf_env *e, const crf_lattice *L, const doubl
     return crf_oom(e, "the lattice values", 2 * bytes);
   }
   memset(a, 0, bytes);
-  /* splat: a scatter, kept on one thread (it is a small share of the time) */
-  for (int64_t i = 0; i < L->n; i++) {
-    for (int32_t r = 0; r < d1; r++) {
-      double w = L->bary[i * d1 + r];
-      double *dst = a + (int64_t)L->vert[i * d1 + r] * nv;
-      for (int32_t k = 0; k < nv; k++) dst[k] += w * in[k * istride + i];
-    }
-  }
+  filter_job fj = { L, in, a, out, istride, ostride, nv, accumulate, scale * L->gain, in_scale, out_scale };
+  splat(&fj);
   for (int32_t s = 0; s < d1; s++) {
     blur_job j = { L, a, b, nv, reverse ? d1 - 1 - s : s };
     e->host->parallel_for(e->ctx, L->m, 4096, blur_span, &j);
@@ -368,8 +516,8 @@ lm_status crf_lattice_filter(const crf_env *e, const crf_lattice *L, const doubl
     a = b;
     b = t;
   }
-  slice_job sj = { L, a, out, ostride, nv, accumulate, scale * L->gain };
-  e->host->parallel_for(e->ctx, L->n, 8192, slice_span, &sj);
+  fj.vals = a;
+  e->host->parallel_for(e->ctx, L->n, 8192, slice_span, &fj);
   crf_free(e, a, bytes);
   crf_free(e, b, bytes);
   return LM_OK;

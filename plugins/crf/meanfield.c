@@ -45,38 +45,59 @@ typedef struct axis_job {
   const double *taps; /* taps[0..radius] */
   int32_t radius;
   int64_t len, inner; /* along the axis; elements per step of the axis */
-  double scale;
-  int accumulate, last;
+  double scale;       /* applied with out_scale on the last pass */
+  const float *out_scale;
+  int last;
 } axis_job;
 
-static void axis_span(void *arg, int64_t b, int64_t e) {
+static inline double out_factor(const axis_job *j, int64_t at) {
+  return j->last ? j->scale * (j->out_scale ? j->out_scale[at] : 1.0) : 1.0;
+}
+
+/* Along an axis that is not the last: each item is one output line of
+   `inner` contiguous elements, a weighted sum of whole input lines. */
+static CRF_CLONES void axis_lines(void *arg, int64_t b, int64_t e) {
   const axis_job *j = arg;
   const int64_t L = j->len, st = j->inner;
+  const double *g = j->taps;
   for (int64_t item = b; item < e; item++) {
-    int64_t o = item / L, i = item % L;
-    int64_t lo = i - j->radius < 0 ? -i : -j->radius;
-    int64_t hi = i + j->radius > L - 1 ? L - 1 - i : j->radius;
-    const double *s = j->src + (o * L + i) * st;
-    double *d = j->dst + (o * L + i) * st;
-    if (st == 1) {
-      double acc = 0;
-      for (int64_t t = lo; t <= hi; t++) acc += j->taps[t < 0 ? -t : t] * s[t];
-      acc *= j->scale;
-      *d = j->accumulate ? *d + acc : acc;
-    } else {
-      double g0 = j->taps[0] * j->scale;
-      if (j->accumulate) {
-        for (int64_t k = 0; k < st; k++) d[k] += g0 * s[k];
+    int64_t i = item % L;
+    const double *restrict s = j->src + item * st;
+    double *restrict d = j->dst + item * st;
+    for (int64_t k = 0; k < st; k++) d[k] = g[0] * s[k];
+    for (int32_t t = 1; t <= j->radius; t++) {
+      const int lo = i - t >= 0, hi = i + t < L;
+      const double *restrict a = s - t * st, *restrict c = s + t * st;
+      if (lo && hi) {
+        for (int64_t k = 0; k < st; k++) d[k] += g[t] * (a[k] + c[k]);
+      } else if (lo) {
+        for (int64_t k = 0; k < st; k++) d[k] += g[t] * a[k];
+      } else if (hi) {
+        for (int64_t k = 0; k < st; k++) d[k] += g[t] * c[k];
       } else {
-        for (int64_t k = 0; k < st; k++) d[k] = g0 * s[k];
-      }
-      for (int64_t t = lo; t <= hi; t++) {
-        if (t == 0) continue;
-        double g = j->taps[t < 0 ? -t : t] * j->scale;
-        const double *r = s + t * st;
-        for (int64_t k = 0; k < st; k++) d[k] += g * r[k];
+        break;
       }
     }
+    if (j->last && (j->scale != 1.0 || j->out_scale))
+      for (int64_t k = 0; k < st; k++) d[k] *= out_factor(j, item * st + k);
+  }
+}
+
+/* Along the last (contiguous) axis: each item is one row. */
+static CRF_CLONES void axis_rows(void *arg, int64_t b, int64_t e) {
+  const axis_job *j = arg;
+  const int64_t L = j->len;
+  const double *g = j->taps;
+  for (int64_t row = b; row < e; row++) {
+    const double *restrict s = j->src + row * L;
+    double *restrict d = j->dst + row * L;
+    for (int64_t i = 0; i < L; i++) d[i] = g[0] * s[i];
+    for (int32_t t = 1; t <= j->radius && t < L; t++) {
+      for (int64_t i = t; i < L; i++) d[i] += g[t] * s[i - t];
+      for (int64_t i = 0; i < L - t; i++) d[i] += g[t] * s[i + t];
+    }
+    if (j->last && (j->scale != 1.0 || j->out_scale))
+      for (int64_t i = 0; i < L; i++) d[i] *= out_factor(j, row * L + i);
   }
 }
 
@@ -85,9 +106,8 @@ lm_status crf_spatial_init(const crf_env *e, crf_spatial *sp, const crf_grid_sha
   sp->g = *g;
   for (int32_t a = 0; a < g->ndim; a++) {
     double sv = sigma_mm / spacing[a]; /* sigma in voxels along a */
-    int64_t r = (int64_t)ceil(4 * sv);
-    if (r > g->size[a] - 1) r = g->size[a] - 1;
-    if (r > 4096) r = 4096;
+    double rr = ceil(4 * sv);
+    int64_t r = rr > (double)(g->size[a] - 1) ? g->size[a] - 1 : (int64_t)rr;
     if (r < 0) r = 0;
     sp->radius[a] = (int32_t)r;
     sp->taps[a] = crf_alloc(e, (size_t)(r + 1) * sizeof(double));
@@ -106,23 +126,27 @@ void crf_spatial_free(const crf_env *e, crf_spatial *sp) {
   memset(sp->taps, 0, sizeof sp->taps);
 }
 
-/* out[c] (+)= scale * S in[c] for nv channels of N voxels; tmp holds 2 N. */
 void crf_spatial_filter(const crf_env *e, const crf_spatial *sp, const double *in, double *out, double *tmp, int32_t nv,
-                        double scale, int accumulate) {
+                        double scale, const float *out_scale) {
   const crf_grid_shape *g = &sp->g;
   const int64_t N = g->n;
+  const int32_t nd = g->ndim;
   for (int32_t c = 0; c < nv; c++) {
     const double *src = in + c * N;
-    double *bufs[2] = { tmp, tmp + N };
     int64_t inner = N;
-    for (int32_t a = 0; a < g->ndim; a++) {
+    for (int32_t a = 0; a < nd; a++) {
       inner /= g->size[a];
-      int last = a == g->ndim - 1;
-      double *dst = last ? out + c * N : bufs[a & 1];
-      axis_job j = { src, dst, sp->taps[a], sp->radius[a], g->size[a], inner, last ? scale : 1.0, last ? accumulate : 0, last };
-      int64_t items = N / inner;
-      int64_t grain = inner >= 1024 ? 1 : 1024 / inner;
-      e->host->parallel_for(e->ctx, items, grain, axis_span, &j);
+      const int last = a == nd - 1;
+      /* alternate between out and tmp so that the last pass lands in out */
+      double *dst = (nd - 1 - a) % 2 == 0 ? out + c * N : tmp;
+      /* out_scale is per voxel, the same for every channel */
+      axis_job j = { src, dst, sp->taps[a], sp->radius[a], g->size[a], inner, scale, out_scale, last };
+      if (inner == 1) {
+        e->host->parallel_for(e->ctx, N / g->size[a], 64, axis_rows, &j);
+      } else {
+        int64_t grain = inner >= 4096 ? 1 : 4096 / inner;
+        e->host->parallel_for(e->ctx, N / inner, grain, axis_lines, &j);
+      }
       src = dst;
     }
   }
@@ -130,21 +154,13 @@ void crf_spatial_filter(const crf_env *e, const crf_spatial *sp, const double *i
 
 /* ---- per-voxel steps (K x N buffers, channel-major) ---- */
 
-/* The two kernels' messages, as the update and the backward see them:
-   E = r (F Q) - s Q with F the filter, r = 1 / (F 1) per voxel and s = 0
-   when normalised, r = 1 and s = 1 (the self term removed) when not. */
-typedef struct kernels {
-  const double *rs, *rb; /* per-voxel normalisers, NULL: 1 */
-  double s;              /* 1: subtract the self term */
-  double ws, wb;         /* weights (0 for a kernel that is off) */
-} kernels;
-
 typedef struct voxel_job {
   int32_t K;
   int64_t N;
-  const kernels *k;
-  const double *A, *Q, *Fs, *Fb, *mu, *gM, *r;
+  const double *A, *Q, *G, *mu, *gM;
   double *Z, *out;
+  const float *r;
+  double w, s;
 } voxel_job;
 
 static void run_voxels(const crf_env *e, voxel_job *j, void (*fn)(void *, int64_t, int64_t)) {
@@ -152,7 +168,7 @@ static void run_voxels(const crf_env *e, voxel_job *j, void (*fn)(void *, int64_
 }
 
 /* out = softmax over labels of Z */
-static void softmax_span(void *arg, int64_t b, int64_t e) {
+static CRF_CLONES void softmax_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
   const int32_t K = j->K;
   const int64_t N = j->N;
@@ -170,21 +186,15 @@ static void softmax_span(void *arg, int64_t b, int64_t e) {
   }
 }
 
-/* Z = A - mu M, M = ws Es + wb Eb from the filtered Fs, Fb */
-static void update_span(void *arg, int64_t b, int64_t e) {
+/* Z holds the filtered messages ws rs S Q + wb rb B Q; in place:
+   Z = A - mu (Z - w Q), w the weight of the self terms to remove */
+static CRF_CLONES void update_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
-  const kernels *kn = j->k;
   const int32_t K = j->K;
   const int64_t N = j->N;
   double m[CRF_MAX_LABELS];
   for (int64_t i = b; i < e; i++) {
-    double rs = kn->rs ? kn->rs[i] : 1, rb = kn->rb ? kn->rb[i] : 1;
-    for (int32_t k = 0; k < K; k++) {
-      double q = j->Q[k * N + i], v = 0;
-      if (kn->ws != 0) v += kn->ws * (rs * j->Fs[k * N + i] - kn->s * q);
-      if (kn->wb != 0) v += kn->wb * (rb * j->Fb[k * N + i] - kn->s * q);
-      m[k] = v;
-    }
+    for (int32_t k = 0; k < K; k++) m[k] = j->Z[k * N + i] - j->w * j->Q[k * N + i];
     for (int32_t l = 0; l < K; l++) {
       double p = 0;
       const double *row = j->mu + l * K;
@@ -194,57 +204,44 @@ static void update_span(void *arg, int64_t b, int64_t e) {
   }
 }
 
-/* out = -mu^T Z (Z holds gZ): the gradient of the messages */
-static void message_grad_span(void *arg, int64_t b, int64_t e) {
+/* out = -mu^T G: the gradient of the messages from that of Z */
+static CRF_CLONES void message_grad_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
   const int32_t K = j->K;
   const int64_t N = j->N;
   for (int64_t i = b; i < e; i++)
     for (int32_t k = 0; k < K; k++) {
       double s = 0;
-      for (int32_t l = 0; l < K; l++) s += j->mu[l * K + k] * j->Z[l * N + i];
+      for (int32_t l = 0; l < K; l++) s += j->mu[l * K + k] * j->G[l * N + i];
       j->out[k * N + i] = -s;
     }
 }
 
-/* In place on Fs and Fb: E = r F - s Q */
-static void finish_span(void *arg, int64_t b, int64_t e) {
+/* out -= s Q (out holds r F Q): one kernel's message */
+static CRF_CLONES void self_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
-  const kernels *kn = j->k;
-  const int32_t K = j->K;
-  const int64_t N = j->N;
-  double *F[2] = { (double *)j->Fs, (double *)j->Fb };
-  const double *r[2] = { kn->rs, kn->rb };
-  for (int32_t m = 0; m < 2; m++) {
-    if (!F[m]) continue;
-    for (int32_t k = 0; k < K; k++)
-      for (int64_t i = b; i < e; i++) F[m][k * N + i] = (r[m] ? r[m][i] : 1) * F[m][k * N + i] - kn->s * j->Q[k * N + i];
-  }
+  for (int32_t k = 0; k < j->K; k++)
+    for (int64_t i = b; i < e; i++) j->out[k * j->N + i] -= j->s * j->Q[k * j->N + i];
 }
 
-/* out = r gM (r NULL: 1) */
-static void scale_span(void *arg, int64_t b, int64_t e) {
+/* out = r gM */
+static CRF_CLONES void scale_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
-  const int32_t K = j->K;
-  const int64_t N = j->N;
-  const double *r = j->r;
-  for (int32_t k = 0; k < K; k++)
-    for (int64_t i = b; i < e; i++) j->out[k * N + i] = (r ? r[i] : 1) * j->gM[k * N + i];
+  for (int32_t k = 0; k < j->K; k++)
+    for (int64_t i = b; i < e; i++) j->out[k * j->N + i] = (j->r ? j->r[i] : 1.0) * j->gM[k * j->N + i];
 }
 
-/* gQ = Fs - s (ws + wb) gM (Fs holds the filtered part), then through the
-   softmax: out = Q (gQ - <Q, gQ>) */
-static void softmax_grad_span(void *arg, int64_t b, int64_t e) {
+/* out = Q (g - <Q, g>) with g = G - w gM (gM NULL: g = G): a gradient
+   through the softmax Q = softmax(Z) */
+static CRF_CLONES void softmax_grad_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
-  const kernels *kn = j->k;
   const int32_t K = j->K;
   const int64_t N = j->N;
-  const double wself = kn->s * (kn->ws + kn->wb);
   double gq[CRF_MAX_LABELS];
   for (int64_t i = b; i < e; i++) {
     double dot = 0;
     for (int32_t k = 0; k < K; k++) {
-      gq[k] = j->Fs[k * N + i] - wself * j->gM[k * N + i];
+      gq[k] = j->G[k * N + i] - (j->gM ? j->w * j->gM[k * N + i] : 0.0);
       dot += gq[k] * j->Q[k * N + i];
     }
     for (int32_t k = 0; k < K; k++) j->out[k * N + i] = j->Q[k * N + i] * (gq[k] - dot);
@@ -316,7 +313,7 @@ static void bilateral_feature(const void *arg, int64_t i, double *f) {
   for (int32_t c = 0; c < p->C; c++) f[p->g.ndim + c] = p->image[c * p->g.n + i] / p->sigma_int[c];
 }
 
-static size_t norm_bytes(const crf_mf_problem *p) { return (size_t)p->g.n * sizeof(double); }
+static size_t norm_bytes(const crf_mf_problem *p) { return (size_t)p->g.n * sizeof(float); }
 
 void crf_mf_release(const crf_env *e, crf_mf_problem *p) {
   if (p->have_spatial) crf_spatial_free(e, &p->spatial);
@@ -327,27 +324,30 @@ void crf_mf_release(const crf_env *e, crf_mf_problem *p) {
   p->have_spatial = p->have_lattice = 0;
 }
 
-/* r = 1 / (F 1), floored (the lattice may give slightly less than the
-   self weight of an isolated point, never zero in practice) */
-static lm_status normaliser(const crf_env *e, crf_mf_problem *p, int lattice, double **out) {
+/* r = 1 / (F 1) (floored: the lattice may give an isolated point less
+   than its own weight, never zero in practice) */
+static lm_status normaliser(const crf_env *e, crf_mf_problem *p, int lattice, float **out) {
   const int64_t N = p->g.n;
-  double *ones = crf_alloc(e, norm_bytes(p)), *r = crf_alloc(e, norm_bytes(p)), *tmp = crf_alloc(e, 2 * norm_bytes(p));
+  const size_t db = (size_t)N * sizeof(double);
+  double *ones = crf_alloc(e, db), *r = crf_alloc(e, db), *tmp = lattice ? NULL : crf_alloc(e, db);
+  float *rf = crf_alloc(e, norm_bytes(p));
   lm_status st = LM_OK;
-  if (!ones || !r || !tmp) {
-    st = crf_oom(e, "the normalisers", 4 * norm_bytes(p));
+  if (!ones || !r || (!lattice && !tmp) || !rf) {
+    st = crf_oom(e, "the normalisers", 3 * db);
     goto done;
   }
   for (int64_t i = 0; i < N; i++) ones[i] = 1;
-  if (lattice) st = crf_lattice_filter(e, &p->lattice, ones, N, r, N, 1, 1.0, 0, 0);
-  else crf_spatial_filter(e, &p->spatial, ones, r, tmp, 1, 1.0, 0);
+  if (lattice) st = crf_lattice_filter(e, &p->lattice, ones, N, r, N, 1, 1.0, 0, 0, NULL, NULL);
+  else crf_spatial_filter(e, &p->spatial, ones, r, tmp, 1, 1.0, NULL);
   if (st) goto done;
-  for (int64_t i = 0; i < N; i++) r[i] = 1.0 / (r[i] > 1e-6 ? r[i] : 1e-6);
-  *out = r;
-  r = NULL;
+  for (int64_t i = 0; i < N; i++) rf[i] = (float)(1.0 / (r[i] > 1e-6 ? r[i] : 1e-6));
+  *out = rf;
+  rf = NULL;
 done:
-  crf_free(e, ones, norm_bytes(p));
-  crf_free(e, r, norm_bytes(p));
-  crf_free(e, tmp, 2 * norm_bytes(p));
+  crf_free(e, ones, db);
+  crf_free(e, r, db);
+  crf_free(e, tmp, db);
+  crf_free(e, rf, norm_bytes(p));
   return st;
 }
 
@@ -371,46 +371,44 @@ fail:
   return st;
 }
 
-static kernels kernels_of(const crf_mf_problem *p) {
-  kernels k = { p->norm_spatial, p->norm_bil, p->normalize ? 0.0 : 1.0, p->have_spatial ? p->w_smooth : 0,
-                p->have_lattice ? p->w_bil : 0 };
-  return k;
-}
+static double weight_s(const crf_mf_problem *p) { return p->have_spatial ? p->w_smooth : 0; }
+static double weight_b(const crf_mf_problem *p) { return p->have_lattice ? p->w_bil : 0; }
+/* the weight of the self terms removed from unnormalised messages */
+static double weight_self(const crf_mf_problem *p) { return p->normalize ? 0 : weight_s(p) + weight_b(p); }
 
-/* Fs = S Q and Fb = B Q (the kernels that are on); tmp holds 2 N */
-static lm_status filter_both(const crf_env *e, const crf_mf_problem *p, const kernels *k, const double *Q, double *Fs, double *Fb,
-                             double *tmp) {
-  if (k->ws != 0) crf_spatial_filter(e, &p->spatial, Q, Fs, tmp, p->K, 1.0, 0);
-  if (k->wb != 0) return crf_lattice_filter(e, &p->lattice, Q, p->g.n, Fb, p->g.n, p->K, 1.0, 0, 0);
+/* M = ws rs S Q + wb rb B Q (without the self terms); tmp holds N */
+static lm_status messages(const crf_env *e, const crf_mf_problem *p, const double *Q, double *M, double *tmp) {
+  const double ws = weight_s(p), wb = weight_b(p);
+  if (ws != 0) crf_spatial_filter(e, &p->spatial, Q, M, tmp, p->K, ws, p->norm_spatial);
+  else memset(M, 0, (size_t)(p->K * p->g.n) * sizeof *M);
+  if (wb != 0) return crf_lattice_filter(e, &p->lattice, Q, p->g.n, M, p->g.n, p->K, wb, 1, 0, NULL, p->norm_bil);
   return LM_OK;
 }
 
 lm_status crf_mf_forward(const crf_env *e, const crf_mf_problem *p, const double *A, double *Z, double *Qhist) {
   const int64_t N = p->g.n;
   const int32_t K = p->K;
-  const size_t kn = (size_t)(K * N) * sizeof(double), nb = 2 * (size_t)N * sizeof(double);
-  const kernels k = kernels_of(p);
-  double *Q = crf_alloc(e, kn), *Fs = crf_alloc(e, kn), *Fb = crf_alloc(e, kn), *tmp = crf_alloc(e, nb);
+  const size_t kn = (size_t)(K * N) * sizeof(double), nb = (size_t)N * sizeof(double);
+  double *Q = crf_alloc(e, kn), *tmp = crf_alloc(e, nb);
   lm_status st = LM_OK;
-  if (!Q || !Fs || !Fb || !tmp) {
-    st = crf_oom(e, "the mean-field buffers", 3 * kn + nb);
+  if (!Q || !tmp) {
+    st = crf_oom(e, "the mean-field buffers", kn + nb);
     goto done;
   }
   memcpy(Z, A, kn);
-  voxel_job sm = { K, N, &k, .Z = Z, .out = Q };
+  voxel_job sm = { K, N, .Z = Z, .out = Q };
   run_voxels(e, &sm, softmax_span);
   for (int32_t t = 1; t <= p->iterations; t++) {
     if ((st = crf_check_abort(e))) goto done;
     if (Qhist) memcpy(Qhist + (int64_t)(t - 1) * K * N, Q, kn);
-    if ((st = filter_both(e, p, &k, Q, Fs, Fb, tmp))) goto done;
-    voxel_job up = { K, N, &k, .A = A, .Q = Q, .Fs = Fs, .Fb = Fb, .mu = p->compat, .Z = Z };
+    if ((st = messages(e, p, Q, Z, tmp))) goto done;
+    voxel_job up = { K, N, .A = A, .Q = Q, .mu = p->compat, .Z = Z, .w = weight_self(p) };
     run_voxels(e, &up, update_span);
     if (t < p->iterations) run_voxels(e, &sm, softmax_span);
   }
+  if (p->out_probs) run_voxels(e, &(voxel_job){ K, N, .Z = Z, .out = Z }, softmax_span);
 done:
   crf_free(e, Q, kn);
-  crf_free(e, Fs, kn);
-  crf_free(e, Fb, kn);
   crf_free(e, tmp, nb);
   return st;
 }
@@ -419,9 +417,9 @@ lm_status crf_mf_backward(const crf_env *e, const crf_mf_problem *p, const doubl
                           double *gw) {
   const int64_t N = p->g.n;
   const int32_t K = p->K, T = p->iterations;
-  const size_t kn = (size_t)(K * N) * sizeof(double), nb = 2 * (size_t)N * sizeof(double), kk = (size_t)K * K * sizeof(double);
+  const size_t kn = (size_t)(K * N) * sizeof(double), nb = (size_t)N * sizeof(double), kk = (size_t)K * K * sizeof(double);
   const size_t qh = (size_t)(T > 0 ? T : 1) * kn;
-  const kernels k = kernels_of(p);
+  const double ws = weight_s(p), wb = weight_b(p), s = p->normalize ? 0.0 : 1.0;
   lm_status st = LM_OK;
   double *Qhist = crf_alloc(e, qh), *gZ = crf_alloc(e, kn), *gM = crf_alloc(e, kn);
   double *Fs = crf_alloc(e, kn), *Fb = crf_alloc(e, kn), *H = crf_alloc(e, kn), *tmp = crf_alloc(e, nb), *acc = crf_alloc(e, kk);
@@ -429,23 +427,34 @@ lm_status crf_mf_backward(const crf_env *e, const crf_mf_problem *p, const doubl
     st = crf_oom(e, "the mean-field backward", qh + 5 * kn);
     goto done;
   }
-  if ((st = crf_mf_forward(e, p, A, gZ, Qhist))) goto done; /* gZ as scratch for Z */
-  memcpy(gZ, G, kn);
+  crf_mf_problem fwd = *p;
+  fwd.out_probs = 0;
+  if ((st = crf_mf_forward(e, &fwd, A, H, Qhist))) goto done; /* H: Z at the end */
+  if (p->out_probs) {
+    /* the output was softmax(Z): take G back through it */
+    run_voxels(e, &(voxel_job){ K, N, .Z = H, .out = Fs }, softmax_span);
+    run_voxels(e, &(voxel_job){ K, N, .Q = Fs, .G = G, .out = gZ }, softmax_grad_span);
+  } else {
+    memcpy(gZ, G, kn);
+  }
   memset(gA, 0, kn);
   for (int32_t t = T; t >= 1; t--) {
     if ((st = crf_check_abort(e))) goto done;
     const double *Q = Qhist + (int64_t)(t - 1) * K * N;
     for (int64_t i = 0; i < K * N; i++) gA[i] += gZ[i];
-    /* gM = -mu^T gZ */
-    voxel_job mg = { K, N, &k, .mu = p->compat, .Z = gZ, .out = gM };
-    run_voxels(e, &mg, message_grad_span);
-    /* the messages of this step, kernel by kernel: Es and Eb */
-    if ((st = filter_both(e, p, &k, Q, Fs, Fb, tmp))) goto done;
-    voxel_job fin = { K, N, &k, .Q = Q, .Fs = k.ws != 0 ? Fs : NULL, .Fb = k.wb != 0 ? Fb : NULL };
-    run_voxels(e, &fin, finish_span);
-    /* gmu[l][k] -= sum_i gZ_l M_k; gw += <gM, E> */
+    run_voxels(e, &(voxel_job){ K, N, .G = gZ, .mu = p->compat, .out = gM }, message_grad_span);
+    /* each kernel's message E = r F Q - s Q of this step */
+    if (ws != 0) {
+      crf_spatial_filter(e, &p->spatial, Q, Fs, tmp, K, 1.0, p->norm_spatial);
+      if (s != 0) run_voxels(e, &(voxel_job){ K, N, .Q = Q, .out = Fs, .s = s }, self_span);
+    }
+    if (wb != 0) {
+      if ((st = crf_lattice_filter(e, &p->lattice, Q, N, Fb, N, K, 1.0, 0, 0, NULL, p->norm_bil))) goto done;
+      if (s != 0) run_voxels(e, &(voxel_job){ K, N, .Q = Q, .out = Fb, .s = s }, self_span);
+    }
+    /* gmu -= sum_i gZ M^T with M = ws Es + wb Eb; gw += <gM, E> */
     for (int32_t m = 0; m < 2; m++) {
-      double w = m == 0 ? k.ws : k.wb;
+      double w = m == 0 ? ws : wb;
       const double *E = m == 0 ? Fs : Fb;
       if (w == 0) continue;
       memset(acc, 0, kk);
@@ -455,21 +464,15 @@ lm_status crf_mf_backward(const crf_env *e, const crf_mf_problem *p, const doubl
       sum_job dot = { K, N, gM, E, NULL, 0 };
       if ((st = block_sums(e, &dot, &gw[m], 1, 1.0))) goto done;
     }
-    /* gQ = ws S (rs gM) + wb B^T (rb gM) - s (ws + wb) gM, into Fs */
-    if (k.ws != 0) {
-      voxel_job sc = { K, N, &k, .gM = gM, .r = k.rs, .out = H };
-      run_voxels(e, &sc, scale_span);
-      crf_spatial_filter(e, &p->spatial, H, Fs, tmp, K, k.ws, 0);
+    /* gQ = ws S (rs gM) + wb B^T (rb gM) - s (ws + wb) gM, in Fs */
+    if (ws != 0) {
+      run_voxels(e, &(voxel_job){ K, N, .gM = gM, .r = p->norm_spatial, .out = H }, scale_span);
+      crf_spatial_filter(e, &p->spatial, H, Fs, tmp, K, ws, NULL);
     } else {
       memset(Fs, 0, kn);
     }
-    if (k.wb != 0) {
-      voxel_job sc = { K, N, &k, .gM = gM, .r = k.rb, .out = H };
-      run_voxels(e, &sc, scale_span);
-      if ((st = crf_lattice_filter(e, &p->lattice, H, N, Fs, N, K, k.wb, 1, 1))) goto done;
-    }
-    voxel_job sg = { K, N, &k, .Q = Q, .Fs = Fs, .gM = gM, .out = gZ };
-    run_voxels(e, &sg, softmax_grad_span);
+    if (wb != 0 && (st = crf_lattice_filter(e, &p->lattice, gM, N, Fs, N, K, wb, 1, 1, p->norm_bil, NULL))) goto done;
+    run_voxels(e, &(voxel_job){ K, N, .Q = Q, .G = Fs, .gM = gM, .w = s * (ws + wb), .out = gZ }, softmax_grad_span);
   }
   for (int64_t i = 0; i < K * N; i++) gA[i] += gZ[i];
 done:

@@ -282,9 +282,9 @@ describe('crf bad input', function()
     return tostring(e)
   end
   local cases = {
-    { 'not probabilities', { probs = lumen.randn(2, 6, 6) }, 'lumen.crf.dense: probs are not probabilities: values range' },
-    { 'sums', { probs = P * 0.5 }, 'lumen.crf.dense: probs are not probabilities: they sum to' },
-    { 'NaN', { probs = P / 0 * 0 }, 'lumen.crf.dense: probs are not probabilities: they hold NaN' },
+    { 'not probabilities', { probs = lumen.randn(2, 6, 6) }, 'lumen.crf.dense: probs are not probabilities: ' },
+    { 'sums', { probs = P * 0.5 }, 'lumen.crf.dense: probs are not probabilities: they sum to 0.5 over the 2 labels at voxel 0' },
+    { 'NaN', { probs = P / 0 * 0 }, 'lumen.crf.dense: probs are not probabilities: NaN at flat index 0' },
     { 'one label', { probs = lumen.ones(1, 6, 6) }, 'lumen.crf.dense: probs have 1 label(s)' },
     { 'ints', { probs = lumen.ones(2, 6, 6):to('i32') }, 'lumen.crf.dense: probs must be f32 or f64, got i32' },
     { 'image shape', { probs = P, image = lumen.rand(6, 5) }, 'lumen.crf.dense: image channel 1 is 6x5, expected 6x6' },
@@ -314,18 +314,22 @@ describe('crf bad input', function()
     local I = lumen.rand(1, 1, 5, 5)
     local e = err_of(crf.meanfield, A, lumen.rand(1, 1, 5, 4))
     assert.is_truthy(e:find('lumen.crf.meanfield: image is 1x1x5x4 but logits are 1x2x5x5', 1, true), e)
-    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 0, 3, 1, 1, 0.5)
+    -- params: ndim, iterations, use_spatial, use_bilateral, normalize,
+    -- probs_eps, out_probs, sigma_spatial, sigma_bilateral, spacing x2, sigma_int
+    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 0, 0, 0, 3, 1, 1, 0.5)
     assert.is_truthy(e:find("crf_meanfield: the spatial kernel's sigma is 0 mm", 1, true), e)
-    e = err_of(p.crf_meanfield, A, I, lumen.ones(3, 3), lumen.ones(2), 2, 5, 1, 1, 1, 1, 3, 1, 1, 0.5)
+    e = err_of(p.crf_meanfield, A, I, lumen.ones(3, 3), lumen.ones(2), 2, 5, 1, 1, 1, 0, 0, 1, 3, 1, 1, 0.5)
     assert.is_truthy(e:find('crf_meanfield: compat is 3x3, expected 2x2', 1, true), e)
-    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 1, 3, 1, 1)
-    assert.is_truthy(e:find('crf_meanfield: expected 10 params', 1, true), e)
-    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 1, 3, 1, -1, 0.5)
+    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 0, 0, 1, 3, 1, 1)
+    assert.is_truthy(e:find('crf_meanfield: expected 12 params', 1, true), e)
+    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 0, 0, 1, 3, 1, -1, 0.5)
     assert.is_truthy(e:find('crf_meanfield: spacing along dim 1 is -1', 1, true), e)
-    e = err_of(p.crf_meanfield, A:to('i64'), I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 1, 3, 1, 1, 0.5)
+    e = err_of(p.crf_meanfield, A:to('i64'), I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 0, 0, 1, 3, 1, 1, 0.5)
     assert.is_truthy(e:find('crf_meanfield: logits must be f32 or f64, got i64', 1, true), e)
-    e = err_of(p.crf_meanfield, A / 0, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 1, 3, 1, 1, 0.5)
+    e = err_of(p.crf_meanfield, A / 0, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 0, 0, 1, 3, 1, 1, 0.5)
     assert.is_truthy(e:find('crf_meanfield: logits hold', 1, true), e)
+    e = err_of(p.crf_meanfield, A, I, lumen.ones(2, 2), lumen.ones(2), 2, 5, 1, 1, 1, 1.5, 0, 1, 3, 1, 1, 0.5)
+    assert.is_truthy(e:find('crf_meanfield: probs_eps is 1.5', 1, true), e)
     e = err_of(p.crf_lattice_filter, lumen.rand(5, 3), lumen.rand(4, 1))
     assert.is_truthy(e:find('crf_lattice_filter: values are 4x1 and features 5x3', 1, true), e)
     e = err_of(crf.lattice_filter, lumen.rand(5, 3) * 1e12, lumen.rand(5, 1))
