@@ -260,7 +260,7 @@ end
 
 local DEFAULTS = {
   smooth = { sigma_mm = 1, weight = 1 },
-  bilateral = { sigma_mm = 10, sigma_int = 1, weight = 3 },
+  bilateral = { sigma_mm = 5, sigma_int = 1, weight = 3 },
 }
 
 -- The params of crf_meanfield: eps > 0 when the input is probabilities,
