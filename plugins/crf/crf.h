@@ -88,9 +88,6 @@ void crf_flow_reset(crf_flow *f);
 void crf_flow_add_terminal(crf_flow *f, int64_t v, double cap_source, double cap_sink);
 /* Adds cap to the arc from v to its neighbour along direction dir. */
 void crf_flow_add_arc(crf_flow *f, int64_t v, int32_t dir, double cap);
-/* The index of v's neighbour along dir, or -1 off the grid. */
-int64_t crf_flow_neighbour(const crf_flow *f, int64_t v, int32_t dir);
-int32_t crf_flow_opposite(const crf_flow *f, int32_t dir);
 /* Runs max-flow; *flow gets its value (plus the constant the terminal
    capacities cancelled). */
 lm_status crf_flow_solve(const crf_env *e, crf_flow *f, double *flow);

@@ -25,23 +25,14 @@
 typedef struct edges {
   int32_t nf;                       /* forward directions (first nonzero offset positive) */
   int32_t dirs[2 * MAX_FWD][CRF_MAX_DIMS]; /* forward ones, then their negatives */
+  int64_t step[MAX_FWD];            /* the index offset of each forward direction */
   double dist[MAX_FWD];
   double *w;                        /* N x nf, 0 where the neighbour is off the grid */
   size_t w_bytes;
 } edges;
 
-/* The neighbour of voxel i along offset o, or -1 off the grid. */
-static int64_t neighbour(const crf_grid_shape *g, int64_t i, const int32_t *o) {
-  int64_t r = i, j = 0, stride = 1;
-  for (int32_t a = g->ndim - 1; a >= 0; a--) {
-    int64_t c = r % g->size[a] + o[a];
-    r /= g->size[a];
-    if (c < 0 || c >= g->size[a]) return -1;
-    j += c * stride;
-    stride *= g->size[a];
-  }
-  return j;
-}
+/* The weights encode the graph: voxel i is joined to i + step[k] exactly
+   where w[i][k] != 0 (an edge of weight 0 changes no energy). */
 
 static void make_directions(const crf_grid_problem *p, edges *E) {
   const int32_t nd = p->g.ndim;
@@ -68,8 +59,12 @@ static void make_directions(const crf_grid_problem *p, edges *E) {
     memcpy(E->dirs[E->nf], o, sizeof o);
     E->nf++;
   }
-  for (int32_t k = 0; k < E->nf; k++)
+  for (int32_t k = 0; k < E->nf; k++) {
     for (int32_t a = 0; a < CRF_MAX_DIMS; a++) E->dirs[E->nf + k][a] = -E->dirs[k][a];
+    int64_t step = 0;
+    for (int32_t a = 0; a < nd; a++) step = step * p->g.size[a] + E->dirs[k][a];
+    E->step[k] = step;
+  }
 }
 
 static double diff2(const crf_grid_problem *p, int64_t i, int64_t j) {
@@ -81,6 +76,45 @@ static double diff2(const crf_grid_problem *p, int64_t i, int64_t j) {
   return s;
 }
 
+/* Calls visit(arg, i, j, k) for every edge (voxel i, its neighbour j along
+   forward direction k), walking the grid with its coordinates. */
+static void each_edge(const crf_grid_problem *p, const edges *E, void (*visit)(void *, int64_t, int64_t, int32_t), void *arg) {
+  const crf_grid_shape *g = &p->g;
+  int64_t c[CRF_MAX_DIMS] = { 0, 0, 0 };
+  for (int64_t i = 0; i < g->n; i++) {
+    for (int32_t k = 0; k < E->nf; k++) {
+      int inside = 1;
+      for (int32_t a = 0; a < g->ndim && inside; a++) {
+        int64_t ca = c[a] + E->dirs[k][a];
+        inside = ca >= 0 && ca < g->size[a];
+      }
+      if (inside) visit(arg, i, i + E->step[k], k);
+    }
+    for (int32_t a = g->ndim - 1; a >= 0 && ++c[a] == g->size[a]; a--) c[a] = 0;
+  }
+}
+
+typedef struct edge_acc {
+  const crf_grid_problem *p;
+  edges *E;
+  double sum, beta;
+  int64_t count;
+} edge_acc;
+
+static void sum_diff2(void *arg, int64_t i, int64_t j, int32_t k) {
+  edge_acc *a = arg;
+  (void)k;
+  a->sum += diff2(a->p, i, j);
+  a->count++;
+}
+
+static void set_weight(void *arg, int64_t i, int64_t j, int32_t k) {
+  edge_acc *a = arg;
+  double w = a->p->lambda / a->E->dist[k];
+  if (a->p->C > 0) w *= exp(-a->beta * diff2(a->p, i, j));
+  a->E->w[i * a->E->nf + k] = w;
+}
+
 static lm_status make_edges(const crf_env *e, const crf_grid_problem *p, edges *E) {
   make_directions(p, E);
   const int64_t N = p->g.n;
@@ -88,30 +122,13 @@ static lm_status make_edges(const crf_env *e, const crf_grid_problem *p, edges *
   E->w_bytes = (size_t)(N * nf) * sizeof(double);
   E->w = crf_alloc(e, E->w_bytes);
   if (!E->w) return crf_oom(e, "the edge weights", E->w_bytes);
-  double beta = p->beta;
-  if (p->C > 0 && beta < 0) {
-    double sum = 0;
-    int64_t count = 0;
-    for (int64_t i = 0; i < N; i++)
-      for (int32_t k = 0; k < nf; k++) {
-        int64_t j = neighbour(&p->g, i, E->dirs[k]);
-        if (j >= 0) {
-          sum += diff2(p, i, j);
-          count++;
-        }
-      }
-    beta = sum > 0 ? count / (2 * sum) : 0;
+  memset(E->w, 0, E->w_bytes);
+  edge_acc acc = { p, E, 0, p->beta, 0 };
+  if (p->C > 0 && p->beta < 0) {
+    each_edge(p, E, sum_diff2, &acc);
+    acc.beta = acc.sum > 0 ? acc.count / (2 * acc.sum) : 0;
   }
-  for (int64_t i = 0; i < N; i++)
-    for (int32_t k = 0; k < nf; k++) {
-      int64_t j = neighbour(&p->g, i, E->dirs[k]);
-      double w = 0;
-      if (j >= 0) {
-        w = p->lambda / E->dist[k];
-        if (p->C > 0) w *= exp(-beta * diff2(p, i, j));
-      }
-      E->w[i * nf + k] = w;
-    }
+  each_edge(p, E, set_weight, &acc);
   return LM_OK;
 }
 
@@ -122,7 +139,7 @@ static double energy_of(const crf_grid_problem *p, const edges *E, const int32_t
     s += p->unary[(int64_t)x[i] * N + i];
     for (int32_t k = 0; k < E->nf; k++) {
       double w = E->w[i * E->nf + k];
-      if (w != 0 && x[neighbour(&p->g, i, E->dirs[k])] != x[i]) s += w;
+      if (w != 0 && x[i + E->step[k]] != x[i]) s += w;
     }
   }
   return s;
@@ -162,9 +179,8 @@ static lm_status graph_cut(const crf_env *e, const crf_grid_problem *p, const ed
     for (int32_t k = 0; k < E->nf; k++) {
       double w = E->w[i * E->nf + k];
       if (w == 0) continue;
-      int64_t j = neighbour(&p->g, i, E->dirs[k]);
       crf_flow_add_arc(f, i, k, w);
-      crf_flow_add_arc(f, j, E->nf + k, w);
+      crf_flow_add_arc(f, i + E->step[k], E->nf + k, w);
     }
   }
   double flow;
@@ -201,7 +217,7 @@ static lm_status expansion(const crf_env *e, const crf_grid_problem *p, const ed
         for (int32_t k = 0; k < E->nf; k++) {
           double w = E->w[i * E->nf + k];
           if (w == 0) continue;
-          int64_t j = neighbour(&p->g, i, E->dirs[k]);
+          int64_t j = i + E->step[k];
           double e00 = x[i] != x[j] ? w : 0, e01 = x[i] != alpha ? w : 0, e10 = alpha != x[j] ? w : 0;
           c1[i] += e10 - e00;
           c1[j] -= e10;
@@ -240,11 +256,11 @@ static lm_status icm(const crf_env *e, const crf_grid_problem *p, const edges *E
     int changed = 0;
     for (int64_t i = 0; i < N; i++) {
       for (int32_t l = 0; l < p->K; l++) cost[l] = p->unary[(int64_t)l * N + i];
-      for (int32_t k = 0; k < 2 * nf; k++) {
-        int64_t j = neighbour(&p->g, i, E->dirs[k]);
-        if (j < 0) continue;
-        double w = k < nf ? E->w[i * nf + k] : E->w[j * nf + (k - nf)];
-        cost[x[j]] -= w; /* no penalty for agreeing with j */
+      for (int32_t k = 0; k < nf; k++) {
+        double w = E->w[i * nf + k]; /* the edge to i + step */
+        if (w != 0) cost[x[i + E->step[k]]] -= w; /* no penalty for agreeing with the neighbour */
+        int64_t j = i - E->step[k];       /* the edge from i - step, when there is one */
+        if (j >= 0 && (w = E->w[j * nf + k]) != 0) cost[x[j]] -= w;
       }
       int32_t best = x[i];
       for (int32_t l = 0; l < p->K; l++)

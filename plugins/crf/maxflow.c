@@ -40,20 +40,13 @@ struct crf_flow {
   int32_t *ts, *dist;
   int32_t *next;                 /* active list: -1 out of it, self at its tail */
   int32_t head, tail;
+  int32_t *pidx;                 /* the padded index of each voxel */
   int32_t *orphans;              /* FIFO of orphans */
   int64_t orphan_cap, orphan_head, orphan_tail;
   int32_t time;
 };
 
-static int64_t padded_index(const crf_flow *f, int64_t v) {
-  int64_t p = 0;
-  for (int32_t a = f->g.ndim - 1; a >= 0; a--) {
-    int64_t c = v % f->g.size[a];
-    v /= f->g.size[a];
-    p += (c + 1) * f->pstride[a];
-  }
-  return p;
-}
+static inline int64_t padded_index(const crf_flow *f, int64_t v) { return f->pidx[v]; }
 
 lm_status crf_flow_new(const crf_env *e, const crf_grid_shape *g, int32_t nd, const int32_t (*offsets)[CRF_MAX_DIMS], crf_flow **out) {
   *out = NULL;
@@ -93,11 +86,26 @@ lm_status crf_flow_new(const crf_env *e, const crf_grid_shape *g, int32_t nd, co
   f->ts = crf_alloc(e, (size_t)np * sizeof *f->ts);
   f->dist = crf_alloc(e, (size_t)np * sizeof *f->dist);
   f->next = crf_alloc(e, (size_t)np * sizeof *f->next);
+  f->pidx = crf_alloc(e, (size_t)g->n * sizeof *f->pidx);
   f->orphan_cap = 4096;
   f->orphans = crf_alloc(e, (size_t)f->orphan_cap * sizeof *f->orphans);
-  if (!f->rc || !f->tr || !f->tree || !f->parent || !f->ts || !f->dist || !f->next || !f->orphans) {
+  if (!f->rc || !f->tr || !f->tree || !f->parent || !f->ts || !f->dist || !f->next || !f->pidx || !f->orphans) {
     crf_flow_free(e, f);
     return crf_oom(e, "the graph", (size_t)np * (size_t)(nd * 8 + 22));
+  }
+  /* voxel -> padded node, walking the grid (no divisions per voxel) */
+  int64_t c[CRF_MAX_DIMS] = { 0, 0, 0 }, p = 0;
+  for (int32_t a = 0; a < g->ndim; a++) p += f->pstride[a];
+  for (int64_t v = 0; v < g->n; v++) {
+    f->pidx[v] = (int32_t)p;
+    int32_t a = g->ndim - 1;
+    while (a >= 0 && ++c[a] == g->size[a]) c[a--] = 0;
+    if (a == g->ndim - 1) {
+      p++;
+    } else {
+      p = 0;
+      for (int32_t b = 0; b < g->ndim; b++) p += (c[b] + 1) * f->pstride[b];
+    }
   }
   crf_flow_reset(f);
   *out = f;
@@ -113,6 +121,7 @@ void crf_flow_free(const crf_env *e, crf_flow *f) {
   crf_free(e, f->ts, (size_t)f->np * sizeof *f->ts);
   crf_free(e, f->dist, (size_t)f->np * sizeof *f->dist);
   crf_free(e, f->next, (size_t)f->np * sizeof *f->next);
+  crf_free(e, f->pidx, (size_t)f->g.n * sizeof *f->pidx);
   crf_free(e, f->orphans, (size_t)f->orphan_cap * sizeof *f->orphans);
   crf_free(e, f, sizeof *f);
 }
@@ -133,20 +142,6 @@ void crf_flow_add_terminal(crf_flow *f, int64_t v, double cap_source, double cap
 }
 
 void crf_flow_add_arc(crf_flow *f, int64_t v, int32_t dir, double cap) { f->rc[padded_index(f, v) * f->nd + dir] += cap; }
-
-int64_t crf_flow_neighbour(const crf_flow *f, int64_t v, int32_t dir) {
-  int64_t p = padded_index(f, v) + f->off[dir];
-  if (f->tree[p] == WALL) return -1;
-  /* back to the unpadded index */
-  int64_t u = 0;
-  for (int32_t a = 0; a < f->g.ndim; a++) {
-    int64_t c = (p / f->pstride[a]) % (f->g.size[a] + 2) - 1;
-    u = u * f->g.size[a] + c;
-  }
-  return u;
-}
-
-int32_t crf_flow_opposite(const crf_flow *f, int32_t dir) { return f->opp[dir]; }
 
 int crf_flow_sink_side(const crf_flow *f, int64_t v) { return f->tree[padded_index(f, v)] != SRC; }
 
