@@ -31,6 +31,16 @@ local function status(field)
   f:close()
   return tonumber(s:match(field .. ':%s*(%d+) kB'))
 end
+-- CPU seconds (user + system) this process has used, all threads.
+local function cpu_seconds()
+  local f = io.open('/proc/self/stat')
+  if not f then return 0 end
+  local s = f:read('*a')
+  f:close()
+  local fields = {}
+  for x in s:gsub('^.-%) ', ''):gmatch('%S+') do fields[#fields + 1] = x end
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- utime, stime in ticks of 1/100 s
+end
 local function reset_peak()
   local f = io.open('/proc/self/clear_refs', 'w')
   if f then f:write('5'); f:close() end
@@ -84,20 +94,20 @@ if mode == 'dense' or mode == 'grid' then
   collectgarbage()
   lumen.empty_cache() -- freed blocks the allocator keeps would count as RSS
   if mode == 'dense' then
-    local times, rss, R = {}, nil, nil
+    local times, cpus, rss, R = {}, {}, nil, nil
     for r = 1, runs do
       R = nil
       collectgarbage()
       lumen.empty_cache()
       local before = status('VmRSS')
       reset_peak()
-      local t0 = lumen.clock()
+      local t0, c0 = lumen.clock(), cpu_seconds()
       R = crf.dense{ probs = P, image = img, spacing = { 1, 1, 1 }, smooth = { sigma_mm = 1, weight = 1 },
         bilateral = { sigma_mm = 5, sigma_int = 10, weight = 3 }, iterations = 5 }
-      times[r] = lumen.clock() - t0
+      times[r], cpus[r] = lumen.clock() - t0, cpu_seconds() - c0
       if r == 1 then rss = { before = before, peak = status('VmHWM') } end
     end
-    print(string.format('dense %.3f %d %d %.4f %.4f %s', median(times), rss.peak or -1, rss.before or -1,
+    print(string.format('dense %.3f %.2f %d %d %.4f %.4f %s', median(times), median(cpus), rss.peak or -1, rss.before or -1,
       dice(P:argmax(0), truth), dice(R:argmax(0), truth), source))
   else
     -- beta as crf.grid computes it, given to both sides
@@ -109,13 +119,13 @@ if mode == 'dense' or mode == 'grid' then
     end
     local beta = n / (2 * s)
     local U = -(lumen.clamp(P, 1e-6, 1):log())
-    local times, labels, energy = {}, nil, nil
+    local times, cpus, labels, energy = {}, {}, nil, nil
     local before = status('VmRSS')
     reset_peak()
     for r = 1, runs do
-      local t0 = lumen.clock()
+      local t0, c0 = lumen.clock(), cpu_seconds()
       labels, energy = crf.grid{ unary = U, image = img, neighbours = 6, lambda = 1, beta = beta }
-      times[r] = lumen.clock() - t0
+      times[r], cpus[r] = lumen.clock() - t0, cpu_seconds() - c0
     end
     local peak = status('VmHWM')
     -- the same problem for the peer
@@ -133,7 +143,7 @@ if mode == 'dense' or mode == 'grid' then
       end
       f:close()
     end
-    print(string.format('grid %.3f %d %d %.17g %.4f %.4f', median(times), peak or -1, before or -1, energy,
+    print(string.format('grid %.3f %.2f %d %d %.17g %.4f %.4f', median(times), median(cpus), peak or -1, before or -1, energy,
       dice(P:argmax(0), truth), dice(labels, truth)))
   end
   os.exit(0)
@@ -157,7 +167,7 @@ pcall(load.close, load)
 print(string.format('crf bench: %d^3, 2 labels, %d threads, median of %d runs; load average %s', N, threads, runs, loadavg:match('^(%S+ %S+ %S+)') or loadavg))
 
 local dense = run(self_cmd('dense'))
-local t, peak, base, d0, d1, source = dense:match('dense (%S+) (%S+) (%S+) (%S+) (%S+) (.-)\n')
+local t, cpu, peak, base, d0, d1, source = dense:match('dense (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (.-)\n')
 if not t then
   print('dense CRF failed:\n' .. dense)
 else
@@ -165,6 +175,7 @@ else
   print(string.format('%-44s %-22s %s', 'case', 'lumen', 'reference'))
   print(string.format('%-44s %-22s %s', 'dense CRF, 5 iterations, lattice included', string.format('%.2f s', tonumber(t)),
     '2.2-4.7 s (DeepMedic\'s Krähenbühl code, 1 thread)'))
+  print(string.format('%-44s %-22s', '  CPU time of the call (both threads)', string.format('%.2f s', tonumber(cpu))))
   print(string.format('%-44s %-22s %s', '  peak RSS during the call (whole process)', string.format('%.0f MB', tonumber(peak) / 1024),
     '430 MB'))
   print(string.format('%-44s %-22s', '  RSS before the call (data, lumen)', string.format('%.0f MB', tonumber(base) / 1024)))
@@ -179,7 +190,7 @@ if os.execute(string.format("pkg-config --exists maxflow 2>/dev/null && g++ -O2 
   peer = dir .. '/peer'
 end
 local grid = run(self_cmd('grid', string.format("CRF_BENCH_PROBLEM='%s/problem.bin'", dir)))
-local gt, gpeak, gbase, genergy, g0, g1 = grid:match('grid (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
+local gt, gcpu, gpeak, gbase, genergy, g0, g1 = grid:match('grid (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
 if not gt then
   print('graph cut failed:\n' .. grid)
 else
@@ -190,11 +201,14 @@ else
     if flow then
       local same = math.abs(tonumber(flow) - tonumber(genergy)) <= 1e-9 * tonumber(flow)
       ref = string.format('%.2f s libmaxflow (1 thread; energy %s)', tonumber(secs), same and 'equal' or ('DIFFERS: ' .. flow))
+      local pcpu = out:match('cpu (%S+)')
+      if pcpu then ref = ref .. string.format(', %.2f s CPU', tonumber(pcpu)) end
     else
       ref = 'libmaxflow failed: ' .. out
     end
   end
   print(string.format('%-44s %-22s %s', 'graph cut, 6 neighbours, lambda 1 (1 thread)', string.format('%.2f s', tonumber(gt)), ref))
+  print(string.format('%-44s %-22s', '  CPU time', string.format('%.2f s', tonumber(gcpu))))
   print(string.format('%-44s %-22s', '  peak RSS (whole process)', string.format('%.0f MB', tonumber(gpeak) / 1024)))
   print(string.format('%-44s %-22s', '  Dice before -> after', string.format('%.4f -> %.4f', tonumber(g0), tonumber(g1))))
 end

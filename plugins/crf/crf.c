@@ -261,32 +261,69 @@ static lm_status mf_data_load(const crf_env *e, lm_tensor *const *in, mf_args *a
   return LM_OK;
 }
 
+/* Loading volume b, in parallel: logits (from probabilities when eps > 0)
+   into A; bad[chunk] = the first flat index that is wrong, or -1. */
+typedef struct load_job {
+  const mf_args *a;
+  const mf_data *d;
+  int64_t base; /* first element of the volume in the input */
+  int64_t *bad;
+  int64_t chunks;
+} load_job;
+
+static void load_span(void *arg, int64_t cb, int64_t ce) {
+  const load_job *j = arg;
+  const int32_t K = j->a->p.K;
+  const int64_t N = j->a->p.g.n;
+  const double eps = j->a->eps;
+  for (int64_t c = cb; c < ce; c++) {
+    const int64_t lo = N * c / j->chunks, hi = N * (c + 1) / j->chunks;
+    j->bad[c] = -1;
+    for (int64_t i = lo; i < hi && j->bad[c] < 0; i++) {
+      double sum = 0;
+      for (int32_t k = 0; k < K; k++) {
+        double v = value_at(&j->d->lci, j->base + k * N + i);
+        if (eps > 0) {
+          sum += v;
+          if (!(v >= -1e-4 && v <= 1 + 1e-4)) j->bad[c] = k * N + i;
+          v = log(v > eps ? v : eps);
+        } else if (!isfinite(v)) {
+          j->bad[c] = k * N + i;
+        }
+        j->d->A[k * N + i] = v;
+      }
+      if (eps > 0 && !(fabs(sum - 1) <= 1e-3) && j->bad[c] < 0) j->bad[c] = i; /* a voxel: its sum is off */
+    }
+  }
+}
+
 /* Volume b's logits into d->A (from probabilities when eps > 0, checking
    they are probabilities) and its image into d->I. */
 static lm_status mf_load_volume(const crf_env *e, const mf_args *a, mf_data *d, int32_t b) {
   const int32_t K = a->p.K;
   const int64_t N = a->p.g.n, base = (int64_t)b * K * N;
-  for (int64_t i = 0; i < K * N; i++) {
-    double v = value_at(&d->lci, base + i);
-    if (a->eps > 0) {
-      if (isnan(v))
-        return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: NaN at flat index %lld", e->op, (long long)(base + i));
-      if (!(v >= -1e-4 && v <= 1 + 1e-4))
-        return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: %g at flat index %lld (expected 0 to 1; pass softmax outputs, not logits)",
-                                  e->op, v, (long long)(base + i));
-      v = log(v > a->eps ? v : a->eps);
-    } else if (!isfinite(v)) {
-      return e->host->set_error(e->ctx, LM_E_ARG, "%s: logits hold %g at flat index %lld, expected finite values", e->op, v, (long long)(base + i));
-    }
-    d->A[i] = v;
-  }
-  if (a->eps > 0) {
-    for (int64_t i = 0; i < N; i++) {
-      double s = 0;
-      for (int32_t k = 0; k < K; k++) s += value_at(&d->lci, base + k * N + i);
-      if (fabs(s - 1) > 1e-3)
+  int64_t bad[64];
+  load_job lj = { a, d, base, bad, N >= 64 * 4096 ? 64 : 1 };
+  e->host->parallel_for(e->ctx, lj.chunks, 1, load_span, &lj);
+  for (int64_t c = 0; c < lj.chunks; c++) {
+    if (bad[c] < 0) continue;
+    /* the first problem in this chunk: say what it is */
+    for (int64_t i = N * c / lj.chunks; i < N * (c + 1) / lj.chunks; i++) {
+      double sum = 0;
+      for (int32_t k = 0; k < K; k++) {
+        double v = value_at(&d->lci, base + k * N + i);
+        sum += v;
+        if (a->eps > 0 && isnan(v))
+          return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: NaN at flat index %lld", e->op, (long long)(base + k * N + i));
+        if (a->eps > 0 && !(v >= -1e-4 && v <= 1 + 1e-4))
+          return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: %g at flat index %lld (expected 0 to 1; pass softmax outputs, not logits)",
+                                    e->op, v, (long long)(base + k * N + i));
+        if (a->eps == 0 && !isfinite(v))
+          return e->host->set_error(e->ctx, LM_E_ARG, "%s: logits hold %g at flat index %lld, expected finite values", e->op, v, (long long)(base + k * N + i));
+      }
+      if (a->eps > 0 && fabs(sum - 1) > 1e-3)
         return e->host->set_error(e->ctx, LM_E_ARG, "%s: probs are not probabilities: they sum to %g over the %d labels at voxel %lld of volume %d, expected 1",
-                                  e->op, s, (int)K, (long long)i, (int)b);
+                                  e->op, sum, (int)K, (long long)i, (int)b);
     }
   }
   const int64_t cbase = (int64_t)b * a->p.C * N;

@@ -490,24 +490,51 @@ typedef struct filter_job {
   const float *in_scale, *out_scale;
 } filter_job;
 
-/* splat: each thread owns a range of vertices and scans every point for
-   the corners in its range, so the sums of a vertex always run over the
-   points in order, whatever the number of threads */
-static CRF_CLONES void splat_span(void *arg, int64_t vb, int64_t ve) {
-  const filter_job *j = arg;
+/* splat: the points are split in SPLAT_PARTS fixed ranges, each summed
+   into its own copy of the lattice on its own thread, and the copies are
+   added in order, so the result does not depend on the number of threads.
+   (Lattices too big for the copies, from tiny sigmas, splat in one part.) */
+#define SPLAT_PARTS 2
+#define SPLAT_COPY_LIMIT ((size_t)64 << 20)
+
+static CRF_CLONES void splat_part(const filter_job *j, int64_t begin, int64_t end, double *vals) {
   const crf_lattice *L = j->L;
   const int32_t d1 = L->d + 1, nv = j->nv;
-  const int32_t lo = (int32_t)vb, hi = (int32_t)ve;
-  for (int64_t i = 0; i < L->n; i++) {
-    const int32_t *vert = L->vert + i * d1;
+  double v[CRF_MAX_LABELS];
+  for (int64_t i = begin; i < end; i++) {
+    double w0 = j->in_scale ? j->in_scale[i] : 1.0;
+    for (int32_t k = 0; k < nv; k++) v[k] = w0 * j->in[k * j->istride + i];
     for (int32_t r = 0; r < d1; r++) {
-      int32_t v = vert[r];
-      if (v < lo || v >= hi) continue;
-      double w = L->bary[i * d1 + r] * (j->in_scale ? j->in_scale[i] : 1.0);
-      double *dst = j->vals + (int64_t)v * nv;
-      for (int32_t k = 0; k < nv; k++) dst[k] += w * j->in[k * j->istride + i];
+      double w = L->bary[i * d1 + r];
+      double *dst = vals + (int64_t)L->vert[i * d1 + r] * nv;
+      for (int32_t k = 0; k < nv; k++) dst[k] += w * v[k];
     }
   }
+}
+
+typedef struct splat_job {
+  const filter_job *f;
+  double *copies[SPLAT_PARTS];
+  int32_t parts;
+} splat_job;
+
+static void splat_span(void *arg, int64_t b, int64_t e) {
+  const splat_job *s = arg;
+  const int64_t n = s->f->L->n;
+  for (int64_t part = b; part < e; part++)
+    splat_part(s->f, n * part / s->parts, n * (part + 1) / s->parts, s->copies[part]);
+}
+
+typedef struct add_job {
+  double *dst;
+  double *const *src;
+  int32_t parts;
+} add_job;
+
+static CRF_CLONES void add_span(void *arg, int64_t b, int64_t e) {
+  const add_job *a = arg;
+  for (int32_t part = 1; part < a->parts; part++)
+    for (int64_t i = b; i < e; i++) a->dst[i] += a->src[part][i];
 }
 
 static CRF_CLONES void slice_span(void *arg, int64_t b, int64_t e) {
@@ -545,7 +572,24 @@ lm_status crf_lattice_filter(const crf_env *e, const crf_lattice *L, const doubl
   }
   memset(a, 0, bytes);
   filter_job fj = { L, in, a, out, istride, ostride, nv, accumulate, scale * L->gain, in_scale, out_scale };
-  e->host->parallel_for(e->ctx, L->m, L->m / 16 + 1, splat_span, &fj);
+  splat_job sj = { &fj, { a }, 1 };
+  if (bytes * (SPLAT_PARTS - 1) <= SPLAT_COPY_LIMIT) {
+    for (; sj.parts < SPLAT_PARTS; sj.parts++) {
+      sj.copies[sj.parts] = crf_alloc(e, bytes);
+      if (!sj.copies[sj.parts]) break;
+      memset(sj.copies[sj.parts], 0, bytes);
+    }
+    if (sj.parts < SPLAT_PARTS) { /* short of memory: one part */
+      for (int32_t q = 1; q < sj.parts; q++) crf_free(e, sj.copies[q], bytes);
+      sj.parts = 1;
+    }
+  }
+  e->host->parallel_for(e->ctx, sj.parts, 1, splat_span, &sj);
+  if (sj.parts > 1) {
+    add_job aj = { a, sj.copies, sj.parts };
+    e->host->parallel_for(e->ctx, L->m * nv, 32768, add_span, &aj);
+    for (int32_t q = 1; q < sj.parts; q++) crf_free(e, sj.copies[q], bytes);
+  }
   for (int32_t s = 0; s < d1; s++) {
     blur_job j = { L, a, b, nv, reverse ? d1 - 1 - s : s };
     e->host->parallel_for(e->ctx, L->m, 4096, blur_span, &j);

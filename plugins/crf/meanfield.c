@@ -324,29 +324,57 @@ void crf_mf_release(const crf_env *e, crf_mf_problem *p) {
   p->have_spatial = p->have_lattice = 0;
 }
 
-/* r = 1 / (F 1) (floored: the lattice may give an isolated point less
-   than its own weight, never zero in practice) */
+/* r = 1 / (F 1), floored (the lattice may give an isolated point less
+   than its own weight, never zero in practice). The spatial kernel is
+   separable, so there F 1 is the product of per-axis sums of the taps
+   that fall inside the volume. */
 static lm_status normaliser(const crf_env *e, crf_mf_problem *p, int lattice, float **out) {
   const int64_t N = p->g.n;
   const size_t db = (size_t)N * sizeof(double);
-  double *ones = crf_alloc(e, db), *r = crf_alloc(e, db), *tmp = lattice ? NULL : crf_alloc(e, db);
   float *rf = crf_alloc(e, norm_bytes(p));
+  double *ones = NULL, *r = NULL, *axis[CRF_MAX_DIMS] = { NULL, NULL, NULL };
   lm_status st = LM_OK;
-  if (!ones || !r || (!lattice && !tmp) || !rf) {
-    st = crf_oom(e, "the normalisers", 3 * db);
-    goto done;
+  if (!rf) return crf_oom(e, "the normalisers", norm_bytes(p));
+  if (lattice) {
+    ones = crf_alloc(e, db);
+    r = crf_alloc(e, db);
+    if (!ones || !r) {
+      st = crf_oom(e, "the normalisers", 2 * db);
+      goto done;
+    }
+    for (int64_t i = 0; i < N; i++) ones[i] = 1;
+    if ((st = crf_lattice_filter(e, &p->lattice, ones, N, r, N, 1, 1.0, 0, 0, NULL, NULL))) goto done;
+    for (int64_t i = 0; i < N; i++) rf[i] = (float)(1.0 / (r[i] > 1e-6 ? r[i] : 1e-6));
+  } else {
+    const crf_spatial *sp = &p->spatial;
+    for (int32_t a = 0; a < p->g.ndim; a++) {
+      const int64_t L = p->g.size[a];
+      if (!(axis[a] = crf_alloc(e, (size_t)L * sizeof(double)))) {
+        st = crf_oom(e, "the normalisers", (size_t)L * sizeof(double));
+        goto done;
+      }
+      for (int64_t i = 0; i < L; i++) {
+        double s = 0;
+        for (int64_t t = -sp->radius[a]; t <= sp->radius[a]; t++)
+          if (i + t >= 0 && i + t < L) s += sp->taps[a][t < 0 ? -t : t];
+        axis[a][i] = s;
+      }
+    }
+    int64_t c[CRF_MAX_DIMS] = { 0, 0, 0 };
+    for (int64_t i = 0; i < N; i++) {
+      double s = 1;
+      for (int32_t a = 0; a < p->g.ndim; a++) s *= axis[a][c[a]];
+      rf[i] = (float)(1.0 / s);
+      for (int32_t a = p->g.ndim - 1; a >= 0 && ++c[a] == p->g.size[a]; a--) c[a] = 0;
+    }
   }
-  for (int64_t i = 0; i < N; i++) ones[i] = 1;
-  if (lattice) st = crf_lattice_filter(e, &p->lattice, ones, N, r, N, 1, 1.0, 0, 0, NULL, NULL);
-  else crf_spatial_filter(e, &p->spatial, ones, r, tmp, 1, 1.0, NULL);
-  if (st) goto done;
-  for (int64_t i = 0; i < N; i++) rf[i] = (float)(1.0 / (r[i] > 1e-6 ? r[i] : 1e-6));
   *out = rf;
   rf = NULL;
 done:
   crf_free(e, ones, db);
   crf_free(e, r, db);
-  crf_free(e, tmp, db);
+  for (int32_t a = 0; a < CRF_MAX_DIMS; a++)
+    if (axis[a]) crf_free(e, axis[a], (size_t)p->g.size[a] * sizeof(double));
   crf_free(e, rf, norm_bytes(p));
   return st;
 }
