@@ -92,7 +92,7 @@ static inline int64_t table_probe(const hash_table *t, const int32_t *key, uint6
 
 static inline int32_t slot_vertex(uint64_t e) { return (int32_t)(uint32_t)e - 1; }
 
-static int32_t table_find(const hash_table *t, const int32_t *key) {
+static inline __attribute__((always_inline)) int32_t table_find(const hash_table *t, const int32_t *key) {
   return slot_vertex(t->slot[table_probe(t, key, hash_key(key, t->d))]);
 }
 
@@ -139,7 +139,7 @@ static inline int32_t table_insert_hashed(const crf_env *e, hash_table *t, const
   return v;
 }
 
-static int32_t table_insert(const crf_env *e, hash_table *t, const int32_t *key, lm_status *st) {
+static inline __attribute__((always_inline)) int32_t table_insert(const crf_env *e, hash_table *t, const int32_t *key, lm_status *st) {
   return table_insert_hashed(e, t, key, hash_key(key, t->d), st);
 }
 
@@ -326,7 +326,7 @@ typedef struct nbr_job {
   int64_t first; /* the first vertex to look at */
 } nbr_job;
 
-static void nbr_span(void *arg, int64_t b, int64_t e) {
+static CRF_CLONES void nbr_span(void *arg, int64_t b, int64_t e) {
   const nbr_job *j = arg;
   const int32_t d = j->L->d, d1 = d + 1;
   int32_t key[CRF_MAX_FEATURES];
