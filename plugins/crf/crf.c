@@ -355,7 +355,7 @@ static lm_status mf_forward(const lm_host_api *host, lm_ctx *ctx, lm_tensor *con
   lm_tensor_info yi;
   host->tensor_info(y, &yi);
   const int64_t kn = (int64_t)a.p.K * a.p.g.n;
-  for (int32_t b = 0; b < a.B; b++) {
+  for (int32_t b = 0; b < a.B && kn > 0; b++) {
     if ((st = mf_load_volume(&e, &a, &d, b))) goto done;
     crf_mf_problem p = a.p;
     if ((st = crf_mf_prepare(&e, &p))) goto done;
@@ -406,7 +406,7 @@ static lm_status mf_backward(const lm_host_api *host, lm_ctx *ctx, lm_tensor *co
   lm_tensor_info gai;
   host->tensor_info(ga_t, &gai);
   const int64_t kn = (int64_t)a.p.K * a.p.g.n;
-  for (int32_t b = 0; b < a.B; b++) {
+  for (int32_t b = 0; b < a.B && kn > 0; b++) {
     if ((st = mf_load_volume(&e, &a, &d, b))) goto done;
     for (int64_t i = 0; i < kn; i++) G[i] = value_at(&gci, b * kn + i);
     crf_mf_problem p = a.p;

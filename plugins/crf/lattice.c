@@ -246,6 +246,7 @@ typedef struct build_chunk {
   hash_table t;
   lm_status st;
   int64_t bad_point; /* a feature out of range */
+  int32_t bad_dim;
   double bad_value;
 } build_chunk;
 
@@ -267,7 +268,10 @@ static CRF_CLONES void build_chunk_run(build_chunk *c) {
       if (!(fabs(x[j]) < COORD_LIMIT)) {
         c->st = LM_E_ARG;
         c->bad_point = i;
-        c->bad_value = f[j < d ? j : d - 1];
+        c->bad_dim = 0; /* the feature that sent it there: the largest */
+        for (int32_t q = 1; q < d; q++)
+          if (!(fabs(f[q]) <= fabs(f[c->bad_dim]))) c->bad_dim = q;
+        c->bad_value = f[c->bad_dim];
         return;
       }
     }
@@ -362,14 +366,14 @@ lm_status crf_lattice_build(const crf_env *e, int64_t n, int32_t d, crf_feature_
     goto fail;
   }
   for (int32_t c = 0; c < BUILD_CHUNKS; c++) {
-    chunks[c] = (build_chunk){ &quiet, feature, arg, L, n * c / BUILD_CHUNKS, n * (c + 1) / BUILD_CHUNKS, { 0 }, LM_OK, -1, 0 };
+    chunks[c] = (build_chunk){ &quiet, feature, arg, L, n * c / BUILD_CHUNKS, n * (c + 1) / BUILD_CHUNKS, { 0 }, LM_OK, -1, 0, 0 };
   }
   e->host->parallel_for(e->ctx, BUILD_CHUNKS, 1, build_span, chunks);
   for (int32_t c = 0; c < BUILD_CHUNKS; c++) {
     if (chunks[c].st == LM_E_ARG) {
       st = e->host->set_error(e->ctx, LM_E_ARG,
-                              "%s: feature %lld is %g after scaling by 1/sigma (a sigma too small for the range of positions or intensities, or a NaN)",
-                              e->op, (long long)chunks[c].bad_point, chunks[c].bad_value);
+                              "%s: feature %d of point %lld is %g after division by its sigma (a sigma too small for the range of positions or intensities, or a NaN)",
+                              e->op, (int)chunks[c].bad_dim, (long long)chunks[c].bad_point, chunks[c].bad_value);
       goto fail;
     }
     if (chunks[c].st) {
