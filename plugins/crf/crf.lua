@@ -5,51 +5,64 @@
 --
 --   crf.dense{probs = P, image = t1 or {t1, t2, ...}, spacing = {1, 1, 1},
 --             smooth = {sigma_mm = 1, weight = 1},
---             bilateral = {sigma_mm = 10, sigma_int = 20, weight = 3},
+--             bilateral = {sigma_mm = 5, sigma_int = 1, weight = 3},
 --             iterations = 5, compat = 'potts', normalize = true, eps = 1e-6}
 --       -> refined probabilities (K x spatial, P's dtype)
 --     Mean-field inference in a fully connected CRF (Krähenbühl and Koltun
---     2011). P: K x H x W or K x D x H x W, probabilities over the first dim.
---     The unary energies are -log(max(P, eps)). Kernels: smooth =
---     w exp(-d^2 / 2 sigma^2) over distances in mm, applied exactly
---     (separable); bilateral = w exp(-d^2 / 2 sigma_mm^2 - sum_c dI_c^2 /
---     2 sigma_int_c^2), on the permutohedral lattice (Adams et al. 2010);
---     either may be false. With normalize (the default) each kernel's
---     message is the kernel-weighted mean of the neighbours' labels, so a
---     weight is in logits; normalize = false gives the paper's sums.
---     compat: 'potts' (1 between different labels) or a K x K matrix
---     (a tensor or nested lists), mu(l, k) = cost of l next to k.
---     image: tensors of the spatial shape, one per channel (or one C x
---     spatial tensor), or lumen.image objects (their spacing is the
---     default); sigma_int is one number or one per channel.
+--     2011). P: K x W, K x H x W or K x D x H x W, probabilities over the
+--     first dim (checked: 0..1, summing to 1). The unary energies are
+--     -log(max(P, eps)). Kernels: smooth = w exp(-d^2 / 2 sigma^2) over
+--     distances in mm, applied exactly (separable, truncated at 4 sigma);
+--     bilateral = w exp(-d^2 / 2 sigma_mm^2 - sum_c dI_c^2 / 2 sigma_int_c^2)
+--     on the permutohedral lattice (Adams et al. 2010; sums within a few
+--     percent); either may be false. With normalize (the default) each
+--     kernel's message is the kernel-weighted mean of the labels around a
+--     voxel, itself included (as Krähenbühl's code), so a weight is in
+--     logits whatever the sigmas; normalize = false gives the paper's sums
+--     over the other voxels. sigma_int is in image units (1 suits z-scored
+--     images), one number or one per channel. compat: 'potts' (1 between
+--     different labels) or a K x K matrix (tensor or nested lists), mu(l, k)
+--     = the cost of l next to k. image: tensors of the spatial shape, one
+--     per channel, a C x spatial tensor, or lumen.image objects (whose
+--     spacing is the default). The bilateral kernel is on when an image is
+--     given.
 --
 --   crf.meanfield(logits, image, opts) -> logits
 --     The differentiable op: logits N x K x spatial, image N x C x spatial
 --     (nil: none); opts as crf.dense's plus compat (tensor K x K) and
---     weights (tensor of 2: smooth, bilateral), whose gradients it gives
---     (CRF-as-RNN, Zheng et al. 2015), with those of the logits.
+--     weights (tensor of 2: smooth, bilateral). Gradients reach the logits,
+--     compat and weights (CRF-as-RNN, Zheng et al. 2015: the unrolled
+--     iterations, recomputed in the backward), through loss:backward().
 --
 --   crf.MeanField{labels = K, ndim = 3, spacing =, smooth =, bilateral =,
 --                 iterations = 5, compat = 'potts', normalize = true,
 --                 learn_compat = true, learn_weights = true}
 --       an nn.Module: m(logits, image) -> logits; parameters compat (K x K)
---       and weights (2), trained end to end with the network.
+--       and weights (2), trained end to end with the network (false: kept
+--       as buffers).
 --
 --   crf.grid{probs = P (or unary = U), image =, spacing =, neighbours = 6,
 --            lambda = 1, beta = nil, solver = 'graphcut' | 'expansion' | 'icm',
 --            max_sweeps = 20, eps = 1e-6}  -> labels (i64 spatial), energy
 --     A contrast-sensitive Potts MRF: E = sum_i U(x_i) + sum_(i,j) w_ij
 --     [x_i ~= x_j], w_ij = lambda exp(-beta |I_i - I_j|^2) / dist_ij (mm),
---     beta = 1 / (2 mean |I_i - I_j|^2) unless given, U = -log(max(P, eps)).
---     neighbours: 4 or 8 in 2-D, 6, 18 or 26 in 3-D. graphcut: two labels,
---     exact (our max-flow); expansion: alpha-expansion; icm: ICM. The
---     default solver is graphcut for two labels, expansion otherwise.
+--     beta = 1 / (2 mean |I_i - I_j|^2) over the edges unless given,
+--     U = -log(max(P, eps)); without an image w_ij = lambda / dist_ij.
+--     neighbours: 2 in 1-D, 4 or 8 in 2-D, 6, 18 or 26 in 3-D. graphcut:
+--     two labels, exact (our Boykov-Kolmogorov max-flow); expansion:
+--     alpha-expansion (Boykov, Veksler and Zabih); icm: ICM. Both start from
+--     the labels of least cost. The default solver is graphcut for two
+--     labels, expansion otherwise.
 --   crf.grid_energy{..., labels = x} -> the energy of a labelling
 --
 --   crf.lattice_filter(features, values) -> N x V: sum_j exp(-|fi - fj|^2
 --     / 2) v_j over N points with features N x d (divide by the sigmas
 --     first), on the permutohedral lattice; differentiable in values.
 --   crf.potts(K) -> the K x K Potts compatibility (f32)
+--
+-- Errors name the function ("lumen.crf.dense: ...") and point at the
+-- caller's line. The plugin's ops (lumen.load_plugin('crf')) are described
+-- in plugins/crf/crf.c.
 local lumen = require 'lumen'
 local nn = require 'lumen.nn'
 

@@ -167,39 +167,54 @@ static void run_voxels(const crf_env *e, voxel_job *j, void (*fn)(void *, int64_
   e->host->parallel_for(e->ctx, j->N, 16384 / j->K + 1, fn, j);
 }
 
+/* The softmax of z[0..K) into q, with one exp fewer (the largest is 1). */
+static inline __attribute__((always_inline)) void softmax_of(const double *z, double *q, int32_t K) {
+  int32_t top = 0;
+  for (int32_t k = 1; k < K; k++)
+    if (z[k] > z[top]) top = k;
+  double s = 1;
+  for (int32_t k = 0; k < K; k++) {
+    q[k] = k == top ? 1.0 : exp(z[k] - z[top]);
+    if (k != top) s += q[k];
+  }
+  double inv = 1.0 / s;
+  for (int32_t k = 0; k < K; k++) q[k] *= inv;
+}
+
 /* out = softmax over labels of Z */
 static CRF_CLONES void softmax_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
   const int32_t K = j->K;
   const int64_t N = j->N;
+  double z[CRF_MAX_LABELS], q[CRF_MAX_LABELS];
   for (int64_t i = b; i < e; i++) {
-    double mx = -INFINITY;
-    for (int32_t k = 0; k < K; k++) mx = j->Z[k * N + i] > mx ? j->Z[k * N + i] : mx;
-    double s = 0;
-    for (int32_t k = 0; k < K; k++) {
-      double v = exp(j->Z[k * N + i] - mx);
-      j->out[k * N + i] = v;
-      s += v;
-    }
-    double inv = 1.0 / s;
-    for (int32_t k = 0; k < K; k++) j->out[k * N + i] *= inv;
+    for (int32_t k = 0; k < K; k++) z[k] = j->Z[k * N + i];
+    softmax_of(z, q, K);
+    for (int32_t k = 0; k < K; k++) j->out[k * N + i] = q[k];
   }
 }
 
 /* Z holds the filtered messages ws rs S Q + wb rb B Q; in place:
-   Z = A - mu (Z - w Q), w the weight of the self terms to remove */
+   Z = A - mu (Z - w Q), w the weight of the self terms to remove; then,
+   when out is set, out = softmax(Z) (out may be Q: each voxel reads its
+   Q before writing it) */
 static CRF_CLONES void update_span(void *arg, int64_t b, int64_t e) {
   const voxel_job *j = arg;
   const int32_t K = j->K;
   const int64_t N = j->N;
-  double m[CRF_MAX_LABELS];
+  double m[CRF_MAX_LABELS], z[CRF_MAX_LABELS], q[CRF_MAX_LABELS];
   for (int64_t i = b; i < e; i++) {
     for (int32_t k = 0; k < K; k++) m[k] = j->Z[k * N + i] - j->w * j->Q[k * N + i];
     for (int32_t l = 0; l < K; l++) {
       double p = 0;
       const double *row = j->mu + l * K;
       for (int32_t k = 0; k < K; k++) p += row[k] * m[k];
-      j->Z[l * N + i] = j->A[l * N + i] - p;
+      z[l] = j->A[l * N + i] - p;
+      j->Z[l * N + i] = z[l];
+    }
+    if (j->out) {
+      softmax_of(z, q, K);
+      for (int32_t k = 0; k < K; k++) j->out[k * N + i] = q[k];
     }
   }
 }
@@ -430,9 +445,8 @@ lm_status crf_mf_forward(const crf_env *e, const crf_mf_problem *p, const double
     if ((st = crf_check_abort(e))) goto done;
     if (Qhist) memcpy(Qhist + (int64_t)(t - 1) * K * N, Q, kn);
     if ((st = messages(e, p, Q, Z, tmp))) goto done;
-    voxel_job up = { K, N, .A = A, .Q = Q, .mu = p->compat, .Z = Z, .w = weight_self(p) };
+    voxel_job up = { K, N, .A = A, .Q = Q, .mu = p->compat, .Z = Z, .w = weight_self(p), .out = t < p->iterations ? Q : NULL };
     run_voxels(e, &up, update_span);
-    if (t < p->iterations) run_voxels(e, &sm, softmax_span);
   }
   if (p->out_probs) run_voxels(e, &(voxel_job){ K, N, .Z = Z, .out = Z }, softmax_span);
 done:
