@@ -32,6 +32,7 @@ enum { LM_ABI_MAJOR = 0, LM_ABI_MINOR = 1, LM_MAX_DIMS = 8 };
 
 typedef struct lm_ctx lm_ctx;
 typedef struct lm_tensor lm_tensor;
+typedef struct lm_backend lm_backend; /* a device backend's table (src/backend.h) */
 typedef struct lm_plugin_handle lm_plugin_handle;
 typedef int32_t lm_status;
 
@@ -111,6 +112,7 @@ typedef struct lm_mem_stats {
   int64_t peak_bytes;    /* highest live_bytes since start or reset */
   int64_t cached_bytes;  /* freed blocks kept for reuse */
   int64_t total_allocs;  /* allocations served, cached or not */
+  int64_t system_allocs; /* those the cache could not serve (malloc, cudaMalloc) */
 } lm_mem_stats;
 
 /* library and context */
@@ -135,6 +137,34 @@ void lm_mem_empty_cache(lm_ctx *ctx);
 void lm_mem_reset_peak(lm_ctx *ctx);
 /* Bytes allocated since the last call with reset != 0 (GC pacing). */
 int64_t lm_mem_allocated_since(lm_ctx *ctx, int32_t reset);
+
+/* devices (src/core/device.c). LM_CPU always works; LM_CUDA once the
+   backend library (liblumen_cuda.so) has registered its table. Device
+   memory is cached like the CPU's; its stats and cache are per device. */
+lm_status lm_backend_register(lm_ctx *ctx, int32_t device, const lm_backend *be);
+/* Refused while tensors hold memory of the device. */
+lm_status lm_backend_unregister(lm_ctx *ctx, int32_t device);
+int32_t lm_device_available(int32_t device);
+const char *lm_device_name(int32_t device);
+/* A contiguous copy of t on device (t itself, +1, when it is there already);
+   differentiable: the gradient goes back to t's device. */
+lm_status lm_to_device(lm_ctx *ctx, const lm_tensor *t, int32_t device, lm_tensor **out);
+lm_status lm_device_synchronize(lm_ctx *ctx, int32_t device);
+void lm_device_mem_stats(lm_ctx *ctx, int32_t device, lm_mem_stats *out);
+lm_status lm_device_empty_cache(lm_ctx *ctx, int32_t device);
+void lm_device_reset_peak(lm_ctx *ctx, int32_t device);
+/* What the device itself reports as free and in total, in bytes. */
+lm_status lm_device_mem_info(lm_ctx *ctx, int32_t device, int64_t *free_bytes, int64_t *total_bytes);
+
+/* The CUDA backend library (liblumen_cuda.so, src/cuda/), loaded at run time
+   by lua/lumen/device.lua; liblumen does not define these. */
+/* The number of CUDA devices (0 or more), or -1 with the reason in msg. */
+int32_t lm_cuda_device_count(char *msg, int32_t msg_len);
+/* "NAME, N MiB, sm_XY" of device i into buf; 0, or -1 with the reason. */
+int32_t lm_cuda_device_describe(int32_t i, char *buf, int32_t buf_len);
+/* CUDA versions as 1000 * major + 10 * minor (0 when unknown). */
+void lm_cuda_versions(int32_t *runtime, int32_t *driver, int32_t *built_with);
+const lm_backend *lm_cuda_backend(void);
 
 /* dtypes */
 int32_t lm_dtype_size(int32_t dtype);

@@ -216,21 +216,17 @@ function make.elastic(o)
   return { kind = 'elastic', spatial = true, magnitude = mag, spacing = sp, p = prob(o.p, 'elastic', 1) },
     { 'magnitude', 'spacing', 'p' }
 end
-function make.gamma(o)
-  return { kind = 'gamma', range = range_opt(o.range, 'gamma', 'range', { 0.7, 1.5 }), p = prob(o.p, 'gamma', 1) }, { 'range', 'p' }
+-- transforms with one range option and p
+local function ranged(kind, field, default)
+  make[kind] = function(o)
+    return { kind = kind, [field] = range_opt(o[field], kind, field, default), p = prob(o.p, kind, 1) }, { field, 'p' }
+  end
 end
-function make.noise(o)
-  return { kind = 'noise', std = range_opt(o.std, 'noise', 'std', { 0, 0.1 }), p = prob(o.p, 'noise', 1) }, { 'std', 'p' }
-end
-function make.blur(o)
-  return { kind = 'blur', sigma = range_opt(o.sigma, 'blur', 'sigma', { 0.5, 1 }), p = prob(o.p, 'blur', 1) }, { 'sigma', 'p' }
-end
-function make.brightness(o)
-  return { kind = 'brightness', range = range_opt(o.range, 'brightness', 'range', { 0.75, 1.25 }), p = prob(o.p, 'brightness', 1) }, { 'range', 'p' }
-end
-function make.contrast(o)
-  return { kind = 'contrast', range = range_opt(o.range, 'contrast', 'range', { 0.75, 1.25 }), p = prob(o.p, 'contrast', 1) }, { 'range', 'p' }
-end
+ranged('gamma', 'range', { 0.7, 1.5 })
+ranged('noise', 'std', { 0, 0.1 })
+ranged('blur', 'sigma', { 0.5, 1 })
+ranged('brightness', 'range', { 0.75, 1.25 })
+ranged('contrast', 'range', { 0.75, 1.25 })
 function make.lowres(o)
   local z = range_opt(o.zoom, 'lowres', 'zoom', { 0.5, 1 })
   if z[1] <= 0 or z[2] > 1 then error('lumen.augment.lowres: zoom must lie in (0, 1]', 3) end
@@ -326,6 +322,8 @@ local function spatial_draw(transforms, n, patch, rng)
       lumen.manual_seed(rng:seed())
       local coarse = lumen.randn(grid) * t.magnitude
       local f = augment.bspline_upsample(coarse, patch)
+      -- a patch one voxel thick (2-D slices of a volume) stays in its plane
+      for a = 1, n do if patch[a] == 1 then f:select(0, a - 1):fill_(0) end end
       field = field and field + f or f
     end
   end

@@ -276,8 +276,8 @@ lm_status lm_bspline_upsample(lm_ctx *ctx, const lm_tensor *x, int32_t nsp, cons
     if (x->shape[a + 1] < 4)
       return lm_err(ctx, LM_E_SHAPE, "%s: %lld control points along spatial axis %d, expected at least 4", op,
                     (long long)x->shape[a + 1], a);
-    if (size[a] < 2 || size[a] > (INT64_C(1) << 24))
-      return lm_err(ctx, LM_E_ARG, "%s: output size %lld along spatial axis %d, expected 2 to 2^24", op,
+    if (size[a] < 1 || size[a] > (INT64_C(1) << 24))
+      return lm_err(ctx, LM_E_ARG, "%s: output size %lld along spatial axis %d, expected 1 to 2^24", op,
                     (long long)size[a], a);
   }
   /* one axis at a time: cur (sizes so far) -> next */
@@ -296,7 +296,7 @@ lm_status lm_bspline_upsample(lm_ctx *ctx, const lm_tensor *x, int32_t nsp, cons
     int64_t inner = 1;
     for (int d = a + 2; d <= nsp; d++) inner *= shape[d];
     line_job job = {.data = lm_data(next), .src = lm_data(cur), .dtype = x->dtype, .n = g, .out_n = size[a],
-                    .inner = inner, .spacing = (double)(size[a] - 1) / (double)(g - 3)};
+                    .inner = inner, .spacing = size[a] > 1 ? (double)(size[a] - 1) / (double)(g - 3) : 1.0};
     lm_parallel_for(ctx, lm_numel(next) / size[a], 16, bspline_lines, &job);
     lm_tensor_release(cur);
     cur = next;

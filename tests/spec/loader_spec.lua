@@ -128,6 +128,26 @@ describe('loader', function()
     check.close(rebuilt[2], small[2].image, { atol = 0 })
   end)
 
+  it('cuts 2-D slices from volumes with in-plane augmentation only', function()
+    -- the image is its slice index: any through-plane motion would show
+    local vol = lumen.arange(5):to('f32'):reshape(1, 1, 5):expand(80, 80, 5):contiguous()
+    local dl = loader.new{ cases = { { image = vol } }, patch = { 12, 12, 1 }, batch = 4, seed = 2,
+      transforms = { augment.affine{ rotate = { 0, 0, 30 }, scale = { 0.8, 1.2 }, p = 1 }, augment.elastic{ magnitude = 2, spacing = 4, p = 1 } } }
+    local checked = 0
+    for _, b in dl:iter(5) do
+      assert.same({ 4, 1, 12, 12, 1 }, b.image:size())
+      for k = 1, 4 do
+        local s = b.start[k]
+        if s[1] >= 16 and s[1] <= 52 and s[2] >= 16 and s[2] <= 52 then -- sampled well inside
+          local patch = b.image:select(0, k - 1)
+          assert.equal(0, (patch - s[3]):abs():max():item())
+          checked = checked + 1
+        end
+      end
+    end
+    assert.is_true(checked >= 3)
+  end)
+
   it('stacks modalities, reads files and takes spacing from lumen.image', function()
     local dir, P = scratch.dir()
     local t1, t2 = lumen.randn(12, 10, 8), lumen.randn(12, 10, 8)
