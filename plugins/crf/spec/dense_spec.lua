@@ -211,6 +211,22 @@ describe('crf.dense and crf.meanfield', function()
     assert.is_true((R3 - R4):abs():max():item() < 1e-6)
   end)
 
+  it('gives the same bits on one thread as on two', function()
+    lumen.manual_seed(53)
+    local P = nn.F.softmax(lumen.randn(3, 40, 50, 60), 0) -- big enough to be split
+    local img = lumen.rand(40, 50, 60)
+    local threads = lumen.get_num_threads()
+    lumen.set_num_threads(1)
+    local one = crf.dense{ probs = P, image = img }
+    local _, e1 = crf.grid{ probs = P, image = img }
+    lumen.set_num_threads(2)
+    local two = crf.dense{ probs = P, image = img }
+    local _, e2 = crf.grid{ probs = P, image = img }
+    lumen.set_num_threads(threads)
+    assert.are.equal(0, (one - two):abs():max():item())
+    assert.are.equal(e1, e2)
+  end)
+
   it('batches the layer: each volume with its own image', function()
     lumen.manual_seed(52)
     local A = lumen.randn(2, 3, 8, 9, 'f64')
@@ -254,6 +270,19 @@ describe('crf.MeanField gradients', function()
         iterations = 2, compat = m, weights = ww, spacing = { 1, 1.5, 1 } })
     end
     assert(gradcheck(f, { A, mu, w, img }, { only = { 1, 2, 3 } }))
+  end)
+
+  it('pass finite differences from probabilities to probabilities (the op as crf.dense calls it)', function()
+    lumen.manual_seed(64)
+    local p = lumen.load_plugin('crf')
+    local P = nn.F.softmax(lumen.randn(1, 3, 4, 5, 'f64'), 1)
+    local img = lumen.rand(1, 1, 4, 5, 'f64')
+    -- ndim, iterations, spatial, bilateral, normalize, probs_eps, out_probs,
+    -- sigma_spatial, sigma_bilateral, spacing x2, sigma_int
+    local f = function(probs, mu, w)
+      return p.crf_meanfield(probs, img, mu, w, 2, 3, 1, 1, 1, 1e-9, 1, 1.2, 2, 1, 1, 0.5)
+    end
+    assert(gradcheck(f, { P, crf.potts(3):to('f64'), lumen.tensor({ 0.8, 1.5 }, 'f64') }))
   end)
 
   it('learns: the module trains its compat and weights through loss:backward()', function()
