@@ -161,6 +161,7 @@ typedef struct voxel_job {
   double *Z, *out;
   const float *r;
   double w, s;
+  int32_t nf; /* update_span: labels whose messages are in Z (the last is s minus the others) */
 } voxel_job;
 
 static void run_voxels(const crf_env *e, voxel_job *j, void (*fn)(void *, int64_t, int64_t)) {
@@ -194,8 +195,9 @@ static CRF_CLONES void softmax_span(void *arg, int64_t b, int64_t e) {
   }
 }
 
-/* Z holds the filtered messages ws rs S Q + wb rb B Q; in place:
-   Z = A - mu (Z - w Q), w the weight of the self terms to remove; then,
+/* Z holds the filtered messages ws rs S Q + wb rb B Q of the first nf
+   labels; in place: Z = A - mu (Z - w Q), w the weight of the self terms
+   to remove; then,
    when out is set, out = softmax(Z) (out may be Q: each voxel reads its
    Q before writing it) */
 static CRF_CLONES void update_span(void *arg, int64_t b, int64_t e) {
@@ -204,7 +206,12 @@ static CRF_CLONES void update_span(void *arg, int64_t b, int64_t e) {
   const int64_t N = j->N;
   double m[CRF_MAX_LABELS], z[CRF_MAX_LABELS], q[CRF_MAX_LABELS];
   for (int64_t i = b; i < e; i++) {
-    for (int32_t k = 0; k < K; k++) m[k] = j->Z[k * N + i] - j->w * j->Q[k * N + i];
+    for (int32_t k = 0; k < j->nf; k++) m[k] = j->Z[k * N + i] - j->w * j->Q[k * N + i];
+    if (j->nf < K) { /* the last label's normalised message: the total minus the others' */
+      double rest = j->s;
+      for (int32_t k = 0; k < K - 1; k++) rest -= m[k];
+      m[K - 1] = rest;
+    }
     for (int32_t l = 0; l < K; l++) {
       double p = 0;
       const double *row = j->mu + l * K;
@@ -420,11 +427,18 @@ static double weight_b(const crf_mf_problem *p) { return p->have_lattice ? p->w_
 static double weight_self(const crf_mf_problem *p) { return p->normalize ? 0 : weight_s(p) + weight_b(p); }
 
 /* M = ws rs S Q + wb rb B Q (without the self terms); tmp holds N */
+/* The labels filtered by messages(): normalised messages of the K labels
+   sum to ws + wb (Q sums to 1 at every voxel and each kernel's message is
+   F Q / F 1), so the last one is left to the update, which saves a K-th
+   of the filtering (half of it with two labels). */
+static int32_t filtered_labels(const crf_mf_problem *p) { return p->normalize && p->K > 1 ? p->K - 1 : p->K; }
+
 static lm_status messages(const crf_env *e, const crf_mf_problem *p, const double *Q, double *M, double *tmp) {
   const double ws = weight_s(p), wb = weight_b(p);
-  if (ws != 0) crf_spatial_filter(e, &p->spatial, Q, M, tmp, p->K, ws, p->norm_spatial);
-  else memset(M, 0, (size_t)(p->K * p->g.n) * sizeof *M);
-  if (wb != 0) return crf_lattice_filter(e, &p->lattice, Q, p->g.n, M, p->g.n, p->K, wb, 1, 0, NULL, p->norm_bil);
+  const int32_t nf = filtered_labels(p);
+  if (ws != 0) crf_spatial_filter(e, &p->spatial, Q, M, tmp, nf, ws, p->norm_spatial);
+  else memset(M, 0, (size_t)(nf * p->g.n) * sizeof *M);
+  if (wb != 0) return crf_lattice_filter(e, &p->lattice, Q, p->g.n, M, p->g.n, nf, wb, 1, 0, NULL, p->norm_bil);
   return LM_OK;
 }
 
@@ -445,7 +459,8 @@ lm_status crf_mf_forward(const crf_env *e, const crf_mf_problem *p, const double
     if ((st = crf_check_abort(e))) goto done;
     if (Qhist) memcpy(Qhist + (int64_t)(t - 1) * K * N, Q, kn);
     if ((st = messages(e, p, Q, Z, tmp))) goto done;
-    voxel_job up = { K, N, .A = A, .Q = Q, .mu = p->compat, .Z = Z, .w = weight_self(p), .out = t < p->iterations ? Q : NULL };
+    voxel_job up = { K, N, .A = A, .Q = Q, .mu = p->compat, .Z = Z, .w = weight_self(p), .out = t < p->iterations ? Q : NULL,
+                     .s = weight_s(p) + weight_b(p), .nf = filtered_labels(p) };
     run_voxels(e, &up, update_span);
   }
   if (p->out_probs) run_voxels(e, &(voxel_job){ K, N, .Z = Z, .out = Z }, softmax_span);
