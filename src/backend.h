@@ -140,6 +140,26 @@ typedef struct lm_backend {
   int32_t (*gemm)(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha,
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
+
+  /* ---- activations, losses, copies, indexing, creation and random numbers,
+     optimizers (issue 7, the second set of kernel families) ---- */
+
+  /* Pointwise activations over n contiguous elements of dtype (f32 or f64):
+     kind LM_OP_LEAKY_RELU (param: the negative slope), LM_OP_ELU (param:
+     alpha), LM_OP_GELU (param: 0 exact through erf, 1 the tanh form),
+     LM_OP_PRELU (element i has the weight w[(i / inner) % c]). mode 0:
+     out = f(x); mode 1: out = g f'(x); mode 2 (prelu): out = x > 0 ? 0 :
+     x g, the terms of the weight's gradient. */
+  int32_t (*activation)(int32_t kind, int32_t mode, int32_t dtype, int64_t n, void *out, const void *x,
+                        const void *g, const void *w, int64_t c, int64_t inner, double param);
+  /* Softmax (log 0) or log_softmax (log 1) along the middle dim of a
+     contiguous [outer, len, inner] array of dtype (f32 or f64), as
+     src/ops/activation.c (a NaN makes its slice NaN; sums in double).
+     Forward: out from x. Backward: x is the forward's output y and g the
+     output's gradient (contiguous); out = y (g - sum(g y)) for softmax,
+     g - exp(y) sum(g) for log_softmax. */
+  int32_t (*softmax)(int32_t log, int32_t backward, int32_t dtype, int64_t outer, int64_t len, int64_t inner,
+                     void *out, const void *x, const void *g);
 } lm_backend;
 
 #ifdef __cplusplus

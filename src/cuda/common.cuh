@@ -47,6 +47,29 @@ int32_t gemm(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_
              int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b, double beta, void *c,
              int64_t ldc, int64_t stride_c, int64_t batch);
 
+/* activation.cu */
+int32_t activation(int32_t kind, int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *g,
+                   const void *w, int64_t c, int64_t inner, double param);
+int32_t softmax(int32_t log, int32_t backward, int32_t dtype, int64_t outer, int64_t len, int64_t inner, void *out,
+                const void *x, const void *g);
+
+/* Runs f(k) for k = 0 .. n-1, one thread per k (grid-stride) on the
+   stream; f is a functor with a __host__ __device__ operator(). In the
+   specs' host build (LMCUDA_EMULATE) every k runs in turn. */
+template <typename F> __global__ void each_kernel(F f, int64_t n) {
+  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n; k += (int64_t)gridDim.x * blockDim.x) f(k);
+}
+template <typename F> int32_t for_each(int64_t n, F f, const char *what) {
+  if (n <= 0) return 0;
+#ifdef LMCUDA_EMULATE
+  for (int64_t k = 0; k < n; k++) f(k);
+  return 0;
+#else
+  each_kernel<F><<<grid_for(n, 256), 256, 0, stream>>>(f, n);
+  return launched(what);
+#endif
+}
+
 /* reduce.cu: the fewest elements of a run worth a piece of their own
    (rows, columns). */
 extern int64_t reduce_min_piece[2];

@@ -25,7 +25,7 @@
 #define GRAIN 32768 /* elements below which another thread does not pay */
 
 static lm_status check_float(lm_ctx *ctx, const char *op, const lm_tensor *x) {
-  lm_status st = lm_check_input(ctx, op, x, "input");
+  lm_status st = lm_check_arg(ctx, op, x, "input");
   if (st) return st;
   if (!lm_dtype_is_float(x->dtype))
     return lm_err(ctx, LM_E_DTYPE, "%s: input dtype %s, expected f32 or f64", op, lm_dtype_name(x->dtype));
@@ -35,6 +35,38 @@ static lm_status check_float(lm_ctx *ctx, const char *op, const lm_tensor *x) {
 /* The gradient of an output as x's dtype (it may be strided). */
 static lm_status grad_as(lm_ctx *ctx, const lm_tensor *g, int32_t dt, lm_tensor **out) {
   return lm_cast_if_needed(ctx, g, dt, out);
+}
+
+/* ---- on a device: the backend's activation and softmax entries ----
+   They take contiguous arrays, so strided operands are gathered first (on
+   the device, grad mode paused so that the copies do not record). */
+
+static lm_status dev_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
+  if (!t) { *out = NULL; return LM_OK; }
+  const bool grad_was = lm_grad_pause(ctx);
+  lm_status st = lm_contiguous(ctx, t, out);
+  ctx->grad_enabled = grad_was;
+  return st;
+}
+
+/* out (contiguous, on x's device) = the activation's mode over x, g, w */
+static lm_status dev_activation(lm_ctx *ctx, const char *op, int32_t kind, int32_t mode, lm_tensor *out,
+                                const lm_tensor *x, const lm_tensor *g, const lm_tensor *w, int64_t c, int64_t inner,
+                                double param) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(x), activation, &be);
+  if (st) return st;
+  lm_tensor *xc = NULL, *gc = NULL, *wc = NULL;
+  if (!(st = dev_contiguous(ctx, x, &xc)) && !(st = dev_contiguous(ctx, g, &gc)) && !(st = dev_contiguous(ctx, w, &wc))) {
+    int64_t n = lm_numel(x);
+    if (n > 0 && (st = be->activation(kind, mode, x->dtype, n, lm_data(out), lm_data(xc), gc ? lm_data(gc) : NULL,
+                                      wc ? lm_data(wc) : NULL, c, inner, param)))
+      st = lm_backend_fail(ctx, op, be, st);
+  }
+  lm_tensor_release(xc);
+  lm_tensor_release(gc);
+  lm_tensor_release(wc);
+  return st;
 }
 
 /* ---- pointwise: y = f(x), and dx = f'(x) g ---- */
@@ -229,6 +261,11 @@ static int32_t act_op(int kind) {
   return LM_OP_GELU;
 }
 
+/* The backend's parameter of kind: gelu says which form. */
+static double act_param(int kind, double a) {
+  return kind == A_GELU ? 0 : kind == A_GELU_TANH ? 1 : a;
+}
+
 /* saved: 0 x; ip[0]: kind; p[0]: parameter */
 static lm_status act_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *x = node->saved[0];
@@ -236,11 +273,19 @@ static lm_status act_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout
   lm_tensor *g, *dx;
   lm_status st = grad_as(ctx, gout[0], x->dtype, &g);
   if (st) return st;
-  if ((st = lm_new(ctx, act_name(a.kind), x->dtype, x->ndim, x->shape, &dx))) { lm_tensor_release(g); return st; }
-  lm_operand ops[3] = {lm_operand_of(dx, x->ndim, x->shape), lm_operand_of(g, x->ndim, x->shape),
-                       lm_operand_of(x, x->ndim, x->shape)};
-  lm_foreach(ctx, x->ndim, x->shape, 3, ops, x->dtype == LM_F32 ? bwd_f32 : bwd_f64, &a, true);
+  if ((st = lm_new_on(ctx, act_name(a.kind), lm_device_of(x), x->dtype, x->ndim, x->shape, &dx))) {
+    lm_tensor_release(g);
+    return st;
+  }
+  if (lm_device_of(x) != LM_CPU) {
+    st = dev_activation(ctx, act_name(a.kind), act_op(a.kind), 1, dx, x, g, NULL, 1, 1, act_param(a.kind, a.a));
+  } else {
+    lm_operand ops[3] = {lm_operand_of(dx, x->ndim, x->shape), lm_operand_of(g, x->ndim, x->shape),
+                         lm_operand_of(x, x->ndim, x->shape)};
+    lm_foreach(ctx, x->ndim, x->shape, 3, ops, x->dtype == LM_F32 ? bwd_f32 : bwd_f64, &a, true);
+  }
   lm_tensor_release(g);
+  if (st) { lm_tensor_release(dx); return st; }
   gin[0] = dx;
   return LM_OK;
 }
@@ -250,10 +295,14 @@ static lm_status activation(lm_ctx *ctx, int kind, const lm_tensor *x, double pa
   lm_status st = check_float(ctx, op, x);
   if (st) return st;
   lm_tensor *y;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &y))) return st;
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, x->shape, &y))) return st;
   act_arg a = {.kind = kind, .a = param};
-  lm_operand ops[2] = {lm_operand_of(y, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape)};
-  lm_foreach(ctx, x->ndim, x->shape, 2, ops, x->dtype == LM_F32 ? fwd_f32 : fwd_f64, &a, true);
+  if (lm_device_of(x) != LM_CPU) {
+    if ((st = dev_activation(ctx, op, act_op(kind), 0, y, x, NULL, NULL, 1, 1, act_param(kind, param)))) goto fail;
+  } else {
+    lm_operand ops[2] = {lm_operand_of(y, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape)};
+    lm_foreach(ctx, x->ndim, x->shape, 2, ops, x->dtype == LM_F32 ? fwd_f32 : fwd_f64, &a, true);
+  }
   lm_node *node;
   if ((st = lm_record(ctx, act_op(kind), act_backward, 1, &x, 1, &y, &node))) goto fail;
   if (node) {
@@ -292,28 +341,47 @@ static lm_operand weight_operand(const lm_tensor *w, const lm_tensor *x) {
   return op;
 }
 
+/* The channel count and the inner size of prelu's weight over x (one
+   weight: c = 1). */
+static void prelu_layout(const lm_tensor *x, const lm_tensor *w, int64_t *c, int64_t *inner) {
+  *c = lm_numel(w);
+  *inner = 1;
+  if (*c > 1)
+    for (int32_t d = 2; d < x->ndim; d++) *inner *= x->shape[d];
+}
+
 /* saved: 0 x, 1 w */
 static lm_status prelu_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *x = node->saved[0], *w = node->saved[1];
   const int32_t nd = x->ndim;
   const bool f32 = x->dtype == LM_F32;
+  const int32_t dev = lm_device_of(x);
+  int64_t c, inner;
+  prelu_layout(x, w, &c, &inner);
   lm_tensor *g, *t = NULL;
   lm_status st = grad_as(ctx, gout[0], x->dtype, &g);
   if (st) return st;
-  if (node->needs[0] && !(st = lm_new(ctx, "prelu", x->dtype, nd, x->shape, &gin[0]))) {
+  if (node->needs[0] && !(st = lm_new_on(ctx, "prelu", dev, x->dtype, nd, x->shape, &gin[0])) && dev != LM_CPU) {
+    st = dev_activation(ctx, "prelu", LM_OP_PRELU, 1, gin[0], x, g, w, c, inner, 0);
+  } else if (node->needs[0] && !st) {
     lm_operand ops[4] = {lm_operand_of(gin[0], nd, x->shape), lm_operand_of(g, nd, x->shape),
                          lm_operand_of(x, nd, x->shape), weight_operand(w, x)};
     lm_foreach(ctx, nd, x->shape, 4, ops, f32 ? prelu_bwd_f32 : prelu_bwd_f64, NULL, true);
   }
-  if (!st && node->needs[1] && !(st = lm_new(ctx, "prelu", x->dtype, nd, x->shape, &t))) {
-    lm_operand ops[3] = {lm_operand_of(t, nd, x->shape), lm_operand_of(g, nd, x->shape), lm_operand_of(x, nd, x->shape)};
-    lm_foreach(ctx, nd, x->shape, 3, ops, f32 ? prelu_wterm_f32 : prelu_wterm_f64, NULL, true);
+  if (!st && node->needs[1] && !(st = lm_new_on(ctx, "prelu", dev, x->dtype, nd, x->shape, &t))) {
+    if (dev != LM_CPU) {
+      st = dev_activation(ctx, "prelu", LM_OP_PRELU, 2, t, x, g, w, c, inner, 0);
+    } else {
+      lm_operand ops[3] = {lm_operand_of(t, nd, x->shape), lm_operand_of(g, nd, x->shape), lm_operand_of(x, nd, x->shape)};
+      lm_foreach(ctx, nd, x->shape, 3, ops, f32 ? prelu_wterm_f32 : prelu_wterm_f64, NULL, true);
+    }
     /* sum over every dim but the channel one (or all of them for one weight) */
     int32_t dims[LM_MAX_DIMS], n = 0;
     for (int32_t d = 0; d < nd; d++)
       if (d != 1 || lm_numel(w) == 1) dims[n++] = d;
     lm_tensor *s = NULL;
-    if (n == 0) {
+    if (st) {
+    } else if (n == 0) {
       lm_tensor_retain(t);
       s = t;
     } else {
@@ -331,7 +399,11 @@ lm_status lm_prelu(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *weight, lm_
   const char *op = "prelu";
   char sa[LM_SHAPE_BUF], sb[LM_SHAPE_BUF];
   lm_status st = check_float(ctx, op, x);
-  if (st || (st = lm_check_input(ctx, op, weight, "weight"))) return st;
+  if (st || (st = lm_check_arg(ctx, op, weight, "weight"))) return st;
+  const lm_tensor *both[2] = {x, weight};
+  const char *names[2] = {"input", "weight"};
+  int32_t dev;
+  if ((st = lm_op_device(ctx, op, 2, both, names, false, &dev))) return st;
   if (weight->dtype != x->dtype)
     return lm_err(ctx, LM_E_DTYPE, "%s: weight has dtype %s, expected %s (the input's)", op,
                   lm_dtype_name(weight->dtype), lm_dtype_name(x->dtype));
@@ -340,10 +412,16 @@ lm_status lm_prelu(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *weight, lm_
     return lm_err(ctx, LM_E_SHAPE, "%s: weight of shape %s for input %s, expected 1 or %lld (channels, dim 1) values in 1-D",
                   op, LM_SHP(weight, sa), LM_SHP(x, sb), (long long)channels);
   lm_tensor *y;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &y))) return st;
-  lm_operand ops[3] = {lm_operand_of(y, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
-                       weight_operand(weight, x)};
-  lm_foreach(ctx, x->ndim, x->shape, 3, ops, x->dtype == LM_F32 ? prelu_fwd_f32 : prelu_fwd_f64, NULL, true);
+  if ((st = lm_new_on(ctx, op, dev, x->dtype, x->ndim, x->shape, &y))) return st;
+  if (dev != LM_CPU) {
+    int64_t c, inner;
+    prelu_layout(x, weight, &c, &inner);
+    if ((st = dev_activation(ctx, op, LM_OP_PRELU, 0, y, x, NULL, weight, c, inner, 0))) goto fail;
+  } else {
+    lm_operand ops[3] = {lm_operand_of(y, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
+                         weight_operand(weight, x)};
+    lm_foreach(ctx, x->ndim, x->shape, 3, ops, x->dtype == LM_F32 ? prelu_fwd_f32 : prelu_fwd_f64, NULL, true);
+  }
   lm_node *node;
   const lm_tensor *ins[2] = {x, weight};
   if ((st = lm_record(ctx, LM_OP_PRELU, prelu_backward, 2, ins, 1, &y, &node))) goto fail;
@@ -497,6 +575,17 @@ LM_CLONES static void smax_units(void *arg, int64_t begin, int64_t end) {
   }
 }
 
+/* The backend's softmax over s (x, g, y device addresses). */
+static lm_status smax_dev(lm_ctx *ctx, const char *op, int32_t device, const smax *s) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, device, softmax, &be);
+  if (st) return st;
+  if (s->outer * s->L * s->inner == 0) return LM_OK;
+  if ((st = be->softmax(s->log, s->backward, s->dt, s->outer, s->L, s->inner, s->y, s->x, s->g)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
 static void smax_run(lm_ctx *ctx, smax *s) {
   s->nblk = (s->inner + COLS - 1) / COLS;
   const int64_t units = s->outer * s->nblk, per = s->L * (s->inner < COLS ? s->inner : COLS);
@@ -522,11 +611,12 @@ static lm_status smax_backward_node(lm_ctx *ctx, lm_node *node, lm_tensor *const
   if (st) return st;
   st = lm_contiguous(ctx, g1, &g);
   lm_tensor_release(g1);
-  if (!st && !(st = lm_new(ctx, op, y->dtype, y->ndim, y->shape, &gin[0]))) {
+  if (!st && !(st = lm_new_on(ctx, op, lm_device_of(y), y->dtype, y->ndim, y->shape, &gin[0]))) {
     smax s = {.log = node->ip[1] != 0, .backward = true, .dt = y->dtype, .x = lm_data(y), .g = lm_data(g),
               .y = lm_data(gin[0])};
     smax_dims(y, (int32_t)node->ip[0], &s.outer, &s.L, &s.inner);
-    smax_run(ctx, &s);
+    if (lm_device_of(y) != LM_CPU) st = smax_dev(ctx, op, lm_device_of(y), &s);
+    else smax_run(ctx, &s);
   }
   lm_tensor_release(g);
   return st;
@@ -545,10 +635,14 @@ static lm_status softmax_op(lm_ctx *ctx, bool log, const lm_tensor *x, int32_t d
   st = lm_contiguous(ctx, x, &xc);
   ctx->grad_enabled = grad_was;
   if (st) return st;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &y))) goto done;
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, x->shape, &y))) goto done;
   smax s = {.log = log, .dt = x->dtype, .x = lm_data(xc), .y = lm_data(y)};
   smax_dims(x, d, &s.outer, &s.L, &s.inner);
-  smax_run(ctx, &s);
+  if (lm_device_of(x) != LM_CPU) {
+    if ((st = smax_dev(ctx, op, lm_device_of(x), &s))) goto done;
+  } else {
+    smax_run(ctx, &s);
+  }
   lm_node *node;
   if ((st = lm_record(ctx, log ? LM_OP_LOG_SOFTMAX : LM_OP_SOFTMAX, smax_backward_node, 1, &x, 1, &y, &node))) goto done;
   if (node) {

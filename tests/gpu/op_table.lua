@@ -173,6 +173,27 @@ M.cases = {
     local parts = x:unbind(0)
     return parts[1] * 2 + x:select(1, 0):sum() + x:slice(1, 1, 3):sum()
   end, function(s) return { { 3, 4 * s } } end),
+  -- activations (src/cuda/activation.cu)
+  ew('leaky_relu, elu, gelu (erf and tanh)', function(x)
+    local F = require('lumen.nn').F
+    return { F.leaky_relu(x, 0.1), F.elu(x, 0.7), F.gelu(x), F.gelu(x, 'tanh') }
+  end, one(mat)),
+  ew('activations of a transposed view', function(x)
+    local F = require('lumen.nn').F
+    return { F.leaky_relu(x:t(), 0.2), F.gelu(x:t()) }
+  end, one(mat)),
+  ew('prelu per channel and shared', function(x, w, w1)
+    local F = require('lumen.nn').F
+    return { F.prelu(x, w), F.prelu(x, w1) }
+  end, function(s) return { { 2, 3, 4 * s, 2 }, { 3 }, { 1 } } end),
+  ew('softmax and log_softmax over each dim', function(x)
+    local F = require('lumen.nn').F
+    return { F.softmax(x, 0), F.softmax(x, 1), F.log_softmax(x, 2), F.log_softmax(x:transpose(1, 2), 1) }
+  end, function(s) return { { 2, 5 * s, 3 } } end),
+  ew('softmax of a long row', function(x)
+    local F = require('lumen.nn').F
+    return { F.softmax(x, 1), F.log_softmax(x, 1) }
+  end, function(s) return { { 3, 200 * s } } end),
 }
 
 -- Inputs of a case for dtype, on the CPU (seeded: the same on every call).

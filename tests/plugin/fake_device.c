@@ -32,7 +32,7 @@ typedef struct header {
 static char msg[256];
 static int64_t outstanding, mallocs, frees, syncs, h2d_bytes, d2h_bytes;
 static int64_t fail_next_malloc; /* > 0: that many mallocs report out of memory */
-static int64_t n_elementwise, n_reduce, n_gemm;
+static int64_t n_elementwise, n_reduce, n_gemm, n_other; /* n_other: the later kernel families */
 static char description[] = "fake device: host memory (tests/plugin/fake_device.c)";
 
 static int32_t fake_init(void) { return 0; }
@@ -441,10 +441,93 @@ static int32_t fake_gemm(int32_t dt, int32_t ta, int32_t tb, int64_t m, int64_t 
   return 0;
 }
 
+/* ---- activations (plain loops in double, rounded to the dtype on store) ---- */
+
+static double rd(int32_t dt, const void *p, int64_t i) {
+  return dt == LM_F32 ? ((const float *)p)[i] : ((const double *)p)[i];
+}
+static void wr(int32_t dt, void *p, int64_t i, double v) {
+  if (dt == LM_F32) ((float *)p)[i] = (float)v;
+  else ((double *)p)[i] = v;
+}
+
+static int32_t fake_activation(int32_t kind, int32_t mode, int32_t dt, int64_t n, void *out, const void *x,
+                               const void *g, const void *w, int64_t c, int64_t inner, double a) {
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake activation: dtype %d", dt);
+    return LM_E_ARG;
+  }
+  n_other++;
+  for (int64_t k = 0; k < n; k++) {
+    double v = rd(dt, x, k), gv = mode ? rd(dt, g, k) : 0, r = 0, d = 0;
+    switch (kind) {
+    case LM_OP_LEAKY_RELU: r = v > 0 ? v : v * a; d = v > 0 ? 1 : a; break;
+    case LM_OP_ELU: r = v > 0 ? v : a * expm1(v); d = v > 0 ? 1 : a * exp(v); break;
+    case LM_OP_GELU:
+      if (a == 0) {
+        double cdf = 0.5 * (1 + erf(v / sqrt(2)));
+        r = v * cdf;
+        d = cdf + v * exp(-0.5 * v * v) / sqrt(2 * M_PI);
+      } else {
+        double u = sqrt(2 / M_PI) * (v + 0.044715 * v * v * v), t = tanh(u);
+        r = 0.5 * v * (1 + t);
+        d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * sqrt(2 / M_PI) * (1 + 3 * 0.044715 * v * v);
+      }
+      break;
+    case LM_OP_PRELU: {
+      double wk = rd(dt, w, c > 1 ? k / inner % c : 0);
+      r = v > 0 ? v : wk * v;
+      d = v > 0 ? 1 : wk;
+      if (mode == 2) { wr(dt, out, k, v > 0 ? 0 : v * gv); continue; }
+      break;
+    }
+    default: snprintf(msg, sizeof msg, "fake activation: kind %d", kind); return LM_E_ARG;
+    }
+    wr(dt, out, k, mode ? gv * d : r);
+  }
+  return 0;
+}
+
+static int32_t fake_softmax(int32_t log_, int32_t backward, int32_t dt, int64_t outer, int64_t len, int64_t inner,
+                            void *out, const void *x, const void *g) {
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake softmax: dtype %d", dt);
+    return LM_E_ARG;
+  }
+  n_other++;
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t j = 0; j < inner; j++) {
+      int64_t base = o * len * inner + j;
+      if (backward) {
+        double dot = 0;
+        for (int64_t l = 0; l < len; l++)
+          dot += log_ ? rd(dt, g, base + l * inner) : rd(dt, g, base + l * inner) * rd(dt, x, base + l * inner);
+        for (int64_t l = 0; l < len; l++) {
+          double gv = rd(dt, g, base + l * inner), yv = rd(dt, x, base + l * inner);
+          wr(dt, out, base + l * inner, log_ ? gv - exp(yv) * dot : yv * (gv - dot));
+        }
+        continue;
+      }
+      double m = -INFINITY, s = 0;
+      for (int64_t l = 0; l < len; l++) {
+        double v = rd(dt, x, base + l * inner);
+        m = v != v || m != m ? NAN : v > m ? v : m;
+      }
+      for (int64_t l = 0; l < len; l++) s += exp(rd(dt, x, base + l * inner) - m);
+      for (int64_t l = 0; l < len; l++) {
+        double v = rd(dt, x, base + l * inner);
+        wr(dt, out, base + l * inner, log_ ? v - m - log(s) : exp(v - m) / s);
+      }
+    }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
+    /* activations, losses, copies, indexing, creation and random numbers, optimizers */
+    fake_activation, fake_softmax,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -461,11 +544,12 @@ void lm_fake_counters(int64_t *out) {
 
 void lm_fake_fail_mallocs(int64_t n) { fail_next_malloc = n; }
 
-/* calls of the kernels: elementwise, reduce, gemm */
+/* calls of the kernels: elementwise, reduce, gemm, the later families */
 void lm_fake_kernel_counts(int64_t *out) {
   out[0] = n_elementwise;
   out[1] = n_reduce;
   out[2] = n_gemm;
+  out[3] = n_other;
 }
 
 /* The table as an older library would give it: its size ends before the op
@@ -479,9 +563,9 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
 }
 
 /* A table of another ABI, which registration must refuse. */
-static const lm_backend old_table = {
-    LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
-    fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
-    fake_elementwise, fake_reduce, fake_gemm,
-};
-const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
+static lm_backend old_table;
+const lm_backend *lm_fake_backend_wrong_abi(void) {
+  old_table = table;
+  old_table.abi = LM_BACKEND_ABI + 98;
+  return &old_table;
+}

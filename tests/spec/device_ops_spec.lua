@@ -33,9 +33,9 @@ local fake = load('fake_device', [[
 local emulated = load('cuda_emulated', 'const lm_backend *lm_cuda_emulated_backend(void);')
 
 local function kernel_counts()
-  local c = ffi.new('int64_t[3]')
+  local c = ffi.new('int64_t[4]')
   fake.lm_fake_kernel_counts(c)
-  return { elementwise = tonumber(c[0]), reduce = tonumber(c[1]), gemm = tonumber(c[2]) }
+  return { elementwise = tonumber(c[0]), reduce = tonumber(c[1]), gemm = tonumber(c[2]), other = tonumber(c[3]) }
 end
 
 local function use(be, label, lib)
@@ -91,6 +91,11 @@ describe('ops on a device', function()
     assert.are.equal(1, c1.gemm - c0.gemm)
     assert.are.equal(1, c1.reduce - c0.reduce)
     assert.are.equal(2, c1.elementwise - c0.elementwise) -- tanh, * 2
+    local F = require('lumen.nn').F
+    local a = F.softmax(F.gelu(x), 1)
+    assert.are.equal(2, kernel_counts().other - c1.other) -- the activation and softmax entries
+    assert.are.equal('cuda', a:device())
+    c1 = kernel_counts()
     assert.are.equal('cuda', y:device())
     y:sum():backward()
     assert.are.equal('cuda', x.grad:device())
@@ -144,8 +149,8 @@ describe('ops on a device', function()
     local d = lumen.randn(2, 3):cuda()
     assert.has_error(function() return d:cumsum(0) end,
       "lumen.cumsum: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
-    assert.has_error(function() return require('lumen.nn').F.softmax(d, 1) end,
-      "lumen.softmax: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+    assert.has_error(function() return d:sort(1) end,
+      "lumen.sort: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
   end)
 
   it('refuse the device when its backend has no kernels', function()
@@ -159,6 +164,9 @@ describe('ops on a device', function()
     assert.has_error(function() return d:sum() end, 'lumen.sum: ' .. pattern:format('reduce'))
     assert.has_error(function() return d:matmul(d:t()) end, 'lumen.matmul: ' .. pattern:format('gemm'))
     assert.has_error(function() return d:to('f64') end, 'lumen.to: ' .. pattern:format('elementwise'))
+    local F = require('lumen.nn').F
+    assert.has_error(function() return F.gelu(d) end, 'lumen.gelu: ' .. pattern:format('activation'))
+    assert.has_error(function() return F.softmax(d, 1) end, 'lumen.softmax: ' .. pattern:format('softmax'))
     d:free()
     collectgarbage('collect')
     lumen.cuda.reset()
