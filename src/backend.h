@@ -160,6 +160,29 @@ typedef struct lm_backend {
      g - exp(y) sum(g) for log_softmax. */
   int32_t (*softmax)(int32_t log, int32_t backward, int32_t dtype, int64_t outer, int64_t len, int64_t inner,
                      void *out, const void *x, const void *g);
+  /* cross_entropy (log_input 0) and nll_loss (log_input 1) over contiguous
+     x [N, C, S] of dtype (f32 or f64) with classes at stride S, as
+     src/ops/loss.c: class targets (i64, one per position p = n S + s) or,
+     for cross_entropy, probability targets prob (x's layout and dtype);
+     class weights weight (C f64, NULL: all 1), ignore_index ignore, label
+     smoothing eps. Forward (backward 0), per position: loss[p] (dtype) its
+     cost, wt[p] (f64) its weight in 'mean' (w[t], 0 when ignored, 1 with
+     probability targets), bad[p] (u8) 1 when its target is out of range
+     and not ignore_index, and lse[p] (dtype) the log-sum-exp of its logits
+     when lse is not NULL (cross_entropy). Backward: g (dtype) the gradient
+     of position p at g[p * gstride] (gstride 0: one value for all), lse as
+     the forward wrote it; writes gx (x's layout) and gt (prob's layout)
+     when not NULL. */
+  int32_t (*class_loss)(int32_t backward, int32_t dtype, int64_t N, int64_t C, int64_t S, int32_t log_input,
+                        const void *x, const int64_t *target, const void *prob, const double *weight, int64_t ignore,
+                        double eps, void *loss, double *wt, uint8_t *bad, void *lse, const void *g, int64_t gstride,
+                        void *gx, void *gt);
+  /* binary_cross_entropy_with_logits over n contiguous elements of dtype
+     (f32 or f64): x, t and pw (pos_weight expanded to x's shape, NULL: 1);
+     mode 0 the loss, 1 its gradient for x, 2 for t, times scale, as
+     src/ops/loss.c writes them (no exp overflows). */
+  int32_t (*bce_logits)(int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *t,
+                        const void *pw, double scale);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -235,7 +235,7 @@ lm_backend table = {
     cu_memset, cu_copy_h2d, cu_copy_d2h, cu_copy_d2d, cu_copy_strided, cu_synchronize, cu_mem_info,
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
-    lmcuda::activation, lmcuda::softmax,
+    lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits,
 };
 
 } // namespace

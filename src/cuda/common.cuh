@@ -53,6 +53,14 @@ int32_t activation(int32_t kind, int32_t mode, int32_t dtype, int64_t n, void *o
 int32_t softmax(int32_t log, int32_t backward, int32_t dtype, int64_t outer, int64_t len, int64_t inner, void *out,
                 const void *x, const void *g);
 
+/* loss.cu */
+int32_t class_loss(int32_t backward, int32_t dtype, int64_t N, int64_t C, int64_t S, int32_t log_input, const void *x,
+                   const int64_t *target, const void *prob, const double *weight, int64_t ignore, double eps,
+                   void *loss, double *wt, uint8_t *bad, void *lse, const void *g, int64_t gstride, void *gx,
+                   void *gt);
+int32_t bce_logits(int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *t, const void *pw,
+                   double scale);
+
 /* Runs f(k) for k = 0 .. n-1, one thread per k (grid-stride) on the
    stream; f is a functor with a __host__ __device__ operator(). In the
    specs' host build (LMCUDA_EMULATE) every k runs in turn. */

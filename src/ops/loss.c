@@ -41,7 +41,7 @@
 /* ---- shared argument checks ---- */
 
 static lm_status float_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what) {
-  lm_status st = lm_check_input(ctx, op, t, what);
+  lm_status st = lm_check_arg(ctx, op, t, what);
   if (st) return st;
   if (!lm_dtype_is_float(t->dtype))
     return lm_err(ctx, LM_E_DTYPE, "%s: %s has dtype %s, expected f32 or f64", op, what, lm_dtype_name(t->dtype));
@@ -69,6 +69,13 @@ static lm_status new_loss(lm_ctx *ctx, const char *op, int32_t dtype, int32_t re
                           const int64_t *shape, lm_tensor **out) {
   if (reduction == LM_REDUCTION_NONE) return lm_new(ctx, op, dtype, ndim, shape, out);
   return lm_new(ctx, op, dtype, 0, NULL, out);
+}
+
+/* The one device of a loss's tensors (NULL entries skipped). */
+static lm_status loss_device(lm_ctx *ctx, const char *op, const lm_tensor *a, const lm_tensor *b, const lm_tensor *c,
+                             const lm_tensor *d, const char *const *names, int32_t *dev) {
+  const lm_tensor *ts[4] = {a, b, c, d};
+  return lm_op_device(ctx, op, 4, ts, names, false, dev);
 }
 
 /* ==== vector maths for the f32 kernels ====
@@ -438,7 +445,10 @@ typedef struct class_saved {
 enum { IP_IGNORE, IP_REDUCTION, IP_PROB, IP_LOGIN, IP_N, IP_C, IP_S, IP_HAS_W };
 enum { P_EPS, P_DENOM, P_WSUM };
 
+static lm_status class_backward_dev(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin);
+
 static lm_status class_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  if (lm_device_of(node->saved[0]) != LM_CPU) return class_backward_dev(ctx, node, gout, gin);
   const lm_tensor *x = node->saved[0], *tgt = node->saved[1];
   const class_saved *cs = node->extra;
   const char *op = node->ip[IP_LOGIN] ? "nll_loss" : "cross_entropy";
@@ -486,6 +496,183 @@ done:
   return st;
 }
 
+/* ---- cross_entropy and nll_loss on a device ----
+   The backend's class_loss entry writes per-position costs, weights and
+   flags; the sums are device reductions, so the loss stays on the device.
+   A bad target is found by one flag read back to the host (its position and
+   value then come from a copy of the targets, on the error path only).
+   saved: 0 x, 1 targets (contiguous, i64 or x's dtype), 2 lse, 3 weights
+   (f64), 4 the 'mean' denominator (0-d). */
+
+static lm_status dev_class_run(lm_ctx *ctx, const char *op, int32_t dev, bool backward, const class_plan *p,
+                               const lm_tensor *w, void *loss, double *wt, uint8_t *bad, void *lse, const void *g,
+                               int64_t gstride, void *gx, void *gt) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, class_loss, &be);
+  if (st || p->npos == 0) return st;
+  if ((st = be->class_loss(backward, p->dtype, p->N, p->C, p->S, p->log_input, p->x, p->tgt, p->prob,
+                           w ? (const double *)lm_data(w) : NULL, p->ignore, p->eps, loss, wt, bad, lse, g, gstride,
+                           gx, gt)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
+/* Whether any flag of the u8 tensor is set (read back to the host). */
+static lm_status dev_any(lm_ctx *ctx, const lm_tensor *flags, bool *any) {
+  lm_tensor *r = NULL, *h = NULL;
+  lm_status st = lm_reduce(ctx, LM_OP_ANY, flags, 0, NULL, 0, 0, &r, NULL);
+  if (!st) st = lm_to_device(ctx, r, LM_CPU, &h);
+  if (!st) *any = *(const uint8_t *)lm_data(h) != 0;
+  lm_tensor_release(r);
+  lm_tensor_release(h);
+  return st;
+}
+
+static lm_status bad_target_error(lm_ctx *ctx, const char *op, const lm_tensor *target, const lm_tensor *tc,
+                                  const lm_tensor *flags, int64_t C, int64_t ignore_index) {
+  lm_tensor *ht = NULL, *hf = NULL;
+  char a[LM_SHAPE_BUF];
+  lm_status st = lm_to_device(ctx, tc, LM_CPU, &ht);
+  if (!st) st = lm_to_device(ctx, flags, LM_CPU, &hf);
+  if (!st) {
+    const int64_t *t = (const int64_t *)lm_data(ht), n = lm_numel(hf);
+    const uint8_t *f = (const uint8_t *)lm_data(hf);
+    int64_t at = 0;
+    while (at < n - 1 && !f[at]) at++;
+    st = lm_err(ctx, LM_E_INDEX, "%s: target value %lld (at flat position %lld of target %s) is out of range for %lld classes "
+                "(expected 0 to %lld, or ignore_index %lld)", op, (long long)t[at], (long long)at, LM_SHP(target, a),
+                (long long)C, (long long)(C - 1), (long long)ignore_index);
+  }
+  lm_tensor_release(ht);
+  lm_tensor_release(hf);
+  return st;
+}
+
+static lm_status class_loss_dev(lm_ctx *ctx, const char *op, bool log_input, bool prob, const lm_tensor *x,
+                                const lm_tensor *target, const lm_tensor *weight, int64_t ignore_index,
+                                double label_smoothing, int32_t reduction, class_plan *p, int32_t pnd,
+                                const int64_t *pshape, lm_tensor **out) {
+  const int32_t dev = lm_device_of(x);
+  lm_tensor *xc = NULL, *tc = NULL, *wc = NULL, *lse = NULL, *loss = NULL, *wt = NULL, *flags = NULL, *res = NULL,
+            *lsum = NULL, *wsum = NULL;
+  lm_status st;
+  const lm_tensor *ins[2] = {x, target};
+  const bool keep = lm_grad_needed(ctx, 2, ins); /* the backward's softmax needs lse */
+  const bool grad = lm_grad_pause(ctx);         /* the conversions and sums are not recorded */
+  if ((st = contiguous_as(ctx, x, x->dtype, &xc))) goto done;
+  if ((st = contiguous_as(ctx, target, prob ? x->dtype : LM_I64, &tc))) goto done;
+  if (weight && (st = contiguous_as(ctx, weight, LM_F64, &wc))) goto done;
+  p->x = lm_data(xc);
+  if (prob) p->prob = lm_data(tc);
+  else p->tgt = (const int64_t *)lm_data(tc);
+  p->ignore = ignore_index;
+  p->eps = label_smoothing;
+  p->npos = p->N * p->S;
+  if ((st = lm_new_on(ctx, op, dev, x->dtype, pnd, pshape, &loss))) goto done;
+  if ((st = lm_new_on(ctx, op, dev, LM_F64, pnd, pshape, &wt))) goto done;
+  if ((st = lm_new_on(ctx, op, dev, LM_U8, pnd, pshape, &flags))) goto done;
+  if (!log_input && keep && (st = lm_new_on(ctx, op, dev, x->dtype, 1, &p->npos, &lse))) goto done;
+  if ((st = dev_class_run(ctx, op, dev, false, p, wc, lm_data(loss), (double *)lm_data(wt), (uint8_t *)lm_data(flags),
+                          lse ? lm_data(lse) : NULL, NULL, 0, NULL, NULL)))
+    goto done;
+  bool any_bad = false;
+  if (!prob && (st = dev_any(ctx, flags, &any_bad))) goto done;
+  if (any_bad) { st = bad_target_error(ctx, op, target, tc, flags, p->C, ignore_index); goto done; }
+  if ((st = lm_reduce(ctx, LM_OP_SUM, wt, 0, NULL, 0, 0, &wsum, NULL))) goto done;
+  if (reduction == LM_REDUCTION_NONE) {
+    res = loss;
+    loss = NULL;
+  } else {
+    lm_tensor *l64 = NULL;
+    if ((st = lm_to_dtype(ctx, loss, LM_F64, &l64))) goto done;
+    st = lm_reduce(ctx, LM_OP_SUM, l64, 0, NULL, 0, 0, &lsum, NULL);
+    lm_tensor_release(l64);
+    if (st) goto done;
+    if (reduction == LM_REDUCTION_MEAN && (st = lm_binary(ctx, LM_OP_DIV, lsum, wsum, lsum, NULL))) goto done;
+    if ((st = lm_to_dtype(ctx, lsum, x->dtype, &res))) goto done;
+  }
+  ctx->grad_enabled = grad;
+  lm_node *node;
+  lm_tensor *outs[1] = {res};
+  if ((st = lm_record(ctx, log_input ? LM_OP_NLL : LM_OP_CROSS_ENTROPY, class_backward, 2, ins, 1, outs, &node))) goto done;
+  if (node) {
+    if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, tc))) goto done;
+    if (lse && (st = lm_save(ctx, node, 2, lse))) goto done;
+    if (wc && (st = lm_save(ctx, node, 3, wc))) goto done;
+    if ((st = lm_save(ctx, node, 4, wsum))) goto done;
+    node->ip[IP_IGNORE] = ignore_index;
+    node->ip[IP_REDUCTION] = reduction;
+    node->ip[IP_PROB] = prob;
+    node->ip[IP_LOGIN] = log_input;
+    node->ip[IP_N] = p->N;
+    node->ip[IP_C] = p->C;
+    node->ip[IP_S] = p->S;
+    node->ip[IP_HAS_W] = weight != NULL;
+    node->p[P_EPS] = label_smoothing;
+  }
+  st = lm_finish_out(res, out);
+  res = NULL;
+done:
+  ctx->grad_enabled = grad;
+  lm_tensor_release(xc);
+  lm_tensor_release(tc);
+  lm_tensor_release(wc);
+  lm_tensor_release(lse);
+  lm_tensor_release(loss);
+  lm_tensor_release(wt);
+  lm_tensor_release(flags);
+  lm_tensor_release(lsum);
+  lm_tensor_release(wsum);
+  lm_tensor_release(res);
+  return st;
+}
+
+static lm_status class_backward_dev(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
+  const lm_tensor *x = node->saved[0], *tgt = node->saved[1];
+  const char *op = node->ip[IP_LOGIN] ? "nll_loss" : "cross_entropy";
+  const int32_t dev = lm_device_of(x);
+  lm_tensor *g = NULL, *g1 = NULL, *gx = NULL, *gt = NULL;
+  class_plan p = {0};
+  p.dtype = x->dtype;
+  p.N = node->ip[IP_N];
+  p.C = node->ip[IP_C];
+  p.S = node->ip[IP_S];
+  p.npos = p.N * p.S;
+  p.log_input = node->ip[IP_LOGIN];
+  p.x = lm_data(x);
+  p.eps = node->p[P_EPS];
+  p.ignore = node->ip[IP_IGNORE];
+  if (node->ip[IP_PROB]) p.prob = lm_data(tgt);
+  else p.tgt = (const int64_t *)lm_data(tgt);
+  int32_t reduction = (int32_t)node->ip[IP_REDUCTION];
+  lm_status st;
+  if (reduction == LM_REDUCTION_MEAN) { /* g / the sum of weights, on the device */
+    if ((st = lm_binary(ctx, LM_OP_DIV, gout[0], node->saved[4], NULL, &g1))) goto done;
+    st = contiguous_as(ctx, g1, x->dtype, &g);
+  } else {
+    st = contiguous_as(ctx, gout[0], x->dtype, &g);
+  }
+  if (st) goto done;
+  if (node->needs[0] && (st = lm_new_on(ctx, op, dev, x->dtype, x->ndim, x->shape, &gx))) goto done;
+  if (node->n_in > 1 && node->needs[1] && p.prob &&
+      (st = lm_new_on(ctx, op, dev, tgt->dtype, tgt->ndim, tgt->shape, &gt)))
+    goto done;
+  if ((gx || gt) &&
+      (st = dev_class_run(ctx, op, dev, true, &p, node->saved[3], NULL, NULL, NULL,
+                          node->saved[2] ? lm_data(node->saved[2]) : NULL, lm_data(g),
+                          reduction == LM_REDUCTION_NONE ? 1 : 0, gx ? lm_data(gx) : NULL, gt ? lm_data(gt) : NULL)))
+    goto done;
+  gin[0] = gx;
+  if (node->n_in > 1) gin[1] = gt;
+  gx = gt = NULL;
+done:
+  lm_tensor_release(g);
+  lm_tensor_release(g1);
+  lm_tensor_release(gx);
+  lm_tensor_release(gt);
+  return st;
+}
+
 /* The shared body of cross_entropy (log_input false) and nll_loss. */
 static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const lm_tensor *x, const lm_tensor *target,
                             const lm_tensor *weight, int64_t ignore_index, double label_smoothing, int32_t reduction,
@@ -498,9 +685,12 @@ static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const l
   lm_status st;
   const char *xname = log_input ? "input" : "logits";
   if ((st = float_input(ctx, op, x, xname))) return st;
-  if ((st = lm_check_input(ctx, op, target, "target"))) return st;
+  if ((st = lm_check_arg(ctx, op, target, "target"))) return st;
   if (weight && (st = float_input(ctx, op, weight, "weight"))) return st;
   if ((st = check_reduction(ctx, op, reduction))) return st;
+  int32_t dev;
+  const char *names[4] = {xname, "target", "weight", ""};
+  if ((st = loss_device(ctx, op, x, target, weight, NULL, names, &dev))) return st;
   if (!(label_smoothing >= 0 && label_smoothing <= 1))
     return lm_err(ctx, LM_E_ARG, "%s: label_smoothing is %g, expected a value in [0, 1]", op, label_smoothing);
   if (x->ndim < 1)
@@ -544,6 +734,9 @@ static lm_status class_loss(lm_ctx *ctx, const char *op, bool log_input, const l
   }
   if (weight && (weight->ndim != 1 || weight->shape[0] != p.C))
     return lm_err(ctx, LM_E_SHAPE, "%s: weight has shape %s, expected %lld (one per class)", op, LM_SHP(weight, a), (long long)p.C);
+  if (dev != LM_CPU)
+    return class_loss_dev(ctx, op, log_input, prob, x, target, weight, ignore_index, label_smoothing, reduction, &p, pnd,
+                          pshape, out);
 
   if ((st = contiguous_as(ctx, x, x->dtype, &xc))) goto done;
   if ((st = contiguous_as(ctx, target, prob ? x->dtype : LM_I64, &tc))) goto done;
@@ -739,14 +932,41 @@ static LM_CLONES void bce_kernel_f32(char **ptr, const int64_t *s, int64_t n, vo
 
 static void bce_kernel_f64(char **ptr, const int64_t *s, int64_t n, void *arg) { bce_scalar_f64(ptr, s, n, arg); }
 
+/* bce_map on a device: the backend's entry over contiguous x, t and pw
+   expanded to x's shape. */
+static lm_status bce_map_dev(lm_ctx *ctx, int32_t mode, double scale, lm_tensor *res, const lm_tensor *x,
+                             const lm_tensor *t, const lm_tensor *pw) {
+  const char *op = "binary_cross_entropy_with_logits";
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(x), bce_logits, &be);
+  if (st) return st;
+  lm_tensor *xc = NULL, *tc = NULL, *pe = NULL, *pc = NULL;
+  const bool grad = lm_grad_pause(ctx);
+  if (!(st = lm_contiguous(ctx, x, &xc)) && !(st = lm_contiguous(ctx, t, &tc)) && pw &&
+      !(st = lm_expand(ctx, pw, x->ndim, x->shape, &pe)))
+    st = lm_contiguous(ctx, pe, &pc);
+  ctx->grad_enabled = grad;
+  int64_t n = lm_numel(x);
+  if (!st && n > 0 &&
+      (st = be->bce_logits(mode, x->dtype, n, lm_data(res), lm_data(xc), lm_data(tc), pc ? lm_data(pc) : NULL, scale)))
+    st = lm_backend_fail(ctx, op, be, st);
+  lm_tensor_release(xc);
+  lm_tensor_release(tc);
+  lm_tensor_release(pe);
+  lm_tensor_release(pc);
+  return st;
+}
+
 /* res = scale * f(x, t, pw) elementwise over x's shape; res is fresh. */
-static void bce_map(lm_ctx *ctx, int32_t mode, double scale, lm_tensor *res, const lm_tensor *x, const lm_tensor *t,
+static lm_status bce_map(lm_ctx *ctx, int32_t mode, double scale, lm_tensor *res, const lm_tensor *x, const lm_tensor *t,
                     const lm_tensor *pw) {
+  if (lm_device_of(x) != LM_CPU) return bce_map_dev(ctx, mode, scale, res, x, t, pw);
   bce_arg a = {mode, pw != NULL, scale};
   lm_operand ops[4] = {lm_operand_of(res, x->ndim, x->shape), lm_operand_of(x, x->ndim, x->shape),
                        lm_operand_of(t, x->ndim, x->shape)};
   if (pw) ops[3] = lm_operand_of(pw, x->ndim, x->shape);
   lm_foreach(ctx, x->ndim, x->shape, pw ? 4 : 3, ops, x->dtype == LM_F32 ? bce_kernel_f32 : bce_kernel_f64, &a, true);
+  return LM_OK;
 }
 
 /* saved: 0 x, 1 t (x's dtype), 2 weight, 3 pos_weight (x's dtype, or NULL) */
@@ -757,15 +977,16 @@ static lm_status bce_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout
   lm_tensor *g = NULL, *gs[2] = {NULL, NULL};
   lm_status st = LM_OK;
   double scale = 1;
-  if (reduction != LM_REDUCTION_NONE) {
-    scale = lm_read_as_double(gout[0]->dtype, lm_data(gout[0]));
-    if (reduction == LM_REDUCTION_MEAN) scale /= (double)lm_numel(x);
-  }
+  /* a device's reduced gradient stays there: it multiplies like 'none' */
+  const bool on_dev = lm_device_of(x) != LM_CPU, times_g = reduction == LM_REDUCTION_NONE || on_dev;
+  if (reduction == LM_REDUCTION_MEAN) scale /= (double)lm_numel(x);
+  if (reduction != LM_REDUCTION_NONE && !on_dev) scale *= lm_read_as_double(gout[0]->dtype, lm_data(gout[0]));
   for (int32_t i = 0; i < 2; i++) {
     if (!node->needs[i]) continue;
-    if ((st = lm_new(ctx, "binary_cross_entropy_with_logits", x->dtype, x->ndim, x->shape, &gs[i]))) goto done;
-    bce_map(ctx, i == 0 ? BCE_GRAD_X : BCE_GRAD_T, scale, gs[i], x, t, pw);
-    if (reduction == LM_REDUCTION_NONE && (st = lm_binary(ctx, LM_OP_MUL, gs[i], gout[0], gs[i], NULL))) goto done;
+    if ((st = lm_new_on(ctx, "binary_cross_entropy_with_logits", lm_device_of(x), x->dtype, x->ndim, x->shape, &gs[i])))
+      goto done;
+    if ((st = bce_map(ctx, i == 0 ? BCE_GRAD_X : BCE_GRAD_T, scale, gs[i], x, t, pw))) goto done;
+    if (times_g && (st = lm_binary(ctx, LM_OP_MUL, gs[i], gout[0], gs[i], NULL))) goto done;
     if (w && (st = lm_binary(ctx, LM_OP_MUL, gs[i], w, gs[i], NULL))) goto done;
   }
   if (gs[1] && tdtype != x->dtype) { /* the target's own dtype */
@@ -814,10 +1035,13 @@ lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *t
   lm_tensor *tc = NULL, *wc = NULL, *pwc = NULL, *l = NULL, *res = NULL;
   lm_status st;
   if ((st = float_input(ctx, op, x, "input"))) return st;
-  if ((st = lm_check_input(ctx, op, target, "target"))) return st;
+  if ((st = lm_check_arg(ctx, op, target, "target"))) return st;
   if (weight && (st = float_input(ctx, op, weight, "weight"))) return st;
   if (pos_weight && (st = float_input(ctx, op, pos_weight, "pos_weight"))) return st;
   if ((st = check_reduction(ctx, op, reduction))) return st;
+  int32_t dev;
+  const char *names[4] = {"input", "target", "weight", "pos_weight"};
+  if ((st = loss_device(ctx, op, x, target, weight, pos_weight, names, &dev))) return st;
   if (target->ndim != x->ndim || memcmp(target->shape, x->shape, x->ndim * sizeof *x->shape))
     return lm_err(ctx, LM_E_SHAPE, "%s: target has shape %s, expected the input's shape %s", op, LM_SHP(target, a), LM_SHP(x, b));
   if (weight && (st = broadcasts_to(ctx, op, weight, "weight", x))) return st;
@@ -827,8 +1051,8 @@ lm_status lm_bce_with_logits(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *t
   if ((st = lm_cast_if_needed(ctx, target, x->dtype, &tc))) goto done;
   if (weight && (st = lm_cast_if_needed(ctx, weight, x->dtype, &wc))) goto done;
   if (pos_weight && (st = lm_cast_if_needed(ctx, pos_weight, x->dtype, &pwc))) goto done;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &l))) goto done;
-  bce_map(ctx, BCE_LOSS, 1, l, x, tc, pwc);
+  if ((st = lm_new_on(ctx, op, dev, x->dtype, x->ndim, x->shape, &l))) goto done;
+  if ((st = bce_map(ctx, BCE_LOSS, 1, l, x, tc, pwc))) goto done;
   if (wc && (st = lm_binary(ctx, LM_OP_MUL, l, wc, l, NULL))) goto done;
   if (reduction == LM_REDUCTION_NONE) {
     res = l;

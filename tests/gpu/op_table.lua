@@ -194,6 +194,41 @@ M.cases = {
     local F = require('lumen.nn').F
     return { F.softmax(x, 1), F.log_softmax(x, 1) }
   end, function(s) return { { 3, 200 * s } } end),
+  -- losses (src/cuda/loss.cu); class targets are clamped into range on the device
+  ew('cross_entropy: N x C, weights, mean / sum / none', function(x, t, w)
+    local F = require('lumen.nn').F
+    t = t:clamp(0, 4)
+    return { F.cross_entropy(x, t), F.cross_entropy(x, t, { weight = w, reduction = 'sum' }),
+      F.cross_entropy(x, t, { weight = w, reduction = 'none' }) }
+  end, function(s) return { { 6 * s, 5 }, { { 6 * s }, dtype = 'i64' }, { { 5 }, positive = true } } end),
+  ew('cross_entropy: N x C x H x W, ignore_index, label smoothing, weights', function(x, t, w)
+    local F = require('lumen.nn').F
+    t = t:clamp(-1, 2)
+    return { F.cross_entropy(x, t, { ignore_index = -1, label_smoothing = 0.1 }),
+      F.cross_entropy(x, t, { weight = w, ignore_index = -1, label_smoothing = 0.2, reduction = 'none' }),
+      F.cross_entropy(x:transpose(2, 3), t:transpose(1, 2), { weight = w, ignore_index = -1 }) }
+  end, function(s) return { { 2, 3, 4 * s, 5 }, { { 2, 4 * s, 5 }, dtype = 'i64' }, { { 3 }, positive = true } } end),
+  ew('cross_entropy: probability targets (gradient for both)', function(x, p, w)
+    local F = require('lumen.nn').F
+    return { F.cross_entropy(x, p, { label_smoothing = 0.1 }), F.cross_entropy(x, p, { weight = w, reduction = 'none' }) }
+  end, function(s) return { { 2, 4, 3 * s }, { { 2, 4, 3 * s }, positive = true }, { { 4 }, positive = true } } end),
+  ew('cross_entropy: a 1-D input and an i32 target', function(x, t)
+    return require('lumen.nn').F.cross_entropy(x, t:select(0, 0):clamp(0, 6))
+  end, function(s) return { { 7 * s }, { { 2 }, dtype = 'i32' } } end),
+  ew('nll_loss with weights and ignore_index', function(x, t, w)
+    local F = require('lumen.nn').F
+    t = t:clamp(-1, 3)
+    return { F.nll_loss(F.log_softmax(x, 1), t, { ignore_index = -1 }),
+      F.nll_loss(x, t, { weight = w, ignore_index = -1, reduction = 'none' }),
+      F.nll_loss(x, t, { weight = w, ignore_index = -1 }) }
+  end, function(s) return { { 3, 4, 2 * s }, { { 3, 2 * s }, dtype = 'i64' }, { { 4 }, positive = true } } end),
+  ew('binary_cross_entropy_with_logits: weight, pos_weight, reductions', function(x, t, w, pw)
+    local F = require('lumen.nn').F
+    t = t:sigmoid()
+    return { F.binary_cross_entropy_with_logits(x * 4, t),
+      F.binary_cross_entropy_with_logits(x, t, { weight = w, pos_weight = pw, reduction = 'sum' }),
+      F.binary_cross_entropy_with_logits(x:t(), t:t(), { pos_weight = pw:t(), reduction = 'none' }) }
+  end, function(s) return { { 3 * s, 4 }, { 3 * s, 4 }, { { 4 }, positive = true }, { { 1, 4 }, positive = true } } end),
 }
 
 -- Inputs of a case for dtype, on the CPU (seeded: the same on every call).

@@ -145,7 +145,7 @@ lm_backend table = {
     emu_memset, emu_copy, emu_copy, emu_copy, emu_strided, emu_sync, emu_mem_info,
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
-    lmcuda::activation, lmcuda::softmax,
+    lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits,
 };
 
 } // namespace

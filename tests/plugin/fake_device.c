@@ -522,12 +522,112 @@ static int32_t fake_softmax(int32_t log_, int32_t backward, int32_t dt, int64_t 
   return 0;
 }
 
+/* ---- losses (in double, rounded on store) ---- */
+
+static int32_t fake_class_loss(int32_t backward, int32_t dt, int64_t N, int64_t C, int64_t S, int32_t log_input,
+                               const void *x, const int64_t *target, const void *prob, const double *w,
+                               int64_t ignore, double eps, void *loss, double *wt, uint8_t *bad, void *lse,
+                               const void *g, int64_t gstride, void *gx, void *gt) {
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake class_loss: dtype %d", dt);
+    return LM_E_ARG;
+  }
+  n_other++;
+  const double u = eps / (double)C;
+  double wsum = 0;
+  for (int64_t c = 0; c < C; c++) wsum += w ? w[c] : 1;
+  for (int64_t p = 0; p < N * S; p++) {
+    const int64_t base = p / S * C * S + p % S;
+    double l = 0;
+    if (!log_input) {
+      if (backward) {
+        l = rd(dt, lse, p);
+      } else {
+        double m = -INFINITY, sum = 0;
+        for (int64_t c = 0; c < C; c++) m = fmax(m, rd(dt, x, base + c * S));
+        if (isinf(m)) m = 0;
+        for (int64_t c = 0; c < C; c++) sum += exp(rd(dt, x, base + c * S) - m);
+        l = m + log(sum);
+        if (lse) wr(dt, lse, p, l);
+      }
+    }
+    if (!backward) {
+      double cost = 0, wk = 1;
+      int isbad = 0;
+      if (prob) {
+        for (int64_t c = 0; c < C; c++)
+          cost += (w ? w[c] : 1) * ((1 - eps) * rd(dt, prob, base + c * S) + u) * (l - rd(dt, x, base + c * S));
+      } else {
+        int64_t k = target[p];
+        if (k == ignore || k < 0 || k >= C) {
+          wk = 0;
+          isbad = k != ignore;
+        } else {
+          wk = w ? w[k] : 1;
+          cost = wk * (l - rd(dt, x, base + k * S));
+          if (eps > 0) {
+            double sx = 0;
+            for (int64_t c = 0; c < C; c++) sx += (w ? w[c] : 1) * (l - rd(dt, x, base + c * S));
+            cost = (1 - eps) * cost + u * sx;
+          }
+        }
+      }
+      wr(dt, loss, p, cost);
+      wt[p] = wk;
+      bad[p] = (uint8_t)isbad;
+      continue;
+    }
+    double gv = rd(dt, g, p * gstride);
+    if (prob) {
+      double a = 0;
+      for (int64_t c = 0; c < C; c++) a += (w ? w[c] : 1) * ((1 - eps) * rd(dt, prob, base + c * S) + u);
+      for (int64_t c = 0; c < C; c++) {
+        int64_t i = base + c * S;
+        double wc = w ? w[c] : 1, coef = wc * ((1 - eps) * rd(dt, prob, i) + u);
+        if (gx) wr(dt, gx, i, gv * (a * exp(rd(dt, x, i) - l) - coef));
+        if (gt) wr(dt, gt, i, gv * (1 - eps) * wc * (l - rd(dt, x, i)));
+      }
+      continue;
+    }
+    if (!gx) continue;
+    int64_t k = target[p];
+    int skip = k == ignore || k < 0 || k >= C;
+    if (skip) gv = 0;
+    double wk = skip ? 0 : w ? w[k] : 1, a = log_input ? 0 : (1 - eps) * wk + u * wsum;
+    for (int64_t c = 0; c < C; c++) {
+      int64_t i = base + c * S;
+      double r = gv * (a * (log_input ? 0 : exp(rd(dt, x, i) - l)) - u * (w ? w[c] : 1));
+      if (c == k && !skip) r -= gv * (1 - eps) * wk;
+      wr(dt, gx, i, r);
+    }
+  }
+  return 0;
+}
+
+static int32_t fake_bce_logits(int32_t mode, int32_t dt, int64_t n, void *out, const void *x, const void *t,
+                               const void *pw, double scale) {
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake bce_logits: dtype %d", dt);
+    return LM_E_ARG;
+  }
+  n_other++;
+  for (int64_t i = 0; i < n; i++) {
+    double xv = rd(dt, x, i), tv = rd(dt, t, i), pv = pw ? rd(dt, pw, i) : 1;
+    double sp = fmax(-xv, 0) + log1p(exp(-fabs(xv))), r; /* log(1 + exp(-x)) */
+    if (mode == 0) r = (1 - tv) * xv + (1 + (pv - 1) * tv) * sp;
+    else if (mode == 1) r = (1 - tv) - (1 + (pv - 1) * tv) / (1 + exp(xv));
+    else r = -xv + (pv - 1) * sp;
+    wr(dt, out, i, r * scale);
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
-    fake_activation, fake_softmax,
+    fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }

@@ -144,6 +144,20 @@ describe('ops on a device', function()
       'lumen.mul: inputs on cpu and cuda (first input on cpu, second input on cuda), expected one device (move them with :to())')
   end)
 
+  it('give the CPU messages for bad class targets on the device', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local F = require('lumen.nn').F
+    local x, t = lumen.randn(3, 4), lumen.tensor({ 1, 7, -2 }, 'i64')
+    local ok, cpu_msg = pcall(F.cross_entropy, x, t)
+    assert.is_false(ok)
+    assert.truthy(cpu_msg:find('target value 7 (at flat position 1 of target 3)', 1, true))
+    local ok2, dev_msg = pcall(F.cross_entropy, x:cuda(), t:cuda())
+    assert.is_false(ok2)
+    assert.are.equal(cpu_msg:match('lumen%..*'), dev_msg:match('lumen%..*'))
+    assert.has_error(function() return F.nll_loss(x:cuda(), t) end,
+      'lumen.nll_loss: inputs on cuda and cpu (input on cuda, target on cpu), expected one device (move them with :to())')
+  end)
+
   it('leave ops without device kernels refusing as before', function()
     use(fake.lm_fake_backend(), 'fake device', fake)
     local d = lumen.randn(2, 3):cuda()

@@ -148,7 +148,7 @@ return function(nn, lumen)
     tensor_arg(fname, input, 'input')
     tensor_arg(fname, target, 'target')
     local w = o.weight
-    if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()) end
+    if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()):to(input:device()) end
     local ignore = o.ignore_index == nil and -100 or core.int_arg(o.ignore_index, fname, 'ignore_index')
     local eps = core.number(o.label_smoothing, fname, 'label_smoothing', 0, user_level)
     local red = reduction_codes[reduction_opt(fname, o)]
@@ -161,7 +161,7 @@ return function(nn, lumen)
     tensor_arg(fname, input, 'input')
     tensor_arg(fname, target, 'target')
     local w = o.weight
-    if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()) end
+    if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()):to(input:device()) end
     local ignore = o.ignore_index == nil and -100 or core.int_arg(o.ignore_index, fname, 'ignore_index')
     local red = reduction_codes[reduction_opt(fname, o)]
     return core.call(C.lm_nll_loss, input.h, target.h, handle_or_nil(w), ignore, red, core.out1)
@@ -173,8 +173,8 @@ return function(nn, lumen)
     tensor_arg(fname, input, 'input')
     tensor_arg(fname, target, 'target')
     local w, pw = o.weight, o.pos_weight
-    if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()) end
-    if pw ~= nil and not is_tensor(pw) then pw = weights_opt(fname, o, 'pos_weight', input:dtype()) end
+    if w ~= nil and not is_tensor(w) then w = weights_opt(fname, o, 'weight', input:dtype()):to(input:device()) end
+    if pw ~= nil and not is_tensor(pw) then pw = weights_opt(fname, o, 'pos_weight', input:dtype()):to(input:device()) end
     if w then tensor_arg(fname, w, 'weight') end
     if pw then tensor_arg(fname, pw, 'pos_weight') end
     local red = reduction_codes[reduction_opt(fname, o)]
