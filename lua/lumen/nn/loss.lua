@@ -480,7 +480,7 @@ return function(nn, lumen)
   local function per_class(v, x)
     local s = { x:size(1) }
     for _ = 3, x:dim() do s[#s + 1] = 1 end
-    return v:reshape(s)
+    return v:reshape(s):to(x:device())
   end
 
   -- sigmoid: bce * (1 - p_t)^gamma with log(1 - p_t) = logsigmoid(-x (2t - 1))
@@ -518,7 +518,8 @@ return function(nn, lumen)
     else
       local bce = F.binary_cross_entropy_with_logits(x, t, { reduction = 'none' })
       local z = x * (t * 2 - 1)
-      local log_inv = -F.binary_cross_entropy_with_logits(z, lumen.zeros(z:size(), z:dtype()), { reduction = 'none' })
+      local log_inv = -F.binary_cross_entropy_with_logits(z, lumen.zeros(z:size(), z:dtype()):to(z:device()),
+        { reduction = 'none' })
       loss = (log_inv * gamma):exp() * bce
       if alpha then loss = (t * alpha + (1 - t) * (1 - alpha)) * loss end
     end
