@@ -58,6 +58,9 @@ enum {
   LM_PW_END
 };
 
+/* The kinds of draw of lm_backend.random. */
+enum { LM_RNG_UNIFORM, LM_RNG_NORMAL, LM_RNG_BERNOULLI, LM_RNG_BERNOULLI_T, LM_RNG_RANDINT };
+
 typedef struct lm_backend {
   uint32_t abi;   /* LM_BACKEND_ABI the library was built with */
   uint32_t size;  /* sizeof(lm_backend) as the library saw it */
@@ -183,6 +186,21 @@ typedef struct lm_backend {
      src/ops/loss.c writes them (no exp overflows). */
   int32_t (*bce_logits)(int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *t,
                         const void *pw, double scale);
+  /* arange and linspace (src/ops/create.c): n contiguous elements of dtype,
+     element i = start + i step for i < half, stop - (n - 1 - i) step from
+     half on, computed in double and converted to dtype as a copy from f64
+     converts (to bool: v != 0). */
+  int32_t (*sequence)(int32_t dtype, int64_t n, void *out, double start, double step, double stop, int64_t half);
+  /* Philox4x32-10 draws as src/core/rng.c makes them: element i of the n
+     contiguous elements of out (dtype) uses the block of counter base + i
+     under key, so that a seed and offset give the CPU's numbers. kind:
+     LM_RNG_UNIFORM (on [a, b); f32 or f64), LM_RNG_NORMAL (mean a, std b;
+     f32 or f64), LM_RNG_BERNOULLI (1 with probability a, any dtype),
+     LM_RNG_BERNOULLI_T (probability probs[i], probs contiguous of out's
+     float dtype), LM_RNG_RANDINT (ilo + the 64 random bits mod irange, any
+     dtype). */
+  int32_t (*random)(int32_t kind, int32_t dtype, int64_t n, void *out, uint64_t key, uint64_t base, double a,
+                    double b, int64_t ilo, uint64_t irange, const void *probs);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -158,6 +158,11 @@ lm_status lm_fill(lm_ctx *ctx, lm_tensor *t, double value);
 lm_status lm_arange(lm_ctx *ctx, double start, double step, int64_t n, int32_t dtype, lm_tensor **out);
 lm_status lm_linspace(lm_ctx *ctx, double start, double stop, int64_t n, int32_t dtype, lm_tensor **out);
 lm_status lm_eye(lm_ctx *ctx, int64_t n, int64_t m, int32_t dtype, lm_tensor **out);
+/* The same made directly on device (LM_CPU or one with a backend). */
+lm_status lm_empty_on(lm_ctx *ctx, int32_t device, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
+lm_status lm_arange_on(lm_ctx *ctx, int32_t device, double start, double step, int64_t n, int32_t dtype, lm_tensor **out);
+lm_status lm_linspace_on(lm_ctx *ctx, int32_t device, double start, double stop, int64_t n, int32_t dtype, lm_tensor **out);
+lm_status lm_eye_on(lm_ctx *ctx, int32_t device, int64_t n, int64_t m, int32_t dtype, lm_tensor **out);
 
 /* random numbers: Philox 4x32-10, a counter-based generator; element i of a
    draw uses counter (offset + i), so results do not depend on threads. */

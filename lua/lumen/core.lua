@@ -260,6 +260,17 @@ M.devices = { cpu = C.LM_CPU, cuda = C.LM_CUDA, ['cuda:0'] = C.LM_CUDA }
 M.device_names = { [C.LM_CPU] = 'cpu', [C.LM_CUDA] = 'cuda' }
 function M.is_device(v) return type(v) == 'string' and M.devices[v] ~= nil end
 
+-- The device option of a creation function (nil: the CPU) as its code;
+-- an unknown name, or a device that cannot be used, is an error of op at
+-- level (as for error(), counted from the caller of device_arg).
+function M.device_arg(name, op, level)
+  if name == nil then return C.LM_CPU end
+  local dev = M.device_module
+  local code = dev.code(name, op, level + 1)
+  dev.require_device(code, op, level + 1)
+  return code
+end
+
 -- Registers fn as lumen.name and as the method t:name(...).
 function M.export(lumen, name, fn, method_only)
   if not method_only then lumen[name] = fn end

@@ -20,6 +20,7 @@ local core = require 'lumen.core'
 local C, ctx = core.C, core.ctx
 
 local M = {}
+core.device_module = M -- for core.device_arg (creation functions with a device option)
 
 local function exists(path)
   local f = io.open(path, 'rb')

@@ -101,15 +101,15 @@ return function(lumen)
   end)
 
   local function float_shape(op, ...)
-    local shape, dtype = core.shape_args(op, ...)
+    local shape, dtype, device = core.shape_args(op, ...)
     if not core.is_float(dtype) then
       error(string.format('lumen.%s: dtype must be f32 or f64, got %s', op, core.dtype_names[dtype]), 3)
     end
-    local n = core.put_shape(shape, op)
-    return call(C.lm_empty, dtype, n, core.shape_buf, core.out1)
+    return core.empty_on(op, shape, dtype, device)
   end
 
-  -- rand(2, 3[, dtype]) or rand({2, 3}[, dtype]): uniform on [0, 1)
+  -- rand(2, 3[, dtype]) or rand({2, 3}[, dtype or {dtype =, device =}]):
+  -- uniform on [0, 1); on a device, the same numbers as on the CPU
   function lumen.rand(...)
     local t = float_shape('rand', ...)
     core.check(C.lm_uniform_(ctx, t.h, 0, 1))
@@ -130,10 +130,10 @@ return function(lumen)
       error('lumen.randint: expected randint(lo, hi, shape[, dtype]) with shape a table of sizes', 2)
     end
     lo, hi = int_arg(lo, 'randint', 'lo'), int_arg(hi, 'randint', 'hi')
-    if type(dtype) == 'table' then dtype = dtype.dtype end
+    local device
+    dtype, device = core.dtype_device(dtype, 'randint')
     local code = core.dtype_code(dtype or 'i64', 2)
-    local n = core.put_shape(shape, 'randint')
-    local t = call(C.lm_empty, code, n, core.shape_buf, core.out1)
+    local t = core.empty_on('randint', shape, code, device)
     randint_(t, lo, hi, 'randint')
     return t
   end

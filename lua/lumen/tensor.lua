@@ -31,8 +31,8 @@ return function(lumen)
   core.put_shape = put_shape
   core.shape_buf, core.stride_buf, core.dims_buf = shape_buf, stride_buf, dims_buf
 
-  -- Parses (2, 3, 'f64'), ({2, 3}, 'f64') or ({2, 3}, {dtype = 'f64'}):
-  -- returns the shape list and the dtype code.
+  -- Parses (2, 3, 'f64'), ({2, 3}, 'f64') or ({2, 3}, {dtype = 'f64', device = 'cuda'}):
+  -- returns the shape list, the dtype code and the device code.
   local function shape_args(op, ...)
     local a = ...
     local shape, rest
@@ -48,45 +48,58 @@ return function(lumen)
       end
       rest = select(i, ...)
     end
-    local dtype = rest
-    if type(rest) == 'table' then dtype = rest.dtype end
-    return shape, core.dtype_code(dtype, 3)
+    local dtype, device = rest, nil
+    if type(rest) == 'table' then dtype, device = rest.dtype, rest.device end
+    return shape, core.dtype_code(dtype, 3), core.device_arg(device, op, 3)
   end
   core.shape_args = shape_args
 
-  local function empty(op, shape, dtype)
+  local function empty(op, shape, dtype, device)
     local n = put_shape(shape, op)
-    return call(C.lm_empty, dtype, n, shape_buf, core.out1)
+    return call(C.lm_empty_on, device or C.LM_CPU, dtype, n, shape_buf, core.out1)
   end
+  core.empty_on = empty
 
+  -- A creation function's last argument: a dtype name or {dtype =, device =};
+  -- returns the dtype (a name or nil) and the device code.
+  local function dtype_device(v, op)
+    if type(v) == 'table' then return v.dtype, core.device_arg(v.device, op, 3) end
+    return v, C.LM_CPU
+  end
+  core.dtype_device = dtype_device
+
+  -- empty(2, 3[, dtype]) or empty({2, 3}[, {dtype =, device =}]); zeros and
+  -- ones alike
   function lumen.empty(...)
-    local shape, dtype = shape_args('empty', ...)
-    return empty('empty', shape, dtype)
+    local shape, dtype, device = shape_args('empty', ...)
+    return empty('empty', shape, dtype, device)
   end
   function lumen.zeros(...)
-    local shape, dtype = shape_args('zeros', ...)
-    local t = empty('zeros', shape, dtype)
-    C.lm_fill(ctx, t.h, 0)
+    local shape, dtype, device = shape_args('zeros', ...)
+    local t = empty('zeros', shape, dtype, device)
+    core.check(C.lm_fill(ctx, t.h, 0))
     return t
   end
   function lumen.ones(...)
-    local shape, dtype = shape_args('ones', ...)
-    local t = empty('ones', shape, dtype)
-    C.lm_fill(ctx, t.h, 1)
+    local shape, dtype, device = shape_args('ones', ...)
+    local t = empty('ones', shape, dtype, device)
+    core.check(C.lm_fill(ctx, t.h, 1))
     return t
   end
-  -- full({2, 3}, value[, dtype])
+  -- full({2, 3}, value[, dtype or {dtype =, device =}])
   function lumen.full(shape, value, dtype)
     if type(shape) == 'number' then shape = { shape } end
     if type(shape) ~= 'table' then error('lumen.full: shape must be a list of sizes', 2) end
     if type(value) == 'boolean' then value = value and 1 or 0 end
     if type(value) ~= 'number' then error('lumen.full: value must be a number', 2) end
-    local t = empty('full', shape, core.dtype_code(type(dtype) == 'table' and dtype.dtype or dtype, 2))
-    C.lm_fill(ctx, t.h, value)
+    local dt, device = dtype_device(dtype, 'full')
+    local t = empty('full', shape, core.dtype_code(dt, 2), device)
+    core.check(C.lm_fill(ctx, t.h, value))
     return t
   end
 
-  -- arange(stop) or arange(start, stop[, step][, dtype]): [start, stop)
+  -- arange(stop) or arange(start, stop[, step][, dtype]): [start, stop);
+  -- the dtype may be {dtype =, device =} (so may linspace's and eye's)
   function lumen.arange(a, b, c, d)
     local start, stop, step, dtype = 0, a, 1, nil
     if type(b) == 'number' then
@@ -98,19 +111,24 @@ return function(lumen)
     if type(start) ~= 'number' or type(stop) ~= 'number' then error('lumen.arange: bounds must be numbers', 2) end
     if step == 0 then error('lumen.arange: step must not be zero', 2) end
     local n = math.max(0, math.ceil((stop - start) / step))
+    local device
+    dtype, device = dtype_device(dtype, 'arange')
     if dtype == nil then
       local int = start == math.floor(start) and stop == math.floor(stop) and step == math.floor(step)
       dtype = int and 'i64' or 'f32'
     end
-    return call(C.lm_arange, start, step, n, core.dtype_code(dtype, 2), core.out1)
+    return call(C.lm_arange_on, device, start, step, n, core.dtype_code(dtype, 2), core.out1)
   end
   function lumen.linspace(start, stop, n, dtype)
     if type(start) ~= 'number' or type(stop) ~= 'number' then error('lumen.linspace: bounds must be numbers', 2) end
-    return call(C.lm_linspace, start, stop, core.int_arg(n, 'linspace', 'count'), core.dtype_code(dtype, 2), core.out1)
+    local dt, device = dtype_device(dtype, 'linspace')
+    return call(C.lm_linspace_on, device, start, stop, core.int_arg(n, 'linspace', 'count'), core.dtype_code(dt, 2), core.out1)
   end
   function lumen.eye(n, m, dtype)
     if type(m) ~= 'number' then m, dtype = n, m end
-    return call(C.lm_eye, core.int_arg(n, 'eye', 'size'), core.int_arg(m, 'eye', 'size'), core.dtype_code(dtype, 2), core.out1)
+    local dt, device = dtype_device(dtype, 'eye')
+    return call(C.lm_eye_on, device, core.int_arg(n, 'eye', 'size'), core.int_arg(m, 'eye', 'size'), core.dtype_code(dt, 2),
+      core.out1)
   end
 
   -- tensor(nested tables or a number[, dtype]): copies Lua values in.

@@ -71,7 +71,9 @@ void lm_rng_set_state(lm_ctx *ctx, uint64_t seed, uint64_t offset) {
 
 /* ---- drawing into a contiguous buffer ---- */
 
-enum { K_UNIFORM, K_NORMAL, K_BERNOULLI, K_BERNOULLI_T, K_RANDINT };
+/* the backend's LM_RNG_* codes (src/backend.h) */
+enum { K_UNIFORM = LM_RNG_UNIFORM, K_NORMAL = LM_RNG_NORMAL, K_BERNOULLI = LM_RNG_BERNOULLI, K_BERNOULLI_T = LM_RNG_BERNOULLI_T,
+       K_RANDINT = LM_RNG_RANDINT };
 
 typedef struct draw_arg {
   int kind;
@@ -160,6 +162,17 @@ static void draw_chunk(void *arg, int64_t b, int64_t e) {
   }
 }
 
+/* The draw on t's device by its backend (the same counters, so the same
+   numbers); the backend's kinds are LM_RNG_*, in the order of K_*. */
+static lm_status draw_device(lm_ctx *ctx, const char *op, const lm_tensor *dst, const draw_arg *a, int64_t n) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(dst), random, &be);
+  if (st) return st;
+  if ((st = be->random(a->kind, dst->dtype, n, lm_data(dst), a->key, a->base, a->a, a->b, a->ilo, a->irange, a->probs)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
 /* Runs a draw of kind over every element of t (through a contiguous temp
    when t is strided) and moves the offset past it. */
 static lm_status draw(lm_ctx *ctx, const char *op, lm_tensor *t, draw_arg *a) {
@@ -168,7 +181,7 @@ static lm_status draw(lm_ctx *ctx, const char *op, lm_tensor *t, draw_arg *a) {
   lm_tensor *dst = t, *tmp = NULL;
   lm_status st = LM_OK;
   if (!lm_is_contiguous(t)) {
-    st = lm_new(ctx, op, t->dtype, t->ndim, t->shape, &tmp);
+    st = lm_new_on(ctx, op, lm_device_of(t), t->dtype, t->ndim, t->shape, &tmp);
     if (st) return st;
     dst = tmp;
   }
@@ -176,7 +189,12 @@ static lm_status draw(lm_ctx *ctx, const char *op, lm_tensor *t, draw_arg *a) {
   a->key = ctx->rng_seed;
   a->base = ctx->rng_offset;
   a->data = lm_data(dst);
-  lm_parallel_for(ctx, n, 4096, draw_chunk, a);
+  if (lm_device_of(t) != LM_CPU) st = draw_device(ctx, op, dst, a, n);
+  else lm_parallel_for(ctx, n, 4096, draw_chunk, a);
+  if (st) {
+    lm_tensor_release(tmp);
+    return st;
+  }
   if (tmp) st = lm_copy_(ctx, t, tmp);
   if (!st) ctx->rng_offset += (uint64_t)n;
   lm_tensor_release(tmp);
@@ -184,7 +202,7 @@ static lm_status draw(lm_ctx *ctx, const char *op, lm_tensor *t, draw_arg *a) {
 }
 
 static lm_status check_target(lm_ctx *ctx, const char *op, const lm_tensor *t, bool float_only, bool written) {
-  lm_status st = lm_check_input(ctx, op, t, "tensor");
+  lm_status st = lm_check_arg(ctx, op, t, "tensor");
   if (st) return st;
   /* an expanded view would get several draws per memory cell, and which
      one lands would depend on the threads */
@@ -224,6 +242,29 @@ lm_status lm_bernoulli_(lm_ctx *ctx, lm_tensor *t, double p) {
   return draw(ctx, "bernoulli_", t, &a);
 }
 
+/* Whether every element of p (on a device) lies in [0, 1]: 0 <= p <= 1 is
+   false for NaN too; the all() of it is read back. */
+static lm_status probs_in_range(lm_ctx *ctx, const lm_tensor *p, bool *ok) {
+  double zero = 0, one = 1;
+  lm_tensor *z = NULL, *o = NULL, *ge = NULL, *le = NULL, *both = NULL, *all = NULL, *host = NULL;
+  lm_status st;
+  const bool grad = lm_grad_pause(ctx);
+  if (!(st = lm_from_ptr(ctx, LM_F64, 0, NULL, NULL, &zero, &z)) && !(st = lm_from_ptr(ctx, LM_F64, 0, NULL, NULL, &one, &o)) &&
+      !(st = lm_binary(ctx, LM_OP_GE, p, z, NULL, &ge)) && !(st = lm_binary(ctx, LM_OP_LE, p, o, NULL, &le)) &&
+      !(st = lm_binary(ctx, LM_OP_LOGICAL_AND, ge, le, NULL, &both)) &&
+      !(st = lm_reduce(ctx, LM_OP_ALL, both, 0, NULL, 0, 0, &all, NULL)) && !(st = lm_to_device(ctx, all, LM_CPU, &host)))
+    *ok = *(const uint8_t *)lm_data(host) != 0;
+  ctx->grad_enabled = grad;
+  lm_tensor_release(z);
+  lm_tensor_release(o);
+  lm_tensor_release(ge);
+  lm_tensor_release(le);
+  lm_tensor_release(both);
+  lm_tensor_release(all);
+  lm_tensor_release(host);
+  return st;
+}
+
 lm_status lm_bernoulli(lm_ctx *ctx, const lm_tensor *probs, lm_tensor **out) {
   lm_status st = check_target(ctx, "bernoulli", probs, true, false);
   if (st) return st;
@@ -233,6 +274,15 @@ lm_status lm_bernoulli(lm_ctx *ctx, const lm_tensor *probs, lm_tensor **out) {
   if (st) goto done;
   int64_t n = lm_numel(pc);
   const char *q = lm_data(pc);
+  if (lm_device_of(pc) != LM_CPU) { /* the range check on the device: one flag comes back */
+    bool ok = false;
+    if ((st = probs_in_range(ctx, pc, &ok))) goto done;
+    if (!ok) {
+      st = lm_err(ctx, LM_E_ARG, "bernoulli: probabilities must be in [0, 1] (one is not, or is NaN)");
+      goto done;
+    }
+    n = 0;
+  }
   for (int64_t i = 0; i < n; i++) {
     double p = pc->dtype == LM_F32 ? ((const float *)q)[i] : ((const double *)q)[i];
     if (!(p >= 0 && p <= 1)) {
@@ -241,7 +291,7 @@ lm_status lm_bernoulli(lm_ctx *ctx, const lm_tensor *probs, lm_tensor **out) {
       goto done;
     }
   }
-  st = lm_new(ctx, "bernoulli", pc->dtype, pc->ndim, pc->shape, &res);
+  st = lm_new_on(ctx, "bernoulli", lm_device_of(pc), pc->dtype, pc->ndim, pc->shape, &res);
   if (st) goto done;
   draw_arg a = {.kind = K_BERNOULLI_T, .probs = q};
   st = draw(ctx, "bernoulli", res, &a);

@@ -61,6 +61,11 @@ int32_t class_loss(int32_t backward, int32_t dtype, int64_t N, int64_t C, int64_
 int32_t bce_logits(int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *t, const void *pw,
                    double scale);
 
+/* random.cu */
+int32_t sequence(int32_t dtype, int64_t n, void *out, double start, double step, double stop, int64_t half);
+int32_t random(int32_t kind, int32_t dtype, int64_t n, void *out, uint64_t key, uint64_t base, double a, double b,
+               int64_t ilo, uint64_t irange, const void *probs);
+
 /* Runs f(k) for k = 0 .. n-1, one thread per k (grid-stride) on the
    stream; f is a functor with a __host__ __device__ operator(). In the
    specs' host build (LMCUDA_EMULATE) every k runs in turn. */

@@ -229,6 +229,36 @@ M.cases = {
       F.binary_cross_entropy_with_logits(x, t, { weight = w, pos_weight = pw, reduction = 'sum' }),
       F.binary_cross_entropy_with_logits(x:t(), t:t(), { pos_weight = pw:t(), reduction = 'none' }) }
   end, function(s) return { { 3 * s, 4 }, { 3 * s, 4 }, { { 4 }, positive = true }, { { 1, 4 }, positive = true } } end),
+  -- creation on the device (src/cuda/random.cu): made where x is
+  ew('zeros, ones, full, empty+fill_ on the device', function(x)
+    local o = { dtype = x:dtype(), device = x:device() }
+    return { lumen.zeros(3, 2, o), lumen.ones({ 2, 4 }, o), lumen.full({ 3 }, -2.5, o), lumen.empty(2, o):fill_(7) }
+  end, one(mat), { 'f32', 'f64', 'i32', 'u8', 'bool' }, false),
+  ew('arange, linspace, eye on the device', function(x)
+    local d, dt = x:device(), x:dtype()
+    return { lumen.arange(5, { device = d }), lumen.arange(-2, 7 * 4, 0.75, { dtype = dt, device = d }),
+      lumen.arange(10, 0, -3, { dtype = dt, device = d }), lumen.linspace(-1, 2, 7 * 3, { dtype = dt, device = d }),
+      lumen.linspace(0, 10, 11, { dtype = 'i64', device = d }), lumen.linspace(3, 4, 1, { dtype = dt, device = d }),
+      lumen.eye(3, { dtype = dt, device = d }), lumen.eye(2, 5, { dtype = 'bool', device = d }) }
+  end, one(mat), F, false),
+  -- Philox on the device: a seed and offset give the CPU's numbers
+  ew('rand, randn, randint, bernoulli: the CPU numbers for a seed', function(x)
+    local o = { dtype = x:dtype(), device = x:device() }
+    lumen.manual_seed(77)
+    local r = { lumen.rand(4, 33, o), lumen.randn({ 5, 7 }, o), lumen.randint(-3, 9, { 40 }, { device = x:device() }),
+      lumen.randint(0, 2, { 9 }, { dtype = 'bool', device = x:device() }), lumen.randint(5, { 6 }, { dtype = 'i32', device = x:device() }) }
+    r[#r + 1] = lumen.empty(6, 5, o):uniform_(-2, 3)
+    r[#r + 1] = lumen.empty(6, 5, o):normal_(1, 0.5)
+    r[#r + 1] = lumen.empty(50, o):bernoulli_(0.3)
+    r[#r + 1] = x:sigmoid():bernoulli()
+    r[#r + 1] = lumen.empty(4, 6, o):t():uniform_(0, 1) -- a strided target
+    return r
+  end, one(mat)),
+  ew('dropout draws its mask where x is', function(x)
+    local F = require('lumen.nn').F
+    lumen.manual_seed(5)
+    return { F.dropout(x, 0.4), F.dropout2d(x:reshape { 3, 5, 1, 1 }:expand { 3, 5, 2, 2 }, 0.5) }
+  end, function(s) return { { 3, 5 * s } } end),
 }
 
 -- Inputs of a case for dtype, on the CPU (seeded: the same on every call).

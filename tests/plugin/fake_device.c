@@ -622,12 +622,86 @@ static int32_t fake_bce_logits(int32_t mode, int32_t dt, int64_t n, void *out, c
   return 0;
 }
 
+/* ---- creation and random numbers ---- */
+
+/* a double into any dtype, as a copy from f64 converts it */
+static void put_double(int32_t dt, void *p, int64_t i, double v) {
+  switch (dt) {
+  case LM_F32: ((float *)p)[i] = (float)v; break;
+  case LM_F64: ((double *)p)[i] = v; break;
+  case LM_I32: ((int32_t *)p)[i] = (int32_t)v; break;
+  case LM_I64: ((int64_t *)p)[i] = (int64_t)v; break;
+  case LM_U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+  default: ((uint8_t *)p)[i] = v != 0; break;
+  }
+}
+
+static int32_t fake_sequence(int32_t dt, int64_t n, void *out, double start, double step, double stop, int64_t half) {
+  n_other++;
+  for (int64_t i = 0; i < n; i++) put_double(dt, out, i, i < half ? start + (double)i * step : stop - (double)(n - 1 - i) * step);
+  return 0;
+}
+
+/* Philox4x32-10 with the counter in the first two words */
+static void philox(uint64_t ctr, uint64_t key, uint32_t w[4]) {
+  uint32_t c[4] = {(uint32_t)ctr, (uint32_t)(ctr >> 32), 0, 0}, k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+  for (int r = 0; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+    uint64_t p0 = (uint64_t)0xD2511F53u * c[0], p1 = (uint64_t)0xCD9E8D57u * c[2];
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
+    c[1] = (uint32_t)p1;
+    c[3] = (uint32_t)p0;
+    c[0] = n0;
+    c[2] = n2;
+  }
+  memcpy(w, c, sizeof c);
+}
+
+static int32_t fake_random(int32_t kind, int32_t dt, int64_t n, void *out, uint64_t key, uint64_t base, double a,
+                           double b, int64_t ilo, uint64_t irange, const void *probs) {
+  n_other++;
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t w[4];
+    philox(base + (uint64_t)i, key, w);
+    uint64_t bits = ((uint64_t)w[1] << 32) | w[0];
+    double u = (double)(bits >> 11) * 0x1.0p-53;
+    switch (kind) {
+    case LM_RNG_UNIFORM:
+      if (dt == LM_F32) {
+        float lo = (float)a, hi = (float)b, v = lo + (float)(w[0] >> 8) * 0x1.0p-24f * (hi - lo);
+        ((float *)out)[i] = v < hi ? v : fmaxf(nextafterf(hi, -INFINITY), lo);
+      } else {
+        double v = a + u * (b - a);
+        ((double *)out)[i] = v < b ? v : fmax(nextafter(b, -INFINITY), a);
+      }
+      break;
+    case LM_RNG_NORMAL: {
+      double u1 = (double)((bits >> 11) + 1) * 0x1.0p-53;
+      double u2 = (double)(((((uint64_t)w[3] << 32) | w[2])) >> 11) * 0x1.0p-53;
+      put_double(dt, out, i, a + b * (sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)));
+      break;
+    }
+    case LM_RNG_BERNOULLI: put_double(dt, out, i, u < a ? 1 : 0); break;
+    case LM_RNG_BERNOULLI_T: put_double(dt, out, i, u < rd(dt, probs, i) ? 1 : 0); break;
+    case LM_RNG_RANDINT: {
+      int64_t v = (int64_t)((uint64_t)ilo + bits % irange);
+      if (dt == LM_BOOL) ((uint8_t *)out)[i] = v != 0;
+      else if (dt == LM_I64) ((int64_t *)out)[i] = v;
+      else put_double(dt, out, i, (double)v);
+      break;
+    }
+    default: snprintf(msg, sizeof msg, "fake random: kind %d", kind); return LM_E_ARG;
+    }
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
     fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
+    fake_sequence, fake_random,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }

@@ -144,6 +144,36 @@ describe('ops on a device', function()
       'lumen.mul: inputs on cpu and cuda (first input on cpu, second input on cuda), expected one device (move them with :to())')
   end)
 
+  it("draw the CPU's numbers for a seed, bit for bit, and move the offset alike", function()
+    for _, be in ipairs { { fake.lm_fake_backend(), 'fake device', fake },
+      emulated and { emulated.lm_cuda_emulated_backend(), 'CUDA kernels emulated', emulated } or nil } do
+      use(be[1], be[2], be[3])
+      local function draws(device)
+        lumen.manual_seed(2024)
+        local o = { device = device }
+        local r = { lumen.rand(300, o), lumen.rand(200, { dtype = 'f64', device = device }), lumen.randint(-5, 1000, { 300 }, o),
+          lumen.empty(300, o):bernoulli_(0.25), lumen.rand(3, o) } -- the last one after the others: the offset moved alike
+        for i, t in ipairs(r) do
+          assert.are.equal(device or 'cpu', t:device())
+          r[i] = t:cpu()
+        end
+        return r
+      end
+      local c, d = draws(nil), draws('cuda')
+      for i = 1, #c do assert.are.same(c[i]:totable(), d[i]:totable()) end
+      -- normals go through the device's log and cos: within an ulp or two
+      lumen.manual_seed(1)
+      local nc = lumen.randn(500, 'f64')
+      lumen.manual_seed(1)
+      local nd = lumen.randn(500, { dtype = 'f64', device = 'cuda' }):cpu()
+      assert.is_true((nc - nd):abs():max():item() <= 1e-15 * nc:abs():max():item())
+      assert.has_error(function() return lumen.zeros(2, { device = 'tpu' }) end,
+        "lumen.zeros: unknown device 'tpu' (expected 'cpu' or 'cuda')")
+      assert.has_error(function() return lumen.rand(2):cuda():sigmoid():sub(2):bernoulli() end,
+        'lumen.bernoulli: probabilities must be in [0, 1] (one is not, or is NaN)')
+    end
+  end)
+
   it('give the CPU messages for bad class targets on the device', function()
     use(fake.lm_fake_backend(), 'fake device', fake)
     local F = require('lumen.nn').F

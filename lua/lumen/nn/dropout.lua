@@ -35,16 +35,14 @@ return function(nn, lumen)
 
   -- x * mask, the mask of shape mshape already scaled by 1 / (1 - p).
   local function apply(op, x, p, mshape, inplace)
-    local mask = lumen.empty(mshape, x:dtype())
+    -- drawn where x is (a seed gives the same mask on every device)
+    local mask = lumen.empty(mshape, { dtype = x:dtype(), device = x:device() })
     if p == 1 then
       mask:fill_(0)
     else
       mask:bernoulli_(1 - p)
       mask:mul_(1 / (1 - p))
     end
-    -- drawn on the CPU (the same numbers for a seed on any device) until
-    -- devices have their own Philox
-    if x:device() ~= 'cpu' then mask = mask:to(x:device()) end
     if inplace then
       if lumen.is_grad_enabled() and x.requires_grad then
         error('lumen.' .. op .. ': inplace = true cannot be tracked by autograd (the input requires grad), expected inplace = false', 3)
