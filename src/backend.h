@@ -61,6 +61,15 @@ enum {
 /* The kinds of draw of lm_backend.random. */
 enum { LM_RNG_UNIFORM, LM_RNG_NORMAL, LM_RNG_BERNOULLI, LM_RNG_BERNOULLI_T, LM_RNG_RANDINT };
 
+/* The updates of lm_backend.optim_step, and the positions of its
+   hyperparameters hp[] (lm_optim_hparams of lumen.h as doubles; flags 0 or
+   1). */
+enum { LM_OPTIM_SGD, LM_OPTIM_ADAM, LM_OPTIM_RMSPROP, LM_OPTIM_SCALE };
+enum {
+  LM_HP_LR, LM_HP_MOMENTUM, LM_HP_DAMPENING, LM_HP_WEIGHT_DECAY, LM_HP_BETA1, LM_HP_BETA2, LM_HP_EPS, LM_HP_ALPHA,
+  LM_HP_NESTEROV, LM_HP_AMSGRAD, LM_HP_DECOUPLED, LM_HP_CENTERED, LM_HP_MAXIMIZE, LM_HP_COUNT
+};
+
 typedef struct lm_backend {
   uint32_t abi;   /* LM_BACKEND_ABI the library was built with */
   uint32_t size;  /* sizeof(lm_backend) as the library saw it */
@@ -201,6 +210,20 @@ typedef struct lm_backend {
      dtype). */
   int32_t (*random)(int32_t kind, int32_t dtype, int64_t n, void *out, uint64_t key, uint64_t base, double a,
                     double b, int64_t ilo, uint64_t irange, const void *probs);
+  /* One fused optimizer update of a group of nparams parameters of dtype
+     (f32 or f64), in one launch, as src/ops/optim.c computes it. Parameter
+     i has numel[i] contiguous elements; data[k * nparams + i] is its
+     operand k (device addresses; NULL for a state the settings do not
+     use); per[2 i], per[2 i + 1] are its own coefficients; all arrays are
+     host memory the call does not keep. kind:
+       LM_OPTIM_SGD: operands param, grad, momentum buffer; per[2 i] = 1
+         when the buffer starts now (the parameter's first step);
+       LM_OPTIM_ADAM: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq;
+         per: -lr / (1 - beta1^step), sqrt(1 - beta2^step);
+       LM_OPTIM_RMSPROP: param, grad, square_avg, grad_avg, momentum buffer;
+       LM_OPTIM_SCALE: operand 0 (a gradient) times hp[0]. */
+  int32_t (*optim_step)(int32_t kind, int32_t dtype, int32_t nparams, const int64_t *numel, void *const *data,
+                        const double *per, const double *hp);
 } lm_backend;
 
 #ifdef __cplusplus

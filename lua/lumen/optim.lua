@@ -279,7 +279,7 @@ function Optimizer:_step_group(gi, group, level)
         self.state[p] = st
       end
       for _, name in ipairs(names) do
-        if st[name] == nil then st[name] = lumen.zeros(p:size(), p:dtype()) end
+        if st[name] == nil then st[name] = lumen.zeros(p:size(), { dtype = p:dtype(), device = p:device() }) end
         arrays[name][i - 1] = st[name].h
       end
       steps[i - 1] = st.step + 1

@@ -66,6 +66,10 @@ int32_t sequence(int32_t dtype, int64_t n, void *out, double start, double step,
 int32_t random(int32_t kind, int32_t dtype, int64_t n, void *out, uint64_t key, uint64_t base, double a, double b,
                int64_t ilo, uint64_t irange, const void *probs);
 
+/* optim.cu */
+int32_t optim_step(int32_t kind, int32_t dtype, int32_t nparams, const int64_t *numel, void *const *data,
+                   const double *per, const double *hp);
+
 /* Runs f(k) for k = 0 .. n-1, one thread per k (grid-stride) on the
    stream; f is a functor with a __host__ __device__ operator(). In the
    specs' host build (LMCUDA_EMULATE) every k runs in turn. */

@@ -54,7 +54,7 @@ static lm_status check_beta(lm_ctx *ctx, const char *op, const char *name, doubl
 static lm_status check_param(lm_ctx *ctx, const char *op, int32_t i, const lm_tensor *p) {
   char what[64];
   snprintf(what, sizeof what, "parameter %d", i);
-  lm_status st = lm_check_input(ctx, op, p, what);
+  lm_status st = lm_check_arg(ctx, op, p, what);
   if (st) return st;
   if (!lm_dtype_is_float(p->dtype))
     return lm_err(ctx, LM_E_DTYPE, "%s: parameter %d is %s, expected f32 or f64", op, i, dtype_str(p->dtype));
@@ -68,8 +68,11 @@ static lm_status check_like(lm_ctx *ctx, const char *op, int32_t i, const lm_ten
                             const char *name, bool written) {
   char what[96];
   snprintf(what, sizeof what, "%s of parameter %d", name, i);
-  lm_status st = lm_check_input(ctx, op, t, what);
+  lm_status st = lm_check_arg(ctx, op, t, what);
   if (st) return st;
+  if (lm_device_of(t) != lm_device_of(p))
+    return lm_err(ctx, LM_E_DEVICE, "%s: %s is on %s and the parameter on %s, expected one device", op, what,
+                  lm_device_name(lm_device_of(t)), lm_device_name(lm_device_of(p)));
   bool same = t->ndim == p->ndim;
   for (int32_t d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
   if (!same) {
@@ -149,6 +152,89 @@ static lm_status update_one(lm_ctx *ctx, int32_t n_ops, lm_tensor *const *ops, c
   return runs_close(ctx, &r);
 }
 
+/* ---- on a device: one launch of the backend's optim_step per group ----
+   ops[k][i] is operand k of parameter i (NULL lists or entries: unused);
+   parameters without a gradient are skipped. Strided operands go through
+   contiguous copies written back afterwards, as on the CPU. f32 and f64
+   parameters of one list are launched apart. */
+
+static void pack_hparams(const lm_optim_hparams *h, double *hp) {
+  hp[LM_HP_LR] = h->lr;
+  hp[LM_HP_MOMENTUM] = h->momentum;
+  hp[LM_HP_DAMPENING] = h->dampening;
+  hp[LM_HP_WEIGHT_DECAY] = h->weight_decay;
+  hp[LM_HP_BETA1] = h->beta1;
+  hp[LM_HP_BETA2] = h->beta2;
+  hp[LM_HP_EPS] = h->eps;
+  hp[LM_HP_ALPHA] = h->alpha;
+  hp[LM_HP_NESTEROV] = h->nesterov != 0;
+  hp[LM_HP_AMSGRAD] = h->amsgrad != 0;
+  hp[LM_HP_DECOUPLED] = h->decoupled != 0;
+  hp[LM_HP_CENTERED] = h->centered != 0;
+  hp[LM_HP_MAXIMIZE] = h->maximize != 0;
+}
+
+/* The device of the parameters that have gradients (grads NULL: every
+   entry of params counts), which must be one. */
+static lm_status group_device_of(lm_ctx *ctx, const char *op, int32_t n, lm_tensor *const *params,
+                                 lm_tensor *const *grads, int32_t *dev) {
+  *dev = LM_CPU;
+  int32_t first = -1;
+  for (int32_t i = 0; i < n; i++) {
+    if ((grads && !grads[i]) || !params[i]) continue;
+    if (first < 0) {
+      first = i;
+      *dev = lm_device_of(params[i]);
+    } else if (lm_device_of(params[i]) != *dev) {
+      return lm_err(ctx, LM_E_DEVICE, "%s: parameter %d is on %s and parameter %d on %s, expected one device", op,
+                    first, lm_device_name(*dev), i, lm_device_name(lm_device_of(params[i])));
+    }
+  }
+  return LM_OK;
+}
+
+static lm_status group_device(lm_ctx *ctx, const char *op, int32_t device, int32_t kind, int32_t n, int32_t nops,
+                              lm_tensor *const *const *ops, const bool *written, const double *per, const double *hp) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, device, optim_step, &be);
+  if (st || n == 0) return st;
+  runs *r = calloc((size_t)n, sizeof *r);
+  int64_t *numel = malloc((size_t)n * sizeof *numel);
+  void **data = calloc((size_t)n * MAX_OPERANDS, sizeof *data);
+  double *gper = calloc((size_t)n * 2, sizeof *gper);
+  if (!r || !numel || !data || !gper) {
+    st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+    goto done;
+  }
+  for (int32_t dt = LM_F32; dt <= LM_F64 && !st; dt++) {
+    int32_t m = 0; /* parameters of dtype dt */
+    for (int32_t i = 0; i < n && !st; i++) {
+      if (!ops[0][i] || (nops > 1 && !ops[1][i]) || ops[0][i]->dtype != dt) continue;
+      lm_tensor *ts[MAX_OPERANDS] = {NULL};
+      for (int32_t k = 0; k < nops; k++) ts[k] = ops[k] ? ops[k][i] : NULL;
+      if ((st = runs_open(ctx, &r[m], nops, ts, written))) break;
+      numel[m] = lm_numel(ops[0][i]);
+      if (per) memcpy(gper + 2 * m, per + 2 * i, 2 * sizeof *gper);
+      m++;
+    }
+    if (!st && m > 0) {
+      for (int32_t k = 0; k < MAX_OPERANDS; k++)
+        for (int32_t j = 0; j < m; j++) data[k * m + j] = k < nops ? run_data(&r[j], k) : NULL;
+      if ((st = be->optim_step(kind, dt, m, numel, data, gper, hp))) st = lm_backend_fail(ctx, op, be, st);
+    }
+    for (int32_t j = 0; j < m; j++) {
+      lm_status cs = st ? (runs_release(&r[j]), LM_OK) : runs_close(ctx, &r[j]);
+      if (!st) st = cs;
+    }
+  }
+done:
+  free(r);
+  free(numel);
+  free(data);
+  free(gper);
+  return st;
+}
+
 /* ---- SGD ---- */
 
 typedef struct sgd_job {
@@ -216,8 +302,22 @@ lm_status lm_sgd_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tenso
                                       (long long)steps[i]);
     }
   }
+  int32_t dev;
+  if ((st = group_device_of(ctx, op, n, params, grads, &dev))) return st;
   bool was = ctx->grad_enabled;
   ctx->grad_enabled = false;
+  if (dev != LM_CPU) {
+    double hp[LM_HP_COUNT], *per = calloc((size_t)(n > 0 ? n : 1) * 2, sizeof *per);
+    if (!per) { ctx->grad_enabled = was; return lm_err(ctx, LM_E_OOM, "%s: out of memory", op); }
+    pack_hparams(h, hp);
+    for (int32_t i = 0; i < n; i++) per[2 * i] = use_buf && grads[i] && steps[i] == 1;
+    lm_tensor *const *lists[3] = {params, grads, use_buf ? momentum_bufs : NULL};
+    const bool written[3] = {true, false, true};
+    st = group_device(ctx, op, dev, LM_OPTIM_SGD, n, 3, lists, written, per, hp);
+    free(per);
+    ctx->grad_enabled = was;
+    return st;
+  }
   for (int32_t i = 0; i < n && !st; i++) {
     if (!grads[i]) continue;
     sgd_job j = {{0}, h->lr, h->momentum, h->dampening, h->weight_decay, h->nesterov != 0, h->maximize != 0,
@@ -305,8 +405,27 @@ lm_status lm_adam_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_tens
     if (steps[i] < 1)
       return lm_err(ctx, LM_E_ARG, "%s: step count of parameter %d is %lld, expected >= 1", op, i, (long long)steps[i]);
   }
+  int32_t dev;
+  if ((st = group_device_of(ctx, op, n, params, grads, &dev))) return st;
   bool was = ctx->grad_enabled;
   ctx->grad_enabled = false;
+  if (dev != LM_CPU) {
+    double hp[LM_HP_COUNT], *per = calloc((size_t)(n > 0 ? n : 1) * 2, sizeof *per);
+    if (!per) { ctx->grad_enabled = was; return lm_err(ctx, LM_E_OOM, "%s: out of memory", op); }
+    pack_hparams(h, hp);
+    for (int32_t i = 0; i < n; i++) {
+      if (!grads[i]) continue;
+      double k = (double)steps[i];
+      per[2 * i] = -(h->lr / (1 - pow(h->beta1, k)));
+      per[2 * i + 1] = sqrt(1 - pow(h->beta2, k));
+    }
+    lm_tensor *const *lists[5] = {params, grads, exp_avgs, exp_avg_sqs, h->amsgrad ? max_exp_avg_sqs : NULL};
+    const bool written[5] = {true, false, true, true, true};
+    st = group_device(ctx, op, dev, LM_OPTIM_ADAM, n, 5, lists, written, per, hp);
+    free(per);
+    ctx->grad_enabled = was;
+    return st;
+  }
   for (int32_t i = 0; i < n && !st; i++) {
     if (!grads[i]) continue;
     double k = (double)steps[i];
@@ -406,8 +525,20 @@ lm_status lm_rmsprop_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_t
         (use_buf && (st = check_like(ctx, op, i, p, momentum_bufs[i], "momentum buffer", true))))
       return st;
   }
+  int32_t dev;
+  if ((st = group_device_of(ctx, op, n, params, grads, &dev))) return st;
   bool was = ctx->grad_enabled;
   ctx->grad_enabled = false;
+  if (dev != LM_CPU) {
+    double hp[LM_HP_COUNT];
+    pack_hparams(h, hp);
+    lm_tensor *const *lists[5] = {params, grads, square_avgs, centered ? grad_avgs : NULL,
+                                  use_buf ? momentum_bufs : NULL};
+    const bool written[5] = {true, false, true, true, true};
+    st = group_device(ctx, op, dev, LM_OPTIM_RMSPROP, n, 5, lists, written, NULL, hp);
+    ctx->grad_enabled = was;
+    return st;
+  }
   for (int32_t i = 0; i < n && !st; i++) {
     if (!grads[i]) continue;
     rmsprop_job j = {{0}, h->lr, h->alpha, h->eps, h->weight_decay, h->momentum, centered, h->maximize != 0};
@@ -501,6 +632,47 @@ static lm_status norm_part(lm_ctx *ctx, const lm_tensor *g, double p, double *ac
   return LM_OK;
 }
 
+/* The CPU's acc (a sum of |x|^p over all gradients, or their max) on a
+   device: each gradient's norm by a device reduction (in double), raised
+   to p and added on the device; one value comes back at the end. */
+static lm_status device_norm_acc(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, double p, double *acc) {
+  lm_tensor *total = NULL, *host = NULL;
+  lm_status st = LM_OK;
+  const bool inf = isinf(p);
+  double pv = p;
+  lm_tensor *pw = NULL;
+  if ((st = lm_from_ptr(ctx, LM_F64, 0, NULL, NULL, &pv, &pw))) return st;
+  for (int32_t i = 0; i < n && !st; i++) {
+    if (!grads[i]) continue;
+    lm_tensor *g64 = NULL, *nrm = NULL, *part = NULL, *sum = NULL;
+    if (!(st = lm_to_dtype(ctx, grads[i], LM_F64, &g64)) && !(st = lm_reduce(ctx, LM_OP_NORM, g64, 0, NULL, 0, p, &nrm, NULL))) {
+      if (inf) {
+        lm_tensor_retain(nrm);
+        part = nrm;
+      } else {
+        st = lm_binary(ctx, LM_OP_POW, nrm, pw, NULL, &part);
+      }
+    }
+    if (!st) {
+      if (!total) {
+        lm_tensor_retain(part);
+        total = part;
+      } else if (!(st = lm_binary(ctx, inf ? LM_OP_MAXIMUM : LM_OP_ADD, total, part, NULL, &sum))) {
+        lm_tensor_release(total);
+        total = sum;
+      }
+    }
+    lm_tensor_release(g64);
+    lm_tensor_release(nrm);
+    lm_tensor_release(part);
+  }
+  if (!st && total && !(st = lm_to_device(ctx, total, LM_CPU, &host))) *acc = *(const double *)lm_data(host);
+  lm_tensor_release(pw);
+  lm_tensor_release(total);
+  lm_tensor_release(host);
+  return st;
+}
+
 lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, double max_norm, double norm_type,
                             int32_t error_if_nonfinite, double *total_norm) {
   const char *op = "clip_grad_norm";
@@ -514,16 +686,22 @@ lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, dou
     if (!grads[i]) continue;
     char what[48];
     snprintf(what, sizeof what, "gradient %d", i);
-    if ((st = lm_check_input(ctx, op, grads[i], what))) return st;
+    if ((st = lm_check_arg(ctx, op, grads[i], what))) return st;
     if (!lm_dtype_is_float(grads[i]->dtype))
       return lm_err(ctx, LM_E_DTYPE, "%s: gradient %d is %s, expected f32 or f64", op, i, dtype_str(grads[i]->dtype));
     if (lm_check_writable(ctx, op, grads[i]))
       return lm_err(ctx, LM_E_ARG, "%s: gradient %d is an expanded view (a stride of 0), expected memory of its own",
                     op, i);
   }
+  int32_t dev;
+  if ((st = group_device_of(ctx, op, n, grads, NULL, &dev))) return st;
   double acc = 0;
-  for (int32_t i = 0; i < n; i++)
-    if (grads[i] && (st = norm_part(ctx, grads[i], norm_type, &acc))) return st;
+  if (dev != LM_CPU) {
+    if ((st = device_norm_acc(ctx, n, grads, norm_type, &acc))) return st;
+  } else {
+    for (int32_t i = 0; i < n; i++)
+      if (grads[i] && (st = norm_part(ctx, grads[i], norm_type, &acc))) return st;
+  }
   double total = isinf(norm_type) ? acc : norm_type == 2 ? sqrt(acc) : norm_type == 1 ? acc : pow(acc, 1 / norm_type);
   if (total_norm) *total_norm = total;
   if (error_if_nonfinite && !isfinite(total))
@@ -537,6 +715,14 @@ lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, dou
   bool was = ctx->grad_enabled;
   ctx->grad_enabled = false;
   st = LM_OK;
+  if (dev != LM_CPU) {
+    double hp[LM_HP_COUNT] = {coef};
+    lm_tensor *const *lists[1] = {grads};
+    const bool written[1] = {true};
+    st = group_device(ctx, op, dev, LM_OPTIM_SCALE, n, 1, lists, written, NULL, hp);
+    ctx->grad_enabled = was;
+    return st;
+  }
   for (int32_t i = 0; i < n && !st; i++) {
     if (!grads[i]) continue;
     scale_job j = {NULL, coef};

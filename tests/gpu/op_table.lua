@@ -254,6 +254,40 @@ M.cases = {
     r[#r + 1] = lumen.empty(4, 6, o):t():uniform_(0, 1) -- a strided target
     return r
   end, one(mat)),
+  -- fused optimizers (src/cuda/optim.cu): two steps on parameters x, y (made leaves here)
+  ew('SGD, Adam, AdamW, RMSprop steps and clip_grad_norm', function(x, y, gx, gy)
+    local optim = require 'lumen.optim'
+    local out = {}
+    local configs = {
+      { 'SGD', { lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.01 } },
+      { 'SGD', { lr = 0.05, momentum = 0.5, dampening = 0.2 } },
+      { 'Adam', { lr = 0.01, weight_decay = 0.1, amsgrad = true } },
+      { 'AdamW', { lr = 0.02, weight_decay = 0.1 } },
+      { 'RMSprop', { lr = 0.01, momentum = 0.8, centered = true, weight_decay = 0.05 } },
+      { 'RMSprop', { lr = 0.01, maximize = true } },
+    }
+    for _, c in ipairs(configs) do
+      local a, b = x:detach():clone():requires_grad_(), y:t():detach():clone():requires_grad_()
+      local opt = optim[c[1]]({ a, b }, c[2])
+      for step = 1, 2 do
+        a.grad = gx * step
+        b.grad = gy:t() * step -- a strided gradient
+        opt:step()
+      end
+      out[#out + 1] = a:detach()
+      out[#out + 1] = b:detach()
+    end
+    for _, p in ipairs { 2, 1, 'inf' } do
+      local a, b = gx:clone(), gy:t():clone()
+      local pa, pb = x:detach():clone():requires_grad_(), y:t():detach():clone():requires_grad_()
+      pa.grad, pb.grad = a, b
+      local total = optim.clip_grad_norm_({ pa, pb }, 0.5, p)
+      out[#out + 1] = a
+      out[#out + 1] = b
+      out[#out + 1] = lumen.tensor(total, 'f64'):to(x:device())
+    end
+    return out
+  end, function(s) return { { 3 * s, 4 }, { 5, 2 }, { 3 * s, 4 }, { 5, 2 } } end, F, false),
   ew('dropout draws its mask where x is', function(x)
     local F = require('lumen.nn').F
     lumen.manual_seed(5)

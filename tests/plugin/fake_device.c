@@ -695,13 +695,79 @@ static int32_t fake_random(int32_t kind, int32_t dt, int64_t n, void *out, uint6
   return 0;
 }
 
+/* ---- optimizers (in double, rounded on store) ---- */
+
+static int32_t fake_optim_step(int32_t kind, int32_t dt, int32_t np, const int64_t *numel, void *const *data,
+                               const double *per, const double *hp) {
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake optim_step: dtype %d", dt);
+    return LM_E_ARG;
+  }
+  n_other++;
+  for (int32_t j = 0; j < np; j++) {
+    void *p = data[j], *g = kind == LM_OPTIM_SCALE ? NULL : data[np + j];
+    void *s1 = kind == LM_OPTIM_SCALE ? NULL : data[2 * np + j];
+    void *s2 = kind == LM_OPTIM_SGD || kind == LM_OPTIM_SCALE ? NULL : data[3 * np + j];
+    void *s3 = kind == LM_OPTIM_SGD || kind == LM_OPTIM_SCALE ? NULL : data[4 * np + j];
+    for (int64_t i = 0; i < numel[j]; i++) {
+      double pv = rd(dt, p, i);
+      if (kind == LM_OPTIM_SCALE) { wr(dt, p, i, pv * hp[0]); continue; }
+      double d = rd(dt, g, i);
+      if (hp[LM_HP_MAXIMIZE] != 0) d = -d;
+      if (kind == LM_OPTIM_SGD) {
+        d += hp[LM_HP_WEIGHT_DECAY] * pv;
+        if (s1) {
+          double m = per[2 * j] != 0 ? d : rd(dt, s1, i) * hp[LM_HP_MOMENTUM] + (1 - hp[LM_HP_DAMPENING]) * d;
+          wr(dt, s1, i, m);
+          d = hp[LM_HP_NESTEROV] != 0 ? d + hp[LM_HP_MOMENTUM] * m : m;
+        }
+        wr(dt, p, i, pv - hp[LM_HP_LR] * d);
+      } else if (kind == LM_OPTIM_ADAM) {
+        if (hp[LM_HP_DECOUPLED] != 0) pv *= 1 - hp[LM_HP_LR] * hp[LM_HP_WEIGHT_DECAY];
+        else d += hp[LM_HP_WEIGHT_DECAY] * pv;
+        double m = rd(dt, s1, i) * hp[LM_HP_BETA1] + (1 - hp[LM_HP_BETA1]) * d;
+        double v = rd(dt, s2, i) * hp[LM_HP_BETA2] + (1 - hp[LM_HP_BETA2]) * d * d;
+        wr(dt, s1, i, m);
+        wr(dt, s2, i, v);
+        if (s3) {
+          double top = rd(dt, s3, i);
+          if (v > top || v != v) top = v;
+          wr(dt, s3, i, top);
+          v = top;
+        }
+        wr(dt, p, i, pv + per[2 * j] * (m / (sqrt(v) / per[2 * j + 1] + hp[LM_HP_EPS])));
+      } else {
+        d += hp[LM_HP_WEIGHT_DECAY] * pv;
+        double a = hp[LM_HP_ALPHA], sq = rd(dt, s1, i) * a + (1 - a) * d * d, avg;
+        wr(dt, s1, i, sq);
+        if (s2) {
+          double ga = rd(dt, s2, i) * a + (1 - a) * d;
+          wr(dt, s2, i, ga);
+          avg = sqrt(sq - ga * ga);
+        } else {
+          avg = sqrt(sq);
+        }
+        avg += hp[LM_HP_EPS];
+        if (s3) {
+          double m = rd(dt, s3, i) * hp[LM_HP_MOMENTUM] + d / avg;
+          wr(dt, s3, i, m);
+          wr(dt, p, i, pv - hp[LM_HP_LR] * m);
+        } else {
+          wr(dt, p, i, pv - hp[LM_HP_LR] * (d / avg));
+        }
+      }
+    }
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
     fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
-    fake_sequence, fake_random,
+    fake_sequence, fake_random, fake_optim_step,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }

@@ -101,6 +101,12 @@ describe('ops on a device', function()
     assert.are.equal('cuda', x.grad:device())
     assert.are.equal('cuda', w.grad:device())
     assert.are.same({ 4, 5 }, x.grad:size())
+    -- an optimizer step is one launch for the whole group, its states on the device
+    local opt = require('lumen.optim').Adam({ x, w }, { lr = 0.01 })
+    local before = kernel_counts().other
+    opt:step()
+    assert.are.equal(1, kernel_counts().other - before)
+    assert.are.equal('cuda', opt.state[x].exp_avg:device())
     -- a gradient given on the CPU goes to the tensor's device
     local z = x * 3
     z:backward(lumen.ones(4, 5))
