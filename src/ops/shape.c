@@ -60,15 +60,20 @@ static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32
   int32_t ref = -1, dtype = -1;
   for (int32_t i = 0; i < n; i++) {
     if (!ts[i]) return lm_err(ctx, LM_E_ARG, "cat: input %d is NULL", i);
-    if (ts[i]->storage->device != LM_CPU) return lm_check_input(ctx, "cat", ts[i], "an input");
     if (ts[i]->ndim == 0)
       return lm_err(ctx, LM_E_SHAPE, "cat: input %d is 0-dimensional (a scalar) and cannot be concatenated", i);
     dtype = i == 0 ? ts[i]->dtype : lm_dtype_promote(dtype, ts[i]->dtype);
     if (ref < 0 && !cat_skipped(ts[i])) ref = i;
   }
+  int32_t dev = lm_device_of(ts[0]);
+  for (int32_t i = 1; i < n; i++)
+    if (lm_device_of(ts[i]) != dev)
+      return lm_err(ctx, LM_E_DEVICE, "cat: inputs on %s and %s (input 0 on %s, input %d on %s), expected one device "
+                    "(move them with :to())", lm_device_name(dev), lm_device_name(lm_device_of(ts[i])),
+                    lm_device_name(dev), i, lm_device_name(lm_device_of(ts[i])));
   if (ref < 0) { /* only empty 1-D inputs */
     int64_t zero = 0;
-    return lm_new(ctx, "cat", dtype, 1, &zero, out);
+    return lm_new_on(ctx, "cat", dev, dtype, 1, &zero, out);
   }
   const lm_tensor *r = ts[ref];
   int32_t d = lm_wrap_dim(dim, r->ndim);
@@ -92,7 +97,7 @@ static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32
   }
 
   lm_tensor *res;
-  lm_status st = lm_new(ctx, "cat", dtype, r->ndim, shape, &res);
+  lm_status st = lm_new_on(ctx, "cat", dev, dtype, r->ndim, shape, &res);
   if (st) return st;
   int64_t inner = 1, rows = 1; /* elements after dim; blocks before it */
   for (int32_t k = d + 1; k < r->ndim; k++) inner *= shape[k];
@@ -101,7 +106,7 @@ static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32
   for (int32_t i = 0; i < n && !st; i++) {
     const lm_tensor *t = ts[i];
     if (cat_skipped(t) || t->shape[d] == 0) continue;
-    if (t->dtype == dtype && lm_is_contiguous(t)) {
+    if (t->dtype == dtype && lm_is_contiguous(t) && dev == LM_CPU) {
       cat_arg a = {lm_data(t), lm_data(res), t->shape[d] * inner, shape[d] * inner, pos * inner, es};
       lm_parallel_for(ctx, rows * a.blk, COPY_GRAIN, cat_blocks, &a);
     } else {
@@ -120,7 +125,7 @@ static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32
 
 /* A copy of a view that walks the flipped dims backwards. */
 static lm_status flip_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int32_t *dims, lm_tensor **out) {
-  lm_status cs = lm_check_input(ctx, "flip", t, "input");
+  lm_status cs = lm_check_arg(ctx, "flip", t, "input");
   if (cs) return cs;
   if (ndims < 0 || (ndims > 0 && !dims)) return lm_err(ctx, LM_E_ARG, "flip: bad dims list (%d entries)", ndims);
   bool flip[LM_MAX_DIMS] = {false};
@@ -131,7 +136,7 @@ static lm_status flip_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, co
     flip[d] = true;
   }
   lm_tensor *res = NULL, *v = NULL;
-  lm_status st = lm_new(ctx, "flip", t->dtype, t->ndim, t->shape, &res);
+  lm_status st = lm_new_on(ctx, "flip", lm_device_of(t), t->dtype, t->ndim, t->shape, &res);
   if (st || lm_numel(t) == 0) goto done;
   v = lm_view_header(t);
   if (!v) { st = lm_err(ctx, LM_E_OOM, "flip: out of memory"); goto done; }
@@ -186,7 +191,7 @@ static int64_t wrap_shift(int64_t s, int64_t n) {
 }
 
 static lm_status roll_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int64_t *shifts, const int32_t *dims, lm_tensor **out) {
-  lm_status cs = lm_check_input(ctx, "roll", t, "input");
+  lm_status cs = lm_check_arg(ctx, "roll", t, "input");
   if (cs) return cs;
   if (ndims < 0 || !shifts || (ndims > 0 && !dims))
     return lm_err(ctx, LM_E_ARG, "roll: bad shifts/dims lists (%d entries)", ndims);
@@ -198,7 +203,7 @@ static lm_status roll_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, co
     shift[d] = wrap_shift(shift[d] + wrap_shift(shifts[i], t->shape[d]), t->shape[d]);
   }
   lm_tensor *res, *src = NULL, *flat_src = NULL, *flat_res = NULL;
-  lm_status st = lm_new(ctx, "roll", t->dtype, t->ndim, t->shape, &res);
+  lm_status st = lm_new_on(ctx, "roll", lm_device_of(t), t->dtype, t->ndim, t->shape, &res);
   if (st) return st;
   if (ndims > 0) {
     st = roll_blocks(ctx, res, t, shift);
@@ -271,9 +276,80 @@ static void gather_rows(void *arg, int64_t begin, int64_t end) {
 
 static const char *const pad_mode_names[] = {"constant", "reflect", "replicate"};
 
+/* The input position that output position o of a dim of input size n
+   reads under reflect or replicate padding with b before. */
+static int64_t pad_source(int32_t mode, int64_t o, int64_t b, int64_t n) {
+  int64_t i = o - b;
+  if (mode == LM_PAD_REFLECT) {
+    if (i < 0) i = -i;
+    if (i >= n) i = 2 * (n - 1) - i;
+  } else {
+    i = i < 0 ? 0 : i >= n ? n - 1 : i;
+  }
+  return i;
+}
+
+/* ---- reflect / replicate on a device ----
+   One dim at a time, as copies between slices: each run of output
+   positions that reads a run of consecutive input positions is one copy
+   (the interior is one; each padded position another), and the backward
+   adds the same slices back. Padding is narrow, so the launches are few. */
+
+/* A view of t narrowed to [at, at + len) along d. */
+static lm_status band(lm_ctx *ctx, const lm_tensor *t, int32_t d, int64_t at, int64_t len, lm_tensor **out) {
+  int64_t shape[LM_MAX_DIMS];
+  memcpy(shape, t->shape, sizeof shape);
+  shape[d] = len;
+  return sub_view(ctx, "pad", t, shape, t->offset + at * t->stride[d], out);
+}
+
+/* next (out_n along d) from cur by the map of (mode, b); backward: next
+   (n along d, zeroed) += cur's positions moved back by the map. */
+static lm_status pad_dim_device(lm_ctx *ctx, int32_t mode, const lm_tensor *cur, int32_t d, int64_t b, int64_t n,
+                                int64_t out_n, bool backward, lm_tensor **next) {
+  int64_t shape[LM_MAX_DIMS];
+  memcpy(shape, cur->shape, sizeof shape);
+  shape[d] = backward ? n : out_n;
+  lm_status st = lm_new_on(ctx, "pad", lm_device_of(cur), cur->dtype, cur->ndim, shape, next);
+  if (st || (backward && (st = lm_fill(ctx, *next, 0)))) goto fail;
+  if (lm_numel(*next) == 0 || lm_numel(cur) == 0) return LM_OK;
+  for (int64_t o = 0; o < out_n && !st;) {
+    int64_t i = pad_source(mode, o, b, n), len = 1;
+    while (o + len < out_n && pad_source(mode, o + len, b, n) == i + len) len++;
+    lm_tensor *src = NULL, *dst = NULL;
+    if (!(st = band(ctx, cur, d, backward ? o : i, len, &src)) && !(st = band(ctx, *next, d, backward ? i : o, len, &dst)))
+      st = backward ? lm_binary(ctx, LM_OP_ADD, dst, src, dst, NULL) : lm_copy_(ctx, dst, src);
+    lm_tensor_release(src);
+    lm_tensor_release(dst);
+    o += len;
+  }
+  if (!st) return LM_OK;
+fail:
+  lm_tensor_release(*next);
+  *next = NULL;
+  return st;
+}
+
+/* Forward: the padded dims one after another. */
+static lm_status pad_map_device(lm_ctx *ctx, const lm_tensor *t, int32_t mode, const int64_t *before,
+                                const int64_t *shape, lm_tensor **out) {
+  lm_tensor *cur = (lm_tensor *)t, *next = NULL;
+  lm_tensor_retain(cur);
+  lm_status st = LM_OK;
+  for (int32_t d = 0; d < t->ndim && !st; d++) {
+    if (shape[d] == t->shape[d] && before[d] == 0) continue;
+    if (!(st = pad_dim_device(ctx, mode, cur, d, before[d], t->shape[d], shape[d], false, &next))) {
+      lm_tensor_release(cur);
+      cur = next;
+    }
+  }
+  if (st) { lm_tensor_release(cur); return st; }
+  return lm_finish_out(cur, out);
+}
+
 static lm_status pad_forward(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t *pad, int32_t mode, double value, lm_tensor **out) {
   char x[LM_SHAPE_BUF];
-  lm_status cs = lm_check_input(ctx, "pad", t, "input");
+  lm_status cs = lm_check_arg(ctx, "pad", t, "input");
   if (cs) return cs;
   if (mode != LM_PAD_CONSTANT && mode != LM_PAD_REFLECT && mode != LM_PAD_REPLICATE)
     return lm_err(ctx, LM_E_ARG, "pad: unknown mode %d (expected constant, reflect or replicate)", mode);
@@ -307,7 +383,9 @@ static lm_status pad_forward(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, co
   for (int32_t d = 0; d < t->ndim; d++) shape[d] = t->shape[d] + before[d] + after[d];
 
   lm_tensor *res;
-  lm_status st = lm_new(ctx, "pad", t->dtype, t->ndim, shape, &res);
+  if (lm_device_of(t) != LM_CPU && mode != LM_PAD_CONSTANT && any)
+    return pad_map_device(ctx, t, mode, before, shape, out);
+  lm_status st = lm_new_on(ctx, "pad", lm_device_of(t), t->dtype, t->ndim, shape, &res);
   if (st) return st;
   int64_t numel = lm_numel(res);
   int64_t *tables = NULL;
@@ -397,7 +475,7 @@ static lm_status cat_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout
   for (int32_t i = 0; i < n && !st; i++) {
     if (skipped[i]) {
       int64_t zero = 0;
-      if (node->needs[i]) st = lm_new(ctx, "backward", (int32_t)dtype[i], 1, &zero, &gin[i]);
+      if (node->needs[i]) st = lm_new_on(ctx, "backward", lm_device_of(gout[0]), (int32_t)dtype[i], 1, &zero, &gin[i]);
       continue;
     }
     if (node->needs[i]) {
@@ -531,6 +609,13 @@ static lm_status pad_gather_backward(lm_ctx *ctx, const lm_node *node, const lm_
     int32_t d = nd - 1 - k;
     int64_t b = node->ip[PAD_PADS + 2 * k], e = node->ip[PAD_PADS + 2 * k + 1], n = in_shape[d];
     if (b == 0 && e == 0) continue;
+    if (lm_device_of(g) != LM_CPU) {
+      if ((st = pad_dim_device(ctx, mode, cur, d, b, n, cur->shape[d], true, &next))) break;
+      lm_tensor_release(cur);
+      cur = next;
+      next = NULL;
+      continue;
+    }
     int64_t shape[LM_MAX_DIMS];
     memcpy(shape, cur->shape, sizeof shape);
     shape[d] = n;

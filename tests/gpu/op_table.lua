@@ -254,6 +254,18 @@ M.cases = {
     r[#r + 1] = lumen.empty(4, 6, o):t():uniform_(0, 1) -- a strided target
     return r
   end, one(mat)),
+  -- shape ops that copy: cat, stack, flip, roll, pad (copies between views on the device)
+  ew('cat, stack (mixed dtypes promote), flip, roll', function(a, b, c)
+    return { lumen.cat({ a, b, c:t() }, 1), lumen.cat({ a:t(), b:t() }, 0), lumen.stack({ a, b:slice(1, 0, 4) }, 1),
+      a:flip { 0, 1 }, b:t():flip { 1 }, a:roll({ 2, -1 }, { 0, 1 }), b:roll(3), a:t():roll(1, 0) }
+  end, function(s) return { { 3 * s, 4 }, { 3 * s, 5 }, { 2, 3 * s } } end),
+  ew('cat with an integer tensor and an empty 1-D one', function(a, i)
+    return { lumen.cat({ a, i, lumen.empty(0, { dtype = a:dtype(), device = a:device() }) }, 0) }
+  end, function(s) return { { 4 * s }, { { 3 }, dtype = 'i32' } } end),
+  ew('pad: constant (grow and crop), reflect, replicate', function(x)
+    return { x:pad({ 1, 2, 0, 1 }, 'constant', 0.5), x:pad({ -1, 2 }), x:pad({ 2, 1, 1, 2 }, 'reflect'),
+      x:pad({ 3, 1, 0, 2 }, 'replicate'), x:transpose(1, 2):pad({ 1, 1 }, 'reflect'), x:pad({ -1, 2, 1, 0 }, 'replicate') }
+  end, function(s) return { { 2, 4 * s, 5 } } end),
   -- fused optimizers (src/cuda/optim.cu): two steps on parameters x, y (made leaves here)
   ew('SGD, Adam, AdamW, RMSprop steps and clip_grad_norm', function(x, y, gx, gy)
     local optim = require 'lumen.optim'
