@@ -65,6 +65,9 @@ enum { LM_RNG_UNIFORM, LM_RNG_NORMAL, LM_RNG_BERNOULLI, LM_RNG_BERNOULLI_T, LM_R
    hyperparameters hp[] (lm_optim_hparams of lumen.h as doubles; flags 0 or
    1). */
 enum { LM_OPTIM_SGD, LM_OPTIM_ADAM, LM_OPTIM_RMSPROP, LM_OPTIM_SCALE };
+
+/* The modes of lm_backend.index_along. */
+enum { LM_INDEX_GATHER, LM_INDEX_SCATTER, LM_INDEX_SCATTER_ADD };
 enum {
   LM_HP_LR, LM_HP_MOMENTUM, LM_HP_DAMPENING, LM_HP_WEIGHT_DECAY, LM_HP_BETA1, LM_HP_BETA2, LM_HP_EPS, LM_HP_ALPHA,
   LM_HP_NESTEROV, LM_HP_AMSGRAD, LM_HP_DECOUPLED, LM_HP_CENTERED, LM_HP_MAXIMIZE, LM_HP_COUNT
@@ -224,6 +227,18 @@ typedef struct lm_backend {
        LM_OPTIM_SCALE: operand 0 (a gradient) times hp[0]. */
   int32_t (*optim_step)(int32_t kind, int32_t dtype, int32_t nparams, const int64_t *numel, void *const *data,
                         const double *per, const double *hp);
+  /* gather, index_select and scatter along dim (src/ops/index.c) over the
+     positions pos of (ndim, shape), the index's shape: idx (i64) is read at
+     pos through istride, src through sstride, out through ostride
+     (elements of dtype; strides may be 0). The indices are in range.
+       LM_INDEX_GATHER: out[pos] = src[pos with pos[dim] = idx[pos]];
+       LM_INDEX_SCATTER: out[pos with pos[dim] = idx[pos]] = src[pos]
+         (of duplicate indices, one write lands);
+       LM_INDEX_SCATTER_ADD: the same, adding (f32, f64, i32, i64; in any
+         order, integers wrapping). */
+  int32_t (*index_along)(int32_t mode, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out,
+                         const int64_t *ostride, const void *src, const int64_t *sstride, const int64_t *idx,
+                         const int64_t *istride);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -44,8 +44,9 @@ return function(lumen)
   local function scatter_src(t, src, op)
     if core.is_tensor(src) then return src end
     local v = number_arg(src, op, 'src')
-    local s = call(C.lm_empty, core.info(t).dtype, 0, core.shape_buf, core.out1)
-    C.lm_fill(ctx, s.h, v)
+    local info = core.info(t)
+    local s = call(C.lm_empty_on, info.device, info.dtype, 0, core.shape_buf, core.out1) -- where t is
+    core.check(C.lm_fill(ctx, s.h, v))
     return s
   end
 

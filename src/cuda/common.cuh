@@ -70,6 +70,11 @@ int32_t random(int32_t kind, int32_t dtype, int64_t n, void *out, uint64_t key, 
 int32_t optim_step(int32_t kind, int32_t dtype, int32_t nparams, const int64_t *numel, void *const *data,
                    const double *per, const double *hp);
 
+/* index.cu */
+int32_t index_along(int32_t mode, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out,
+                    const int64_t *ostride, const void *src, const int64_t *sstride, const int64_t *idx,
+                    const int64_t *istride);
+
 /* Runs f(k) for k = 0 .. n-1, one thread per k (grid-stride) on the
    stream; f is a functor with a __host__ __device__ operator(). In the
    specs' host build (LMCUDA_EMULATE) every k runs in turn. */

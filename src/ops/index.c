@@ -26,7 +26,7 @@ static lm_status bad_dim(lm_ctx *ctx, const char *op, int32_t dim, int32_t ndim)
 
 /* Index tensors: i64 as given, i32 converted, anything else refused. */
 static lm_status index_i64(lm_ctx *ctx, const char *op, const lm_tensor *index, lm_tensor **out) {
-  lm_status st = lm_check_input(ctx, op, index, "index");
+  lm_status st = lm_check_arg(ctx, op, index, "index");
   if (st) return st;
   if (index->dtype != LM_I64 && index->dtype != LM_I32)
     return lm_err(ctx, LM_E_DTYPE, "%s: index has dtype %s, expected i64 or i32", op, lm_dtype_name(index->dtype));
@@ -53,10 +53,36 @@ static void range_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
 
 /* Every element of the i64 tensor idx must lie in [0, size); reports the
    first one (in row-major order) that does not. */
+/* On a device: the smallest and largest index come back to the host (one
+   read), and the offending value is the one out of range (the message
+   then names the smallest bad value, not the first). */
+static lm_status check_range_device(lm_ctx *ctx, const lm_tensor *idx, int64_t size, range_arg *a) {
+  if (lm_numel(idx) == 0) return LM_OK;
+  lm_tensor *lo = NULL, *hi = NULL, *hlo = NULL, *hhi = NULL;
+  lm_status st;
+  if (!(st = lm_reduce(ctx, LM_OP_MIN, idx, 0, NULL, 0, 0, &lo, NULL)) &&
+      !(st = lm_reduce(ctx, LM_OP_MAX, idx, 0, NULL, 0, 0, &hi, NULL)) && !(st = lm_to_device(ctx, lo, LM_CPU, &hlo)) &&
+      !(st = lm_to_device(ctx, hi, LM_CPU, &hhi))) {
+    int64_t l = *(const int64_t *)lm_data(hlo), h = *(const int64_t *)lm_data(hhi);
+    if (l < 0 || l >= size) { a->found = true; a->bad = l; }
+    else if (h >= size) { a->found = true; a->bad = h; }
+  }
+  lm_tensor_release(lo);
+  lm_tensor_release(hi);
+  lm_tensor_release(hlo);
+  lm_tensor_release(hhi);
+  return st;
+}
+
 static lm_status check_range(lm_ctx *ctx, const char *op, const lm_tensor *idx, int32_t dim, int64_t size) {
   range_arg a = {size, 0, false};
-  lm_operand o = lm_operand_of(idx, idx->ndim, idx->shape);
-  lm_foreach(ctx, idx->ndim, idx->shape, 1, &o, range_kernel, &a, false);
+  if (lm_device_of(idx) != LM_CPU) {
+    lm_status st = check_range_device(ctx, idx, size, &a);
+    if (st) return st;
+  } else {
+    lm_operand o = lm_operand_of(idx, idx->ndim, idx->shape);
+    lm_foreach(ctx, idx->ndim, idx->shape, 1, &o, range_kernel, &a, false);
+  }
   if (!a.found) return LM_OK;
   if (size == 0)
     return lm_err(ctx, LM_E_INDEX, "%s: index %lld is out of range for dimension %d of size 0 (it has no valid index)",
@@ -106,6 +132,32 @@ static void run_gather(lm_ctx *ctx, const lm_tensor *tv, int32_t dim, lm_tensor 
   lm_foreach(ctx, nd, shape, 3, ops, gather_kernel, &a, true);
 }
 
+/* The backend's index_along over (nd, shape): out, src and the index
+   through their strides (elements). */
+static lm_status dev_index_along(lm_ctx *ctx, const char *op, int32_t mode, int32_t dtype, int32_t nd,
+                                 const int64_t *shape, int32_t dim, const lm_tensor *out, const int64_t *ostride,
+                                 const lm_tensor *src, const int64_t *sstride, const lm_tensor *idx,
+                                 const int64_t *istride) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(out), index_along, &be);
+  if (st) return st;
+  int64_t n = 1;
+  for (int32_t d = 0; d < nd; d++) n *= shape[d];
+  if (n == 0) return LM_OK;
+  if ((st = be->index_along(mode, dtype, nd, shape, dim, lm_data(out), ostride, lm_data(src), sstride,
+                            (const int64_t *)lm_data(idx), istride)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
+/* The one device of an index op's tensors (NULL entries skipped). */
+static lm_status index_device(lm_ctx *ctx, const char *op, const lm_tensor *a, const lm_tensor *b, const lm_tensor *c,
+                              const lm_tensor *d, int32_t *dev) {
+  const lm_tensor *ts[4] = {a, b, c, d};
+  const char *names[4] = {"input", "index", "src", "destination"};
+  return lm_op_device(ctx, op, 4, ts, names, false, dev);
+}
+
 /* index.size(d) <= other.size(d) for every d (but skip, when skip >= 0). */
 static lm_status check_fits(lm_ctx *ctx, const char *op, const lm_tensor *iv, const lm_tensor *ov, const char *oname, int32_t skip) {
   for (int32_t d = 0; d < iv->ndim; d++) {
@@ -123,9 +175,11 @@ static lm_status check_fits(lm_ctx *ctx, const char *op, const lm_tensor *iv, co
 static lm_status gather_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
   const char *op = "gather";
   lm_tensor *idx = NULL, *res = NULL;
-  lm_status st = lm_check_input(ctx, op, t, "input");
+  lm_status st = lm_check_arg(ctx, op, t, "input");
   if (st) return st;
-  if ((st = lm_check_input(ctx, op, index, "index"))) return st;
+  if ((st = lm_check_arg(ctx, op, index, "index"))) return st;
+  int32_t dev;
+  if ((st = index_device(ctx, op, t, index, NULL, NULL, &dev))) return st;
   lm_tensor tv, iv;
   as_1d(t, &tv);
   as_1d(index, &iv);
@@ -137,8 +191,16 @@ static lm_status gather_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, co
   if ((st = index_i64(ctx, op, index, &idx))) return st;
   as_1d(idx, &iv);
   if ((st = check_range(ctx, op, &iv, d, tv.shape[d]))) goto done;
-  if ((st = lm_new(ctx, op, t->dtype, index->ndim, index->shape, &res))) goto done;
-  run_gather(ctx, &tv, d, res, lm_operand_of(&iv, iv.ndim, iv.shape), iv.ndim, iv.shape);
+  if ((st = lm_new_on(ctx, op, dev, t->dtype, index->ndim, index->shape, &res))) goto done;
+  if (dev != LM_CPU) {
+    lm_tensor ov;
+    as_1d(res, &ov);
+    if ((st = dev_index_along(ctx, op, LM_INDEX_GATHER, t->dtype, iv.ndim, iv.shape, d, res, ov.stride, t, tv.stride,
+                              idx, iv.stride)))
+      goto done;
+  } else {
+    run_gather(ctx, &tv, d, res, lm_operand_of(&iv, iv.ndim, iv.shape), iv.ndim, iv.shape);
+  }
   lm_finish_out(res, out);
   res = NULL;
 done:
@@ -150,9 +212,11 @@ done:
 static lm_status index_select_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, const lm_tensor *index, lm_tensor **out) {
   const char *op = "index_select";
   lm_tensor *idx = NULL, *res = NULL;
-  lm_status st = lm_check_input(ctx, op, t, "input");
+  lm_status st = lm_check_arg(ctx, op, t, "input");
   if (st) return st;
-  if ((st = lm_check_input(ctx, op, index, "index"))) return st;
+  if ((st = lm_check_arg(ctx, op, index, "index"))) return st;
+  int32_t dev;
+  if ((st = index_device(ctx, op, t, index, NULL, NULL, &dev))) return st;
   lm_tensor tv;
   as_1d(t, &tv);
   int32_t d = lm_wrap_dim(dim, tv.ndim);
@@ -171,13 +235,21 @@ static lm_status index_select_forward(lm_ctx *ctx, const lm_tensor *t, int32_t d
   int64_t shape[LM_MAX_DIMS];
   memcpy(shape, tv.shape, sizeof shape);
   shape[d] = n;
-  if ((st = lm_new(ctx, op, t->dtype, t->ndim, shape, &res))) goto done;
+  if ((st = lm_new_on(ctx, op, dev, t->dtype, t->ndim, shape, &res))) goto done;
   /* the index varies along dim only: an operand with stride 0 elsewhere */
   lm_operand io;
   io.data = lm_data(idx);
   io.esize = 8;
   for (int32_t k = 0; k < tv.ndim; k++) io.stride[k] = k == d ? iv.stride[0] : 0;
-  run_gather(ctx, &tv, d, res, io, tv.ndim, shape);
+  if (dev != LM_CPU) {
+    lm_tensor ov;
+    as_1d(res, &ov);
+    if ((st = dev_index_along(ctx, op, LM_INDEX_GATHER, t->dtype, tv.ndim, shape, d, res, ov.stride, t, tv.stride, idx,
+                              io.stride)))
+      goto done;
+  } else {
+    run_gather(ctx, &tv, d, res, io, tv.ndim, shape);
+  }
   lm_finish_out(res, out);
   res = NULL;
 done:
@@ -263,10 +335,11 @@ static lm_status scatter_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, c
   lm_status st;
   if (mode != LM_SCATTER_SET && mode != LM_SCATTER_ADD)
     return lm_err(ctx, LM_E_ARG, "scatter: unknown mode %d (expected LM_SCATTER_SET or LM_SCATTER_ADD)", mode);
-  if ((st = lm_check_input(ctx, op, t, "input"))) return st;
-  if ((st = lm_check_input(ctx, op, index, "index"))) return st;
-  if ((st = lm_check_input(ctx, op, src, "src"))) return st;
-  if (dst && (st = lm_check_input(ctx, op, dst, "destination"))) return st;
+  if ((st = lm_check_arg(ctx, op, t, "input"))) return st;
+  if ((st = lm_check_arg(ctx, op, index, "index"))) return st;
+  if ((st = lm_check_arg(ctx, op, src, "src"))) return st;
+  int32_t dev;
+  if ((st = index_device(ctx, op, t, index, src, dst, &dev))) return st;
   lm_tensor tv, iv, sv;
   as_1d(t, &tv);
   as_1d(index, &iv);
@@ -294,7 +367,11 @@ static lm_status scatter_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, c
     lm_tensor_retain(dst);
     res = dst;
   } else {
-    if ((st = lm_prepare_out(ctx, op, dst, t->dtype, t->ndim, t->shape, &res))) goto done;
+    if (dst) {
+      if ((st = lm_prepare_out(ctx, op, dst, t->dtype, t->ndim, t->shape, &res))) goto done;
+    } else if ((st = lm_new_on(ctx, op, dev, t->dtype, t->ndim, t->shape, &res))) {
+      goto done;
+    }
     if ((st = lm_copy_(ctx, res, t))) goto done;
   }
   /* reading src or the index through storage being written: read a copy */
@@ -338,6 +415,14 @@ static lm_status scatter_forward(lm_ctx *ctx, const lm_tensor *t, int32_t dim, c
   p.base[0] = lm_data(res);
   p.base[1] = lm_data(idx);
   p.base[2] = lm_data(sc);
+  if (dev != LM_CPU) {
+    int64_t ss[LM_MAX_DIMS];
+    for (int32_t k = 0; k < iv.ndim; k++) ss[k] = scalar_src ? 0 : sv.stride[k];
+    if ((st = dev_index_along(ctx, op, mode == LM_SCATTER_ADD ? LM_INDEX_SCATTER_ADD : LM_INDEX_SCATTER, t->dtype,
+                              iv.ndim, iv.shape, d, res, rv.stride, sc, ss, idx, iv.stride)))
+      goto done;
+    lines = 0;
+  }
   if (lines > 0 && p.len > 0) {
     int64_t grain = GRAIN / p.len;
     lm_parallel_for(ctx, lines, grain < 1 ? 1 : grain, scatter_lines, &p);
@@ -641,8 +726,8 @@ static void save_shape(lm_node *node, int32_t at, const lm_tensor *t) {
 }
 
 /* zeros shaped like the node's saved shape at ip[at] */
-static lm_status zeros_of(lm_ctx *ctx, const lm_node *node, int32_t at, int32_t dtype, lm_tensor **out) {
-  lm_status st = lm_new(ctx, "backward", dtype, (int32_t)node->ip[at], node->ip + at + 1, out);
+static lm_status zeros_of(lm_ctx *ctx, const lm_node *node, int32_t at, int32_t dtype, int32_t device, lm_tensor **out) {
+  lm_status st = lm_new_on(ctx, "backward", device, dtype, (int32_t)node->ip[at], node->ip + at + 1, out);
   if (!st) st = lm_fill(ctx, *out, 0);
   return st;
 }
@@ -656,7 +741,7 @@ static lm_status record_failed(lm_tensor **out, lm_status st) {
 /* gather: the gradient of t adds each g element at the position it came from */
 static lm_status gather_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   lm_tensor *z;
-  lm_status st = zeros_of(ctx, node, IX_NDIM, gout[0]->dtype, &z);
+  lm_status st = zeros_of(ctx, node, IX_NDIM, gout[0]->dtype, lm_device_of(gout[0]), &z);
   if (!st) st = scatter_forward(ctx, z, (int32_t)node->ip[IX_DIM], node->saved[0], gout[0], LM_SCATTER_ADD, z, NULL);
   if (st) {
     lm_tensor_release(z);
@@ -697,7 +782,7 @@ static lm_status index_select_backward(lm_ctx *ctx, lm_node *node, lm_tensor *co
   lm_tensor *line = NULL, *wide = NULL, *z = NULL;
   lm_status st = lm_reshape(ctx, index, nd, shape, &line);
   if (!st) st = lm_expand(ctx, line, nd, g->shape, &wide);
-  if (!st) st = zeros_of(ctx, node, IX_NDIM, g->dtype, &z);
+  if (!st) st = zeros_of(ctx, node, IX_NDIM, g->dtype, lm_device_of(g), &z);
   if (!st) st = scatter_forward(ctx, z, d, wide, g, LM_SCATTER_ADD, z, NULL);
   lm_tensor_release(line);
   lm_tensor_release(wide);
@@ -739,7 +824,8 @@ static lm_status scatter_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *
       lm_tensor_retain((lm_tensor *)g);
       gin[0] = (lm_tensor *)g;
     } else {
-      if ((st = lm_new(ctx, "backward", g->dtype, 0, NULL, &zero)) || (st = lm_fill(ctx, zero, 0))) goto done;
+      if ((st = lm_new_on(ctx, "backward", lm_device_of(g), g->dtype, 0, NULL, &zero)) || (st = lm_fill(ctx, zero, 0)))
+        goto done;
       if ((st = scatter_forward(ctx, g, d, index, zero, LM_SCATTER_SET, NULL, &gin[0]))) goto done;
     }
   }
@@ -751,7 +837,7 @@ static lm_status scatter_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *
       st = lm_cast_if_needed(ctx, z, sdt, &gin[2]);
       goto done;
     }
-    if ((st = zeros_of(ctx, node, IX_SRC_NDIM, sdt, &z))) goto done;
+    if ((st = zeros_of(ctx, node, IX_SRC_NDIM, sdt, lm_device_of(g), &z))) goto done;
     /* the part of src that index covers: its leading corner */
     lm_tensor *corner = z;
     lm_tensor_retain(corner);
@@ -858,7 +944,7 @@ static lm_status masked_scatter(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *ma
    shape (ip[IX_SRC_NDIM..]), then sums to t's shape */
 static lm_status masked_select_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   lm_tensor *z;
-  lm_status st = zeros_of(ctx, node, IX_SRC_NDIM, gout[0]->dtype, &z);
+  lm_status st = zeros_of(ctx, node, IX_SRC_NDIM, gout[0]->dtype, lm_device_of(gout[0]), &z);
   if (!st) st = masked_scatter(ctx, z, node->saved[0], gout[0]);
   if (!st) st = to_input(ctx, node, z, &gin[0]);
   lm_tensor_release(z);

@@ -266,6 +266,27 @@ M.cases = {
     return { x:pad({ 1, 2, 0, 1 }, 'constant', 0.5), x:pad({ -1, 2 }), x:pad({ 2, 1, 1, 2 }, 'reflect'),
       x:pad({ 3, 1, 0, 2 }, 'replicate'), x:transpose(1, 2):pad({ 1, 1 }, 'reflect'), x:pad({ -1, 2, 1, 0 }, 'replicate') }
   end, function(s) return { { 2, 4 * s, 5 } } end),
+  -- indexing along a dim (src/cuda/index.cu); indices made in range on the device
+  ew('gather, index_select (forward and backward)', function(x, i)
+    local g0, g1 = i:clamp(0, 3), i:abs():clamp(0, 4)
+    return { x:gather(0, g0), x:gather(1, g1:t():contiguous():t()), x:index_select(1, g1:select(0, 0)),
+      x:t():index_select(0, g1:select(1, 1)), x:gather(1, g1:slice(1, 0, 2)) }
+  end, function(s) return { { 4, 5 * s }, { { 4, 5 * s }, dtype = 'i64' } } end),
+  ew('scatter (unique indices), scatter_add (duplicates), with a number and in place', function(x, src, i)
+    local d = x:device()
+    local perm = lumen.arange(4, { device = d }):flip { 0 }:reshape { 4, 1 }:expand { 4, 3 }
+    local dup = i:abs():clamp(0, 3)
+    local r = { x:scatter(0, perm, src), x:scatter_add(0, dup, src), x:scatter(1, lumen.arange(3, { device = d }):flip { 0 }:reshape { 1, 3 }:expand { 4, 3 }:slice(1, 0, 2), -1.5),
+      x:scatter_add(1, dup:clamp(0, 2):slice(1, 0, 2), src:slice(1, 0, 2)) }
+    local y = x:detach():clone()
+    y:scatter_add_(0, dup, src:detach())
+    r[#r + 1] = y
+    return r
+  end, function(s) return { { 4, 3 }, { 4, 3 }, { { 4, 3 }, dtype = 'i64' } } end),
+  ew('integer gather and scatter_add (wrapping)', function(x, i)
+    local j = i:abs():clamp(0, 2)
+    return { x:gather(1, j), x:scatter_add(1, j, x * 1000000000) }
+  end, function(s) return { { { 3, 3 }, dtype = 'i32', ints = true }, { { 3, 3 }, dtype = 'i64' } } end, { 'i32', 'i64' }, false),
   -- fused optimizers (src/cuda/optim.cu): two steps on parameters x, y (made leaves here)
   ew('SGD, Adam, AdamW, RMSprop steps and clip_grad_norm', function(x, y, gx, gy)
     local optim = require 'lumen.optim'

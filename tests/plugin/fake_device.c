@@ -761,13 +761,49 @@ static int32_t fake_optim_step(int32_t kind, int32_t dt, int32_t np, const int64
   return 0;
 }
 
+/* ---- gather / scatter along a dim ---- */
+
+static int32_t fake_index_along(int32_t mode, int32_t dt, int32_t nd, const int64_t *shape, int32_t dim, void *out,
+                                const int64_t *ost, const void *src, const int64_t *sst, const int64_t *idx,
+                                const int64_t *ist) {
+  n_other++;
+  int64_t n = 1, es = esize(dt);
+  for (int32_t d = 0; d < nd; d++) n *= shape[d];
+  if (mode == LM_INDEX_SCATTER_ADD && (dt == LM_U8 || dt == LM_BOOL)) {
+    snprintf(msg, sizeof msg, "scatter_add of dtype %d is not supported on this device", dt);
+    return LM_E_DTYPE;
+  }
+  for (int64_t k = 0; k < n; k++) {
+    int64_t o = 0, s = 0, ix = 0, rest = k, at = 0;
+    for (int32_t d = nd - 1; d >= 0; d--) {
+      int64_t c = rest % shape[d];
+      rest /= shape[d];
+      ix += c * ist[d];
+      if (d == dim) { at = c; continue; }
+      o += c * ost[d];
+      s += c * sst[d];
+    }
+    int64_t v = idx[ix];
+    char *dst = (char *)out + (o + (mode == LM_INDEX_GATHER ? at : v) * ost[dim]) * es;
+    const char *from = (const char *)src + (s + (mode == LM_INDEX_GATHER ? v : at) * sst[dim]) * es;
+    if (mode != LM_INDEX_SCATTER_ADD) {
+      memcpy(dst, from, (size_t)es);
+    } else {
+      int32_t kd = is_float(dt) ? LM_F64 : LM_I64;
+      val x = load(kd, dt, dst), y = load(kd, dt, from), r = {x.f + y.f, (int64_t)((uint64_t)x.i + (uint64_t)y.i)};
+      store(dt, dst, kd, r);
+    }
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
     fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
-    fake_sequence, fake_random, fake_optim_step,
+    fake_sequence, fake_random, fake_optim_step, fake_index_along,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
