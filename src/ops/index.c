@@ -461,8 +461,8 @@ static void fill_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
   }
 }
 
-static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask) {
-  lm_status st = lm_check_input(ctx, op, mask, "mask");
+static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask, bool device_ok) {
+  lm_status st = device_ok ? lm_check_arg(ctx, op, mask, "mask") : lm_check_input(ctx, op, mask, "mask");
   if (st) return st;
   if (mask->dtype != LM_BOOL)
     return lm_err(ctx, LM_E_DTYPE, "%s: mask has dtype %s, expected bool", op, lm_dtype_name(mask->dtype));
@@ -472,10 +472,13 @@ static lm_status check_mask(lm_ctx *ctx, const char *op, const lm_tensor *mask) 
 static lm_status masked_fill_forward(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, double value, lm_tensor *dst, lm_tensor **out) {
   const char *op = "masked_fill";
   lm_tensor *res = NULL, *m = NULL;
-  lm_status st = lm_check_input(ctx, op, t, "input");
+  lm_status st = lm_check_arg(ctx, op, t, "input");
   if (st) return st;
-  if ((st = check_mask(ctx, op, mask))) return st;
-  if (dst && (st = lm_check_input(ctx, op, dst, "destination"))) return st;
+  if ((st = check_mask(ctx, op, mask, true))) return st;
+  int32_t dev;
+  const lm_tensor *all[3] = {t, mask, dst};
+  const char *names[3] = {"input", "mask", "destination"};
+  if ((st = lm_op_device(ctx, op, 3, all, names, false, &dev))) return st;
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
   if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
@@ -492,7 +495,11 @@ static lm_status masked_fill_forward(lm_ctx *ctx, const lm_tensor *t, const lm_t
     lm_tensor_retain(dst);
     res = dst;
   } else {
-    if ((st = lm_prepare_out(ctx, op, dst, t->dtype, nd, shape, &res))) return st;
+    if (dst) {
+      if ((st = lm_prepare_out(ctx, op, dst, t->dtype, nd, shape, &res))) return st;
+    } else if ((st = lm_new_on(ctx, op, dev, t->dtype, nd, shape, &res))) {
+      return st;
+    }
     if ((st = lm_copy_(ctx, res, t))) goto done;
   }
   if (lm_tensor_same_storage(mask, res)) { /* the fill would change the mask under us */
@@ -500,6 +507,19 @@ static lm_status masked_fill_forward(lm_ctx *ctx, const lm_tensor *t, const lm_t
   } else {
     lm_tensor_retain((lm_tensor *)mask);
     m = (lm_tensor *)mask;
+  }
+  if (dev != LM_CPU) { /* res = where(mask, value, res): the elementwise loop, value a host scalar */
+    lm_tensor *v = NULL;
+    if (!(st = lm_from_ptr(ctx, LM_F64, 0, NULL, NULL, &value, &v))) {
+      const lm_tensor *ops[4] = {res, m, v, res};
+      int32_t kd = res->dtype == LM_BOOL ? LM_U8 : res->dtype;
+      st = lm_dev_elementwise(ctx, op, LM_OP_WHERE, kd, res->ndim, res->shape, 4, ops, 0);
+      lm_tensor_release(v);
+    }
+    if (st) goto done;
+    lm_finish_out(res, out);
+    res = NULL;
+    goto done;
   }
   fill_arg a;
   a.es = lm_dtype_size(res->dtype);
@@ -641,7 +661,7 @@ static lm_status masked_select_forward(lm_ctx *ctx, const lm_tensor *t, const lm
   const char *op = "masked_select";
   lm_status st = lm_check_input(ctx, op, t, "input");
   if (st) return st;
-  if ((st = check_mask(ctx, op, mask))) return st;
+  if ((st = check_mask(ctx, op, mask, false))) return st;
   select_plan p;
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];

@@ -283,6 +283,12 @@ M.cases = {
     r[#r + 1] = y
     return r
   end, function(s) return { { 4, 3 }, { 4, 3 }, { { 4, 3 }, dtype = 'i64' } } end),
+  ew('masked_fill (broadcast mask, in place, integers and bools)', function(x, m)
+    local y = x:detach():clone()
+    y:masked_fill_(m:gt(0), 3)
+    return { x:masked_fill(m:gt(0.5), -2.25), x:masked_fill(m:select(0, 0):gt(0), 0), y,
+      x:gt(0):masked_fill(m:gt(0), true), (x * 10):to('i32'):masked_fill(m:lt(0), 7) }
+  end, function(s) return { { 3 * s, 4 }, { 3 * s, 4 } } end),
   ew('integer gather and scatter_add (wrapping)', function(x, i)
     local j = i:abs():clamp(0, 2)
     return { x:gather(1, j), x:scatter_add(1, j, x * 1000000000) }
