@@ -16,7 +16,10 @@
 -- against the CPU (every op with device kernels, forward and backward,
 -- printed as a table), the device allocator (cache reuse, stats back to
 -- baseline, empty_cache returning memory), transfer bandwidth, kernel
--- speed (elementwise and reduction bandwidth, GEMM throughput).
+-- speed (elementwise and reduction bandwidth, GEMM throughput), random
+-- numbers drawn on the device (the CPU's for a seed), a small training
+-- step (linear layers, gelu, dropout, cross_entropy, clip_grad_norm,
+-- AdamW) on both devices.
 -- To come with the other kernels: LeNet on both devices, the bench
 -- workloads beside PyTorch (docs/ARCHITECTURE.md).
 local opts = ...
@@ -169,10 +172,55 @@ else
     local a = lumen.randn(2, 3)
     local ok, e = pcall(function() local r = a + a:cuda(); return r end)
     assert(not ok and tostring(e):find('lumen.add: inputs on cpu and cuda', 1, true), 'two devices: ' .. tostring(e))
-    local ok2, e2 = pcall(function() local r = a:cuda():cumsum(0); return r end)
-    assert(not ok2 and tostring(e2):find('lumen.cumsum: input is on cuda; this op runs on the CPU only so far', 1, true),
+    local ok2, e2 = pcall(function() local r = a:cuda():sort(0); return r end)
+    assert(not ok2 and tostring(e2):find('lumen.sort: input is on cuda; this op runs on the CPU only so far', 1, true),
       'an op without device kernels: ' .. tostring(e2))
-    return 'results and gradients on cuda; ' .. tostring(e):match('lumen%.add: [^(]*') .. 'refused; cumsum refused'
+    return 'results and gradients on cuda; ' .. tostring(e):match('lumen%.add: [^(]*') .. 'refused; sort refused'
+  end)
+
+  -- Philox on the device: a seed and offset give the CPU's numbers
+  check('random numbers on the device', function()
+    local function draws(device)
+      lumen.manual_seed(31337)
+      local o = { device = device }
+      local r = { lumen.rand(1000003, o), lumen.randint(-7, 100, { 4099 }, o), lumen.empty(5000, o):bernoulli_(0.3),
+        lumen.rand(17, { dtype = 'f64', device = device }) }
+      for i, t in ipairs(r) do r[i] = t:cpu() end
+      lumen.manual_seed(5)
+      r[#r + 1] = lumen.randn(100000, { dtype = 'f64', device = device }):cpu()
+      return r
+    end
+    local c, g = draws(nil), draws('cuda')
+    for i = 1, 4 do assert(c[i]:eq(g[i]):all():item(), 'draw ' .. i .. ' differs from the CPU') end
+    local e = (c[5] - g[5]):abs():max():item()
+    assert(e < 1e-13, 'normals differ by ' .. e)
+    return string.format('uniform, randint, bernoulli bit for bit; normals within %.1e', e)
+  end)
+
+  -- a training step on the device: conv-free network, cross_entropy, Adam
+  check('a training step on the device', function()
+    local function run(device)
+      lumen.manual_seed(11)
+      local m = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 10))
+      if device then m:to(device) end
+      local opt = require('lumen.optim').AdamW(m:parameters(), { lr = 1e-2 })
+      local x = lumen.randn(128, 32, { device = device })
+      local t = lumen.randint(0, 10, { 128 }, { device = device })
+      local loss
+      for _ = 1, 5 do
+        opt:zero_grad()
+        loss = nn.F.cross_entropy(nn.F.dropout(m(x), 0.1), t, { label_smoothing = 0.1 })
+        loss:backward()
+        require('lumen.optim').clip_grad_norm_(m:parameters(), 1.0)
+        opt:step()
+      end
+      return loss:item(), m:get(0).weight:cpu()
+    end
+    local lc, wc = run(nil)
+    local lg, wg = run('cuda')
+    local e = (wc - wg):abs():max():item()
+    assert(math.abs(lc - lg) < 1e-4 * (1 + math.abs(lc)) and e < 1e-4, string.format('loss %g vs %g, weights differ by %g', lc, lg, e))
+    return string.format('5 AdamW steps: loss %.6f (cpu %.6f), weights within %.1e', lg, lc, e)
   end)
 
   -- every op with device kernels against the CPU, forward and backward
