@@ -239,6 +239,11 @@ typedef struct lm_backend {
   int32_t (*index_along)(int32_t mode, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out,
                          const int64_t *ostride, const void *src, const int64_t *sstride, const int64_t *idx,
                          const int64_t *istride);
+  /* cumsum (src/ops/reduce.c): along dim of (ndim, shape), out[.., r, ..]
+     = x[.., 0, ..] + ... + x[.., r, ..] for dtype f32, f64 (accumulated
+     in double, in order) or i64 (wrapping); strides in elements. */
+  int32_t (*cumsum)(int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out, const int64_t *ostride,
+                    const void *x, const int64_t *xstride);
 } lm_backend;
 
 #ifdef __cplusplus

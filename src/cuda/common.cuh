@@ -75,6 +75,10 @@ int32_t index_along(int32_t mode, int32_t dtype, int32_t ndim, const int64_t *sh
                     const int64_t *ostride, const void *src, const int64_t *sstride, const int64_t *idx,
                     const int64_t *istride);
 
+/* scan.cu */
+int32_t cumsum(int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out, const int64_t *ostride,
+               const void *x, const int64_t *xstride);
+
 /* Runs f(k) for k = 0 .. n-1, one thread per k (grid-stride) on the
    stream; f is a functor with a __host__ __device__ operator(). In the
    specs' host build (LMCUDA_EMULATE) every k runs in turn. */

@@ -936,7 +936,7 @@ static void cum_kernel(char **p, const int64_t *s, int64_t n, void *arg) {
 }
 
 static lm_status cumsum_forward(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm_tensor **out) {
-  lm_status st = lm_check_input(ctx, "cumsum", x, "input");
+  lm_status st = lm_check_arg(ctx, "cumsum", x, "input");
   if (st) return st;
   if (!out) return lm_err(ctx, LM_E_ARG, "cumsum: out-pointer is NULL");
   *out = NULL;
@@ -945,9 +945,17 @@ static lm_status cumsum_forward(lm_ctx *ctx, const lm_tensor *x, int32_t dim, lm
   if (w < 0) return lm_err(ctx, LM_E_INDEX, "cumsum: dimension %d out of range for a %d-D tensor", dim, nd);
   int32_t dt = lm_dtype_is_float(x->dtype) ? x->dtype : LM_I64;
   lm_tensor *res = NULL, *xc = NULL;
-  st = lm_new(ctx, "cumsum", dt, nd, x->shape, &res);
+  st = lm_new_on(ctx, "cumsum", lm_device_of(x), dt, nd, x->shape, &res);
   if (st) return st;
-  if (lm_numel(x) > 0) {
+  if (lm_numel(x) > 0 && lm_device_of(x) != LM_CPU) { /* the backend's scan, a line per thread */
+    const lm_backend *be;
+    if ((st = LM_BACKEND_FOR(ctx, "cumsum", lm_device_of(x), cumsum, &be)) || (st = lm_cast_if_needed(ctx, x, dt, &xc)))
+      goto done;
+    int64_t one = 1, zero = 0;
+    if ((st = be->cumsum(dt, nd > 0 ? nd : 1, nd > 0 ? x->shape : &one, w, lm_data(res), nd > 0 ? res->stride : &zero,
+                         lm_data(xc), nd > 0 ? xc->stride : &zero)))
+      st = lm_backend_fail(ctx, "cumsum", be, st);
+  } else if (lm_numel(x) > 0) {
     if ((st = lm_cast_if_needed(ctx, x, dt, &xc))) goto done;
     int64_t shape[LM_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);

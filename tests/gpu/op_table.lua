@@ -289,6 +289,12 @@ M.cases = {
     return { x:masked_fill(m:gt(0.5), -2.25), x:masked_fill(m:select(0, 0):gt(0), 0), y,
       x:gt(0):masked_fill(m:gt(0), true), (x * 10):to('i32'):masked_fill(m:lt(0), 7) }
   end, function(s) return { { 3 * s, 4 }, { 3 * s, 4 } } end),
+  ew('cumsum along each dim (in order: the CPU sums bit for bit)', function(x)
+    return { x:cumsum(0), x:cumsum(1), x:t():cumsum(1), x:cumsum(-1):cumsum(0) }
+  end, function(s) return { { 7 * s, 33 } } end),
+  ew('cumsum of integers (i64, wrapping) and bools', function(x)
+    return { x:cumsum(1), (x * 4000000000000000000):cumsum(0), x:gt(0):cumsum(1) }
+  end, function(s) return { { { 5 * s, 4 }, ints = true } } end, { 'i32', 'i64' }, false),
   ew('integer gather and scatter_add (wrapping)', function(x, i)
     local j = i:abs():clamp(0, 2)
     return { x:gather(1, j), x:scatter_add(1, j, x * 1000000000) }

@@ -147,6 +147,7 @@ lm_backend table = {
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
     lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits,
     lmcuda::sequence, lmcuda::random, lmcuda::optim_step, lmcuda::index_along,
+    lmcuda::cumsum,
 };
 
 } // namespace

@@ -797,6 +797,32 @@ static int32_t fake_index_along(int32_t mode, int32_t dt, int32_t nd, const int6
   return 0;
 }
 
+static int32_t fake_cumsum(int32_t dt, int32_t nd, const int64_t *shape, int32_t dim, void *out, const int64_t *ost,
+                           const void *x, const int64_t *xst) {
+  n_other++;
+  int64_t lines = 1, es = esize(dt);
+  for (int32_t d = 0; d < nd; d++)
+    if (d != dim) lines *= shape[d];
+  for (int64_t line = 0; line < lines; line++) {
+    int64_t o = 0, s = 0, rest = line;
+    for (int32_t d = nd - 1; d >= 0; d--) {
+      if (d == dim) continue;
+      o += rest % shape[d] * ost[d];
+      s += rest % shape[d] * xst[d];
+      rest /= shape[d];
+    }
+    int32_t kd = is_float(dt) ? LM_F64 : LM_I64;
+    val acc = {0, 0};
+    for (int64_t r = 0; r < shape[dim]; r++) {
+      val v = load(kd, dt, (const char *)x + (s + r * xst[dim]) * es);
+      acc.f += v.f;
+      acc.i = (int64_t)((uint64_t)acc.i + (uint64_t)v.i);
+      store(dt, (char *)out + (o + r * ost[dim]) * es, kd, acc);
+    }
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
@@ -804,6 +830,7 @@ static const lm_backend table = {
     /* activations, losses, copies, indexing, creation and random numbers, optimizers */
     fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
     fake_sequence, fake_random, fake_optim_step, fake_index_along,
+    fake_cumsum,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
