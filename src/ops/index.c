@@ -657,15 +657,126 @@ static lm_status run_select(lm_ctx *ctx, const char *op, select_plan *p, int32_t
 
 static void mask_walker(walker *w, const lm_tensor *t, const lm_tensor *mask, int32_t nd, const int64_t *shape);
 
+/* ---- masked_select and nonzero on a device ----
+   Two passes of device ops, no kernel of their own: the flags' running
+   count gives each selected element its slot (a scan of rows of SCAN_W,
+   then of the row totals), the count comes back to the host (one value),
+   and a scatter moves the selected elements to their slots; unselected
+   ones go to one spare slot past the end, dropped after. */
+
+#define SCAN_W 1024
+
+/* flags: contiguous 1-D (any dtype, nonzero = set) of n elements; slots
+   (i64, n): the slot of each set flag in order, *count for the others. */
+static lm_status dev_slots(lm_ctx *ctx, const char *op, const lm_tensor *flags, lm_tensor **slots, int64_t *count) {
+  const int64_t n = lm_numel(flags), rows = (n + SCAN_W - 1) / SCAN_W;
+  lm_tensor *f = NULL, *fp = NULL, *grid = NULL, *c = NULL, *tot = NULL, *ctot = NULL, *excl = NULL, *col = NULL,
+            *sum = NULL, *flat = NULL, *inc = NULL, *last = NULL, *host = NULL, *minus = NULL, *res = NULL, *cnt = NULL,
+            *dec = NULL;
+  lm_status st;
+  int64_t pad[2] = {0, rows * SCAN_W - n}, gshape[2] = {rows, SCAN_W}, one = 1;
+  if (n == 0) { /* nothing selected, no slots */
+    *count = 0;
+    return lm_new_on(ctx, op, lm_device_of(flags), LM_I64, 1, &n, slots);
+  }
+  if ((st = lm_to_dtype(ctx, flags, LM_BOOL, &f))) goto done;
+  lm_tensor *fi = NULL;
+  if ((st = lm_to_dtype(ctx, f, LM_I64, &fi))) goto done;
+  lm_tensor_release(f);
+  f = fi;
+  if ((st = lm_pad(ctx, f, 1, pad, LM_PAD_CONSTANT, 0, &fp)) || (st = lm_reshape(ctx, fp, 2, gshape, &grid)) ||
+      (st = lm_cumsum(ctx, grid, 1, &c)) || (st = lm_select(ctx, c, 1, SCAN_W - 1, &tot)) ||
+      (st = lm_cumsum(ctx, tot, 0, &ctot)) || (st = lm_binary(ctx, LM_OP_SUB, ctot, tot, NULL, &excl)) ||
+      (st = lm_unsqueeze(ctx, excl, 1, &col)) || (st = lm_binary(ctx, LM_OP_ADD, c, col, NULL, &sum)) ||
+      (st = lm_reshape(ctx, sum, 1, (int64_t[1]){rows * SCAN_W}, &flat)) || (st = lm_slice(ctx, flat, 0, 0, n, 1, &inc)) ||
+      (st = lm_slice(ctx, inc, 0, n - 1, n, 1, &last)) || (st = lm_to_device(ctx, last, LM_CPU, &host)))
+    goto done;
+  *count = *(const int64_t *)lm_data(host);
+  /* slots = f ? inc - 1 : count */
+  if ((st = lm_new_on(ctx, op, lm_device_of(flags), LM_I64, 1, &n, &res))) goto done;
+  if ((st = lm_from_ptr(ctx, LM_I64, 0, NULL, NULL, &one, &minus)) || (st = lm_binary(ctx, LM_OP_SUB, inc, minus, NULL, &dec)))
+    goto done;
+  if ((st = lm_from_ptr(ctx, LM_I64, 0, NULL, NULL, count, &cnt))) goto done;
+  const lm_tensor *ops[4] = {res, f, dec, cnt};
+  if ((st = lm_dev_elementwise(ctx, op, LM_OP_WHERE, LM_I64, 1, &n, 4, ops, 0))) goto done;
+  *slots = res;
+  res = NULL;
+done:
+  lm_tensor_release(f);
+  lm_tensor_release(fp);
+  lm_tensor_release(grid);
+  lm_tensor_release(c);
+  lm_tensor_release(tot);
+  lm_tensor_release(ctot);
+  lm_tensor_release(excl);
+  lm_tensor_release(col);
+  lm_tensor_release(sum);
+  lm_tensor_release(flat);
+  lm_tensor_release(inc);
+  lm_tensor_release(last);
+  lm_tensor_release(host);
+  lm_tensor_release(minus);
+  lm_tensor_release(cnt);
+  lm_tensor_release(dec);
+  lm_tensor_release(res);
+  return st;
+}
+
+/* t and mask broadcast to (nd, shape) and flattened, contiguous. */
+static lm_status dev_flat_pair(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, int32_t nd, const int64_t *shape,
+                               lm_tensor **tf, lm_tensor **mf) {
+  int64_t n = 1;
+  for (int32_t d = 0; d < nd; d++) n *= shape[d];
+  lm_tensor *te = NULL, *me = NULL, *tc = NULL, *mc = NULL;
+  lm_status st;
+  if (!(st = lm_expand(ctx, t, nd, shape, &te)) && !(st = lm_expand(ctx, mask, nd, shape, &me)) &&
+      !(st = lm_contiguous(ctx, te, &tc)) && !(st = lm_contiguous(ctx, me, &mc)) &&
+      !(st = lm_reshape(ctx, tc, 1, &n, tf)))
+    st = lm_reshape(ctx, mc, 1, &n, mf);
+  lm_tensor_release(te);
+  lm_tensor_release(me);
+  lm_tensor_release(tc);
+  lm_tensor_release(mc);
+  return st;
+}
+
+/* The n selected values of the flat src by slots into a fresh 1-D tensor. */
+static lm_status dev_compact(lm_ctx *ctx, const char *op, const lm_tensor *src, const lm_tensor *slots, int64_t count,
+                             lm_tensor **out) {
+  int64_t m = count + 1;
+  lm_tensor *buf = NULL, *sc = NULL;
+  lm_status st = lm_new_on(ctx, op, lm_device_of(src), src->dtype, 1, &m, &buf);
+  if (!st) st = lm_scatter(ctx, buf, 0, slots, src, LM_SCATTER_SET, buf, NULL);
+  if (!st) st = lm_slice(ctx, buf, 0, 0, count, 1, &sc);
+  lm_tensor_release(buf);
+  if (!st) *out = sc;
+  return st;
+}
+
+static lm_status masked_select_device(lm_ctx *ctx, const char *op, const lm_tensor *t, const lm_tensor *mask, int32_t nd,
+                                      const int64_t *shape, lm_tensor **out) {
+  lm_tensor *tf = NULL, *mf = NULL, *slots = NULL;
+  int64_t count = 0;
+  lm_status st = dev_flat_pair(ctx, t, mask, nd, shape, &tf, &mf);
+  if (!st) st = dev_slots(ctx, op, mf, &slots, &count);
+  if (!st) st = dev_compact(ctx, op, tf, slots, count, out);
+  lm_tensor_release(tf);
+  lm_tensor_release(mf);
+  lm_tensor_release(slots);
+  return st;
+}
+
 static lm_status masked_select_forward(lm_ctx *ctx, const lm_tensor *t, const lm_tensor *mask, lm_tensor **out) {
   const char *op = "masked_select";
-  lm_status st = lm_check_input(ctx, op, t, "input");
+  lm_status st = lm_check_arg(ctx, op, t, "input");
   if (st) return st;
-  if ((st = check_mask(ctx, op, mask, false))) return st;
+  if ((st = check_mask(ctx, op, mask, true))) return st;
   select_plan p;
-  int32_t nd;
+  int32_t nd, dev;
   int64_t shape[LM_MAX_DIMS];
   if ((st = lm_broadcast_shape(ctx, op, t->ndim, t->shape, mask->ndim, mask->shape, &nd, shape))) return st;
+  if ((st = index_device(ctx, op, t, mask, NULL, NULL, &dev))) return st;
+  if (dev != LM_CPU) return masked_select_device(ctx, op, t, mask, nd, shape, out);
   mask_walker(&p.w, t, mask, nd, shape);
   p.mask = (const uint8_t *)lm_data(mask);
   p.vals = lm_data(t);
@@ -702,10 +813,55 @@ static void mask_walker(walker *w, const lm_tensor *t, const lm_tensor *mask, in
   }
 }
 
+/* nonzero on a device: each dim's coordinates (an arange broadcast over
+   the shape) compacted by the same slots, as the columns of the result. */
+static lm_status nonzero_device(lm_ctx *ctx, const char *op, const lm_tensor *t, lm_tensor **out) {
+  int64_t n = lm_numel(t), count = 0;
+  const int32_t nd = t->ndim, dev = lm_device_of(t);
+  lm_tensor *tc = NULL, *tf = NULL, *slots = NULL, *cols[LM_MAX_DIMS] = {NULL};
+  lm_status st;
+  if ((st = lm_contiguous(ctx, t, &tc)) || (st = lm_reshape(ctx, tc, 1, &n, &tf)) ||
+      (st = dev_slots(ctx, op, tf, &slots, &count)))
+    goto done;
+  if (nd == 0) { /* a 0-d input: count x 0 */
+    int64_t shape[2] = {count, 0};
+    st = lm_new_on(ctx, op, dev, LM_I64, 2, shape, out);
+    goto done;
+  }
+  for (int32_t d = 0; d < nd && !st; d++) {
+    lm_tensor *ar = NULL, *r = NULL, *e = NULL, *ec = NULL, *ef = NULL, *c = NULL;
+    int64_t rs[LM_MAX_DIMS];
+    for (int32_t k = 0; k < nd; k++) rs[k] = k == d ? t->shape[d] : 1;
+    if (!(st = lm_arange_on(ctx, dev, 0, 1, t->shape[d], LM_I64, &ar)) && !(st = lm_reshape(ctx, ar, nd, rs, &r)) &&
+        !(st = lm_expand(ctx, r, nd, t->shape, &e)) && !(st = lm_contiguous(ctx, e, &ec)) &&
+        !(st = lm_reshape(ctx, ec, 1, &n, &ef)) && !(st = dev_compact(ctx, op, ef, slots, count, &c)))
+      st = lm_unsqueeze(ctx, c, 1, &cols[d]);
+    lm_tensor_release(ar);
+    lm_tensor_release(r);
+    lm_tensor_release(e);
+    lm_tensor_release(ec);
+    lm_tensor_release(ef);
+    lm_tensor_release(c);
+  }
+  if (!st) st = lm_cat(ctx, nd, cols, 1, out);
+done:
+  for (int32_t d = 0; d < LM_MAX_DIMS; d++) lm_tensor_release(cols[d]);
+  lm_tensor_release(tc);
+  lm_tensor_release(tf);
+  lm_tensor_release(slots);
+  return st;
+}
+
 lm_status lm_nonzero(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
   const char *op = "nonzero";
-  lm_status st = lm_check_input(ctx, op, t, "input");
+  lm_status st = lm_check_arg(ctx, op, t, "input");
   if (st) return st;
+  if (lm_device_of(t) != LM_CPU) {
+    const bool was = lm_grad_pause(ctx);
+    st = nonzero_device(ctx, op, t, out);
+    ctx->grad_enabled = was;
+    return st;
+  }
   /* bool conversion is exactly "!= 0" for every dtype (NaN counts, -0 not) */
   lm_tensor *m;
   if ((st = lm_cast_if_needed(ctx, t, LM_BOOL, &m))) return st;
@@ -962,9 +1118,43 @@ static lm_status masked_scatter(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *ma
 
 /* masked_select: g goes back to the selected positions of the broadcast
    shape (ip[IX_SRC_NDIM..]), then sums to t's shape */
+/* masked_select's backward on a device: the gradient with one 0 appended,
+   gathered at the slots (unselected positions read the 0). */
+static lm_status masked_select_backward_device(lm_ctx *ctx, lm_node *node, const lm_tensor *g, lm_tensor **z) {
+  const int32_t nd = (int32_t)node->ip[IX_SRC_NDIM];
+  const int64_t *shape = node->ip + IX_SRC_SHAPE;
+  int64_t n = 1;
+  for (int32_t d = 0; d < nd; d++) n *= shape[d];
+  lm_tensor *me = NULL, *mc = NULL, *mf = NULL, *slots = NULL, *zero = NULL, *ge = NULL, *flat = NULL;
+  int64_t count = 0, one = 1;
+  lm_status st;
+  if (!(st = lm_expand(ctx, node->saved[0], nd, shape, &me)) && !(st = lm_contiguous(ctx, me, &mc)) &&
+      !(st = lm_reshape(ctx, mc, 1, &n, &mf)) && !(st = dev_slots(ctx, "masked_select", mf, &slots, &count)) &&
+      !(st = lm_new_on(ctx, "backward", lm_device_of(g), g->dtype, 1, &one, &zero)) && !(st = lm_fill(ctx, zero, 0))) {
+    lm_tensor *parts[2] = {(lm_tensor *)g, zero};
+    if (!(st = lm_cat(ctx, 2, parts, 0, &ge)) && !(st = lm_gather(ctx, ge, 0, slots, &flat)))
+      st = lm_reshape(ctx, flat, nd, shape, z);
+  }
+  lm_tensor_release(me);
+  lm_tensor_release(mc);
+  lm_tensor_release(mf);
+  lm_tensor_release(slots);
+  lm_tensor_release(zero);
+  lm_tensor_release(ge);
+  lm_tensor_release(flat);
+  return st;
+}
+
 static lm_status masked_select_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   lm_tensor *z;
-  lm_status st = zeros_of(ctx, node, IX_SRC_NDIM, gout[0]->dtype, lm_device_of(gout[0]), &z);
+  lm_status st;
+  if (lm_device_of(gout[0]) != LM_CPU) {
+    if ((st = masked_select_backward_device(ctx, node, gout[0], &z))) return st;
+    st = to_input(ctx, node, z, &gin[0]);
+    lm_tensor_release(z);
+    return st;
+  }
+  st = zeros_of(ctx, node, IX_SRC_NDIM, gout[0]->dtype, lm_device_of(gout[0]), &z);
   if (!st) st = masked_scatter(ctx, z, node->saved[0], gout[0]);
   if (!st) st = to_input(ctx, node, z, &gin[0]);
   lm_tensor_release(z);

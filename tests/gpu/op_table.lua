@@ -295,6 +295,14 @@ M.cases = {
   ew('cumsum of integers (i64, wrapping) and bools', function(x)
     return { x:cumsum(1), (x * 4000000000000000000):cumsum(0), x:gt(0):cumsum(1) }
   end, function(s) return { { { 5 * s, 4 }, ints = true } } end, { 'i32', 'i64' }, false),
+  ew('masked_select and nonzero (a device-side count)', function(x, m)
+    return { x:masked_select(m:gt(0)), x:masked_select(m:select(0, 1):gt(0.3)), x:t():masked_select(m:t():lt(0)),
+      x:gt(0.2):nonzero(), (m * 0):nonzero(), x:reshape { 2, -1, 2 }:gt(0):nonzero(),
+      lumen.tensor(0.5):to(x:device()):nonzero(), x:masked_select(m:gt(100)) }
+  end, function(s) return { { 3, 4 * s }, { 3, 4 * s } } end),
+  ew('masked_select of a long tensor (slots past a scan row)', function(x)
+    return { x:masked_select(x:gt(0.5)), x:lt(-1):nonzero() }
+  end, function(s) return { { 3, 1500 * s } } end),
   ew('integer gather and scatter_add (wrapping)', function(x, i)
     local j = i:abs():clamp(0, 2)
     return { x:gather(1, j), x:scatter_add(1, j, x * 1000000000) }
