@@ -111,7 +111,7 @@ FUZZ_CC      ?= clang
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_READERS ?= nifti mha png dicom
 FUZZ_SECONDS ?= 600
-FUZZ_MAX_LEN ?= 262144
+FUZZ_MAX_LEN ?= 65536
 
 fuzz: deps
 	@sh tools/deps.sh clang libclang-rt-dev

@@ -104,6 +104,13 @@ local function put(buf, layout, name, v)
   end
 end
 
+-- "181x217x181" (whole numbers even past 2^53, where %d would fail)
+local function dims_str(shape)
+  local t = {}
+  for i, v in ipairs(shape) do t[i] = string.format('%.0f', v) end
+  return table.concat(t, 'x')
+end
+
 local function fmt_bytes(n)
   if n >= 2 ^ 30 then return string.format('%.1f GB', n / 2 ^ 30) end
   if n >= 2 ^ 20 then return string.format('%.0f MB', n / 2 ^ 20) end
@@ -203,10 +210,10 @@ local function parse_header(buf, n, path, pair)
   h.numel = numel
   h.nbytes = numel * dt[2]
   if h.nbytes > MAX_DATA then
-    bad('header says %s %s (%s): impossibly large', table.concat(h.shape, 'x'), dt[1], fmt_bytes(h.nbytes))
+    bad('header says %s %s (%s): impossibly large', dims_str(h.shape), dt[1], fmt_bytes(h.nbytes))
   end
   -- empty, but no tensor has such dims (and no real scan)
-  if nonzero > MAX_DATA then bad('header says %s %s: impossibly large dimensions', table.concat(h.shape, 'x'), dt[1]) end
+  if nonzero > MAX_DATA then bad('header says %s %s: impossibly large dimensions', dims_str(h.shape), dt[1]) end
   -- a .nii whose vox_offset points into the header (old writers left 0)
   -- has its data right after it, as nibabel and nifti1_io assume
   local first = version == 1 and 352 or 544
@@ -254,7 +261,7 @@ local function data_bytes(h, path)
   local need = h.vox_offset + h.nbytes
   local function short(have)
     error(string.format("lumen.image.read: '%s': header says %s %s (%s at offset %d, %s in all) but the file has %s",
-      path, table.concat(h.shape, 'x'), h.dt[1], fmt_bytes(h.nbytes), h.vox_offset, fmt_bytes(need), fmt_bytes(have)), 0)
+      path, dims_str(h.shape), h.dt[1], fmt_bytes(h.nbytes), h.vox_offset, fmt_bytes(need), fmt_bytes(have)), 0)
   end
   if is_gz(path) then
     -- a little slack for trailing bytes; never more than the header allows
