@@ -1,6 +1,7 @@
 #!/bin/sh
 # tests/fuzz/run.sh: runs the image readers' fuzz targets one after another
-# (make fuzz builds them first), each for FUZZ_SECONDS under nice, and writes
+# (make fuzz builds them first), each for FUZZ_SECONDS under nice with its
+# dictionary of format tokens (tests/fuzz/<reader>.dict), and writes
 # a report per reader to $FUZZ_B/report/<reader>.txt: executions, C coverage
 # (libFuzzer's cov and ft), Lua line coverage of the reader over the corpus,
 # and the findings. Exits 1 when any reader has a finding.
@@ -39,12 +40,12 @@ for r in $READERS; do
   # need about 270 MB (deflate's 1032:1, then int8 widened to i32), 2 GB
   # and more is a claim no file of that size backs. -rss_limit_mb: all of it.
   LUMEN_FUZZ_TMP="$PWD/$FB/tmp" nice -n 19 "$FB/fuzz_$r" "$corpus" "$FB/seeds/$r" \
-    -max_total_time="$SECONDS_EACH" -max_len="$MAX_LEN" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+    -dict="tests/fuzz/$r.dict" -max_total_time="$SECONDS_EACH" -max_len="$MAX_LEN" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
     -detect_leaks=0 -print_final_stats=1 -artifact_prefix="$findings/" >"$log" 2>&1
   rc=$?
-  # the Lua lines the final corpus reaches (a replay: -runs=0)
+  # the Lua lines the seeds and the corpus reach (a replay: -runs=0)
   LUMEN_FUZZ_TMP="$PWD/$FB/tmp" LUMEN_FUZZ_LINES="$PWD/$FB/report/$r.lines" nice -n 19 "$FB/fuzz_$r" "$corpus" \
-    -runs=0 -max_len="$MAX_LEN" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 >"$FB/logs/$r.replay.log" 2>&1
+    "$FB/seeds/$r" -runs=0 -max_len="$MAX_LEN" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 >"$FB/logs/$r.replay.log" 2>&1
   status=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -n 1)
   {
     echo "reader:     $r ($SECONDS_EACH s, max input $MAX_LEN bytes, log $log)"
@@ -53,7 +54,7 @@ for r in $READERS; do
       "new inputs: $(sed -n 's/^stat::new_units_added: *//p' "$log")," \
       "peak RSS: $(sed -n 's/^stat::peak_rss_mb: *//p' "$log") MB"
     echo "last:       $status"
-    echo "Lua lines over the corpus ($(ls "$corpus" | wc -l) inputs):"
+    echo "Lua lines reached by the seeds and the corpus ($(($(ls "$FB/seeds/$r" | wc -l) + $(ls "$corpus" | wc -l))) inputs):"
     luajit tests/fuzz/coverage.lua "$FB/report/$r.lines" lua/lumen/image/$r.lua lua/lumen/image.lua | sed 's/^/  /'
     if [ "$rc" -ne 0 ]; then
       echo "FINDING (libFuzzer exit $rc):"

@@ -99,7 +99,7 @@ return function(image, lumen)
     local t = {}
     for w in (s or ''):gmatch('%S+') do
       local v = tonumber(w)
-      if not v or v ~= v then bad('%s has a value that is not a number: %q', what, w) end
+      if not v or v ~= v or math.abs(v) == math.huge then bad('%s has a value that is not a finite number: %q', what, w) end
       t[#t + 1] = v
     end
     return t
