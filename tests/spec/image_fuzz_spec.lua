@@ -10,6 +10,7 @@ local cases = {
   ['nifti/nan_in_sform.nii'] = 'the sform %(srow_x, srow_y, srow_z%) gives the affine a non%-finite entry %(nan at row 1, column 2%)',
   ['nifti/empty_huge_dims.nii'] = 'header says 0x8725724261253152x562949953421312 float64: impossibly large dimensions',
   ['dicom/nan_in_position.dcm'] = 'ImagePositionPatient, ImageOrientationPatient, PixelSpacing or the slice spacing is not finite',
+  ['mha/compressed_claims_80gb.mha'] = 'header says 100000x100000 MET_DOUBLE %(80000000000 bytes%) but 12 bytes of compressed data cannot hold that much',
   ['png/chunk_claims_800mb.png'] = 'the file is truncated: chunk sCAL at byte 33 says 822083622 bytes but only 67 follow',
 }
 

@@ -152,12 +152,23 @@ return function(image, lumen)
     -- the file sizes before anything is allocated.
     local pieces = {}
     local datafile = fields.elementdatafile
-    local header_size = tonumber(fields.headersize or '0') or bad('HeaderSize is %s, expected a number', fields.headersize)
+    local header_size = tonumber(fields.headersize or '0')
+    if not header_size or header_size ~= math.floor(header_size) or header_size < -1 then
+      bad('HeaderSize is %s, expected a whole number of bytes (or -1)', fields.headersize)
+    end
     local function piece(file, want, skip)
       local size = file_size(file, path, bad)
       if compressed then -- the stream runs to the end of the file unless its size is given
         want = tonumber(fields.compresseddatasize or '') or size - math.max(skip, 0)
         if skip == -1 then bad('HeaderSize = -1 cannot locate compressed data') end
+        if want ~= math.floor(want) or want < 0 then
+          bad('CompressedDataSize is %s, expected a whole number of bytes', fields.compresseddatasize)
+        end
+        -- zlib inflates at most about 1032:1: a larger image cannot be in
+        -- there, and must not be allocated for
+        if nbytes > want * 1032 + 1024 then
+          bad('header says %s but %.0f bytes of compressed data cannot hold that much', desc, want)
+        end
       end
       local offset = skip == -1 and size - want or skip
       if offset < 0 or size - offset < want then
