@@ -9,6 +9,7 @@ local cases = {
   ['nifti/nan_payload_in_quatern.nii'] = 'the qform %(quatern_b/c/d, qoffset, pixdim%) gives the affine a non%-finite entry %(nan',
   ['nifti/nan_in_sform.nii'] = 'the sform %(srow_x, srow_y, srow_z%) gives the affine a non%-finite entry %(nan at row 1, column 2%)',
   ['nifti/empty_huge_dims.nii'] = 'header says 0x8725724261253152x562949953421312 float64: impossibly large dimensions',
+  ['nifti/vox_offset_1e30.nii.gz'] = 'vox_offset 1e%+30 is impossibly large',
   ['dicom/nan_in_position.dcm'] = 'ImagePositionPatient, ImageOrientationPatient, PixelSpacing or the slice spacing is not finite',
   ['mha/compressed_claims_80gb.mha'] = 'header says 100000x100000 MET_DOUBLE %(80000000000 bytes%) but 12 bytes of compressed data cannot hold that much',
   ['png/chunk_claims_800mb.png'] = 'the file is truncated: chunk sCAL at byte 33 says 822083622 bytes but only 67 follow',

@@ -219,6 +219,7 @@ local function parse_header(buf, n, path, pair)
   local first = version == 1 and 352 or 544
   if not pair and h.vox_offset < first then h.vox_offset = first end
   if h.vox_offset < 0 then bad('vox_offset %g is negative', h.vox_offset) end
+  if h.vox_offset > MAX_DATA then bad('vox_offset %g is impossibly large', h.vox_offset) end
   -- negative voxel sizes are read as their magnitude (nibabel's fix)
   for i = 2, 8 do h.pixdim[i] = math.abs(h.pixdim[i]) end
   if h.vox_offset ~= math.floor(h.vox_offset) then bad('vox_offset %g is not a whole number', h.vox_offset) end
