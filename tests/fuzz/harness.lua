@@ -30,12 +30,7 @@ function M.run(path, reader)
   collectgarbage()
   if ok then return nil end
   if type(err) == 'table' and err.finding then return err.finding end
-  if type(err) == 'string' and err:sub(1, #PREFIX) == PREFIX and err:find(path, 1, true) then
-    -- a number that overflowed int64 on its way to C: the reader passed on
-    -- a header value it should have refused
-    if err:find('9223372036854775808', 1, true) then return 'an overflowed number in the error:\n  ' .. err end
-    return nil
-  end
+  if type(err) == 'string' and err:sub(1, #PREFIX) == PREFIX and err:find(path, 1, true) then return nil end
   return string.format('the error does not name the file and the problem:\n  %s%s', tostring(err), trace)
 end
 
