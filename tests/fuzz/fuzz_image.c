@@ -23,6 +23,7 @@
  * at an inaccessible page, so an FFI read past the end of a large buffer
  * (a whole file read into a string, a header buffer) faults at once. ASan
  * cannot see those reads: LuaJIT's code is not instrumented. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
@@ -211,9 +212,13 @@ static void write_companions(void) {
 }
 
 static void remove_dir(void) {
-  static const char *names[] = {"data.raw", "slice0.raw", "slice1.raw", "data.zraw"};
-  for (size_t i = 0; i < sizeof names / sizeof *names; i++) unlink(companion(names[i]));
-  unlink(input);
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)))
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlink(companion(e->d_name));
+    closedir(d);
+  }
   rmdir(dir);
 }
 

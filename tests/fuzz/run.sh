@@ -69,6 +69,6 @@ for r in $READERS; do
   summary="$summary
   $r: $([ "$rc" -eq 0 ] && echo ok || echo FINDING) - $(echo "$status" | sed 's/ *MS:.*//; s/ L: .*//')"
 done
-rmdir "$FB/tmp" 2>/dev/null
+rm -rf "$FB/tmp" # scratch folders of targets that stopped at a finding
 echo "fuzz summary:$summary"
 exit $failed
