@@ -12,7 +12,7 @@ NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>
 
 LIB_SRC := $(wildcard src/core/*.c src/ops/*.c src/cpu/*.c src/io/*.c)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
-HEADERS := src/lumen.h src/plugin.h src/core/internal.h
+HEADERS := src/lumen.h src/plugin.h src/backend.h src/core/internal.h
 
 # Debian packages the build, the tests and the benchmarks need.
 DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev \
@@ -23,7 +23,7 @@ DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev 
 # $(B)/plugins/<name>.so without liblumen (it reaches the engine through the
 # host table of src/plugin.h). The test plugins live in tests/plugin/.
 PLUGINS      := $(patsubst plugins/%/,$(B)/plugins/%.so,$(wildcard plugins/*/))
-TEST_PLUGINS := $(B)/tests/plugins/clip_relu.so $(B)/tests/plugins/clip_relu_abi99.so
+TEST_PLUGINS := $(B)/tests/plugins/clip_relu.so $(B)/tests/plugins/clip_relu_abi99.so $(B)/tests/plugins/fake_device.so
 PLUGIN_CFLAGS = $(filter-out $(OPENMP),$(CFLAGS)) -Isrc -shared
 
 TARGETS := $(B)/liblumen.so $(B)/lumen $(PLUGINS)
@@ -31,7 +31,7 @@ ifneq ($(NVCC),)
 TARGETS += $(B)/liblumen_cuda.so
 endif
 
-.PHONY: all deps test demo bench cdef clean fuzz
+.PHONY: all deps test demo bench cdef clean bundle fuzz
 all: $(TARGETS)
 
 $(B)/obj/%.o: src/%.c $(HEADERS)
@@ -44,24 +44,33 @@ $(B)/obj/ops/optim.o: override CFLAGS += -fno-math-errno
 
 # -z nodelete: LuaJIT unloads liblumen at exit, which must not unmap libgomp
 # while an OpenMP worker still spins in it.
+# RPATH (not RUNPATH: --disable-new-dtags) $ORIGIN: in a bundle the libraries
+# lie beside liblumen, and an RPATH also serves the dependencies of its
+# dependencies (OpenBLAS's libgfortran), which a RUNPATH would not.
+RPATH_ORIGIN := -Wl,--disable-new-dtags -Wl,-rpath,'$$ORIGIN'
 $(B)/liblumen.so: $(LIB_OBJ)
-	$(CC) -shared $(OPENMP) $(LDFLAGS) -Wl,-z,nodelete -o $@ $^ -lopenblas -lpng -lz -lm -lpthread
+	$(CC) -shared $(OPENMP) $(LDFLAGS) -Wl,-z,nodelete $(RPATH_ORIGIN) -o $@ $^ -lopenblas -lpng -lz -lm -lpthread -ldl
 
 # The host embeds LuaJIT but does not link liblumen: the Lua module loads it
 # after choosing OpenBLAS's kernel set (OpenBLAS reads that when it loads).
 $(B)/lumen: src/host/main.c src/lumen.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -DLUMEN_ROOT='"$(CURDIR)"' -o $@ src/host/main.c $(LUAJIT_LIBS) -ldl -lm -Wl,-E
+	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -DLUMEN_ROOT='"$(CURDIR)"' -o $@ src/host/main.c $(LUAJIT_LIBS) -ldl -lm -Wl,-E \
+	  -Wl,--disable-new-dtags -Wl,-rpath,'$$ORIGIN/../lib'
 
 # The CUDA backend: its own library, loaded at run time when a GPU is there
 # (lumen info says why not otherwise). It links the shared CUDA runtime from
-# the toolkit nvcc belongs to, found again at run time through the rpath.
+# the toolkit nvcc belongs to, found again at run time through the rpath
+# ($ORIGIN first: a bundle carries libcudart beside it). sm_90 code plus
+# compute_90 PTX for newer GPUs. -z nodelete: tensors freed while LuaJIT
+# closes may reach the backend after its ffi namespace was collected.
 CUDA_LIB := $(patsubst %/bin/nvcc,%,$(NVCC))/lib64
 $(B)/liblumen_cuda.so: $(wildcard src/cuda/*.cu) $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -shared -Xcompiler -fPIC -gencode arch=compute_90,code=sm_90 \
+	$(NVCC) -O2 -shared -Xcompiler -fPIC -Xcompiler -Wall -gencode arch=compute_90,code=sm_90 \
 	  -gencode arch=compute_90,code=compute_90 -o $@ $(wildcard src/cuda/*.cu) \
-	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker -rpath,$(CUDA_LIB)
+	  -cudart shared -L$(CUDA_LIB) -lcudart -Xlinker --disable-new-dtags -Xlinker -rpath,'$$ORIGIN:$(CUDA_LIB)' \
+	  -Xlinker -znodelete
 
 .SECONDEXPANSION:
 $(B)/plugins/%.so: $$(wildcard plugins/%/*.c plugins/%/*.h) src/plugin.h src/lumen.h
@@ -76,6 +85,18 @@ $(B)/tests/plugins/clip_relu.so: tests/plugin/clip_relu.c src/plugin.h src/lumen
 $(B)/tests/plugins/clip_relu_abi99.so: tests/plugin/clip_relu.c src/plugin.h src/lumen.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -DCLIP_RELU_ABI_MAJOR=99 -o $@ $<
+
+# A device backend whose memory is host memory, so that the device paths
+# (transfers, the device cache, the CPU ops' refusals) are tested without a GPU.
+$(B)/tests/plugins/fake_device.so: tests/plugin/fake_device.c src/backend.h src/lumen.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -Wl,-z,nodelete -o $@ $<
+
+# make bundle: build/bundle/, a folder that runs on a machine without
+# LuaJIT, OpenBLAS or a compiler (the CUDA driver and, for convolutions,
+# cuDNN are found there at run time): tools/bundle.sh says what it holds.
+bundle: all
+	@B=$(B) NVCC='$(NVCC)' sh tools/bundle.sh
 
 # lua/lumen/cdef.lua is generated from the marked region of lumen.h.
 cdef:
@@ -98,6 +119,7 @@ bench: deps
 	@LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' luajit bench/check_workloads.lua
 	@sh bench/run.sh
 	@sh bench/run.sh workloads
+	@sh bench/run.sh images
 
 clean:
 	rm -rf build build-fuzz

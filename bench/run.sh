@@ -2,6 +2,9 @@
 # bench/run.sh - lumen against PyTorch, side by side (see ../shared/BENCH.md).
 #
 #   sh bench/run.sh [case ...]         (no cases: every case in bench/micro.lua)
+#   sh bench/run.sh images [name ...]     reading NIfTI and 3-D augmentation
+#                                      (bench/images.lua against nibabel and
+#                                      scipy.ndimage, bench/images_peer.py)
 #   sh bench/run.sh workloads [name ...]  training steps of the BENCH.md
 #                                      networks (bench/workloads_time.lua
 #                                      against bench/workloads_torch.py)
@@ -28,7 +31,11 @@ cd "$(dirname "$0")/.." || exit 1
 PY=${LUMEN_PYTHON:-/usr/bin/python3}
 lumen_side="bench/micro.lua"
 torch_side="bench/micro_torch.py"
-if [ "$1" = workloads ]; then
+if [ "$1" = images ]; then
+  shift
+  lumen_side="bench/images.lua"
+  torch_side="bench/images_peer.py"
+elif [ "$1" = workloads ]; then
   shift
   lumen_side="bench/workloads_time.lua"
   torch_side="bench/workloads_torch.py time"

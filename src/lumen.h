@@ -32,6 +32,7 @@ enum { LM_ABI_MAJOR = 0, LM_ABI_MINOR = 1, LM_MAX_DIMS = 8 };
 
 typedef struct lm_ctx lm_ctx;
 typedef struct lm_tensor lm_tensor;
+typedef struct lm_backend lm_backend; /* a device backend's table (src/backend.h) */
 typedef struct lm_plugin_handle lm_plugin_handle;
 typedef int32_t lm_status;
 
@@ -47,7 +48,8 @@ enum {
   LM_E_DEVICE = -8,      /* a device error, or tensors on different devices */
   LM_E_UNSUPPORTED = -9, /* valid, but not implemented for these inputs */
   LM_E_ABI = -10,        /* a plugin built for another ABI */
-  LM_E_ABORTED = -11     /* a long job stopped by lm_ctx_request_abort */
+  LM_E_ABORTED = -11,    /* a long job stopped by lm_ctx_request_abort */
+  LM_E_WORKER = -12      /* a data-pipeline worker failed (its message says why) */
 };
 
 enum { LM_F32 = 0, LM_F64, LM_I32, LM_I64, LM_U8, LM_BOOL, LM_NDTYPES };
@@ -110,6 +112,7 @@ typedef struct lm_mem_stats {
   int64_t peak_bytes;    /* highest live_bytes since start or reset */
   int64_t cached_bytes;  /* freed blocks kept for reuse */
   int64_t total_allocs;  /* allocations served, cached or not */
+  int64_t system_allocs; /* those the cache could not serve (malloc, cudaMalloc) */
 } lm_mem_stats;
 
 /* library and context */
@@ -134,6 +137,34 @@ void lm_mem_empty_cache(lm_ctx *ctx);
 void lm_mem_reset_peak(lm_ctx *ctx);
 /* Bytes allocated since the last call with reset != 0 (GC pacing). */
 int64_t lm_mem_allocated_since(lm_ctx *ctx, int32_t reset);
+
+/* devices (src/core/device.c). LM_CPU always works; LM_CUDA once the
+   backend library (liblumen_cuda.so) has registered its table. Device
+   memory is cached like the CPU's; its stats and cache are per device. */
+lm_status lm_backend_register(lm_ctx *ctx, int32_t device, const lm_backend *be);
+/* Refused while tensors hold memory of the device. */
+lm_status lm_backend_unregister(lm_ctx *ctx, int32_t device);
+int32_t lm_device_available(int32_t device);
+const char *lm_device_name(int32_t device);
+/* A contiguous copy of t on device (t itself, +1, when it is there already);
+   differentiable: the gradient goes back to t's device. */
+lm_status lm_to_device(lm_ctx *ctx, const lm_tensor *t, int32_t device, lm_tensor **out);
+lm_status lm_device_synchronize(lm_ctx *ctx, int32_t device);
+void lm_device_mem_stats(lm_ctx *ctx, int32_t device, lm_mem_stats *out);
+lm_status lm_device_empty_cache(lm_ctx *ctx, int32_t device);
+void lm_device_reset_peak(lm_ctx *ctx, int32_t device);
+/* What the device itself reports as free and in total, in bytes. */
+lm_status lm_device_mem_info(lm_ctx *ctx, int32_t device, int64_t *free_bytes, int64_t *total_bytes);
+
+/* The CUDA backend library (liblumen_cuda.so, src/cuda/), loaded at run time
+   by lua/lumen/device.lua; liblumen does not define these. */
+/* The number of CUDA devices (0 or more), or -1 with the reason in msg. */
+int32_t lm_cuda_device_count(char *msg, int32_t msg_len);
+/* "NAME, N MiB, sm_XY" of device i into buf; 0, or -1 with the reason. */
+int32_t lm_cuda_device_describe(int32_t i, char *buf, int32_t buf_len);
+/* CUDA versions as 1000 * major + 10 * minor (0 when unknown). */
+void lm_cuda_versions(int32_t *runtime, int32_t *driver, int32_t *built_with);
+const lm_backend *lm_cuda_backend(void);
 
 /* dtypes */
 int32_t lm_dtype_size(int32_t dtype);
@@ -312,6 +343,51 @@ lm_status lm_spline_prefilter3d(lm_ctx *ctx, lm_tensor *x);
    then holds spline coefficients); LM_IMG_CONSTANT: cval outside
    [0, n - 1], LM_IMG_NEAREST: clamp to the volume. */
 lm_status lm_map_affine3d(lm_ctx *ctx, const lm_tensor *x, const double *m, int32_t order, int32_t mode, double cval, const int64_t *size, lm_tensor **out);
+
+/* augment (src/ops/augment.c): data-pipeline loops on contiguous
+   "channels x spatial" tensors with nsp = 2 or 3 spatial dims. */
+/* out (C x size) = x at m * (p + disp(p), 1); m nsp x (nsp + 1) row-major
+   from output to input voxel indices, disp NULL or f32 nsp x size. Order 1
+   (f32/f64): linear, taps outside read cval; order 0 (any dtype): nearest. */
+lm_status lm_warp(lm_ctx *ctx, const lm_tensor *x, int32_t nsp, const double *m, const lm_tensor *disp, int32_t order, double cval, const int64_t *size, lm_tensor **out);
+/* Gaussian smoothing along each spatial axis (sigma in voxels, 0 skips an
+   axis), truncated at 4 sigma, mirror-reflected edges (scipy.ndimage's). */
+lm_status lm_gaussian_filter(lm_ctx *ctx, const lm_tensor *x, int32_t nsp, const double *sigma, lm_tensor **out);
+/* A smooth field of the given spatial size from a coarse control grid
+   (C x g...), blended by cubic B-splines; the grid reaches one control
+   point past each end. */
+lm_status lm_bspline_upsample(lm_ctx *ctx, const lm_tensor *x, int32_t nsp, const int64_t *size, lm_tensor **out);
+/* For each label value c (0 .. max), up to limit flat voxel indices holding
+   it, spread evenly; class c's are locations[offsets[c] .. offsets[c+1]). */
+lm_status lm_class_locations(lm_ctx *ctx, const lm_tensor *label, int64_t limit, uint64_t seed, lm_tensor **locations, lm_tensor **offsets);
+
+/* loader (src/core/loader.c): worker threads, each with its own LuaJIT
+   state running script(loader, index), which returns produce(job); batch
+   job goes to the consumer through lm_loader_put, in job order. */
+typedef struct lm_loader lm_loader;
+lm_status lm_loader_new(lm_ctx *ctx, const char *script, int32_t workers, int32_t prefetch, lm_loader **out);
+/* A worker's next job number, or -1 when the loader stops. */
+int64_t lm_loader_next_job(lm_loader *loader);
+/* Hands over a batch (n tensors, each retained) for job. */
+void lm_loader_put(lm_loader *loader, int64_t job, int32_t n, lm_tensor *const *tensors);
+/* The next batch in job order (+1 references); LM_E_WORKER with the
+   worker's message when making it failed. */
+lm_status lm_loader_take(lm_ctx *ctx, lm_loader *loader, int32_t max, lm_tensor **out, int32_t *n);
+/* Stops the workers (each finishes its current job) and frees all. */
+void lm_loader_free(lm_loader *loader);
+/* Threads for this context's own loops only (not BLAS, not other contexts). */
+void lm_ctx_set_loop_threads(lm_ctx *ctx, int32_t n);
+/* window (src/ops/window.c): the loops of sliding-window inference
+   (lua/lumen/inference.lua). out is K x S (S: 1 to 3 spatial sizes), f32 or
+   f64. lm_window_accumulate adds scale * w(r) * pred[c, r] at out[c, start + r]
+   for one window's prediction pred (K x R, out's dtype), where w is the
+   product of per-axis weights (weights: R[0] + R[1] + ... doubles, axis
+   after axis); bit a of flip says pred is mirrored along spatial axis a.
+   start may be negative or run past the end: positions outside out are
+   skipped. lm_window_normalize divides out[c, x] by the product of per-axis
+   sums (sums: S[0] + S[1] + ... doubles, all > 0). */
+lm_status lm_window_accumulate(lm_ctx *ctx, lm_tensor *out, const lm_tensor *pred, const int64_t *start, const double *weights, int32_t flip, double scale);
+lm_status lm_window_normalize(lm_ctx *ctx, lm_tensor *out, const double *sums);
 
 /* norm (src/ops/norm.c): statistics in double; weight and bias may be
    NULL (1 and 0). Batch and group norm take x as N x C x * with per-channel

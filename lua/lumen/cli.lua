@@ -37,7 +37,9 @@ and `...` is a table of parsed options:
   --                          everything after is positional
   other arguments             opts[1], opts[2], ... (strings)
 The global `lumen` is the library.
-Environment: LUMEN_ROOT, LUMEN_LIB, LUMEN_PLUGIN_PATH, OPENBLAS_CORETYPE.
+Environment: LUMEN_ROOT, LUMEN_LIB, LUMEN_PLUGIN_PATH, OPENBLAS_CORETYPE,
+LUMEN_CUDA_LIB (liblumen_cuda.so), LUMEN_NO_CUDA, LUMEN_CUDNN (libcudnn.so.9
+or its folder), LUMEN_CUDA_LIBS (folders holding cuBLAS and cuDNN).
 ]]
 
 local function eprint(...)
@@ -175,16 +177,21 @@ function commands.info()
   print('threads:   ' .. lumen.get_num_threads())
 
   print('devices:')
-  for _, d in ipairs(lumen.devices()) do
-    if d.name == 'cpu' then
-      print('  cpu')
-    elseif d.available then
-      print(string.format('  %s: %d device%s', d.name, d.count, d.count == 1 and '' or 's'))
-      for i, n in ipairs(d.names) do print(string.format('    %d: %s', i - 1, n)) end
-    else
-      print(string.format('  %s: not available (%s)', d.name, d.reason))
-    end
+  print('  cpu')
+  local cs = lumen.cuda.status()
+  if cs.available then
+    print(string.format('  cuda: used, %d device%s', #cs.devices, #cs.devices == 1 and '' or 's'))
+    for i, n in ipairs(cs.devices) do print(string.format('    %d: %s', i - 1, n)) end
+  else
+    print('  cuda: not used: ' .. cs.reason)
   end
+  local function cuda_version(v) return v and v > 0 and string.format('%d.%d', math.floor(v / 1000), math.floor(v % 1000 / 10)) end
+  if cs.runtime then
+    print(string.format('    backend: %s (built with CUDA %s, runtime %s)', cs.library,
+      cuda_version(cs.built_with) or '?', cuda_version(cs.runtime) or '?'))
+  end
+  print('  CUDA libraries (found at run time; LUMEN_CUDNN, LUMEN_CUDA_LIBS choose):')
+  for _, line in ipairs(lumen.cuda.library_report()) do print('    ' .. line) end
 
   print('plugins:')
   local found = lumen.plugins_found()

@@ -176,6 +176,8 @@ function M.wrap(h)
   return box_ct(h)
 end
 
+local handle_ct = ffi.typeof('lm_tensor*')
+
 -- Out-parameter slots, reused: each call site copies the handle out at once.
 M.out1 = ffi.new('lm_tensor*[1]')
 M.out2 = ffi.new('lm_tensor*[1]')
@@ -190,11 +192,22 @@ function M.call(fn, ...)
   out[0] = nil
   local st = fn(ctx, ...)
   if st == C.LM_E_OOM then
+    -- The collection may free the boxes of the very tensors passed here
+    -- (temporaries whose frame a tail call dropped): hold their handles.
+    local n, held = select('#', ...), {}
+    for i = 1, n do
+      local a = select(i, ...)
+      if type(a) == 'cdata' and ffi.istype(handle_ct, a) and a ~= nil then
+        C.lm_tensor_retain(a)
+        held[#held + 1] = a
+      end
+    end
     collectgarbage('collect')
     C.lm_mem_empty_cache(ctx)
     C.lm_ctx_clear_error(ctx)
     out[0] = nil
     st = fn(ctx, ...)
+    for _, a in ipairs(held) do C.lm_tensor_release(a) end
   end
   if st ~= 0 then M.fail(2) end
   return M.wrap(out[0])
@@ -223,6 +236,20 @@ function M.info(t)
   C.lm_tensor_get_info(M.handle(t, 'info', 'tensor'), info)
   return info
 end
+
+-- host(t): t itself when it is on the CPU, else a CPU copy: for code that
+-- reads values through pointers (printing, item, totable, writing files).
+function M.host(t)
+  local h = M.handle(t, 'to', 'tensor')
+  C.lm_tensor_get_info(h, info)
+  if info.device == C.LM_CPU then return t end
+  return M.call(C.lm_to_device, h, C.LM_CPU, M.out1)
+end
+
+-- Device names: 'cpu', 'cuda' (and 'cuda:0', the one device used so far).
+M.devices = { cpu = C.LM_CPU, cuda = C.LM_CUDA, ['cuda:0'] = C.LM_CUDA }
+M.device_names = { [C.LM_CPU] = 'cpu', [C.LM_CUDA] = 'cuda' }
+function M.is_device(v) return type(v) == 'string' and M.devices[v] ~= nil end
 
 -- Registers fn as lumen.name and as the method t:name(...).
 function M.export(lumen, name, fn, method_only)

@@ -3,7 +3,11 @@
 --   local image = require 'lumen.image'
 --   local img = image.read('ch2.nii.gz')
 --   img.data        tensor, dims in the file's index order (i, j, k[, t]),
---                   as nibabel and MONAI give them (a view: no copy)
+--                   as nibabel and MONAI give them (a view: no copy);
+--                   colour images add a trailing channel dim: (x, y, c)
+--                   for PNG (meta.channels 2, 3 or 4), (i, j, k, 3) for
+--                   DICOM (pydicom's (frames, rows, columns, 3) seen in
+--                   i, j, k order; meta.color_space 'RGB' or 'YBR_FULL')
 --   img.affine      4x4 (a Lua list of 4 rows) from voxel index (i, j, k, 1)
 --                   to world millimetres in RAS+ (as NIfTI and nibabel)
 --   img:spacing(), img:origin(), img:direction()  derived from the affine
@@ -117,8 +121,9 @@ end
 -- Formats: one file each, lua/lumen/image/<name>.lua, returning
 -- function(image, lumen) that adds entries to image.formats; a missing
 -- file is skipped. 'ops' (image/ops.lua) adds resampling, reorientation,
--- cropping and intensity methods to Image the same way.
-for _, name in ipairs { 'nifti', 'mha', 'png', 'dicom', 'ops' } do
+-- cropping and intensity methods to Image the same way; 'deform'
+-- (image/deform.lua) adds image.deform, random smooth deformations.
+for _, name in ipairs { 'nifti', 'mha', 'png', 'dicom', 'ops', 'deform' } do
   local ok, mod = pcall(require, 'lumen.image.' .. name)
   if ok then
     mod(image, lumen)

@@ -8,7 +8,7 @@ local lumen = { core = core }
 lumen.version = ffi.string(C.lm_version())
 
 -- Each family module adds its functions to lumen and methods to tensors.
-for _, name in ipairs { 'tensor', 'elementwise', 'reduce', 'linalg', 'shape', 'index', 'random', 'io', 'print', 'plugin', 'autograd' } do
+for _, name in ipairs { 'tensor', 'elementwise', 'reduce', 'linalg', 'shape', 'index', 'random', 'io', 'print', 'plugin', 'autograd', 'device' } do
   local ok, mod = pcall(require, 'lumen.' .. name)
   if ok then
     mod(lumen)
@@ -23,15 +23,7 @@ function lumen.set_num_threads(n)
 end
 function lumen.get_num_threads() return C.lm_get_num_threads(ctx) end
 
--- memory() -> {live, peak, cached, allocs} in bytes (allocs: a count)
-local stats = ffi.new('lm_mem_stats')
-function lumen.memory()
-  C.lm_mem_get_stats(ctx, stats)
-  return { live = tonumber(stats.live_bytes), peak = tonumber(stats.peak_bytes),
-    cached = tonumber(stats.cached_bytes), allocs = tonumber(stats.total_allocs) }
-end
-function lumen.empty_cache() C.lm_mem_empty_cache(ctx) end
-function lumen.reset_peak_memory() C.lm_mem_reset_peak(ctx) end
+-- memory(device), empty_cache(device), reset_peak_memory(device): device.lua
 
 -- clock() -> seconds on a monotonic clock, for timing steps.
 if not pcall(ffi.typeof, 'lumen_timespec') then -- init.lua may run again (busted)

@@ -64,7 +64,7 @@ end
 local function le_contiguous(op, t, what)
   if not core.is_tensor(t) then fail('lumen.%s: %s must be a tensor, got %s', op, what, type(t)) end
   if t.h == nil then fail('lumen.%s: %s was freed', op, what) end
-  if t:device() ~= 'cpu' then fail('lumen.%s: %s is on %s; move it to the CPU first', op, what, t:device()) end
+  t = core.host(t) -- a device tensor is written from a CPU copy
   local c = t:contiguous()
   if not host_le and esize(core.info(c).dtype) > 1 then
     if c == t then c = t:clone() end

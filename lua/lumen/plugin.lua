@@ -232,48 +232,7 @@ function M.found()
   return list
 end
 
--- devices() -> { {name='cpu', available=true}, {name='cuda', available=,
--- count=, names={...}, reason=} }. The CUDA backend is its own library
--- (<build>/liblumen_cuda.so), loaded here on first use like a plugin; when
--- it, the driver or a GPU is missing, reason says which.
-local cuda_lib, cuda_err
-function M.devices()
-  local cuda = { name = 'cuda', available = false, count = 0, names = {} }
-  if not cuda_lib and not cuda_err then
-    local path = build_dir() .. '/liblumen_cuda.so'
-    if not exists(path) then
-      cuda_err = 'liblumen_cuda.so not built (no nvcc at build time)'
-    else
-      pcall(ffi.cdef, [[
-        int32_t lm_cuda_device_count(char *msg, int32_t msg_len);
-        int32_t lm_cuda_device_describe(int32_t i, char *buf, int32_t buf_len);
-      ]])
-      local ok, lib = pcall(ffi.load, path)
-      if ok then cuda_lib = lib else cuda_err = 'liblumen_cuda.so: ' .. tostring(lib) end
-    end
-  end
-  if cuda_lib then
-    local msg = ffi.new('char[256]')
-    local n = cuda_lib.lm_cuda_device_count(msg, 256)
-    if n < 0 then
-      cuda.reason = 'liblumen_cuda.so: ' .. ffi.string(msg)
-    elseif n == 0 then
-      cuda.reason = 'no CUDA device'
-    else
-      cuda.available, cuda.count = true, n
-      for i = 0, n - 1 do
-        cuda_lib.lm_cuda_device_describe(i, msg, 256)
-        cuda.names[i + 1] = ffi.string(msg)
-      end
-    end
-  else
-    cuda.reason = cuda_err
-  end
-  return { { name = 'cpu', available = true, count = 1 }, cuda }
-end
-
 return function(lumen)
-  lumen.devices = M.devices
   lumen.load_plugin = M.load
   lumen.plugins_found = M.found
 end

@@ -169,6 +169,7 @@ return function(lumen)
   local function body(t, indent)
     core.handle(t, 'format_values', 'tensor')
     indent = core.int_arg(indent, 'format_values', 'indent', 0)
+    t = core.host(t)
     local info = core.info(t)
     if tonumber(info.numel) == 0 then return '[]' end
     local summarize = tonumber(info.numel) > opts.threshold
@@ -183,18 +184,12 @@ return function(lumen)
     local dims = {}
     for k = 0, info.ndim - 1 do dims[k + 1] = tostring(tonumber(info.shape[k])) end
     return string.format('[lumen.Tensor %s %s %s]', core.dtype_names[info.dtype],
-      info.ndim == 0 and 'scalar' or table.concat(dims, 'x'), info.device == C.LM_CPU and 'cpu' or 'cuda')
+      info.ndim == 0 and 'scalar' or table.concat(dims, 'x'), core.device_names[info.device] or 'unknown')
   end
 
   core.tensor_mt.__tostring = function(t)
     if t.h == nil then return '[lumen.Tensor (freed)]' end
-    local shown = t
-    if core.info(t).device ~= C.LM_CPU then
-      -- values on the device are copied over first when a backend can
-      local cpu = rawget(core.Tensor, 'cpu')
-      if not cpu then return '[values on the GPU]\n' .. footer(t) end
-      shown = cpu(t)
-    end
-    return body(shown, 0) .. '\n' .. footer(t)
+    -- values on a device are copied to the CPU first (core.host)
+    return body(t, 0) .. '\n' .. footer(t)
   end
 end

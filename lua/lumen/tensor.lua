@@ -174,7 +174,8 @@ return function(lumen)
   Tensor.ndim = Tensor.dim
   function Tensor.numel(t) return tonumber(core.info(t).numel) end
   function Tensor.dtype(t) return core.dtype_names[core.info(t).dtype] end
-  function Tensor.device(t) return core.info(t).device == C.LM_CPU and 'cpu' or 'cuda' end
+  function Tensor.device(t) return core.device_names[core.info(t).device] end
+  function Tensor.is_cuda(t) return core.info(t).device == C.LM_CUDA end
   function Tensor.is_contiguous(t) return core.info(t).contiguous ~= 0 end
   function Tensor.data_ptr(t) return core.info(t).data end
   -- size() -> list of sizes; size(d) -> one size; stride likewise
@@ -334,6 +335,7 @@ return function(lumen)
   -- item(): the value of a one-element tensor
   local scratch = ffi.new('double[1]')
   function Tensor.item(t)
+    t = core.host(t)
     local i = core.info(t)
     if i.numel ~= 1 then error(string.format('lumen.item: tensor has %d elements, expected 1', tonumber(i.numel)), 2) end
     -- copy the value out while t is certainly alive (a tail call drops t)
@@ -342,6 +344,7 @@ return function(lumen)
   end
   -- totable(): nested Lua tables (numbers, or booleans for bool tensors)
   function Tensor.totable(t)
+    t = core.host(t)
     local i = core.info(t)
     local nd, code = i.ndim, i.dtype
     local shape, stride = {}, {}

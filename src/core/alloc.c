@@ -27,11 +27,11 @@ typedef struct bin { size_t size; free_block *head; } bin;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static bin bins[NBINS];
-static int64_t live, peak, cached, total_allocs;
+static int64_t live, peak, cached, total_allocs, system_allocs;
 
 /* Small sizes round to 512 bytes; larger ones to an eighth of their power
    of two, which bounds waste at 12.5% and keeps the number of sizes small. */
-static size_t round_size(size_t n) {
+size_t lm_round_alloc_size(size_t n) {
   if (n == 0) n = 1;
   if (n <= ((size_t)1 << 20)) return (n + 511) & ~(size_t)511;
   size_t p = (size_t)1 << (63 - __builtin_clzll(n));
@@ -64,32 +64,39 @@ static void release_cache_locked(void) {
   }
 }
 
+/* A block of size (rounded) bytes, or of exactly nbytes in sanitizer builds. */
+static void *system_alloc(size_t nbytes, size_t size) {
+  if (CACHING) return aligned_alloc(64, size);
+  void *p;
+  return posix_memalign(&p, 64, nbytes ? nbytes : 1) ? NULL : p;
+}
+
 void *lm_alloc(lm_ctx *ctx, size_t nbytes) {
-  size_t size = round_size(nbytes);
+  size_t size = lm_round_alloc_size(nbytes);
   void *p = NULL;
-  if (!CACHING) {
-    if (posix_memalign(&p, 64, nbytes ? nbytes : 1)) return NULL;
-    goto count;
+  if (CACHING) {
+    pthread_mutex_lock(&lock);
+    bin *b = find_bin(size, false);
+    if (b && b->head) {
+      p = b->head;
+      b->head = b->head->next;
+      cached -= (int64_t)size;
+    }
+    pthread_mutex_unlock(&lock);
   }
-  pthread_mutex_lock(&lock);
-  bin *b = find_bin(size, false);
-  if (b && b->head) {
-    p = b->head;
-    b->head = b->head->next;
-    cached -= (int64_t)size;
-  }
-  pthread_mutex_unlock(&lock);
   if (!p) {
-    p = aligned_alloc(64, size);
+    p = system_alloc(nbytes, size);
     if (!p) { /* give the cache back to the system and try once more */
       pthread_mutex_lock(&lock);
       release_cache_locked();
       pthread_mutex_unlock(&lock);
-      p = aligned_alloc(64, size);
+      p = system_alloc(nbytes, size);
       if (!p) return NULL;
     }
+    pthread_mutex_lock(&lock);
+    system_allocs++;
+    pthread_mutex_unlock(&lock);
   }
-count:
   pthread_mutex_lock(&lock);
   live += (int64_t)size;
   if (live > peak) peak = live;
@@ -101,7 +108,7 @@ count:
 
 void lm_free(void *p, size_t nbytes) {
   if (!p) return;
-  size_t size = round_size(nbytes);
+  size_t size = lm_round_alloc_size(nbytes);
   pthread_mutex_lock(&lock);
   live -= (int64_t)size;
   bin *b = CACHING && cached + (int64_t)size <= CACHE_LIMIT ? find_bin(size, true) : NULL;
@@ -123,6 +130,7 @@ void lm_mem_get_stats(lm_ctx *ctx, lm_mem_stats *out) {
   out->peak_bytes = peak;
   out->cached_bytes = cached;
   out->total_allocs = total_allocs;
+  out->system_allocs = system_allocs;
   pthread_mutex_unlock(&lock);
 }
 

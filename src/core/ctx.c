@@ -111,6 +111,8 @@ void lm_set_num_threads(lm_ctx *ctx, int32_t n) {
   openblas_set_num_threads(n);
 }
 
+void lm_ctx_set_loop_threads(lm_ctx *ctx, int32_t n) { ctx->nthreads = n < 1 ? 1 : n; }
+
 int32_t lm_get_num_threads(const lm_ctx *ctx) { return ctx->nthreads; }
 
 const char *lm_blas_info(void) {

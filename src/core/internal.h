@@ -70,6 +70,11 @@ int32_t lm_wrap_dim(int32_t dim, int32_t ndim);
 /* ---- allocator (process-wide, size-bucketed cache) ---- */
 void *lm_alloc(lm_ctx *ctx, size_t nbytes); /* NULL on OOM; 64-byte aligned */
 void lm_free(void *p, size_t nbytes);
+/* The size a request of nbytes is served with (both caches round alike). */
+size_t lm_round_alloc_size(size_t nbytes);
+/* Device memory through the device's cache (src/core/device.c); errors name op. */
+lm_status lm_device_alloc(lm_ctx *ctx, const char *op, int32_t device, size_t nbytes, void **out);
+void lm_device_free(int32_t device, void *p, size_t nbytes);
 
 /* ---- tensors ---- */
 int64_t lm_numel(const lm_tensor *t);
@@ -79,6 +84,8 @@ static inline char *lm_data(const lm_tensor *t) {
 }
 /* A new contiguous tensor (uninitialised); sets an OOM error naming op. */
 lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
+/* The same on device (LM_CPU or one with a backend). */
+lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
 /* A new tensor header over t's storage. */
 lm_tensor *lm_view_header(const lm_tensor *t);
 bool lm_dtype_valid(int32_t dtype);
@@ -92,7 +99,7 @@ void lm_broadcast_strides(const lm_tensor *t, int32_t ndim, const int64_t *shape
    (ndim, shape); otherwise a new tensor of dtype is made. *res is +1. */
 lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **res);
 /* An error naming op and what when t is NULL or not on the CPU (the only
-   device with kernels so far). */
+   device with kernels so far): the one place that says so. */
 lm_status lm_check_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what);
 /* An error naming op when t is an expanded view (stride 0 on a dim of size
    > 1): writing it would race between threads and lose values. */

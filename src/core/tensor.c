@@ -8,7 +8,12 @@
 
 static void storage_release(lm_storage *s) {
   if (atomic_fetch_sub(&s->refcount, 1) != 1) return;
-  if (!s->external) lm_free(s->data, s->nbytes);
+  if (s->external) {
+  } else if (s->device == LM_CPU) {
+    lm_free(s->data, s->nbytes);
+  } else {
+    lm_device_free(s->device, s->data, s->nbytes);
+  }
   free(s);
 }
 
@@ -104,6 +109,10 @@ static lm_status check_shape(lm_ctx *ctx, const char *op, int32_t ndim, const in
 }
 
 lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  return lm_new_on(ctx, op, LM_CPU, dtype, ndim, shape, out);
+}
+
+lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
   if (!lm_dtype_valid(dtype)) return lm_err(ctx, LM_E_DTYPE, "%s: unknown dtype %d", op, dtype);
   lm_status st = check_shape(ctx, op, ndim, shape);
   if (st) return st;
@@ -112,7 +121,16 @@ lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const
   size_t nbytes = (size_t)numel * lm_dtype_size(dtype);
   lm_tensor *t = calloc(1, sizeof *t);
   lm_storage *s = calloc(1, sizeof *s);
-  void *data = (t && s) ? lm_alloc(ctx, nbytes) : NULL;
+  void *data = NULL;
+  if (t && s && device != LM_CPU) {
+    if ((st = lm_device_alloc(ctx, op, device, nbytes, &data))) {
+      free(t);
+      free(s);
+      return st;
+    }
+  } else if (t && s) {
+    data = lm_alloc(ctx, nbytes);
+  }
   if (!data) {
     free(t);
     free(s);
@@ -123,7 +141,7 @@ lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const
   atomic_init(&s->refcount, 1);
   s->data = data;
   s->nbytes = nbytes;
-  s->device = LM_CPU;
+  s->device = device;
   atomic_init(&t->refcount, 1);
   t->dtype = dtype;
   t->ndim = ndim;
@@ -210,7 +228,8 @@ lm_status lm_prepare_out(lm_ctx *ctx, const char *op, lm_tensor *dst, int32_t dt
 lm_status lm_check_input(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what) {
   if (!t) return lm_err(ctx, LM_E_ARG, "%s: %s is NULL", op, what);
   if (t->storage->device != LM_CPU)
-    return lm_err(ctx, LM_E_DEVICE, "%s: %s is not on the CPU, expected a CPU tensor", op, what);
+    return lm_err(ctx, LM_E_DEVICE, "%s: %s is on %s; this op runs on the CPU only so far (move it with :to('cpu'))",
+                  op, what, lm_device_name(t->storage->device));
   return LM_OK;
 }
 
@@ -310,7 +329,10 @@ static void transpose_tiles(void *arg, int64_t begin, int64_t end) {
 lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
   int32_t nd;
   int64_t shape[LM_MAX_DIMS];
-  lm_status st = lm_broadcast_shape(ctx, "copy", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape);
+  lm_status st;
+  if ((st = lm_check_input(ctx, "copy", dst, "destination")) || (st = lm_check_input(ctx, "copy", src, "source")))
+    return st;
+  st = lm_broadcast_shape(ctx, "copy", dst->ndim, dst->shape, src->ndim, src->shape, &nd, shape);
   if (st) return st;
   bool same = nd == dst->ndim;
   for (int32_t d = 0; same && d < nd; d++) same = shape[d] == dst->shape[d];
@@ -341,7 +363,8 @@ lm_status lm_copy_(lm_ctx *ctx, lm_tensor *dst, const lm_tensor *src) {
 }
 
 lm_status lm_clone(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
-  return lm_to_dtype(ctx, t, t->dtype, out);
+  lm_status st = lm_check_input(ctx, "clone", t, "tensor");
+  return st ? st : lm_to_dtype(ctx, t, t->dtype, out);
 }
 
 /* The gradient of a copy or conversion: g in the input's dtype. */
@@ -352,7 +375,9 @@ static lm_status copy_backward(lm_ctx *ctx, lm_node *n, lm_tensor *const *gout, 
 lm_status lm_to_dtype(lm_ctx *ctx, const lm_tensor *t, int32_t dtype, lm_tensor **out) {
   lm_tensor *r;
   lm_node *n;
-  lm_status st = lm_new(ctx, "to", dtype, t->ndim, t->shape, &r);
+  lm_status st = lm_check_input(ctx, "to", t, "tensor");
+  if (st) return st;
+  st = lm_new(ctx, "to", dtype, t->ndim, t->shape, &r);
   if (st) return st;
   st = lm_copy_(ctx, r, t);
   if (!st && lm_dtype_is_float(dtype) && (st = lm_record(ctx, LM_OP_COPY, copy_backward, 1, &t, 1, &r, &n)) == LM_OK && n)
@@ -368,7 +393,8 @@ lm_status lm_contiguous(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
     *out = (lm_tensor *)t;
     return LM_OK;
   }
-  return lm_clone(ctx, t, out);
+  lm_status st = lm_check_input(ctx, "contiguous", t, "tensor");
+  return st ? st : lm_clone(ctx, t, out);
 }
 
 /* ---- views ---- */

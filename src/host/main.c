@@ -42,8 +42,13 @@ static void exe_dir(char *buf, size_t n) {
 
 static void find_root(char *root, size_t n, const char *exe) {
   const char *env = getenv("LUMEN_ROOT");
+  char above[PATH_MAX], up[PATH_MAX];
+  if (snprintf(up, sizeof up, "%s/..", exe[0] ? exe : ".") >= (int)sizeof up) up[0] = 0;
+  if (!realpath(up, above)) memcpy(above, up, sizeof above);
   if (env && env[0]) {
     snprintf(root, n, "%s", env);
+  } else if (exe[0] && file_exists(above, CLI)) {
+    snprintf(root, n, "%s", above);
   } else if (LUMEN_ROOT[0] && file_exists(LUMEN_ROOT, CLI)) {
     snprintf(root, n, "%s", LUMEN_ROOT);
   } else {
@@ -63,11 +68,14 @@ int main(int argc, char **argv) {
   exe_dir(exe, sizeof exe);
   find_root(root, sizeof root, exe);
 
-  /* A build directory holds lumen next to liblumen.so: use that library
-     unless the user chose one. */
-  if (!getenv("LUMEN_LIB") && exe[0] && file_exists(exe, "/liblumen.so")) {
-    char lib[PATH_MAX];
-    if (snprintf(lib, sizeof lib, "%s/liblumen.so", exe) < (int)sizeof lib) setenv("LUMEN_LIB", lib, 1);
+  /* A build directory holds lumen next to liblumen.so, a bundle holds
+     bin/lumen and lib/liblumen.so: use that library unless the user chose
+     one. */
+  const char *near[] = {"/liblumen.so", "/../lib/liblumen.so"};
+  for (int i = 0; i < 2 && !getenv("LUMEN_LIB") && exe[0]; i++) {
+    char lib[PATH_MAX], real[PATH_MAX];
+    if (file_exists(exe, near[i]) && snprintf(lib, sizeof lib, "%s%s", exe, near[i]) < (int)sizeof lib)
+      setenv("LUMEN_LIB", realpath(lib, real) ? real : lib, 1);
   }
 
   lua_State *L = luaL_newstate();

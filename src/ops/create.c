@@ -6,6 +6,8 @@
 /* Contiguous data: copy the element pattern; strided: broadcast-copy from a
    0-d tensor holding the value. */
 lm_status lm_fill(lm_ctx *ctx, lm_tensor *t, double value) {
+  lm_status cs = lm_check_input(ctx, "fill", t, "tensor");
+  if (cs) return cs;
   union { double d; int64_t i; char c[8]; } u; /* aligned for any dtype */
   char *v = u.c;
   lm_write_from_double(t->dtype, v, value);

@@ -522,7 +522,10 @@ static bool float_valued(int32_t op) {
 static lm_status unary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *x, lm_tensor *dst, lm_tensor **out) {
   if (op < LM_OP_NEG || op > LM_OP_LOGICAL_NOT) return lm_err(ctx, LM_E_ARG, "unary: op %d is not a unary elementwise op", op);
   const char *name = op_label(op);
-  if (!x) return lm_err(ctx, LM_E_ARG, "%s: input tensor is NULL", name);
+  lm_status cs;
+  if ((cs = lm_check_input(ctx, name, x, "input")) ||
+      (dst && (cs = lm_check_input(ctx, name, dst, "destination"))))
+    return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "%s: neither dst nor out given", name);
   int32_t xd = x->dtype, kd, rd, kout;
   if (float_valued(op)) {
@@ -584,7 +587,11 @@ static lm_status binary_forward(lm_ctx *ctx, int32_t op, const lm_tensor *a, con
   lm_status st = check_binary_op(ctx, op);
   if (st) return st;
   const char *name = op_label(op);
-  if (!a || !b) return lm_err(ctx, LM_E_ARG, "%s: input tensor is NULL", name);
+  lm_status cs;
+  if ((cs = lm_check_input(ctx, name, a, "first input")) ||
+      (cs = lm_check_input(ctx, name, b, "second input")) ||
+      (dst && (cs = lm_check_input(ctx, name, dst, "destination"))))
+    return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "%s: neither dst nor out given", name);
   if (op == LM_OP_SUB && (a->dtype == LM_BOOL || b->dtype == LM_BOOL)) return bool_sub_error(ctx);
   ew_plan p = {0};
@@ -620,7 +627,10 @@ static lm_status scalar_forward(lm_ctx *ctx, int32_t op, const lm_tensor *a, dou
   lm_status st = check_binary_op(ctx, op);
   if (st) return st;
   const char *name = op_label(op);
-  if (!a) return lm_err(ctx, LM_E_ARG, "%s: input tensor is NULL", name);
+  lm_status cs;
+  if ((cs = lm_check_input(ctx, name, a, "input")) ||
+      (dst && (cs = lm_check_input(ctx, name, dst, "destination"))))
+    return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "%s: neither dst nor out given", name);
   if (op == LM_OP_SUB && a->dtype == LM_BOOL) return bool_sub_error(ctx);
   int32_t cd = scalar_common(a->dtype, s);
@@ -654,7 +664,10 @@ static int64_t sat_bound(double v, double lo, double hi) {
 }
 
 static lm_status clamp_forward(lm_ctx *ctx, const lm_tensor *x, double lo, double hi, lm_tensor *dst, lm_tensor **out) {
-  if (!x) return lm_err(ctx, LM_E_ARG, "clamp: input tensor is NULL");
+  lm_status cs;
+  if ((cs = lm_check_input(ctx, "clamp", x, "input")) ||
+      (dst && (cs = lm_check_input(ctx, "clamp", dst, "destination"))))
+    return cs;
   if (!dst && !out) return lm_err(ctx, LM_E_ARG, "clamp: neither dst nor out given");
   /* the scalar rule over both bounds; an open (infinite) side does not count */
   int32_t rd = x->dtype;
@@ -682,7 +695,11 @@ static lm_status clamp_forward(lm_ctx *ctx, const lm_tensor *x, double lo, doubl
 /* ---- where ---- */
 
 static lm_status where_forward(lm_ctx *ctx, const lm_tensor *cond, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
-  if (!cond || !a || !b) return lm_err(ctx, LM_E_ARG, "where: input tensor is NULL");
+  lm_status cs;
+  if ((cs = lm_check_input(ctx, "where", cond, "condition")) ||
+      (cs = lm_check_input(ctx, "where", a, "first input")) ||
+      (cs = lm_check_input(ctx, "where", b, "second input")))
+    return cs;
   if (!out) return lm_err(ctx, LM_E_ARG, "where: out is NULL");
   if (cond->dtype != LM_BOOL && cond->dtype != LM_U8)
     return lm_err(ctx, LM_E_DTYPE, "where: condition must be a bool tensor, got %s", lm_dtype_name(cond->dtype));

@@ -60,6 +60,7 @@ static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32
   int32_t ref = -1, dtype = -1;
   for (int32_t i = 0; i < n; i++) {
     if (!ts[i]) return lm_err(ctx, LM_E_ARG, "cat: input %d is NULL", i);
+    if (ts[i]->storage->device != LM_CPU) return lm_check_input(ctx, "cat", ts[i], "an input");
     if (ts[i]->ndim == 0)
       return lm_err(ctx, LM_E_SHAPE, "cat: input %d is 0-dimensional (a scalar) and cannot be concatenated", i);
     dtype = i == 0 ? ts[i]->dtype : lm_dtype_promote(dtype, ts[i]->dtype);
@@ -119,7 +120,8 @@ static lm_status cat_forward(lm_ctx *ctx, int32_t n, lm_tensor *const *ts, int32
 
 /* A copy of a view that walks the flipped dims backwards. */
 static lm_status flip_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int32_t *dims, lm_tensor **out) {
-  if (!t) return lm_err(ctx, LM_E_ARG, "flip: input is NULL");
+  lm_status cs = lm_check_input(ctx, "flip", t, "input");
+  if (cs) return cs;
   if (ndims < 0 || (ndims > 0 && !dims)) return lm_err(ctx, LM_E_ARG, "flip: bad dims list (%d entries)", ndims);
   bool flip[LM_MAX_DIMS] = {false};
   for (int32_t i = 0; i < ndims; i++) {
@@ -184,7 +186,8 @@ static int64_t wrap_shift(int64_t s, int64_t n) {
 }
 
 static lm_status roll_forward(lm_ctx *ctx, const lm_tensor *t, int32_t ndims, const int64_t *shifts, const int32_t *dims, lm_tensor **out) {
-  if (!t) return lm_err(ctx, LM_E_ARG, "roll: input is NULL");
+  lm_status cs = lm_check_input(ctx, "roll", t, "input");
+  if (cs) return cs;
   if (ndims < 0 || !shifts || (ndims > 0 && !dims))
     return lm_err(ctx, LM_E_ARG, "roll: bad shifts/dims lists (%d entries)", ndims);
   int64_t shift[LM_MAX_DIMS] = {0};
@@ -270,7 +273,8 @@ static const char *const pad_mode_names[] = {"constant", "reflect", "replicate"}
 
 static lm_status pad_forward(lm_ctx *ctx, const lm_tensor *t, int32_t npairs, const int64_t *pad, int32_t mode, double value, lm_tensor **out) {
   char x[LM_SHAPE_BUF];
-  if (!t) return lm_err(ctx, LM_E_ARG, "pad: input is NULL");
+  lm_status cs = lm_check_input(ctx, "pad", t, "input");
+  if (cs) return cs;
   if (mode != LM_PAD_CONSTANT && mode != LM_PAD_REFLECT && mode != LM_PAD_REPLICATE)
     return lm_err(ctx, LM_E_ARG, "pad: unknown mode %d (expected constant, reflect or replicate)", mode);
   if (npairs < 0 || (npairs > 0 && !pad))

@@ -10,7 +10,15 @@
 -- pixel data is refused, naming its transfer syntax.
 --
 -- img.data is (columns i, rows j, frames or slices k): the view of the
--- C-order (k, j, i) buffer. The affine follows the DICOM geometry (LPS):
+-- C-order (k, j, i) buffer. Colour (SamplesPerPixel 3) adds a trailing
+-- channel dim: (i, j, k, 3), a view of pydicom's (frames, rows, columns, 3)
+-- for PlanarConfiguration 0 and of (frames, 3, rows, columns) for 1.
+-- RGB, YBR_FULL and YBR_FULL_422 (uncompressed; 4:2:2 pairs upsampled by
+-- repeating Cb and Cr, as pydicom does) are read; the data keeps the
+-- file's colour space, as pydicom's pixel_array does, unless
+-- image.read(path, {rgb = true}) converts 8-bit YBR to RGB with the
+-- equations of convert_color_space (ITU T.871, rounded, clipped to 0..255).
+-- meta.photometric is the file's value, meta.color_space what the data holds. The affine follows the DICOM geometry (LPS):
 -- axis i along the row direction cosines (ImageOrientationPatient[1..3])
 -- times the column spacing (PixelSpacing[2]), axis j along the column
 -- cosines times the row spacing (PixelSpacing[1]), axis k along their
@@ -68,6 +76,7 @@ local T = {
   orientation = tag(0x0020, 0x0037),
   samples = tag(0x0028, 0x0002),
   photometric = tag(0x0028, 0x0004),
+  planar = tag(0x0028, 0x0006),
   frames = tag(0x0028, 0x0008),
   rows = tag(0x0028, 0x0010),
   columns = tag(0x0028, 0x0011),
@@ -86,6 +95,7 @@ local T = {
   pixel_data = tag(0x7FE0, 0x0010),
 }
 local UNDEFINED = 0xFFFFFFFF
+local COLOUR = { RGB = true, YBR_FULL = true, YBR_FULL_422 = true }
 local MAX_INFLATED = 2 ^ 32
 
 return function(image, lumen)
@@ -282,9 +292,23 @@ return function(image, lumen)
     return d.b.u16(el.offset, d.syntax.little)
   end
 
+  -- 8-bit YBR_FULL (..., 3) to RGB u8: ITU T.871 (JPEG File Interchange
+  -- Format) as pydicom's convert_color_space computes it, rounded half up
+  -- and clipped to 0..255.
+  local function ybr_to_rgb(t)
+    local f = t:to('f64')
+    local y, cb, cr = f:select(3, 0), f:select(3, 1) - 128, f:select(3, 2) - 128
+    local r = y + cr * 1.402
+    local g = y + cb * (-0.114 * 1.772 / 0.587) + cr * (-0.299 * 1.402 / 0.587)
+    local b = y + cb * 1.772
+    return lumen.clamp(lumen.floor(lumen.stack({ r, g, b }, 3) + 0.5), 0, 255):to('u8')
+  end
+
   -- Pixels of one parsed file: C-order (frames, rows, columns) tensor,
-  -- plus details for meta.
-  local function pixels(d)
+  -- or (frames, rows, columns, 3) for colour (maybe a view), plus details
+  -- for meta.
+  local function pixels(d, opts)
+    opts = opts or {}
     local bad = d.bad
     local px = d.elems[T.pixel_data]
     if not px then
@@ -297,9 +321,20 @@ return function(image, lumen)
     local rows, cols = get_us(d, T.rows), get_us(d, T.columns)
     if not rows or not cols then bad('Rows or Columns is missing') end
     local spp = get_us(d, T.samples) or 1
-    if spp ~= 1 then
-      bad('SamplesPerPixel is %d (%s): only one sample per pixel (greyscale) is supported', spp,
-        get_str(d, T.photometric) or 'colour')
+    local photometric = get_str(d, T.photometric)
+    local planar = 0
+    if spp == 3 then
+      if not COLOUR[photometric or ''] then
+        bad('SamplesPerPixel is 3 with PhotometricInterpretation %s: expected one of RGB, YBR_FULL, YBR_FULL_422',
+          photometric or '(missing)')
+      end
+      planar = get_us(d, T.planar) or 0
+      if planar ~= 0 and planar ~= 1 then bad('PlanarConfiguration is %d, expected 0 or 1', planar) end
+      if photometric == 'YBR_FULL_422' and planar ~= 0 then
+        bad('YBR_FULL_422 with PlanarConfiguration %d: 4:2:2 data is interleaved (0)', planar)
+      end
+    elseif spp ~= 1 then
+      bad('SamplesPerPixel is %d (%s): expected 1 (greyscale) or 3 (colour)', spp, photometric or 'no PhotometricInterpretation')
     end
     local nf = (get_nums(d, T.frames, 'NumberOfFrames') or { 1 })[1]
     if nf ~= math.floor(nf) or nf < 1 then bad('NumberOfFrames is %s, expected a positive integer', nf) end
@@ -308,11 +343,17 @@ return function(image, lumen)
     if ba ~= 1 and ba ~= 8 and ba ~= 16 and ba ~= 32 then bad('BitsAllocated is %d, expected 1, 8, 16 or 32', ba) end
     local bs = get_us(d, T.bits_stored) or ba
     local signed = (get_us(d, T.pixel_representation) or 0) == 1
-    local count = rows * cols * nf
+    -- samples stored: 4:2:2 keeps two per pixel (Y, and Cb or Cr shared by a pair)
+    local ybr422 = spp == 3 and photometric == 'YBR_FULL_422'
+    local count = rows * cols * nf * (ybr422 and 2 or spp)
     local nbytes = math.ceil(count * ba / 8)
     if nbytes > px.length then
-      bad('header says %dx%d pixels x %d frames of %d bits (%.0f bytes) but the pixel data has %d bytes', cols, rows, nf,
-        ba, nbytes, px.length)
+      bad('header says %dx%d pixels x %d frames%s of %d bits (%.0f bytes) but the pixel data has %d bytes', cols, rows,
+        nf, spp == 3 and (' x ' .. photometric) or '', ba, nbytes, px.length)
+    end
+    if spp == 3 and ba == 1 then bad('BitsAllocated is 1 with 3 samples per pixel, expected 8, 16 or 32') end
+    if ybr422 and (rows * cols * nf) % 2 == 1 then
+      bad('YBR_FULL_422 with an odd number of pixels (%dx%d x %d frames): 4:2:2 stores pixel pairs', cols, rows, nf)
     end
     if ba == 1 then -- bit-packed (segmentations), lowest bit first
       local t = lumen.empty({ nf, rows, cols }, 'u8')
@@ -324,20 +365,40 @@ return function(image, lumen)
     local ctype = (signed and 'int' or 'uint') .. ba .. '_t'
     local dtype = ({ uint8_t = 'u8', int8_t = 'i32', uint16_t = 'i32', int16_t = 'i32', int32_t = 'i32',
       uint32_t = 'i64' })[ctype]
-    local t = lumen.empty({ nf, rows, cols }, dtype)
+    -- the buffer as stored: grey (frames, rows, columns), colour
+    -- interleaved (frames, rows, columns, 3) or planar (frames, 3, rows, columns)
+    local shape = spp == 1 and { nf, rows, cols } or planar == 0 and { nf, rows, cols, 3 } or { nf, 3, rows, cols }
+    local t = lumen.empty(shape, dtype)
     if count > 0 then
       local raw = ffi.new('uint8_t[?]', nbytes)
       ffi.copy(raw, d.b.p + px.offset, nbytes)
       if ba > 8 and (d.syntax.little ~= ffi.abi('le')) then C.lm_byteswap(raw, count, ba / 8) end
       local src = ffi.cast(ctype .. '*', raw)
       local dst = ffi.cast(({ u8 = 'uint8_t', i32 = 'int32_t', i64 = 'int64_t' })[dtype] .. '*', t:data_ptr())
-      for i = 0, count - 1 do dst[i] = src[i] end
+      if ybr422 then
+        -- Y1 Y2 Cb Cr -> Y1 Cb Cr Y2 Cb Cr (DICOM PS3.3 C.7.6.3.1.2)
+        for p = 0, count / 4 - 1 do
+          local i, o = 4 * p, 6 * p
+          dst[o], dst[o + 3] = src[i], src[i + 1]
+          dst[o + 1], dst[o + 4] = src[i + 2], src[i + 2]
+          dst[o + 2], dst[o + 5] = src[i + 3], src[i + 3]
+        end
+      else
+        for i = 0, count - 1 do dst[i] = src[i] end
+      end
+    end
+    if spp == 3 and planar == 1 then t = t:permute(0, 2, 3, 1) end
+    local color_space = spp == 3 and (photometric == 'RGB' and 'RGB' or 'YBR_FULL') or nil
+    if color_space == 'YBR_FULL' and opts.rgb then
+      if ba ~= 8 then bad('rgb = true converts 8-bit YBR only, this file has %d bits', ba) end
+      t, color_space = ybr_to_rgb(t), 'RGB'
     end
     local slope = get_nums(d, T.rescale_slope, 'RescaleSlope')
     local intercept = get_nums(d, T.rescale_intercept, 'RescaleIntercept')
     if d.elems[T.modality_lut] then bad('a Modality LUT Sequence is not supported') end
     return t, { rows = rows, columns = cols, frames = nf, bits_allocated = ba, bits_stored = bs, signed = signed,
-      file_dtype = ctype:gsub('_t$', ''), slope = slope and slope[1], intercept = intercept and intercept[1] }
+      file_dtype = ctype:gsub('_t$', ''), slope = slope and slope[1], intercept = intercept and intercept[1],
+      color_space = color_space, planar = spp == 3 and planar or nil }
   end
 
   local function geometry(d)
@@ -384,21 +445,28 @@ return function(image, lumen)
       photometric = s(T.photometric), rescale_slope = info.slope, rescale_intercept = info.intercept,
       window_center = get_nums(d, T.window_center, 'WindowCenter'),
       window_width = get_nums(d, T.window_width, 'WindowWidth'), file_dtype = info.file_dtype,
-      bits_allocated = info.bits_allocated, bits_stored = info.bits_stored }
+      bits_allocated = info.bits_allocated, bits_stored = info.bits_stored, color_space = info.color_space,
+      planar_configuration = info.planar }
     for k, v in pairs(extra or {}) do m[k] = v end
     return m
+  end
+
+  -- C-order (k, j, i[, c]) to the image's (i, j, k[, c]) view
+  local function ijk(t)
+    if t:dim() == 4 then return t:permute(2, 1, 0, 3) end
+    return t:permute(2, 1, 0)
   end
 
   local function finish(t, info, affine, meta)
     if info.slope and info.intercept then
       t = t:to('f64') * info.slope + info.intercept
     end
-    return image.new(t:permute(2, 1, 0), { affine = affine, meta = meta })
+    return image.new(ijk(t), { affine = affine, meta = meta })
   end
 
-  local function read_one(path)
+  local function read_one(path, opts)
     local d = parse_file(path)
-    local t, info = pixels(d)
+    local t, info = pixels(d, opts)
     local g = geometry(d)
     local dz = (get_nums(d, T.spacing_between, 'SpacingBetweenSlices') or get_nums(d, T.slice_thickness,
       'SliceThickness') or { 1 })[1]
@@ -406,7 +474,7 @@ return function(image, lumen)
     return finish(t, info, affine_of(g, step, d.bad), meta_of(d, info))
   end
 
-  local function read_dir(dir)
+  local function read_dir(dir, opts)
     local function bad(fmt, ...)
       error(string.format("lumen.image.read: '%s': " .. fmt, dir, ...), 0)
     end
@@ -439,12 +507,14 @@ return function(image, lumen)
     table.sort(slices, function(a, b2) return a.where < b2.where end)
     local tensors, info0 = {}, nil
     for i, d in ipairs(slices) do
-      local t, info = pixels(d)
+      local t, info = pixels(d, opts)
       if info.frames ~= 1 then d.bad('a series file has %d frames; series of multi-frame files are not supported', info.frames) end
       if i == 1 then
         info0 = info
       elseif info.rows ~= info0.rows or info.columns ~= info0.columns then
         d.bad('is %dx%d but the series starts with %dx%d', info.columns, info.rows, info0.columns, info0.rows)
+      elseif info.color_space ~= info0.color_space then
+        d.bad('is %s but the series starts with %s', info.color_space or 'greyscale', info0.color_space or 'greyscale')
       end
       if info.slope and info.intercept then t = t:to('f64') * info.slope + info.intercept end
       tensors[i] = t
@@ -465,12 +535,13 @@ return function(image, lumen)
     local info = { slope = nil, intercept = nil, file_dtype = info0.file_dtype, bits_allocated = info0.bits_allocated,
       bits_stored = info0.bits_stored }
     local meta = meta_of(slices[1], info0, { files = files })
-    return image.new(t:permute(2, 1, 0), { affine = affine_of(g1, step, bad), meta = meta }), info
+    return image.new(ijk(t), { affine = affine_of(g1, step, bad), meta = meta }), info
   end
 
   local function read(path, opts)
-    if C.lm_is_dir(path) ~= 0 then return (read_dir(path)) end
-    return read_one(path)
+    opts = core.options(opts, 'image.read', { rgb = true }, 3) -- blames image.read's caller
+    if C.lm_is_dir(path) ~= 0 then return (read_dir(path, opts)) end
+    return read_one(path, opts)
   end
 
   for _, suffix in ipairs { '.dcm', '.dicom' } do image.formats[suffix] = { read = read } end

@@ -13,6 +13,7 @@
 -- 'nearest' extends the edges. The loops are in src/ops/imgproc.c (f64);
 -- images with trailing dims (i, j, k, t) resample volume by volume.
 local ffi = require 'ffi'
+local core = require 'lumen.core'
 
 return function(image, lumen)
   local Image = image.Image
@@ -20,19 +21,8 @@ return function(image, lumen)
 
   local function fail(fn, fmt, ...) error(string.format('lumen.image.' .. fn .. ': ' .. fmt, ...), 3) end
 
-  local function check_opts(fn, opts, known)
-    if opts == nil then return {} end
-    if type(opts) ~= 'table' then fail(fn, 'options must be a table, got %s', type(opts)) end
-    for k in pairs(opts) do
-      if not known[k] then
-        local names = {}
-        for n in pairs(known) do names[#names + 1] = n end
-        table.sort(names)
-        fail(fn, "unknown option '%s' (expected %s)", tostring(k), table.concat(names, ', '))
-      end
-    end
-    return opts
-  end
+  -- level 3: the error points at the caller of the public function
+  local function check_opts(fn, opts, known) return core.options(opts, 'image.' .. fn, known, 3) end
 
   local function check_image(fn, img, what)
     if getmetatable(img) ~= Image then fail(fn, '%s must be an image, got %s', what, type(img)) end
@@ -117,7 +107,6 @@ return function(image, lumen)
   -- Sample the volume (tensor data) at coordinates M * (a, b, c, 1) for
   -- every voxel of out_shape; M is 4x4 (output voxel -> input voxel). The
   -- loops are src/ops/imgproc.c's.
-  local core = require 'lumen.core'
   local C, ctx = core.C, core.ctx
   local function sample(fn, data, M, out_shape, order, mode, cval)
     local src = f64_copy(data)

@@ -9,6 +9,7 @@
 -- Names follow torch's state_dict keys ("enc.0.weight"), so weights move
 -- between the two.
 return function(nn, lumen)
+  local core = lumen.core
   local Module = { __name = 'Module' }
   Module.__index = Module
   nn.Module = Module
@@ -216,19 +217,33 @@ return function(nn, lumen)
     return self
   end
 
-  -- to(dtype) converts parameters and buffers (gradients are dropped);
-  -- to('cpu') is the identity until a GPU backend exists.
-  function Module:to(target)
-    if target == 'cpu' then return self end
-    if target == 'cuda' then error('lumen.nn.to: no CUDA backend is available in this build', 2) end
+  -- to(dtype), to(device), to{device=, dtype=}: moves and converts the
+  -- parameters (still leaves that require grad; gradients are dropped) and
+  -- buffers (all of them move; only float ones change dtype).
+  function Module:to(a, b)
+    local device, dtype
+    for _, v in ipairs { a, b } do
+      if type(v) == 'table' then
+        core.options(v, 'nn.to', { 'device', 'dtype' }, 3)
+        device, dtype = v.device or device, v.dtype or dtype
+      elseif core.is_device(v) then device = v
+      elseif v ~= nil then dtype = v end
+    end
+    if dtype then core.dtype_code(dtype, 2) end
+    if device and device ~= 'cpu' and not lumen.cuda.is_available() then
+      error('lumen.nn.to: CUDA is not available: ' .. lumen.cuda.status().reason, 2)
+    end
     for _, m in ipairs(self:modules()) do
       for _, n in ipairs(m._nn_names.params) do
         local t = rawget(m, n)
-        if t then rawset(m, n, t:detach():to(target):requires_grad_(true)) end
+        if t then rawset(m, n, t:detach():to { device = device, dtype = dtype }:requires_grad_(true)) end
       end
       for _, n in ipairs(m._nn_names.buffers) do
         local t = rawget(m, n)
-        if t and (t:dtype() == 'f32' or t:dtype() == 'f64') then rawset(m, n, t:to(target)) end
+        if t then
+          local float = t:dtype() == 'f32' or t:dtype() == 'f64'
+          rawset(m, n, t:to { device = device, dtype = float and dtype or nil })
+        end
       end
     end
     return self

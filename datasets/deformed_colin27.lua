@@ -1,0 +1,73 @@
+-- deformed_colin27.lua: Colin27 (datasets/colin27.lua) under smooth random
+-- diffeomorphic deformations, with its brain mask and atlases warped the
+-- same way (nearest neighbour, so label values stay). Registration and
+-- segmentation test cases with exact ground truth: the displacement field
+-- that made each case comes with it.
+--   local dc = require('lumen.data').get('deformed_colin27')
+--   local case = dc.make{seed = 1, magnitude_mm = 6, control_mm = 24,
+--                        spacing = nil, atlases = true}
+--     case.image (T1, f32), case.label (brain mask, u8), case.atlases
+--     {aal =, brodmann =} (i32), case.field (3 x I x J x K displacement in
+--     voxels: case.image(x) = colin27(x + field(x)), see lumen.image.deform),
+--     case.velocity, case.original (the undeformed T1).
+--   dc.cases{n = 2, seed = 0, ...}: seeds seed + 1 .. seed + n.
+-- spacing (mm) resamples Colin27 first (faster: 2 mm is 8x fewer voxels).
+-- Fetches mricron-data into the lumen cache when needed.
+local lumen = require 'lumen'
+
+local dc = { name = 'deformed_colin27', synthetic = true,
+  description = 'Colin27 T1 under seeded random diffeomorphisms, with warped brain mask and atlases' }
+
+local known = { seed = true, magnitude_mm = true, control_mm = true, steps = true, spacing = true, atlases = true,
+  cache = true, deb_dir = true, base = true, n = true }
+
+-- `lumen data show` passes its own options (out, max) along to cases
+local show_opts = { out = true, max = true }
+
+local function check(opts, who)
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not known[k] and not (who:match('cases$') and show_opts[k]) then
+      local names = {}
+      for n in pairs(known) do names[#names + 1] = n end
+      table.sort(names)
+      error(string.format("%s: unknown option '%s' (expected %s)", who, tostring(k), table.concat(names, ', ')), 3)
+    end
+  end
+  return opts
+end
+
+-- opts.base: an already loaded colin27 table (image, brain, atlases), to
+-- make several cases from one read.
+function dc.make(opts)
+  opts = check(opts, 'deformed_colin27.make')
+  local image = require 'lumen.image'
+  local base = opts.base or require('lumen.data').get('colin27').load { spacing = opts.spacing,
+    atlases = opts.atlases ~= false, cache = opts.cache, deb_dir = opts.deb_dir }
+  local u, v = image.deform.random_field_for(base.image, { magnitude_mm = opts.magnitude_mm or 6,
+    control_mm = opts.control_mm or 24, seed = opts.seed or 0, steps = opts.steps })
+  local case = { id = 'deformed_colin27_' .. (opts.seed or 0), field = u, velocity = v, original = base.image,
+    image = image.deform.apply(base.image, u, { order = 1 }),
+    label = image.deform.apply(base.brain, u, { order = 0 }) }
+  if base.atlases then
+    case.atlases = {}
+    for name, a in pairs(base.atlases) do case.atlases[name] = image.deform.apply(a, u, { order = 0 }) end
+  end
+  return case
+end
+
+function dc.cases(opts)
+  opts = check(opts, 'deformed_colin27.cases')
+  local base = opts.base or require('lumen.data').get('colin27').load { spacing = opts.spacing,
+    atlases = opts.atlases ~= false, cache = opts.cache, deb_dir = opts.deb_dir }
+  local cases = {}
+  for i = 1, opts.n or 2 do
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.n, o.out, o.max, o.base, o.seed = nil, nil, nil, base, (opts.seed or 0) + i
+    cases[i] = dc.make(o)
+  end
+  return cases
+end
+
+return dc
