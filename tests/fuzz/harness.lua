@@ -10,14 +10,20 @@ local image = require 'lumen.image'
 local M = {}
 local PREFIX = 'lumen.image.read: '
 
--- Reads the file and touches every element of the result in instrumented
--- C code (a sum), so that a tensor whose view overruns its storage shows
--- up under AddressSanitizer.
-local function read(path)
-  local img = image.read(path)
+-- Touches every element of an image's data in instrumented C code (a sum),
+-- so that a tensor whose view overruns its storage shows up under
+-- AddressSanitizer.
+local function touch(img)
   local d = img.data
   if not lumen.is_tensor(d) then error({ finding = 'img.data is not a tensor but a ' .. type(d) }) end
   if d:numel() > 0 then d:sum() end
+  return img
+end
+
+local function read(path)
+  local img = touch(image.read(path))
+  -- an option with its own path: DICOM's YBR to RGB conversion
+  if img.meta.color_space == 'YBR_FULL' then touch(image.read(path, { rgb = true })) end
 end
 
 function M.run(path, reader)
