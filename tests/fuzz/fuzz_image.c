@@ -22,7 +22,14 @@
  * The Lua heap comes from the allocator below: blocks of a page or more end
  * at an inaccessible page, so an FFI read past the end of a large buffer
  * (a whole file read into a string, a header buffer) faults at once. ASan
- * cannot see those reads: LuaJIT's code is not instrumented. */
+ * cannot see those reads: LuaJIT's code is not instrumented.
+ *
+ * By hand: build-fuzz/fuzz_dicom FILE... replays inputs (a finding's
+ * reproducer from build-fuzz/findings/), build-fuzz/fuzz_dicom DIR... fuzzes
+ * (libFuzzer's options apply). Environment: LUMEN_FUZZ_TMP (where the
+ * scratch folder goes, /dev/shm by default), LUMEN_FUZZ_LINES (a file to
+ * write the Lua lines reached to, for tests/fuzz/coverage.lua),
+ * LUMEN_FUZZ_NO_LUA_COVERAGE (no line hook: C coverage only). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
