@@ -27,7 +27,8 @@
  * By hand: build-fuzz/fuzz_dicom FILE... replays inputs (a finding's
  * reproducer from build-fuzz/findings/), build-fuzz/fuzz_dicom DIR... fuzzes
  * (libFuzzer's options apply). Environment: LUMEN_FUZZ_TMP (where the
- * scratch folder goes, /dev/shm by default), LUMEN_FUZZ_LINES (a file to
+ * scratch folder goes: $TMPDIR or /tmp by default; a finding stops the
+ * process before it can remove it), LUMEN_FUZZ_LINES (a file to
  * write the Lua lines reached to, for tests/fuzz/coverage.lua),
  * LUMEN_FUZZ_NO_LUA_COVERAGE (no line hook: C coverage only). */
 #include <dirent.h>
@@ -241,7 +242,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   else lines_out = NULL;
 
   const char *tmp = getenv("LUMEN_FUZZ_TMP");
-  snprintf(dir, sizeof dir, "%s/lumen-fuzz-%s-XXXXXX", tmp && *tmp ? tmp : "/dev/shm", READER);
+  if (!tmp || !*tmp) tmp = getenv("TMPDIR");
+  snprintf(dir, sizeof dir, "%s/lumen-fuzz-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", READER);
   if (!mkdtemp(dir)) die("cannot make the scratch folder");
   atexit(remove_dir);
   write_companions();
