@@ -100,8 +100,9 @@ return function(lumen)
     return t
   end)
 
-  local function float_shape(op, ...)
-    local shape, dtype, device = core.shape_args(op, ...)
+  -- A new float tensor from the arguments parsed by core.shape_args (called
+  -- by rand and randn themselves, so that its errors blame their caller).
+  local function float_shape(op, shape, dtype, device)
     if not core.is_float(dtype) then
       error(string.format('lumen.%s: dtype must be f32 or f64, got %s', op, core.dtype_names[dtype]), 3)
     end
@@ -111,13 +112,13 @@ return function(lumen)
   -- rand(2, 3[, dtype]) or rand({2, 3}[, dtype or {dtype =, device =}]):
   -- uniform on [0, 1); on a device, the same numbers as on the CPU
   function lumen.rand(...)
-    local t = float_shape('rand', ...)
+    local t = float_shape('rand', core.shape_args('rand', ...))
     core.check(C.lm_uniform_(ctx, t.h, 0, 1))
     return t
   end
   -- randn(...): standard normal
   function lumen.randn(...)
-    local t = float_shape('randn', ...)
+    local t = float_shape('randn', core.shape_args('randn', ...))
     core.check(C.lm_normal_(ctx, t.h, 0, 1))
     return t
   end
