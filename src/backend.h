@@ -140,6 +140,21 @@ typedef struct lm_backend {
   int32_t (*gemm)(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha,
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
+
+  /* ---- layer families: convolution (the cuda4 branch's block) ---- */
+
+  /* Convolution's column matrix for n samples of c channels (f32 or f64).
+     geom holds 18 values, each for (depth, height, width), with 1 (padding
+     0) on the dims an op lacks: the image's spatial sizes, the column
+     grid's, the kernel's, stride, padding before, dilation. img is
+     n x c x image (contiguous), cols n x (c * K) x grid with K the kernel's
+     size: row (ch, kd, kh, kw) holds at grid position (od, oh, ow) the image
+     value at (od * stride - pad + kd * dil, ...), 0 where that lies outside.
+     to_cols != 0: cols = im2col(img). to_cols == 0: img = col2im(cols), each
+     image position written with the sum of the column entries that read it
+     (0 when none), in the order (ch, kd, kh, kw). */
+  int32_t (*im2col)(int32_t dtype, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img,
+                    void *cols);
 } lm_backend;
 
 #ifdef __cplusplus

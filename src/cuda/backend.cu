@@ -234,6 +234,8 @@ lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda", description, cu_init, cu_last_error, cu_malloc, cu_free,
     cu_memset, cu_copy_h2d, cu_copy_d2h, cu_copy_d2d, cu_copy_strided, cu_synchronize, cu_mem_info,
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
+    /* layer families (the cuda4 branch's block) */
+    lmcuda::im2col,
 };
 
 } // namespace

@@ -47,6 +47,9 @@ int32_t gemm(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_
              int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b, double beta, void *c,
              int64_t ldc, int64_t stride_c, int64_t batch);
 
+/* Layer families (the cuda4 branch's block): conv.cu. */
+int32_t im2col(int32_t dtype, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img, void *cols);
+
 /* reduce.cu: the fewest elements of a run worth a piece of their own
    (rows, columns). */
 extern int64_t reduce_min_piece[2];

@@ -164,6 +164,31 @@ M.cases = {
     function(s) return { { 5 }, { 4 * s, 6 }, { 6, 5 } } end, F, true, { gemm = true }),
   ew('linear', function(x, w, b) return require('lumen.nn').F.linear(x, w, b) end,
     function(s) return { { 2, 4 * s, 6 }, { 5, 6 }, { 5 } } end, F, true, { gemm = true }),
+  -- layer families (the cuda4 branch's block): convolution through im2col /
+  -- col2im and the GEMM, forward and backward (input, weight, bias)
+  ew('conv2d, stride 2, padding 1, bias', function(x, w, b)
+    return require('lumen.nn').F.conv2d(x, w, b, { stride = 2, padding = 1 })
+  end, function(s) return { { 2, 3, 5 * s, 6 }, { 4, 3, 3, 3 }, { 4 } } end, F, true, { gemm = true }),
+  ew('conv2d, dilation 2, groups 2, asymmetric', function(x, w)
+    return require('lumen.nn').F.conv2d(x, w, nil, { dilation = { 2, 1 }, padding = { 1, 2 }, groups = 2, stride = { 1, 2 } })
+  end, function(s) return { { 2, 4, 6 * s, 5 }, { 6, 2, 2, 3 } } end, F, true, { gemm = true }),
+  ew('conv2d 1x1 (no im2col), unbatched', function(x, w, b)
+    return require('lumen.nn').F.conv2d(x, w, b)
+  end, function(s) return { { 3, 4 * s, 5 }, { 2, 3, 1, 1 }, { 2 } } end, F, true, { gemm = true }),
+  ew('conv1d and conv3d', function(x1, w1, x3, w3, b3)
+    local F_ = require('lumen.nn').F
+    return { F_.conv1d(x1, w1, nil, { padding = 2, stride = 3 }), F_.conv3d(x3, w3, b3, { padding = 1, stride = { 1, 2, 1 } }) }
+  end, function(s) return { { 2, 3, 9 * s }, { 2, 3, 4 }, { 1, 2, 3 * s, 4, 3 }, { 3, 2, 2, 3, 2 }, { 3 } } end, F, true,
+    { gemm = true }),
+  ew('conv_transpose2d, stride 2, output_padding, groups', function(x, w, b)
+    return require('lumen.nn').F.conv_transpose2d(x, w, b, { stride = 2, padding = 1, output_padding = 1, groups = 2 })
+  end, function(s) return { { 2, 4, 3 * s, 4 }, { 4, 3, 3, 3 }, { 6 } } end, F, true, { gemm = true }),
+  ew('conv_transpose1d and conv_transpose3d, dilation', function(x1, w1, x3, w3)
+    local F_ = require('lumen.nn').F
+    return { F_.conv_transpose1d(x1, w1, nil, { dilation = 2, stride = 3 }),
+      F_.conv_transpose3d(x3, w3, nil, { stride = { 2, 1, 1 }, padding = { 0, 1, 0 } }) }
+  end, function(s) return { { 2, 3, 4 * s }, { 3, 2, 3 }, { 1, 2, 2 * s, 3, 3 }, { 2, 2, 2, 3, 2 } } end, F, true,
+    { gemm = true }),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

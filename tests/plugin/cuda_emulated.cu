@@ -144,6 +144,8 @@ lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda-emulated", description, emu_init, emu_last_error, emu_malloc, emu_free,
     emu_memset, emu_copy, emu_copy, emu_copy, emu_strided, emu_sync, emu_mem_info,
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
+    /* layer families (the cuda4 branch's block) */
+    lmcuda::im2col,
 };
 
 } // namespace

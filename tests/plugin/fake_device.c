@@ -441,10 +441,67 @@ static int32_t fake_gemm(int32_t dt, int32_t ta, int32_t tb, int64_t m, int64_t 
   return 0;
 }
 
+/* ---- layer families (the cuda4 branch's block) ---- */
+
+static int64_t n_layer; /* calls of the layer kernels below */
+
+/* im2col as backend.h describes it; col2im as the adjoint: every column
+   entry added (in double) into the image position it read. */
+static int32_t fake_im2col(int32_t dt, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img,
+                           void *cols) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake im2col: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  const int64_t *I = geom, *O = geom + 3, *K = geom + 6, *S = geom + 9, *P = geom + 12, *D = geom + 15;
+  int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2], ksz = K[0] * K[1] * K[2], es = esize(dt);
+  double *acc = NULL;
+  if (!to_cols) {
+    acc = calloc((size_t)(n * c * isz + 1), sizeof *acc);
+    if (!acc) {
+      snprintf(msg, sizeof msg, "fake col2im: out of memory");
+      return LM_E_OOM;
+    }
+  }
+  int64_t e = 0;
+  for (int64_t s = 0; s < n * c; s++)
+    for (int64_t kd = 0; kd < K[0]; kd++)
+      for (int64_t kh = 0; kh < K[1]; kh++)
+        for (int64_t kw = 0; kw < K[2]; kw++)
+          for (int64_t od = 0; od < O[0]; od++)
+            for (int64_t oh = 0; oh < O[1]; oh++)
+              for (int64_t ow = 0; ow < O[2]; ow++, e++) {
+                int64_t id = od * S[0] - P[0] + kd * D[0], ih = oh * S[1] - P[1] + kh * D[1];
+                int64_t iw = ow * S[2] - P[2] + kw * D[2];
+                int inside = id >= 0 && id < I[0] && ih >= 0 && ih < I[1] && iw >= 0 && iw < I[2];
+                int64_t at = s * isz + (id * I[1] + ih) * I[2] + iw;
+                char *col = (char *)cols + e * es;
+                if (to_cols) {
+                  double v = inside ? (dt == LM_F32 ? ((const float *)img)[at] : ((const double *)img)[at]) : 0;
+                  if (dt == LM_F32) *(float *)col = (float)v;
+                  else *(double *)col = v;
+                } else if (inside) {
+                  acc[at] += dt == LM_F32 ? *(const float *)col : *(const double *)col;
+                }
+              }
+  (void)ksz, (void)osz;
+  if (!to_cols) {
+    for (int64_t i = 0; i < n * c * isz; i++) {
+      if (dt == LM_F32) ((float *)img)[i] = (float)acc[i];
+      else ((double *)img)[i] = acc[i];
+    }
+    free(acc);
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
+    /* layer families (the cuda4 branch's block) */
+    fake_im2col,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -468,6 +525,9 @@ void lm_fake_kernel_counts(int64_t *out) {
   out[2] = n_gemm;
 }
 
+/* calls of the layer kernels (im2col, ...) */
+int64_t lm_fake_layer_count(void) { return n_layer; }
+
 /* The table as an older library would give it: its size ends before the op
    kernels (the pointers are there, but past size), so registration accepts
    it and the ops refuse the device. */
@@ -482,6 +542,6 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
 static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
-    fake_elementwise, fake_reduce, fake_gemm,
+    fake_elementwise, fake_reduce, fake_gemm, fake_im2col,
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
