@@ -141,7 +141,7 @@ typedef struct lm_backend {
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
-  /* ---- layer families: convolution (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling (the cuda4 branch's block) ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding
@@ -155,6 +155,29 @@ typedef struct lm_backend {
      (0 when none), in the order (ch, kd, kh, kw). */
   int32_t (*im2col)(int32_t dtype, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img,
                     void *cols);
+  /* Pooling over `planes` contiguous planes (f32 or f64), each seen in 3-D
+     (a 1-D or 2-D pool has unit dims in front). geom holds 18 values, each
+     for (depth, height, width): the input's sizes, the output's, kernel,
+     stride, padding, dilation. Along one dim, output o's window has the taps
+     o * stride - pad + t * dil, t = 0 .. kernel-1, that lie inside the
+     input; for ADAPTIVE_AVG_POOL it is [floor(o * in / out),
+     ceil((o + 1) * in / out)) instead (kernel .. dilation unused). op:
+       LM_OP_MAX_POOL: forward: dst = the window's largest value (NaN wins,
+         a later NaN over an earlier one; ties keep the first tap in (d, h,
+         w) order; a window of -inf gives its first tap), indices (i64, NULL
+         when not wanted) its flat position in the plane. backward: src is
+         the output's gradient, indices the forward's; dst (input-sized)
+         gets at each position the sum, over the outputs whose window holds
+         it as a tap and whose index names it, of their gradients.
+       LM_OP_AVG_POOL, LM_OP_ADAPTIVE_AVG_POOL: forward: dst = the sum over
+         the window / the divisor: `divisor` when > 0, else the product over
+         dims of the window's length (count_pad: the window clipped to the
+         padded input, [start, min(end, in + pad)); else only the taps
+         inside). backward: dst (input-sized) = the sum over the outputs
+         whose window holds the position of gradient / divisor.
+     Sums are in double, over outputs in increasing order. */
+  int32_t (*pool)(int32_t op, int32_t dtype, int32_t backward, int64_t planes, const int64_t *geom,
+                  int32_t count_pad, double divisor, const void *src, void *dst, int64_t *indices);
 } lm_backend;
 
 #ifdef __cplusplus

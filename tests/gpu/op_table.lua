@@ -189,6 +189,36 @@ M.cases = {
       F_.conv_transpose3d(x3, w3, nil, { stride = { 2, 1, 1 }, padding = { 0, 1, 0 } }) }
   end, function(s) return { { 2, 3, 4 * s }, { 3, 2, 3 }, { 1, 2, 2 * s, 3, 3 }, { 2, 2, 2, 3, 2 } } end, F, true,
     { gemm = true }),
+  -- pooling: max (indices, ties, overlapping windows, dilation, ceil mode),
+  -- average (count_include_pad, divisor_override), adaptive
+  ew('max_pool2d with indices, overlapping, padding', function(x)
+    local y, i = require('lumen.nn').F.max_pool2d(x, 3, { stride = 1, padding = 1, return_indices = true })
+    return { y, i }
+  end, function(s) return { { 2, 3, 5 * s, 6 } } end),
+  ew('max_pool2d of ties, dilation, ceil_mode', function(x)
+    local F_ = require('lumen.nn').F
+    local y, i = F_.max_pool2d(x, { 2, 3 }, { stride = 2, dilation = { 2, 1 }, ceil_mode = true, return_indices = true })
+    return { y, i, F_.max_pool2d(x, 2) }
+  end, function(s) return { { { 2, 2, 7 * s, 6 }, ints = true } } end),
+  ew('max_pool1d and max_pool3d', function(x1, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.max_pool1d(x1, 3, { stride = 2, padding = 1 }), F_.max_pool3d(x3, 2, { stride = { 1, 2, 2 } }) }
+  end, function(s) return { { 2, 3, 9 * s }, { 1, 2, 3 * s, 4, 5 } } end),
+  ew('avg_pool2d, count_include_pad both ways, ceil_mode', function(x)
+    local F_ = require('lumen.nn').F
+    return { F_.avg_pool2d(x, 3, { stride = 2, padding = 1 }),
+      F_.avg_pool2d(x, 3, { stride = 2, padding = 1, count_include_pad = false, ceil_mode = true }),
+      F_.avg_pool2d(x, 2, { divisor_override = 3 }) }
+  end, function(s) return { { 2, 3, 6 * s, 7 } } end),
+  ew('avg_pool1d and avg_pool3d, unbatched', function(x1, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.avg_pool1d(x1, 2), F_.avg_pool3d(x3, { 2, 2, 3 }, { stride = 1, padding = { 1, 0, 1 } }) }
+  end, function(s) return { { 3, 8 * s }, { 2, 3 * s, 4, 5 } } end),
+  ew('adaptive_avg_pool 1-3-D, sizes that do not divide', function(x1, x2, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.adaptive_avg_pool1d(x1, 4), F_.adaptive_avg_pool2d(x2, { 3, 4 }), F_.adaptive_avg_pool3d(x3, { 2, 3, 1 }),
+      F_.adaptive_avg_pool2d(x2, 1) }
+  end, function(s) return { { 2, 3, 7 * s }, { 2, 3, 5 * s, 7 }, { 1, 2, 3 * s, 5, 4 } } end),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

@@ -496,12 +496,93 @@ static int32_t fake_im2col(int32_t dt, int32_t to_cols, int64_t n, int64_t c, co
   return 0;
 }
 
+/* Windows along one dim as backend.h describes them: taps lo, lo + step,
+   ... below hi; len is the average pool's share of the divisor. */
+static void fake_window(int32_t op, const int64_t *geom, int d, int64_t o, int32_t count_pad, int64_t *lo, int64_t *hi,
+                        int64_t *step, int64_t *len) {
+  int64_t in = geom[d], out = geom[3 + d], k = geom[6 + d], s = geom[9 + d], pad = geom[12 + d], dil = geom[15 + d];
+  if (op == LM_OP_ADAPTIVE_AVG_POOL) {
+    *lo = (int64_t)floor((double)o * in / out);
+    *hi = (int64_t)ceil((double)(o + 1) * in / out);
+    *step = 1;
+    *len = *hi - *lo;
+    return;
+  }
+  int64_t start = o * s - pad, end = start + (k - 1) * dil + 1;
+  *lo = start;
+  while (*lo < 0) *lo += dil;
+  *hi = end < in ? end : in;
+  *step = dil;
+  *len = 0;
+  for (int64_t t = *lo; t < *hi; t += dil) ++*len;
+  if (count_pad) *len = (end < in + pad ? end : in + pad) - start;
+}
+
+static int32_t fake_pool(int32_t op, int32_t dt, int32_t backward, int64_t planes, const int64_t *geom,
+                         int32_t count_pad, double divisor, const void *src, void *dst, int64_t *indices) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake pool: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  const int64_t *I = geom, *O = geom + 3;
+  int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2];
+  double *acc = NULL;
+  if (backward && !(acc = calloc((size_t)(planes * isz + 1), sizeof *acc))) {
+    snprintf(msg, sizeof msg, "fake pool: out of memory");
+    return LM_E_OOM;
+  }
+#define AT(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+  for (int64_t pl = 0; pl < planes; pl++)
+    for (int64_t od = 0; od < O[0]; od++)
+      for (int64_t oh = 0; oh < O[1]; oh++)
+        for (int64_t ow = 0; ow < O[2]; ow++) {
+          int64_t lo[3], hi[3], st[3], len[3], oo[3] = {od, oh, ow};
+          for (int d = 0; d < 3; d++) fake_window(op, geom, d, oo[d], count_pad, &lo[d], &hi[d], &st[d], &len[d]);
+          int64_t o = pl * osz + (od * O[1] + oh) * O[2] + ow;
+          double div = divisor > 0 ? divisor : (double)(len[0] * len[1] * len[2]);
+          double best = -INFINITY, sum = 0;
+          int64_t best_i = (lo[0] * I[1] + lo[1]) * I[2] + lo[2];
+          if (backward && op == LM_OP_MAX_POOL) {
+            int64_t k = indices[o];
+            if (k >= 0 && k < isz) acc[pl * isz + k] += AT(src, o);
+            continue;
+          }
+          for (int64_t id = lo[0]; id < hi[0]; id += st[0])
+            for (int64_t ih = lo[1]; ih < hi[1]; ih += st[1])
+              for (int64_t iw = lo[2]; iw < hi[2]; iw += st[2]) {
+                int64_t i = (id * I[1] + ih) * I[2] + iw;
+                if (backward) {
+                  acc[pl * isz + i] += AT(src, o) / div;
+                  continue;
+                }
+                double v = AT(src, pl * isz + i);
+                sum += v;
+                if (v > best || isnan(v)) best = v, best_i = i;
+              }
+          if (backward) continue;
+          double r = op == LM_OP_MAX_POOL ? best : sum / div;
+          if (dt == LM_F32) ((float *)dst)[o] = (float)r;
+          else ((double *)dst)[o] = r;
+          if (op == LM_OP_MAX_POOL && indices) indices[o] = best_i;
+        }
+#undef AT
+  if (backward) {
+    for (int64_t i = 0; i < planes * isz; i++) {
+      if (dt == LM_F32) ((float *)dst)[i] = (float)acc[i];
+      else ((double *)dst)[i] = acc[i];
+    }
+    free(acc);
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
-    fake_im2col,
+    fake_im2col, fake_pool,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -542,6 +623,6 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
 static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
-    fake_elementwise, fake_reduce, fake_gemm, fake_im2col,
+    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool,
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
