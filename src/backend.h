@@ -58,6 +58,9 @@ enum {
   LM_PW_END
 };
 
+/* Kinds of the norm_pass entry (the cuda4 branch's block). */
+enum { LM_NORM_MOMENTS = 1, LM_NORM_GRAD_SUMS, LM_NORM_AFFINE, LM_NORM_GRAD_X };
+
 typedef struct lm_backend {
   uint32_t abi;   /* LM_BACKEND_ABI the library was built with */
   uint32_t size;  /* sizeof(lm_backend) as the library saw it */
@@ -141,7 +144,7 @@ typedef struct lm_backend {
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
-  /* ---- layer families: convolution, pooling (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling, normalisation (the cuda4 branch's block) ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding
@@ -178,6 +181,23 @@ typedef struct lm_backend {
      Sums are in double, over outputs in increasing order. */
   int32_t (*pool)(int32_t op, int32_t dtype, int32_t backward, int64_t planes, const int64_t *geom,
                   int32_t count_pad, double divisor, const void *src, void *dst, int64_t *indices);
+  /* One pass of the normalisations (src/ops/norm.c) over groups of
+     elements (f32 or f64 data; everything else f64). layout holds 5 values:
+     ngroups, group_stride, nseg, seg_len, seg_stride: group q's elements,
+     position j = 0 .. nseg * seg_len - 1 in order, are the runs of seg_len
+     contiguous elements starting at q * group_stride + r * seg_stride,
+     r = 0 .. nseg-1. coef holds 4 * ngroups values k, a, b, c (per group),
+     w and bias one per position j (NULL: 1 and 0). kind:
+       LM_NORM_MOMENTS: k[q] := the group's first element (0 when empty),
+         then sums[2q] = sum(x - k[q]), sums[2q + 1] = sum((x - k[q])^2);
+       LM_NORM_GRAD_SUMS: sums[2q] = sum(g w[j]), sums[2q + 1] =
+         sum(g w[j] (x - k[q]));
+       LM_NORM_AFFINE: y = (a[q] x + b[q]) w[j] + bias[j] (a[q] x + b[q]
+         when w and bias are NULL);
+       LM_NORM_GRAD_X: y = a[q] g w[j] + b[q] x + c[q].
+     Sums are in double, added in an order that depends on the sizes only. */
+  int32_t (*norm_pass)(int32_t kind, int32_t dtype, const int64_t *layout, const void *x, const void *g, void *y,
+                       double *coef, const double *w, const double *bias, double *sums);
 } lm_backend;
 
 #ifdef __cplusplus

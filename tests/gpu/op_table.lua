@@ -219,6 +219,26 @@ M.cases = {
     return { F_.adaptive_avg_pool1d(x1, 4), F_.adaptive_avg_pool2d(x2, { 3, 4 }), F_.adaptive_avg_pool3d(x3, { 2, 3, 1 }),
       F_.adaptive_avg_pool2d(x2, 1) }
   end, function(s) return { { 2, 3, 7 * s }, { 2, 3, 5 * s, 7 }, { 1, 2, 3 * s, 5, 4 } } end),
+  -- normalisation: batch norm (training with running statistics, eval),
+  -- group, instance and layer norm, forward and backward
+  ew('batch_norm training, running stats updated', function(x, w, b, rm, rv)
+    local m, v = rm:detach():clone(), rv:detach():abs():clone()
+    local y = require('lumen.nn').F.batch_norm(x, m, v, w, b, true, 0.2, 1e-5)
+    return { y, m, v }
+  end, function(s) return { { 3, 4, 5 * s, 2 }, { 4 }, { 4 }, { 4 }, { 4 } } end),
+  ew('batch_norm eval and without affine (1-D input)', function(x, rm, rv)
+    local F_ = require('lumen.nn').F
+    local m, v = rm:detach(), rv:detach():abs() + 0.5
+    return { F_.batch_norm(x, m, v, nil, nil, false, 0.1, 1e-3), F_.batch_norm(x, nil, nil, nil, nil, true) }
+  end, function(s) return { { 6 * s, 3 }, { 3 }, { 3 } } end),
+  ew('group_norm and instance_norm', function(x, w, b)
+    local F_ = require('lumen.nn').F
+    return { F_.group_norm(x, 2, w, b, 1e-5), F_.instance_norm(x, { weight = w, bias = b }), F_.group_norm(x, 1) }
+  end, function(s) return { { 2, 4, 3 * s, 5 }, { 4 }, { 4 } } end),
+  ew('layer_norm over two dims, with and without affine', function(x, w, b)
+    local F_ = require('lumen.nn').F
+    return { F_.layer_norm(x, { 3, 5 }, w, b, 1e-5), F_.layer_norm(x, { 5 }) }
+  end, function(s) return { { 2, 2 * s, 3, 5 }, { 3, 5 }, { 3, 5 } } end),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

@@ -577,12 +577,47 @@ static int32_t fake_pool(int32_t op, int32_t dt, int32_t backward, int64_t plane
   return 0;
 }
 
+static int32_t fake_norm_pass(int32_t kind, int32_t dt, const int64_t *l, const void *x, const void *g, void *y,
+                              double *coef, const double *w, const double *bias, double *sums) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake norm_pass: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  int64_t G = l[0], len = l[2] * l[3];
+  double *K = coef, *A = coef + G, *B = A + G, *Cc = B + G;
+#define AT(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+  for (int64_t q = 0; q < G; q++) {
+    double s1 = 0, s2 = 0;
+    if (kind == LM_NORM_MOMENTS) K[q] = len ? AT(x, q * l[1]) : 0;
+    for (int64_t j = 0; j < len; j++) {
+      int64_t o = q * l[1] + (j / l[3]) * l[4] + j % l[3];
+      double xv = AT(x, o), r;
+      switch (kind) {
+      case LM_NORM_MOMENTS: s1 += xv - K[q], s2 += (xv - K[q]) * (xv - K[q]); continue;
+      case LM_NORM_GRAD_SUMS: {
+        double gw = AT(g, o) * (w ? w[j] : 1);
+        s1 += gw, s2 += gw * (xv - K[q]);
+        continue;
+      }
+      case LM_NORM_AFFINE: r = (A[q] * xv + B[q]) * (w ? w[j] : 1) + (bias ? bias[j] : 0); break;
+      default: r = A[q] * AT(g, o) * (w ? w[j] : 1) + B[q] * xv + Cc[q]; break;
+      }
+      if (dt == LM_F32) ((float *)y)[o] = (float)r;
+      else ((double *)y)[o] = r;
+    }
+    if (kind == LM_NORM_MOMENTS || kind == LM_NORM_GRAD_SUMS) sums[2 * q] = s1, sums[2 * q + 1] = s2;
+  }
+#undef AT
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
-    fake_im2col, fake_pool,
+    fake_im2col, fake_pool, fake_norm_pass,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -623,6 +658,6 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
 static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
-    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool,
+    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass,
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
