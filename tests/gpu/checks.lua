@@ -17,8 +17,11 @@
 -- printed as a table), the device allocator (cache reuse, stats back to
 -- baseline, empty_cache returning memory), transfer bandwidth, kernel
 -- speed (elementwise and reduction bandwidth, GEMM throughput).
--- To come with the other kernels: LeNet on both devices, the bench
--- workloads beside PyTorch (docs/ARCHITECTURE.md).
+-- LeNet trained for a few steps on both devices from the same weights
+-- (losses and gradients compared), the bench workloads' training steps on
+-- the device (ms per step, or the op a workload still lacks there).
+-- To come: the workloads beside PyTorch, cuDNN against im2col
+-- (docs/ARCHITECTURE.md).
 local opts = ...
 local ffi = require 'ffi'
 local lumen = require 'lumen'
@@ -194,6 +197,50 @@ else
     print(table.concat(op_lines, '\n'))
     print('')
   end
+
+  -- LeNet trained on both devices from the same weights and inputs (bench
+  -- workload, full size on a GPU): losses step by step and the first step's
+  -- gradients. With the workload's loss (cross_entropy) when the device
+  -- has it, else a probe loss (sum of the logits times fixed weights), warned.
+  local train = dofile(here .. '/train_steps.lua')
+  local root = here .. '/../..'
+  check('LeNet training, cuda vs cpu', function()
+    local o = { steps = opts.fake and 1 or 5, small = opts.fake ~= nil, root = root }
+    local ok, r = pcall(train.compare, 'lenet', 'cuda', o)
+    local status
+    if not ok and tostring(r):find('runs on the CPU only so far', 1, true) then
+      status, o.loss = 'WARN', 'probe'
+      r = train.compare('lenet', 'cuda', o)
+    elseif not ok then
+      error(r, 0)
+    end
+    local lines = {}
+    for i = 1, #r.cpu do lines[i] = string.format('%.6g/%.6g', r.cpu[i], r.dev[i]) end
+    assert(r.loss_err < 1e-4 and r.grad_err < 1e-3, string.format('losses cpu/cuda %s: error %.2e, gradients %.2e (%s)',
+      table.concat(lines, ' '), r.loss_err, r.grad_err, tostring(r.worst_grad)))
+    return string.format('%d steps%s, losses cpu/cuda %s (error %.1e), first gradients error %.1e; %.3f s vs %.3f s',
+      #r.cpu, o.loss == 'probe' and ' (probe loss: no cross_entropy on the device yet)' or '', table.concat(lines, ' '),
+      r.loss_err, r.grad_err, r.seconds.cpu, r.seconds.dev), status
+  end)
+
+  -- the bench workloads' training steps on the device (informative: a
+  -- workload whose ops the device lacks is listed as such)
+  check('workload steps on cuda', function()
+    local W = dofile(root .. '/bench/workloads.lua')
+    local parts, missing = {}, {}
+    for _, name in ipairs(W.names) do
+      local ok, err = pcall(function()
+        local steps = opts.fake and 1 or 3
+        local _, _, secs = train.train(name, 'cuda', { steps = 1, small = opts.fake ~= nil, root = root }) -- warm up
+        _, _, secs = train.train(name, 'cuda', { steps = steps, small = opts.fake ~= nil, root = root })
+        parts[#parts + 1] = string.format('%s %.1f ms/step', name, 1000 * secs / steps)
+      end)
+      if not ok then missing[#missing + 1] = name .. ' (' .. (tostring(err):match('lumen%.[%w_]+') or tostring(err)) .. ')' end
+    end
+    local detail = table.concat(parts, ', ')
+    if #missing > 0 then return detail .. (detail ~= '' and '; ' or '') .. 'not yet on the device: ' .. table.concat(missing, ', '), 'WARN' end
+    return detail
+  end)
 
   -- 4. the allocator
   check('device allocator', function()
