@@ -144,7 +144,7 @@ typedef struct lm_backend {
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
-  /* ---- layer families: convolution, pooling, normalisation (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling, normalisation, rnn cells (the cuda4 branch's block) ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding
@@ -198,6 +198,21 @@ typedef struct lm_backend {
      Sums are in double, added in an order that depends on the sizes only. */
   int32_t (*norm_pass)(int32_t kind, int32_t dtype, const int64_t *layout, const void *x, const void *g, void *y,
                        double *coef, const double *w, const double *bias, double *sums);
+  /* The fused pointwise part of an LSTM or GRU cell (src/ops/rnn.c, whose
+     header gives the formulas and the gate orders), for n rows of hidden
+     width H (f32 or f64). Inputs are read row by row, row b of in[k] at
+     in[k] + b * ld[k]; outputs are contiguous. op LM_OP_LSTM_CELL:
+       forward:  in = gates_x, gates_h (n x 4H), c_prev (n x H);
+                 out = h, c (n x H), workspace (n x 5H: i, f, g, o, tanh c);
+       backward: in = dh, dc, c_prev, workspace; out = d gates (n x 4H),
+                 d c_prev (NULL: not wanted).
+     op LM_OP_GRU_CELL:
+       forward:  in = gates_x, gates_h (n x 3H), h_prev; out = h, workspace
+                 (n x 4H: r, z, n, gates_h's n block);
+       backward: in = dh, h_prev, workspace; out = d gates_x, d gates_h
+                 (n x 3H), d h_prev (NULL: not wanted). */
+  int32_t (*rnn_cell)(int32_t op, int32_t dtype, int32_t backward, int64_t n, int64_t H, const void *const *in,
+                      const int64_t *ld, void *const *out);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -239,6 +239,19 @@ M.cases = {
     local F_ = require('lumen.nn').F
     return { F_.layer_norm(x, { 3, 5 }, w, b, 1e-5), F_.layer_norm(x, { 5 }) }
   end, function(s) return { { 2, 2 * s, 3, 5 }, { 3, 5 }, { 3, 5 } } end),
+  -- the fused LSTM and GRU cells (gates of a step selected out of a
+  -- sequence: strided rows), and whole cells with their GEMMs
+  ew('fused lstm and gru cells, strided gates', function(gx, gh, c, gx3, gh3, h)
+    local F_ = require('lumen.nn').F
+    local hl, cl = F_.fused_lstm_cell(gx:select(1, 1), gh, c)
+    return { hl, cl, F_.fused_gru_cell(gx3:select(1, 0), gh3, h) }
+  end, function(s) return { { 3 * s, 2, 20 }, { 3 * s, 20 }, { 3 * s, 5 }, { 3 * s, 2, 15 }, { 3 * s, 15 }, { 3 * s, 5 } } end),
+  ew('lstm_cell and gru_cell with weights', function(x, h, c, wi, wh, bi, bh, wi3, wh3)
+    local F_ = require('lumen.nn').F
+    local h1, c1 = F_.lstm_cell(x, { h, c }, wi, wh, bi, bh)
+    return { h1, c1, F_.gru_cell(x, h, wi3, wh3) }
+  end, function(s) return { { 2 * s, 4 }, { 2 * s, 5 }, { 2 * s, 5 }, { 20, 4 }, { 20, 5 }, { 20 }, { 20 }, { 15, 4 }, { 15, 5 } } end,
+    F, true, { gemm = true }),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

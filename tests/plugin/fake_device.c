@@ -612,12 +612,62 @@ static int32_t fake_norm_pass(int32_t kind, int32_t dt, const int64_t *l, const 
   return 0;
 }
 
+/* The cells in double, rounded to the dtype at each store. */
+static int32_t fake_rnn_cell(int32_t op, int32_t dt, int32_t backward, int64_t n, int64_t H, const void *const *in,
+                             const int64_t *ld, void *const *out) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake rnn_cell: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+#define IN(k, b, i) (dt == LM_F32 ? (double)((const float *)in[k])[(b) * ld[k] + (i)] : ((const double *)in[k])[(b) * ld[k] + (i)])
+#define PUT(k, i, v) (dt == LM_F32 ? (void)(((float *)out[k])[i] = (float)(v)) : (void)(((double *)out[k])[i] = (v)))
+#define RD(v) (dt == LM_F32 ? (double)(float)(v) : (v))
+  for (int64_t b = 0; b < n; b++)
+    for (int64_t j = 0; j < H; j++) {
+      if (op == LM_OP_LSTM_CELL && !backward) {
+        double i = RD(1 / (1 + exp(-(IN(0, b, j) + IN(1, b, j))))), f = RD(1 / (1 + exp(-(IN(0, b, H + j) + IN(1, b, H + j)))));
+        double g = RD(tanh(IN(0, b, 2 * H + j) + IN(1, b, 2 * H + j))), o = RD(1 / (1 + exp(-(IN(0, b, 3 * H + j) + IN(1, b, 3 * H + j)))));
+        double c = RD(f * IN(2, b, j) + i * g), tc = RD(tanh(c));
+        PUT(1, b * H + j, c);
+        PUT(0, b * H + j, o * tc);
+        double w[5] = {i, f, g, o, tc};
+        for (int k = 0; k < 5; k++) PUT(2, b * 5 * H + k * H + j, w[k]);
+      } else if (op == LM_OP_LSTM_CELL) {
+        double i = IN(3, b, j), f = IN(3, b, H + j), g = IN(3, b, 2 * H + j), o = IN(3, b, 3 * H + j), tc = IN(3, b, 4 * H + j);
+        double dh = IN(0, b, j), dct = IN(1, b, j) + dh * o * (1 - tc * tc);
+        PUT(0, b * 4 * H + j, dct * g * i * (1 - i));
+        PUT(0, b * 4 * H + H + j, dct * IN(2, b, j) * f * (1 - f));
+        PUT(0, b * 4 * H + 2 * H + j, dct * i * (1 - g * g));
+        PUT(0, b * 4 * H + 3 * H + j, dh * tc * o * (1 - o));
+        if (out[1]) PUT(1, b * H + j, dct * f);
+      } else if (!backward) {
+        double r = RD(1 / (1 + exp(-(IN(0, b, j) + IN(1, b, j))))), z = RD(1 / (1 + exp(-(IN(0, b, H + j) + IN(1, b, H + j)))));
+        double hn = IN(1, b, 2 * H + j), nn = RD(tanh(IN(0, b, 2 * H + j) + r * hn));
+        PUT(0, b * H + j, (1 - z) * nn + z * IN(2, b, j));
+        double w[4] = {r, z, nn, hn};
+        for (int k = 0; k < 4; k++) PUT(1, b * 4 * H + k * H + j, w[k]);
+      } else {
+        double r = IN(2, b, j), z = IN(2, b, H + j), nn = IN(2, b, 2 * H + j), hn = IN(2, b, 3 * H + j), dh = IN(0, b, j);
+        double dn = dh * (1 - z) * (1 - nn * nn), dz = dh * (IN(1, b, j) - nn) * z * (1 - z), dr = dn * hn * r * (1 - r);
+        PUT(0, b * 3 * H + j, dr), PUT(1, b * 3 * H + j, dr);
+        PUT(0, b * 3 * H + H + j, dz), PUT(1, b * 3 * H + H + j, dz);
+        PUT(0, b * 3 * H + 2 * H + j, dn), PUT(1, b * 3 * H + 2 * H + j, dn * r);
+        if (out[2]) PUT(2, b * H + j, dh * z);
+      }
+    }
+#undef IN
+#undef PUT
+#undef RD
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
-    fake_im2col, fake_pool, fake_norm_pass,
+    fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -658,6 +708,6 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
 static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
-    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass,
+    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell,
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
