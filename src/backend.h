@@ -144,7 +144,7 @@ typedef struct lm_backend {
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
-  /* ---- layer families: convolution, pooling, normalisation, rnn cells (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation (the cuda4 branch's block) ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding
@@ -213,6 +213,19 @@ typedef struct lm_backend {
                  (n x 3H), d h_prev (NULL: not wanted). */
   int32_t (*rnn_cell)(int32_t op, int32_t dtype, int32_t backward, int64_t n, int64_t H, const void *const *in,
                       const int64_t *ld, void *const *out);
+  /* Interpolation (src/ops/resample.c's upsample) over `planes`
+     contiguous planes, seen in 3-D (sizes: in[3], out[3] for (d, h, w); nd
+     of them real, the others 1). tables (device memory, 8-byte slots) hold
+     for each of the 3 dims in turn: i0[out], i1[out] (i64), w0[out],
+     w1[out] (f64): output o reads positions i0 and i1 with weights w0, w1
+     (nearest: i1 = i0, w1 = 0); then lo[in], hi[in] (i64): the outputs
+     reading input i lie in [lo[i], hi[i]). forward: dst = the weighted
+     reads, nested as resample.c (W inside H inside D; nearest reads i0).
+     backward: src is the output's gradient, dst[i] = the sum over the
+     outputs reading input position i of gradient times weight (w0 where
+     i0 names i, plus w1 where i1 does; nearest: w0 only). */
+  int32_t (*interp)(int32_t dtype, int32_t backward, int32_t nd, int32_t nearest, int64_t planes,
+                    const int64_t *sizes, const void *tables, const void *src, void *dst);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -235,7 +235,7 @@ lm_backend table = {
     cu_memset, cu_copy_h2d, cu_copy_d2h, cu_copy_d2d, cu_copy_strided, cu_synchronize, cu_mem_info,
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
     /* layer families (the cuda4 branch's block) */
-    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell,
+    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp,
 };
 
 } // namespace

@@ -14,7 +14,11 @@
  * weights; the gradient for the input scatters them.
  *
  * Kernels are written once over a `bool f64` that always-inlined helpers
- * specialise (float values are computed in double). */
+ * specialise (float values are computed in double).
+ *
+ * On a device, interpolation goes to the backend's interp entry with the
+ * same tables (dev_interp); grid_sample and affine_grid run on the CPU
+ * only so far. */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -245,15 +249,61 @@ LM_INLINE void interp_back_planes(const interp_job *j, int64_t p0, int64_t p1, b
 static void interp_back_f32(void *a, int64_t p0, int64_t p1) { interp_back_planes(a, p0, p1, false); }
 static void interp_back_f64(void *a, int64_t p0, int64_t p1) { interp_back_planes(a, p0, p1, true); }
 
+/* Plan p's interpolation on the device of dst (forward: src = input, dst =
+   output; backward: src = the output's gradient, dst = the input's): the
+   tables go over as backend.h's interp entry lays them out, with the range
+   of outputs that read each input position. */
+static lm_status dev_interp(lm_ctx *ctx, const char *op, const interp_plan *p, bool backward, const lm_tensor *src,
+                            lm_tensor *dst) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(dst), interp, &be);
+  if (st) return st;
+  int64_t n = 0, sizes[6];
+  for (int32_t d = 0; d < 3; d++) {
+    sizes[d] = p->dim[d].in, sizes[3 + d] = p->dim[d].out;
+    n += 4 * p->dim[d].out + 2 * p->dim[d].in;
+  }
+  int64_t *host = malloc((size_t)n * sizeof *host), *t = host;
+  if (!host) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+  for (int32_t d = 0; d < 3; d++) {
+    const interp_dim *w = &p->dim[d];
+    int64_t out = w->out, in = w->in;
+    memcpy(t, w->i0, (size_t)out * 8), memcpy(t + out, w->i1, (size_t)out * 8);
+    memcpy(t + 2 * out, w->w0, (size_t)out * 8), memcpy(t + 3 * out, w->w1, (size_t)out * 8);
+    int64_t *lo = t + 4 * out, *hi = lo + in, a = 0, b = 0;
+    for (int64_t i = 0; i < in; i++) { /* i0 and i1 never decrease along o */
+      while (a < out && w->i1[a] < i) a++;
+      while (b < out && w->i0[b] <= i) b++;
+      lo[i] = a, hi[i] = b > a ? b : a;
+    }
+    t += 4 * out + 2 * in;
+  }
+  lm_tensor *buf = NULL;
+  const int64_t shape[1] = {n};
+  if (!(st = lm_new_on(ctx, op, lm_device_of(dst), LM_F64, 1, shape, &buf))) {
+    if ((st = be->copy_h2d(lm_data(buf), host, (size_t)n * 8)) ||
+        (st = be->interp(dst->dtype, backward, p->nd, p->nearest, p->planes, sizes, lm_data(buf), lm_data(src),
+                         lm_data(dst))))
+      st = lm_backend_fail(ctx, op, be, st);
+  }
+  lm_tensor_release(buf);
+  free(host);
+  return st;
+}
+
 static lm_status upsample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const interp_plan *p = node->extra;
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = lm_new(ctx, "upsample backward", g->dtype, p->ndim, p->shape, &gx))) goto done;
-  interp_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64};
-  int64_t per_plane = lm_numel(g) / (p->planes > 0 ? p->planes : 1) * (1 << p->nd);
-  lm_parallel_for(ctx, p->planes, grain_for(per_plane), j.f64 ? interp_back_f64 : interp_back_f32, &j);
+  if ((st = lm_new_on(ctx, "upsample backward", lm_device_of(g), g->dtype, p->ndim, p->shape, &gx))) goto done;
+  if (lm_device_of(g) != LM_CPU) {
+    if ((st = dev_interp(ctx, "upsample backward", p, true, g, gx))) goto done;
+  } else {
+    interp_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64};
+    int64_t per_plane = lm_numel(g) / (p->planes > 0 ? p->planes : 1) * (1 << p->nd);
+    lm_parallel_for(ctx, p->planes, grain_for(per_plane), j.f64 ? interp_back_f64 : interp_back_f32, &j);
+  }
   gin[0] = gx, gx = NULL;
 done:
   lm_tensor_release(g);
@@ -268,7 +318,7 @@ lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, cons
   char buf[LM_SHAPE_BUF];
   const char *op = "upsample";
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input"))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input"))) return st;
   if (mode != LM_INTERP_NEAREST && mode != LM_INTERP_LINEAR)
     return lm_err(ctx, LM_E_ARG, "upsample: mode %d, expected LM_INTERP_NEAREST or LM_INTERP_LINEAR", mode);
   bool nearest = mode == LM_INTERP_NEAREST;
@@ -297,10 +347,14 @@ lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, cons
   for (int32_t d = 0; d < nd; d++) shape[2 + d] = size[d];
   if ((st = interp_plan_new(ctx, op, x, size, scale, nearest, align_corners != 0, &p))) goto fail;
   if ((st = contiguous_untracked(ctx, x, &xc))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
-  interp_job j = {p, lm_data(xc), lm_data(y), x->dtype == LM_F64};
-  int64_t rows = p->planes * p->dim[0].out * p->dim[1].out;
-  lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * (nearest ? 1 : 1 << nd)), j.f64 ? interp_rows_f64 : interp_rows_f32, &j);
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, shape, &y))) goto fail;
+  if (lm_device_of(x) != LM_CPU) {
+    if ((st = dev_interp(ctx, op, p, false, xc, y))) goto fail;
+  } else {
+    interp_job j = {p, lm_data(xc), lm_data(y), x->dtype == LM_F64};
+    int64_t rows = p->planes * p->dim[0].out * p->dim[1].out;
+    lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * (nearest ? 1 : 1 << nd)), j.f64 ? interp_rows_f64 : interp_rows_f32, &j);
+  }
 
   lm_node *node;
   lm_tensor *outs[1] = {y};

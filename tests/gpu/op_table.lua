@@ -252,6 +252,20 @@ M.cases = {
     return { h1, c1, F_.gru_cell(x, h, wi3, wh3) }
   end, function(s) return { { 2 * s, 4 }, { 2 * s, 5 }, { 2 * s, 5 }, { 20, 4 }, { 20, 5 }, { 20 }, { 20 }, { 15, 4 }, { 15, 5 } } end,
     F, true, { gemm = true }),
+  -- interpolation: nearest and linear in 1-3-D, up and down, align_corners,
+  -- scale factors
+  ew('interpolate nearest and bilinear, up and down', function(x)
+    local F_ = require('lumen.nn').F
+    return { F_.interpolate(x, { size = { 7, 5 } }), F_.interpolate(x, { scale_factor = 2 }),
+      F_.interpolate(x, { size = { 9, 3 }, mode = 'bilinear' }),
+      F_.interpolate(x, { size = { 2, 7 }, mode = 'bilinear', align_corners = true }),
+      F_.interpolate(x, { scale_factor = 1.7, mode = 'bilinear' }) }
+  end, function(s) return { { 2, 3, 4 * s, 5 } } end),
+  ew('interpolate linear and trilinear', function(x1, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.interpolate(x1, { size = 11, mode = 'linear' }), F_.interpolate(x1, { size = 3, mode = 'linear', align_corners = true }),
+      F_.interpolate(x3, { size = { 5, 3, 7 }, mode = 'trilinear' }), F_.interpolate(x3, { scale_factor = 2, mode = 'nearest' }) }
+  end, function(s) return { { 2, 3, 6 * s }, { 1, 2, 3 * s, 4, 3 } } end),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

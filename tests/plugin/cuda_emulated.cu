@@ -145,7 +145,7 @@ lm_backend table = {
     emu_memset, emu_copy, emu_copy, emu_copy, emu_strided, emu_sync, emu_mem_info,
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
     /* layer families (the cuda4 branch's block) */
-    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell,
+    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp,
 };
 
 } // namespace

@@ -662,12 +662,67 @@ static int32_t fake_rnn_cell(int32_t op, int32_t dt, int32_t backward, int64_t n
   return 0;
 }
 
+/* Interpolation from backend.h's tables: forward reads, backward scatters
+   (in double) what each output read; the lo/hi ranges are not used. */
+static int32_t fake_interp(int32_t dt, int32_t backward, int32_t nd, int32_t nearest, int64_t planes,
+                           const int64_t *sizes, const void *tables, const void *src, void *dst) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake interp: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  const int64_t *i0[3], *i1[3];
+  const double *w0[3], *w1[3];
+  const char *t = tables;
+  for (int d = 0; d < 3; d++) {
+    int64_t o = sizes[3 + d];
+    i0[d] = (const int64_t *)t, i1[d] = i0[d] + o, w0[d] = (const double *)(i1[d] + o), w1[d] = w0[d] + o;
+    t = (const char *)(w1[d] + o + 2 * sizes[d]);
+  }
+  int64_t isz = sizes[0] * sizes[1] * sizes[2], osz = sizes[3] * sizes[4] * sizes[5];
+  double *acc = NULL;
+  if (backward && !(acc = calloc((size_t)(planes * isz + 1), sizeof *acc))) {
+    snprintf(msg, sizeof msg, "fake interp: out of memory");
+    return LM_E_OOM;
+  }
+  (void)nd;
+  for (int64_t pl = 0; pl < planes; pl++)
+    for (int64_t od = 0; od < sizes[3]; od++)
+      for (int64_t oh = 0; oh < sizes[4]; oh++)
+        for (int64_t ow = 0; ow < sizes[5]; ow++) {
+          int64_t o = pl * osz + (od * sizes[4] + oh) * sizes[5] + ow;
+          double g = backward ? (dt == LM_F32 ? ((const float *)src)[o] : ((const double *)src)[o]) : 0, v = 0;
+          for (int cd = 0; cd < 2; cd++)
+            for (int ch = 0; ch < 2; ch++)
+              for (int cw = 0; cw < 2; cw++) {
+                if (nearest && (cd || ch || cw)) continue;
+                int64_t id = cd ? i1[0][od] : i0[0][od], ih = ch ? i1[1][oh] : i0[1][oh], iw = cw ? i1[2][ow] : i0[2][ow];
+                double w = (cd ? w1[0][od] : w0[0][od]) * (ch ? w1[1][oh] : w0[1][oh]) * (cw ? w1[2][ow] : w0[2][ow]);
+                if (nearest) w = 1;
+                int64_t i = pl * isz + (id * sizes[1] + ih) * sizes[2] + iw;
+                if (backward) acc[i] += g * w;
+                else v += w * (dt == LM_F32 ? ((const float *)src)[i] : ((const double *)src)[i]);
+              }
+          if (backward) continue;
+          if (dt == LM_F32) ((float *)dst)[o] = (float)v;
+          else ((double *)dst)[o] = v;
+        }
+  if (backward) {
+    for (int64_t i = 0; i < planes * isz; i++) {
+      if (dt == LM_F32) ((float *)dst)[i] = (float)acc[i];
+      else ((double *)dst)[i] = acc[i];
+    }
+    free(acc);
+  }
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
-    fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell,
+    fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -708,6 +763,6 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
 static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
-    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell,
+    fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
