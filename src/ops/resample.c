@@ -17,8 +17,8 @@
  * specialise (float values are computed in double).
  *
  * On a device, interpolation goes to the backend's interp entry with the
- * same tables (dev_interp); grid_sample and affine_grid run on the CPU
- * only so far. */
+ * same tables (dev_interp); affine_grid is two GEMMs there (dev_affine_gemm);
+ * grid_sample runs on the CPU only so far. */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -700,6 +700,36 @@ static void affine_setup(affine_job *j, int32_t nd, const int64_t *spatial, int3
   j->f64 = dtype == LM_F64;
 }
 
+/* On a device, affine_grid is two GEMMs with the matrix B of the points'
+   homogeneous coordinates (P x (nd + 1), made here and moved over):
+   grid_n = B theta_n^T, and theta_n's gradient g_n^T B. */
+static lm_status dev_affine_gemm(lm_ctx *ctx, const char *op, const affine_job *j, int32_t dtype, int32_t dev, bool backward,
+                                 int64_t N, const lm_tensor *src, lm_tensor *dst) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  if (st) return st;
+  int64_t nd = j->nd, nc = nd + 1, bshape[2] = {j->P, nc};
+  lm_tensor *bh = NULL, *bd = NULL;
+  if ((st = lm_new(ctx, op, dtype, 2, bshape, &bh))) return st;
+  for (int64_t p = 0; p < j->P; p++) {
+    double b[4];
+    point_coords(j, p, b);
+    for (int64_t c = 0; c < nc; c++) lm_write_from_double(dtype, lm_data(bh) + (p * nc + c) * lm_dtype_size(dtype), b[c]);
+  }
+  if (!(st = lm_to_device(ctx, bh, dev, &bd))) {
+    if (backward) /* dtheta_n (nd x nc) = g_n^T (nd x P) B (P x nc) */
+      st = be->gemm(dtype, 1, 0, nd, nc, j->P, 1.0, lm_data(src), nd, j->P * nd, lm_data(bd), nc, 0, 0.0, lm_data(dst),
+                    nc, nd * nc, N);
+    else /* grid_n (P x nd) = B (P x nc) theta_n^T (nc x nd) */
+      st = be->gemm(dtype, 0, 1, j->P, nd, nc, 1.0, lm_data(bd), nc, 0, lm_data(src), nc, nd * nc, 0.0, lm_data(dst),
+                    nd, j->P * nd, N);
+    if (st) st = lm_backend_fail(ctx, op, be, st);
+  }
+  lm_tensor_release(bh);
+  lm_tensor_release(bd);
+  return st;
+}
+
 static lm_status affine_grid_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   int32_t nd = (int32_t)node->ip[0];
   int64_t N = node->ip[1];
@@ -710,13 +740,17 @@ static lm_status affine_grid_backward(lm_ctx *ctx, lm_node *node, lm_tensor *con
   lm_status st;
   int64_t shape[3] = {N, nd, nd + 1};
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = lm_new(ctx, "affine_grid backward", g->dtype, 3, shape, &gt))) goto done;
+  if ((st = lm_new_on(ctx, "affine_grid backward", lm_device_of(g), g->dtype, 3, shape, &gt))) goto done;
   if (!(mem = affine_bases(&j, node->ip[5] != 0))) {
     st = lm_err(ctx, LM_E_OOM, "affine_grid backward: out of memory");
     goto done;
   }
   j.g = lm_data(g), j.out = lm_data(gt);
-  lm_parallel_for(ctx, N, grain_for(j.P * nd * (nd + 1)), j.f64 ? affine_back_f64 : affine_back_f32, &j);
+  if (lm_device_of(g) != LM_CPU) {
+    if ((st = dev_affine_gemm(ctx, "affine_grid backward", &j, g->dtype, lm_device_of(g), true, N, g, gt))) goto done;
+  } else {
+    lm_parallel_for(ctx, N, grain_for(j.P * nd * (nd + 1)), j.f64 ? affine_back_f64 : affine_back_f32, &j);
+  }
   gin[0] = gt, gt = NULL;
 done:
   free(mem);
@@ -730,7 +764,7 @@ lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, 
   const char *op = "affine_grid";
   char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, theta, "theta")) || (st = check_float(ctx, op, theta, "theta"))) return st;
+  if ((st = lm_check_arg(ctx, op, theta, "theta")) || (st = check_float(ctx, op, theta, "theta"))) return st;
   if (!size || (size_len != 4 && size_len != 5))
     return lm_err(ctx, LM_E_ARG, "%s: size has %d entries, expected 4 (N x C x H x W) or 5 (N x C x D x H x W)", op,
                   size ? size_len : 0);
@@ -751,13 +785,17 @@ lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, 
   for (int32_t d = 0; d < nd; d++) shape[1 + d] = size[2 + d];
   shape[1 + nd] = nd;
   if ((st = contiguous_untracked(ctx, theta, &tc))) goto fail;
-  if ((st = lm_new(ctx, op, theta->dtype, nd + 2, shape, &y))) goto fail;
+  if ((st = lm_new_on(ctx, op, lm_device_of(theta), theta->dtype, nd + 2, shape, &y))) goto fail;
   if (!(mem = affine_bases(&j, align_corners != 0))) {
     st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
     goto fail;
   }
   j.theta = lm_data(tc), j.out = lm_data(y);
-  lm_parallel_for(ctx, size[0] * j.P, grain_for(nd * (nd + 1)), j.f64 ? affine_fwd_f64 : affine_fwd_f32, &j);
+  if (lm_device_of(theta) != LM_CPU) {
+    if ((st = dev_affine_gemm(ctx, op, &j, theta->dtype, lm_device_of(theta), false, size[0], tc, y))) goto fail;
+  } else {
+    lm_parallel_for(ctx, size[0] * j.P, grain_for(nd * (nd + 1)), j.f64 ? affine_fwd_f64 : affine_fwd_f32, &j);
+  }
 
   lm_node *node;
   lm_tensor *outs[1] = {y};

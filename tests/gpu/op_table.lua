@@ -266,6 +266,11 @@ M.cases = {
     return { F_.interpolate(x1, { size = 11, mode = 'linear' }), F_.interpolate(x1, { size = 3, mode = 'linear', align_corners = true }),
       F_.interpolate(x3, { size = { 5, 3, 7 }, mode = 'trilinear' }), F_.interpolate(x3, { scale_factor = 2, mode = 'nearest' }) }
   end, function(s) return { { 2, 3, 6 * s }, { 1, 2, 3 * s, 4, 3 } } end),
+  ew('affine_grid 2-D and 3-D, align_corners both ways', function(t2, t3)
+    local F_ = require('lumen.nn').F
+    return { F_.affine_grid(t2, { 2, 1, 4, 5 }), F_.affine_grid(t2, { 2, 3, 3, 6 }, { align_corners = false }),
+      F_.affine_grid(t3, { 1, 1, 3, 2, 4 }) }
+  end, function(s) return { { 2, 2, 3 }, { 1, 3, 4 } } end, F, true, { gemm = true }),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()
