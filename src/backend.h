@@ -144,7 +144,7 @@ typedef struct lm_backend {
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
-  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation, grid_sample (the cuda4 branch's block) ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding
@@ -226,6 +226,15 @@ typedef struct lm_backend {
      i0 names i, plus w1 where i1 does; nearest: w0 only). */
   int32_t (*interp)(int32_t dtype, int32_t backward, int32_t nd, int32_t nearest, int64_t planes,
                     const int64_t *sizes, const void *tables, const void *src, void *dst);
+  /* grid_sample (src/ops/resample.c, whose comments give the sampling
+     rules) of x (N x C x in, contiguous; in[3] = D, H, W with D = 1 in 2-D)
+     at grid (N x P x nd, contiguous) points; flags: 1 nearest, 2 border
+     padding (else zeros), 4 align_corners. forward: y (N x C x P) = the
+     samples. backward: g is the output's gradient (N x C x P); y, when not
+     NULL, receives the input's gradient (each plane's points added in
+     order), ggrid, when not NULL, the grid's (summed over channels). */
+  int32_t (*grid_sample)(int32_t dtype, int32_t backward, int32_t nd, int32_t flags, int64_t N, int64_t C, int64_t P,
+                         const int64_t *in, const void *x, const void *grid, const void *g, void *y, void *ggrid);
 } lm_backend;
 
 #ifdef __cplusplus

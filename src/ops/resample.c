@@ -18,7 +18,7 @@
  *
  * On a device, interpolation goes to the backend's interp entry with the
  * same tables (dev_interp); affine_grid is two GEMMs there (dev_affine_gemm);
- * grid_sample runs on the CPU only so far. */
+ * grid_sample goes to the backend's grid_sample entry (dev_grid). */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -534,6 +534,18 @@ static void grid_job_setup(grid_job *j, const lm_tensor *x, const lm_tensor *gri
   j->nearest = (params & 1) != 0, j->border = (params & 2) != 0, j->align = (params & 4) != 0;
 }
 
+/* grid_sample on a device: the backend's grid_sample entry with the job's
+   sizes and flags (forward: y = the samples; backward: gx, gg when given). */
+static lm_status dev_grid(lm_ctx *ctx, const char *op, const grid_job *j, int32_t dev, int32_t dtype, int64_t params,
+                          bool backward, void *y, void *gg) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, grid_sample, &be);
+  if (st) return st;
+  if ((st = be->grid_sample(dtype, backward, j->nd, (int32_t)params, j->N, j->C, j->P, j->in, j->x, j->grid, j->g, y, gg)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
 static lm_status grid_sample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *x = node->saved[0], *grid = node->saved[1];
   lm_tensor *g = NULL, *gx = NULL, *gg = NULL;
@@ -542,6 +554,17 @@ static lm_status grid_sample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *con
   grid_job_setup(&j, x, grid, node->ip[0]);
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
   j.x = lm_data(x), j.grid = lm_data(grid), j.g = lm_data(g);
+  if (lm_device_of(x) != LM_CPU) {
+    int32_t dev = lm_device_of(x);
+    if ((node->needs[0] && (st = lm_new_on(ctx, "grid_sample backward", dev, x->dtype, x->ndim, x->shape, &gx))) ||
+        (node->needs[1] && (st = lm_new_on(ctx, "grid_sample backward", dev, grid->dtype, grid->ndim, grid->shape, &gg))))
+      goto done;
+    if ((st = dev_grid(ctx, "grid_sample backward", &j, dev, x->dtype, node->ip[0], true, gx ? lm_data(gx) : NULL,
+                       gg ? lm_data(gg) : NULL)))
+      goto done;
+    gin[0] = gx, gin[1] = gg, gx = gg = NULL;
+    goto done;
+  }
   if (node->needs[0]) {
     if ((st = lm_new(ctx, "grid_sample backward", x->dtype, x->ndim, x->shape, &gx))) goto done;
     j.y = lm_data(gx);
@@ -565,7 +588,11 @@ lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid,
   const char *op = "grid_sample";
   char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input")) || (st = lm_check_input(ctx, op, grid, "grid"))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input")) || (st = lm_check_arg(ctx, op, grid, "grid"))) return st;
+  const lm_tensor *both[2] = {x, grid};
+  const char *const names[2] = {"input", "grid"};
+  int32_t dev;
+  if ((st = lm_op_device(ctx, op, 2, both, names, false, &dev))) return st;
   if ((st = check_float(ctx, op, x, "input")) || (st = check_float(ctx, op, grid, "grid"))) return st;
   if (grid->dtype != x->dtype)
     return lm_err(ctx, LM_E_DTYPE, "%s: grid dtype %s with input dtype %s, expected the same dtype", op,
@@ -591,12 +618,16 @@ lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid,
   int64_t shape[LM_MAX_DIMS] = {x->shape[0], x->shape[1]};
   for (int32_t d = 1; d < grid->ndim - 1; d++) shape[d + 1] = grid->shape[d];
   if ((st = contiguous_untracked(ctx, x, &xc)) || (st = contiguous_untracked(ctx, grid, &gc))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
+  if ((st = lm_new_on(ctx, op, dev, x->dtype, x->ndim, shape, &y))) goto fail;
   int64_t params = (mode == LM_INTERP_NEAREST) | (padding_mode == LM_GRID_PAD_BORDER) << 1 | (align_corners != 0) << 2;
   grid_job j;
   grid_job_setup(&j, x, grid, params);
-  j.x = lm_data(xc), j.grid = lm_data(gc), j.y = lm_data(y);
-  lm_parallel_for(ctx, j.N * j.P, grain_for(j.C * 8), j.f64 ? grid_fwd_f64 : grid_fwd_f32, &j);
+  j.x = lm_data(xc), j.grid = lm_data(gc), j.y = lm_data(y), j.g = NULL;
+  if (dev != LM_CPU) {
+    if ((st = dev_grid(ctx, op, &j, dev, x->dtype, params, false, j.y, NULL))) goto fail;
+  } else {
+    lm_parallel_for(ctx, j.N * j.P, grain_for(j.C * 8), j.f64 ? grid_fwd_f64 : grid_fwd_f32, &j);
+  }
 
   lm_node *node;
   const lm_tensor *ins[2] = {x, grid};

@@ -271,6 +271,16 @@ M.cases = {
     return { F_.affine_grid(t2, { 2, 1, 4, 5 }), F_.affine_grid(t2, { 2, 3, 3, 6 }, { align_corners = false }),
       F_.affine_grid(t3, { 1, 1, 3, 2, 4 }) }
   end, function(s) return { { 2, 2, 3 }, { 1, 3, 4 } } end, F, true, { gemm = true }),
+  ew('grid_sample 2-D: bilinear zeros, nearest border, align_corners', function(x, g)
+    local F_ = require('lumen.nn').F
+    local gg = g * 0.8
+    return { F_.grid_sample(x, gg), F_.grid_sample(x, gg, { mode = 'nearest', padding_mode = 'border', align_corners = true }),
+      F_.grid_sample(x, gg, { padding_mode = 'border' }) }
+  end, function(s) return { { 2, 3, 4 * s, 5 }, { 2, 3, 4 * s, 2 } } end),
+  ew('grid_sample 3-D, bilinear and nearest', function(x, g)
+    local F_ = require('lumen.nn').F
+    return { F_.grid_sample(x, g * 0.8, { align_corners = true }), F_.grid_sample(x, g * 0.6, { mode = 'nearest' }) }
+  end, function(s) return { { 1, 2, 3 * s, 4, 3 }, { 1, 2, 3, 2 * s, 3 } } end),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

@@ -717,12 +717,81 @@ static int32_t fake_interp(int32_t dt, int32_t backward, int32_t nd, int32_t nea
   return 0;
 }
 
+/* grid_sample with resample.c's rules, in double, point by point. */
+typedef struct fake_axis { int64_t i0; double w0, w1, mult; } fake_axis;
+static fake_axis fake_axis_at(int32_t flags, double gv, int64_t size) {
+  fake_axis a;
+  int nearest = flags & 1, border = flags & 2, align = flags & 4;
+  double c = align ? (gv + 1) / 2 * (double)(size - 1) : ((gv + 1) * (double)size - 1) / 2;
+  a.mult = align ? (double)(size - 1) / 2 : (double)size / 2;
+  if (border) {
+    if (!(c > 0)) c = 0, a.mult = 0;
+    else if (c >= (double)(size - 1)) c = (double)(size - 1), a.mult = 0;
+  }
+  double f = nearest ? nearbyint(c) : floor(c);
+  a.i0 = f >= -1 && f <= (double)size ? (int64_t)f : -2;
+  a.w1 = nearest ? 0 : c - f;
+  a.w0 = nearest ? 1 : (f + 1) - c;
+  return a;
+}
+
+static int32_t fake_grid_sample(int32_t dt, int32_t backward, int32_t nd, int32_t flags, int64_t N, int64_t C, int64_t P,
+                                const int64_t *in, const void *x, const void *grid, const void *g, void *y, void *ggrid) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake grid_sample: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+#define V(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+#define SET(p, i, v) (dt == LM_F32 ? (void)(((float *)(p))[i] = (float)(v)) : (void)(((double *)(p))[i] = (v)))
+  int64_t plane = in[0] * in[1] * in[2];
+  int nearest = flags & 1;
+  if (backward && y)
+    for (int64_t i = 0; i < N * C * plane; i++) SET(y, i, 0);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t p = 0; p < P; p++) {
+      fake_axis ax[3] = {{0, 1, 0, 0}, {0, 1, 0, 0}, {0, 1, 0, 0}};
+      for (int c = 0; c < nd; c++) ax[2 - c] = fake_axis_at(flags, V(grid, (n * P + p) * nd + c), in[2 - c]);
+      double acc[3] = {0, 0, 0};
+      int nk = nd == 3 && !nearest ? 2 : 1, nh = nearest ? 1 : 2;
+      for (int64_t ch = 0; ch < C; ch++) {
+        int64_t q = n * C + ch;
+        double v = 0, gv = backward ? V(g, q * P + p) : 0;
+        for (int a = 0; a < nk; a++)
+          for (int b = 0; b < nh; b++)
+            for (int c = 0; c < nh; c++) {
+              int64_t id = ax[0].i0 + a, ih = ax[1].i0 + b, iw = ax[2].i0 + c;
+              if ((nd == 3 && (id < 0 || id >= in[0])) || ih < 0 || ih >= in[1] || iw < 0 || iw >= in[2]) continue;
+              if (nd == 2) id = 0;
+              double wd = nd == 3 ? (a ? ax[0].w1 : ax[0].w0) : 1, wh = b ? ax[1].w1 : ax[1].w0, ww = c ? ax[2].w1 : ax[2].w0;
+              int64_t off = q * plane + (id * in[1] + ih) * in[2] + iw;
+              double w = ww * wh * wd, xv = V(x, off);
+              if (!backward) {
+                v += w * xv;
+              } else {
+                if (y) SET(y, off, V(y, off) + (dt == LM_F32 ? (double)(float)(w * gv) : w * gv));
+                acc[2] += xv * gv * (c ? 1 : -1) * wh * wd;
+                acc[1] += xv * gv * (b ? 1 : -1) * ww * wd;
+                acc[0] += xv * gv * (a ? 1 : -1) * ww * wh;
+              }
+            }
+        if (!backward) SET(y, q * P + p, v);
+      }
+      if (backward && ggrid)
+        for (int c = 0; c < nd; c++) SET(ggrid, (n * P + p) * nd + c, nearest ? 0 : acc[2 - c] * ax[2 - c].mult);
+    }
+#undef V
+#undef SET
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
     fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
+    fake_grid_sample,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -764,5 +833,6 @@ static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
+    fake_grid_sample,
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
