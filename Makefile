@@ -1,10 +1,11 @@
-# lumen - one Makefile: make, make deps, make test, make demo, make bench
+# lumen - one Makefile: make, make deps, make test, make demo, make bench, make fuzz
 B       ?= build
 CC      ?= cc
 CFLAGS  ?= -O2
+OPENMP  ?= -fopenmp
 # -Wno-psabi: the f32 kernels' 8-lane vector helpers (internal.h) are always
 # inlined, so the notes on how such vectors would be passed are moot.
-override CFLAGS += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-psabi
+override CFLAGS += -std=c11 -D_GNU_SOURCE -fPIC $(OPENMP) -Wall -Wextra -Wno-unused-parameter -Wno-psabi
 LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 LUAJIT_LIBS   := $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -27,7 +28,7 @@ DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev libopenblas-dev 
 # host table of src/plugin.h). The test plugins live in tests/plugin/.
 PLUGINS      := $(patsubst plugins/%/,$(B)/plugins/%.so,$(wildcard plugins/*/))
 TEST_PLUGINS := $(B)/tests/plugins/clip_relu.so $(B)/tests/plugins/clip_relu_abi99.so $(B)/tests/plugins/fake_device.so
-PLUGIN_CFLAGS = $(filter-out -fopenmp,$(CFLAGS)) -Isrc -shared
+PLUGIN_CFLAGS = $(filter-out $(OPENMP),$(CFLAGS)) -Isrc -shared
 
 TARGETS := $(B)/liblumen.so $(B)/lumen $(PLUGINS)
 ifneq ($(NVCC),)
@@ -35,7 +36,7 @@ TARGETS += $(B)/liblumen_cuda.so
 TEST_PLUGINS += $(B)/tests/plugins/cuda_emulated.so
 endif
 
-.PHONY: all deps test demo bench cdef clean bundle
+.PHONY: all deps test demo bench cdef clean bundle fuzz
 all: $(TARGETS)
 
 $(B)/obj/%.o: src/%.c $(HEADERS)
@@ -53,7 +54,7 @@ $(B)/obj/ops/optim.o: override CFLAGS += -fno-math-errno
 # dependencies (OpenBLAS's libgfortran), which a RUNPATH would not.
 RPATH_ORIGIN := -Wl,--disable-new-dtags -Wl,-rpath,'$$ORIGIN'
 $(B)/liblumen.so: $(LIB_OBJ)
-	$(CC) -shared -fopenmp -Wl,-z,nodelete $(RPATH_ORIGIN) -o $@ $^ -lopenblas -lpng -lz -lm -lpthread -ldl
+	$(CC) -shared $(OPENMP) $(LDFLAGS) -Wl,-z,nodelete $(RPATH_ORIGIN) -o $@ $^ -lopenblas -lpng -lz -lm -lpthread -ldl
 
 # The host embeds LuaJIT but does not link liblumen: the Lua module loads it
 # after choosing OpenBLAS's kernel set (OpenBLAS reads that when it loads).
@@ -135,7 +136,32 @@ bench: deps
 	@LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' luajit bench/crf.lua
 
 clean:
-	rm -rf build
+	rm -rf build build-fuzz
+
+# make fuzz: a libFuzzer target per image reader (tests/fuzz/), each run for
+# FUZZ_SECONDS against a liblumen built with clang, AddressSanitizer and
+# UBSan in build-fuzz/ (no OpenMP: one thread; LM_SANITIZE: no allocator
+# cache). Reports in build-fuzz/report/; fails when any reader has a finding.
+FUZZ_B       := build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_READERS ?= nifti mha png dicom
+FUZZ_SECONDS ?= 600
+FUZZ_MAX_LEN ?= 65536
+
+fuzz: deps
+	@sh tools/deps.sh clang libclang-rt-dev
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory B=$(FUZZ_B) CC=$(FUZZ_CC) OPENMP= LDFLAGS='$(FUZZ_SAN)' \
+	  CFLAGS='-O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) -fsanitize=fuzzer-no-link -DLM_SANITIZE' $(FUZZ_B)/liblumen.so
+	@$(MAKE) --no-print-directory $(FUZZ_READERS:%=$(FUZZ_B)/fuzz_%)
+	@B=$(B) FUZZ_B=$(FUZZ_B) FUZZ_READERS='$(FUZZ_READERS)' FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_MAX_LEN=$(FUZZ_MAX_LEN) \
+	  sh tests/fuzz/run.sh
+
+$(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_image.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Wall -Wextra $(LUAJIT_CFLAGS) -DREADER='"$*"' \
+	  -DLUMEN_ROOT='"$(CURDIR)"' -o $@ $< $(LUAJIT_LIBS) -lz -ldl -lm
 
 # C unit tests: every tests/c/*.c, linked against the library.
 $(B)/tests/c_tests: $(wildcard tests/c/*.c tests/c/*.h) $(B)/liblumen.so

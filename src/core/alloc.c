@@ -11,6 +11,15 @@
 #include <string.h>
 
 #define NBINS 4096          /* open-addressing table of distinct sizes */
+
+/* Sanitizer builds (make fuzz defines LM_SANITIZE) allocate each block at
+   its exact size and free it at once: AddressSanitizer then sees a tensor's
+   true extent and every use after free, which rounding and reuse would hide. */
+#ifdef LM_SANITIZE
+#define CACHING 0
+#else
+#define CACHING 1
+#endif
 #define CACHE_LIMIT ((int64_t)2 << 30) /* cached bytes beyond this are freed */
 
 typedef struct free_block { struct free_block *next; } free_block;
@@ -55,24 +64,33 @@ static void release_cache_locked(void) {
   }
 }
 
+/* A block of size (rounded) bytes, or of exactly nbytes in sanitizer builds. */
+static void *system_alloc(size_t nbytes, size_t size) {
+  if (CACHING) return aligned_alloc(64, size);
+  void *p;
+  return posix_memalign(&p, 64, nbytes ? nbytes : 1) ? NULL : p;
+}
+
 void *lm_alloc(lm_ctx *ctx, size_t nbytes) {
   size_t size = lm_round_alloc_size(nbytes);
   void *p = NULL;
-  pthread_mutex_lock(&lock);
-  bin *b = find_bin(size, false);
-  if (b && b->head) {
-    p = b->head;
-    b->head = b->head->next;
-    cached -= (int64_t)size;
+  if (CACHING) {
+    pthread_mutex_lock(&lock);
+    bin *b = find_bin(size, false);
+    if (b && b->head) {
+      p = b->head;
+      b->head = b->head->next;
+      cached -= (int64_t)size;
+    }
+    pthread_mutex_unlock(&lock);
   }
-  pthread_mutex_unlock(&lock);
   if (!p) {
-    p = aligned_alloc(64, size);
+    p = system_alloc(nbytes, size);
     if (!p) { /* give the cache back to the system and try once more */
       pthread_mutex_lock(&lock);
       release_cache_locked();
       pthread_mutex_unlock(&lock);
-      p = aligned_alloc(64, size);
+      p = system_alloc(nbytes, size);
       if (!p) return NULL;
     }
     pthread_mutex_lock(&lock);
@@ -93,7 +111,7 @@ void lm_free(void *p, size_t nbytes) {
   size_t size = lm_round_alloc_size(nbytes);
   pthread_mutex_lock(&lock);
   live -= (int64_t)size;
-  bin *b = cached + (int64_t)size <= CACHE_LIMIT ? find_bin(size, true) : NULL;
+  bin *b = CACHING && cached + (int64_t)size <= CACHE_LIMIT ? find_bin(size, true) : NULL;
   if (b) {
     free_block *f = p;
     f->next = b->head;

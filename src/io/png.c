@@ -61,6 +61,29 @@ static void write_to_memory(png_structp png, png_bytep in, size_t n) {
 
 static void flush_nothing(png_structp png) { (void)png; }
 
+/* libpng allocates a chunk's buffer from the length its header claims,
+   before reading the chunk (and a claim over its limit is only a warning):
+   a 100-byte file could make it ask for 2 GB. Every claim is checked
+   against the bytes that follow first. Returns false with job->msg set. */
+static bool chunks_fit(png_job *job) {
+  size_t pos = 8, n = job->src_size;
+  while (n - pos >= 8) {
+    const uint8_t *p = job->src + pos;
+    uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    char kind[5];
+    for (int i = 0; i < 4; i++) kind[i] = p[4 + i] >= 32 && p[4 + i] < 127 ? (char)p[4 + i] : '?';
+    kind[4] = 0;
+    if (len > n - pos - 8) {
+      snprintf(job->msg, sizeof job->msg, "the file is truncated: chunk %s at byte %zu says %lu bytes but only %zu follow",
+               kind, pos, (unsigned long)len, n - pos - 8);
+      return false;
+    }
+    if (!memcmp(kind, "IEND", 4)) break;
+    pos += 8 + (size_t)len + 4 < n - pos ? 8 + (size_t)len + 4 : n - pos; /* data and CRC */
+  }
+  return true;
+}
+
 /* Decodes job->src into job->t. Returns 0, or 1 after a libpng error
    (message in job->msg), or a negative lm_status already set on ctx. */
 static int decode(lm_ctx *ctx, png_job *job, png_structp png, png_infop info) {
@@ -147,6 +170,10 @@ lm_status lm_png_read(lm_ctx *ctx, const char *path, lm_tensor **out) {
   }
   job.src = buf;
   job.src_size = (size_t)size;
+  if (!chunks_fit(&job)) {
+    st = lm_err(ctx, LM_E_FORMAT, "png: '%s': %s", path, job.msg);
+    goto done;
+  }
   png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job, on_error, on_warning);
   if (png) info = png_create_info_struct(png);
   if (!png || !info) {

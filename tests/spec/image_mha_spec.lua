@@ -231,7 +231,7 @@ open(out + '/zl.mha', 'wb').write((h + 'ElementDataFile = LOCAL\n').encode() + z
       err_of('noend.mha', base .. 'DimSize = 2 2 2\nElementType = MET_UCHAR\n'))
     assert.matches("lumen.image.read: '.*/garbage.mha': header line 1 is not \"Key = Value\"",
       err_of('garbage.mha', '\0\1\2binary junk\n'))
-    assert.matches("lumen.image.read: cannot open .*nofile.raw",
+    assert.matches("lumen.image.read: '.*/ext.mhd': data file: cannot open .*nofile.raw",
       err_of('ext.mhd', base .. 'DimSize = 2 2 2\nElementType = MET_UCHAR\nElementDataFile = nofile.raw\n'))
     assert.matches("TransformMatrix has 4 values, expected 9",
       err_of('tm.mha', base .. 'TransformMatrix = 1 0 0 1\nDimSize = 1 1 1\nElementType = MET_UCHAR\nElementDataFile = LOCAL\nx'))

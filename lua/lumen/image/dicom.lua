@@ -417,7 +417,7 @@ return function(image, lumen)
   local function dot(a, b) return a[1] * b[1] + a[2] * b[2] + a[3] * b[3] end
 
   -- RAS affine from the LPS geometry and the slice step (a vector).
-  local function affine_of(g, step)
+  local function affine_of(g, step, bad)
     local A = { {}, {}, {}, { 0, 0, 0, 1 } }
     for r = 1, 3 do
       A[r][1] = g.row[r] * g.spacing[2]
@@ -427,6 +427,13 @@ return function(image, lumen)
     end
     for r = 1, 2 do
       for c = 1, 4 do A[r][c] = -A[r][c] + 0 end -- + 0: no -0
+    end
+    for r = 1, 3 do -- tonumber reads 'nan' and 'inf' too
+      for c = 1, 4 do
+        if A[r][c] ~= A[r][c] or math.abs(A[r][c]) == math.huge then
+          bad('ImagePositionPatient, ImageOrientationPatient, PixelSpacing or the slice spacing is not finite')
+        end
+      end
     end
     return A
   end
@@ -464,7 +471,7 @@ return function(image, lumen)
     local dz = (get_nums(d, T.spacing_between, 'SpacingBetweenSlices') or get_nums(d, T.slice_thickness,
       'SliceThickness') or { 1 })[1]
     local step = { g.normal[1] * dz, g.normal[2] * dz, g.normal[3] * dz }
-    return finish(t, info, affine_of(g, step), meta_of(d, info))
+    return finish(t, info, affine_of(g, step, d.bad), meta_of(d, info))
   end
 
   local function read_dir(dir, opts)
@@ -528,7 +535,7 @@ return function(image, lumen)
     local info = { slope = nil, intercept = nil, file_dtype = info0.file_dtype, bits_allocated = info0.bits_allocated,
       bits_stored = info0.bits_stored }
     local meta = meta_of(slices[1], info0, { files = files })
-    return image.new(ijk(t), { affine = affine_of(g1, step), meta = meta }), info
+    return image.new(ijk(t), { affine = affine_of(g1, step, bad), meta = meta }), info
   end
 
   local function read(path, opts)

@@ -40,9 +40,18 @@ local MAX_HEADER_BYTES = 4 * 2 ^ 20 -- a LIST of many slice files included
 return function(image, lumen)
   local function dir_of(path) return path:match('^(.*)/[^/]*$') or '.' end
 
-  local function file_size(op, path)
+  -- A failed read of a data file names the header too (through bad): the
+  -- header is the file the user asked for.
+  local function io_fail(file, header, bad)
+    if file == header then core.fail_as('image.read', 0) end
+    local msg = ffi.string(C.lm_ctx_errmsg(core.ctx)):gsub('^[%w_]+: ', '')
+    C.lm_ctx_clear_error(core.ctx)
+    bad('data file: %s', msg)
+  end
+
+  local function file_size(path, header, bad)
     local box = ffi.new('int64_t[1]')
-    if C.lm_file_size(core.ctx, path, box) ~= 0 then core.fail_as(op, 0) end
+    if C.lm_file_size(core.ctx, path, box) ~= 0 then io_fail(path, header, bad) end
     return tonumber(box[0])
   end
 
@@ -51,7 +60,7 @@ return function(image, lumen)
   -- names that follow it. The header is read as bytes (a binary file must
   -- not confuse the line reader).
   local function read_header(path, bad)
-    local size = file_size('image.read', path)
+    local size = file_size(path, path, bad)
     local n = math.min(size, MAX_HEADER_BYTES)
     local buf = ffi.new('uint8_t[?]', math.max(n, 1))
     if C.lm_file_read(core.ctx, path, 0, n, buf) ~= 0 then core.fail_as('image.read', 0) end
@@ -90,7 +99,7 @@ return function(image, lumen)
     local t = {}
     for w in (s or ''):gmatch('%S+') do
       local v = tonumber(w)
-      if not v or v ~= v then bad('%s has a value that is not a number: %q', what, w) end
+      if not v or v ~= v or math.abs(v) == math.huge then bad('%s has a value that is not a finite number: %q', what, w) end
       t[#t + 1] = v
     end
     return t
@@ -143,12 +152,23 @@ return function(image, lumen)
     -- the file sizes before anything is allocated.
     local pieces = {}
     local datafile = fields.elementdatafile
-    local header_size = tonumber(fields.headersize or '0') or bad('HeaderSize is %s, expected a number', fields.headersize)
+    local header_size = tonumber(fields.headersize or '0')
+    if not header_size or header_size ~= math.floor(header_size) or header_size < -1 then
+      bad('HeaderSize is %s, expected a whole number of bytes (or -1)', fields.headersize)
+    end
     local function piece(file, want, skip)
-      local size = file_size('image.read', file)
+      local size = file_size(file, path, bad)
       if compressed then -- the stream runs to the end of the file unless its size is given
         want = tonumber(fields.compresseddatasize or '') or size - math.max(skip, 0)
         if skip == -1 then bad('HeaderSize = -1 cannot locate compressed data') end
+        if want ~= math.floor(want) or want < 0 then
+          bad('CompressedDataSize is %s, expected a whole number of bytes', fields.compresseddatasize)
+        end
+        -- zlib inflates at most about 1032:1: a larger image cannot be in
+        -- there, and must not be allocated for
+        if nbytes > want * 1032 + 1024 then
+          bad('header says %s but %.0f bytes of compressed data cannot hold that much', desc, want)
+        end
       end
       local offset = skip == -1 and size - want or skip
       if offset < 0 or size - offset < want then
@@ -186,7 +206,7 @@ return function(image, lumen)
     for _, p in ipairs(pieces) do
       if compressed then -- one zlib stream that must inflate to exactly nbytes
         local z = lumen.empty({ math.max(p[3], 1) }, 'u8')
-        if C.lm_file_read(core.ctx, p[1], p[2], p[3], z:data_ptr()) ~= 0 then core.fail_as('image.read', 0) end
+        if C.lm_file_read(core.ctx, p[1], p[2], p[3], z:data_ptr()) ~= 0 then io_fail(p[1], path, bad) end
         local out = ffi.new('lm_tensor*[1]')
         if C.lm_inflate(core.ctx, z:slice(0, 0, p[3]).h, nbytes, out) ~= 0 then
           local msg = ffi.string(C.lm_ctx_errmsg(core.ctx)):gsub('^[%w_]+: ', '')
@@ -198,7 +218,7 @@ return function(image, lumen)
         raw:free()
         z:free()
       else
-        if C.lm_file_read(core.ctx, p[1], p[2], p[3], base + at) ~= 0 then core.fail_as('image.read', 0) end
+        if C.lm_file_read(core.ctx, p[1], p[2], p[3], base + at) ~= 0 then io_fail(p[1], path, bad) end
         at = at + p[3]
       end
     end

@@ -9,6 +9,7 @@
 -- sizeof_hdr). Writing makes NIfTI-1 (NIfTI-2 when a size needs it) in the
 -- host byte order with the sform and qform both set from the affine.
 local ffi = require 'ffi'
+local bit = require 'bit'
 local core = require 'lumen.core'
 local C, ctx = core.C, core.ctx
 local image, lumen -- set when the module is registered
@@ -63,6 +64,14 @@ local function get1(buf, off, ct, swap)
   else
     ffi.copy(scratch, buf + off, n)
   end
+  -- LuaJIT keeps a NaN's payload, and some payloads read back as nil or
+  -- as a bogus object (as tensor.lua's item says): test the bits first
+  if ct == 'float' or ct == 'double' then
+    local w = ffi.cast('uint32_t*', scratch)
+    local hi = n == 4 and w[0] or w[1]
+    local e, m = n == 4 and 0x7f800000 or 0x7ff00000, n == 4 and 0x7fffff or 0xfffff
+    if bit.band(hi, e) == e and (bit.band(hi, m) ~= 0 or (n == 8 and w[0] ~= 0)) then return 0 / 0 end
+  end
   local v = ffi.cast(ct .. '*', scratch)[0]
   return tonumber(v)
 end
@@ -93,6 +102,13 @@ local function put(buf, layout, name, v)
     p[0] = v[i]
     ffi.copy(buf + f[1] + (i - 1) * n, p, n)
   end
+end
+
+-- "181x217x181" (whole numbers even past 2^53, where %d would fail)
+local function dims_str(shape)
+  local t = {}
+  for i, v in ipairs(shape) do t[i] = string.format('%.0f', v) end
+  return table.concat(t, 'x')
 end
 
 local function fmt_bytes(n)
@@ -186,18 +202,24 @@ local function parse_header(buf, n, path, pair)
       REFUSED[h.datatype] or 'unknown', h.datatype)
   end
   h.dt = dt
-  local numel = 1
-  for i = 1, nd do numel = numel * h.shape[i] end
+  local numel, nonzero = 1, 1
+  for i = 1, nd do
+    numel = numel * h.shape[i]
+    if h.shape[i] > 0 then nonzero = nonzero * h.shape[i] end
+  end
   h.numel = numel
   h.nbytes = numel * dt[2]
   if h.nbytes > MAX_DATA then
-    bad('header says %s %s (%s): impossibly large', table.concat(h.shape, 'x'), dt[1], fmt_bytes(h.nbytes))
+    bad('header says %s %s (%s): impossibly large', dims_str(h.shape), dt[1], fmt_bytes(h.nbytes))
   end
+  -- empty, but no tensor has such dims (and no real scan)
+  if nonzero > MAX_DATA then bad('header says %s %s: impossibly large dimensions', dims_str(h.shape), dt[1]) end
   -- a .nii whose vox_offset points into the header (old writers left 0)
   -- has its data right after it, as nibabel and nifti1_io assume
   local first = version == 1 and 352 or 544
   if not pair and h.vox_offset < first then h.vox_offset = first end
   if h.vox_offset < 0 then bad('vox_offset %g is negative', h.vox_offset) end
+  if h.vox_offset > MAX_DATA then bad('vox_offset %g is impossibly large', h.vox_offset) end
   -- negative voxel sizes are read as their magnitude (nibabel's fix)
   for i = 2, 8 do h.pixdim[i] = math.abs(h.pixdim[i]) end
   if h.vox_offset ~= math.floor(h.vox_offset) then bad('vox_offset %g is not a whole number', h.vox_offset) end
@@ -240,7 +262,7 @@ local function data_bytes(h, path)
   local need = h.vox_offset + h.nbytes
   local function short(have)
     error(string.format("lumen.image.read: '%s': header says %s %s (%s at offset %d, %s in all) but the file has %s",
-      path, table.concat(h.shape, 'x'), h.dt[1], fmt_bytes(h.nbytes), h.vox_offset, fmt_bytes(need), fmt_bytes(have)), 0)
+      path, dims_str(h.shape), h.dt[1], fmt_bytes(h.nbytes), h.vox_offset, fmt_bytes(need), fmt_bytes(have)), 0)
   end
   if is_gz(path) then
     -- a little slack for trailing bytes; never more than the header allows
@@ -317,10 +339,20 @@ local function read(path, opts)
 
   local qform = qform_affine(h.quatern, h.qoffset, h.pixdim)
   local sform = sform_affine(h.srow)
-  local affine
-  if h.sform_code > 0 then affine = sform
-  elseif h.qform_code > 0 then affine = qform
-  else affine = base_affine(h.shape, h.pixdim) end
+  local affine, from
+  if h.sform_code > 0 then affine, from = sform, 'the sform (srow_x, srow_y, srow_z)'
+  elseif h.qform_code > 0 then affine, from = qform, 'the qform (quatern_b/c/d, qoffset, pixdim)'
+  else affine, from = base_affine(h.shape, h.pixdim), 'pixdim' end
+  -- a NaN or infinite entry is a corrupt header, not a place in the world
+  for r = 1, 3 do
+    for c = 1, 4 do
+      local v = affine[r][c]
+      if v ~= v or math.abs(v) == math.huge then
+        error(string.format("lumen.image.read: '%s': %s gives the affine a non-finite entry (%s at row %d, column %d)",
+          path, from, tostring(v), r, c), 0)
+      end
+    end
+  end
   local meta = {
     format = 'nifti' .. h.version, qform_code = h.qform_code, sform_code = h.sform_code,
     qform = qform, sform = sform, descrip = h.descrip, intent_code = h.intent_code,
