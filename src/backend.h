@@ -144,7 +144,7 @@ typedef struct lm_backend {
                   const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
                   double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
-  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation, grid_sample (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation, grid_sample, cuDNN convolution (the cuda4 branch's block) ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding
@@ -235,6 +235,20 @@ typedef struct lm_backend {
      order), ggrid, when not NULL, the grid's (summed over channels). */
   int32_t (*grid_sample)(int32_t dtype, int32_t backward, int32_t nd, int32_t flags, int64_t N, int64_t C, int64_t P,
                          const int64_t *in, const void *x, const void *grid, const void *g, void *y, void *ggrid);
+  /* Convolution by a vendor library (cuDNN), optional: LM_E_UNSUPPORTED
+     when the library is missing or declines the case, and liblumen then
+     uses im2col and the GEMM. n samples, image side img_c channels
+     (img: n x img_c x image), column side col_c channels (col: n x col_c x
+     grid), w: col_c x img_c / groups x kernel; geom as im2col's. kind 0:
+     out (column side) = the convolution of img by w; 1: out (image side)
+     = its adjoint applied to col; 2: out (w's shape) = the weight gradient
+     of img and col. With ws NULL it sets *ws_bytes to the workspace the
+     chosen algorithm needs (chosen once per shape) and, when that is more
+     than 0, runs nothing: the caller then calls again with a buffer of
+     that size. */
+  int32_t (*conv_lib)(int32_t kind, int32_t dtype, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
+                      const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
+                      size_t *ws_bytes);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -236,7 +236,7 @@ lm_backend table = {
     lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
     /* layer families (the cuda4 branch's block) */
     lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp,
-    lmcuda::grid_sample,
+    lmcuda::grid_sample, lmcuda::conv_lib,
 };
 
 } // namespace

@@ -24,10 +24,14 @@
  * On a device the same three steps run on its backend (src/backend.h): the
  * im2col entry makes (or, as col2im, folds back) the column matrix of a
  * chunk of samples and the gemm entry multiplies per group, batched over
- * the samples (dev_gather, dev_scatter, dev_weight_grad below).
+ * the samples (dev_gather, dev_scatter, dev_weight_grad below). A backend
+ * with a library convolution (cuDNN: the conv_lib entry) runs the three
+ * steps there instead, unless LUMEN_CUDNN=0 or the library declines the
+ * case (try_conv_lib).
  */
 #include "../core/internal.h"
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 extern void openblas_set_num_threads(int n);
@@ -403,6 +407,39 @@ static lm_status dev_add_bias(lm_ctx *ctx, const char *op, lm_tensor *out, const
   return st;
 }
 
+/* The backend's library convolution (cuDNN) for step kind (0 gather, 1
+   scatter, 2 weight), when the backend has one, LUMEN_CUDNN is not "0" and
+   the library takes the case; *done says whether it ran (else im2col). */
+static lm_status try_conv_lib(lm_ctx *ctx, const char *op, const conv_geom *g, int32_t kind, const lm_tensor *img,
+                              const lm_tensor *a, const lm_tensor *col, lm_tensor *out, bool *done) {
+  *done = false;
+  const lm_backend *be = lm_backend_get(lm_device_of(out));
+  const char *env = getenv("LUMEN_CUDNN");
+  if (!be || be->size < offsetof(lm_backend, conv_lib) + sizeof be->conv_lib || !be->conv_lib ||
+      (env && !strcmp(env, "0")))
+    return LM_OK;
+  int64_t geom[18];
+  geom_array(g, geom);
+  const void *pi = img ? lm_data(img) : NULL, *pa = a ? lm_data(a) : NULL, *pc = col ? lm_data(col) : NULL;
+  size_t need = 0;
+  lm_status st = be->conv_lib(kind, g->dtype, g->n, g->img_c, g->col_c, g->groups, geom, pi, pa, pc, lm_data(out),
+                              NULL, &need);
+  if (st == LM_E_UNSUPPORTED) return LM_OK;
+  if (st) return lm_backend_fail(ctx, op, be, st);
+  if (need > 0) {
+    lm_tensor *ws;
+    const int64_t shape[1] = {(int64_t)need};
+    if ((st = lm_new_on(ctx, op, lm_device_of(out), LM_U8, 1, shape, &ws))) return st;
+    st = be->conv_lib(kind, g->dtype, g->n, g->img_c, g->col_c, g->groups, geom, pi, pa, pc, lm_data(out),
+                      lm_data(ws), &need);
+    lm_tensor_release(ws);
+    if (st == LM_E_UNSUPPORTED) return LM_OK;
+    if (st) return lm_backend_fail(ctx, op, be, st);
+  }
+  *done = true;
+  return LM_OK;
+}
+
 /* out (column side) = A . im2col(img) (+ bias). */
 static lm_status dev_gather(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *img,
                             const lm_tensor *a, const lm_tensor *bias, lm_tensor *out) {
@@ -415,6 +452,9 @@ static lm_status dev_gather(lm_ctx *ctx, const char *op, const conv_geom *g, con
     if ((st = lm_fill(ctx, out, 0))) return st;
     return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->col_c, g->col_sz) : LM_OK;
   }
+  bool done;
+  if ((st = try_conv_lib(ctx, op, g, 0, img, a, NULL, out, &done))) return st;
+  if (done) return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->col_c, g->col_sz) : LM_OK;
   int64_t chunk, geom[18], per = g->img_c * g->ksz * g->col_sz;
   lm_tensor *cols;
   if ((st = dev_cols(ctx, op, g, dev, &chunk, &cols))) return st;
@@ -451,6 +491,9 @@ static lm_status dev_scatter(lm_ctx *ctx, const char *op, const conv_geom *g, co
     if ((st = lm_fill(ctx, out, 0))) return st;
     return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->img_c, g->img_sz) : LM_OK;
   }
+  bool done;
+  if ((st = try_conv_lib(ctx, op, g, 1, NULL, a, in, out, &done))) return st;
+  if (done) return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->img_c, g->img_sz) : LM_OK;
   int64_t chunk, geom[18], per = g->img_c * g->ksz * g->col_sz;
   lm_tensor *cols;
   if ((st = dev_cols(ctx, op, g, dev, &chunk, &cols))) return st;
@@ -485,6 +528,8 @@ static lm_status dev_weight_grad(lm_ctx *ctx, const char *op, const conv_geom *g
   if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
   if (st) return st;
   if (g->n == 0 || g->col_sz == 0 || g->mg == 0 || g->ckg == 0) return lm_fill(ctx, out, 0);
+  bool done;
+  if ((st = try_conv_lib(ctx, op, g, 2, img, NULL, in, out, &done)) || done) return st;
   int64_t chunk, geom[18], per = g->img_c * g->ksz * g->col_sz;
   lm_tensor *cols;
   if ((st = dev_cols(ctx, op, g, dev, &chunk, &cols))) return st;

@@ -20,7 +20,8 @@
 -- LeNet trained for a few steps on both devices from the same weights
 -- (losses and gradients compared), the bench workloads' training steps on
 -- the device (ms per step, or the op a workload still lacks there).
--- To come: the workloads beside PyTorch, cuDNN against im2col
+-- Convolutions through cuDNN (when found) and im2col (LUMEN_CUDNN=0)
+-- against the CPU, timed. To come: the workloads beside PyTorch
 -- (docs/ARCHITECTURE.md).
 local opts = ...
 local ffi = require 'ffi'
@@ -197,6 +198,66 @@ else
     print(table.concat(op_lines, '\n'))
     print('')
   end
+
+  -- convolutions through cuDNN (when found) and through im2col
+  -- (LUMEN_CUDNN=0), both against the CPU, forward and backward, with
+  -- the time of each path
+  check('conv: cuDNN, im2col and the CPU', function()
+    pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite); int unsetenv(const char *name);')
+    local cudnn = false
+    for _, r in ipairs(lumen.cuda.libraries()) do
+      if r.name:match('cudnn') and r.found and not opts.fake then cudnn = true end
+    end
+    local s = opts.fake and 1 or 4
+    local cases = {
+      { 'conv2d', { 8, 16, 16 * s, 16 * s }, { 32, 16, 3, 3 }, { padding = 1 } },
+      { 'conv2d', { 4, 8, 12 * s, 10 * s }, { 8, 4, 3, 3 }, { stride = 2, padding = 1, dilation = 2, groups = 2 } },
+      { 'conv3d', { 2, 4, 6 * s, 8, 8 }, { 8, 4, 3, 3, 3 }, { padding = 1 } },
+      { 'conv_transpose2d', { 4, 16, 8 * s, 8 * s }, { 16, 8, 2, 2 }, { stride = 2 } },
+    }
+    local old = os.getenv('LUMEN_CUDNN')
+    local function run(case, dev, dtype)
+      lumen.manual_seed(5)
+      local x = lumen.randn(case[2]):to(dtype):to(dev):requires_grad_()
+      local w = (lumen.randn(case[3]) * 0.1):to(dtype):to(dev):requires_grad_()
+      local y = nn.F[case[1]](x, w, nil, case[4])
+      lumen.manual_seed(6)
+      local probe = lumen.randn(y:size()):to(dtype):to(dev)
+      local t0 = lumen.clock();
+      (y * probe):sum():backward()
+      if dev ~= 'cpu' then lumen.cuda.synchronize() end
+      return { y:detach():cpu(), x.grad:cpu(), w.grad:cpu() }, lumen.clock() - t0
+    end
+    local function err(a, b)
+      local e = 0
+      for i = 1, 3 do e = math.max(e, (a[i]:to('f64') - b[i]:to('f64')):abs():max():item() / (1 + b[i]:abs():max():item())) end
+      return e
+    end
+    local worst, lines = { lib = 0, im2col = 0 }, {}
+    local ok, e = pcall(function()
+      for _, case in ipairs(cases) do
+        for _, dt in ipairs({ 'f32', 'f64' }) do
+          local ref = run(case, 'cpu', dt)
+          if old then ffi.C.unsetenv('LUMEN_CUDNN') end
+          run(case, 'cuda', dt) -- warm up (algorithm choice)
+          local lib, tl = run(case, 'cuda', dt)
+          ffi.C.setenv('LUMEN_CUDNN', '0', 1)
+          local im, ti = run(case, 'cuda', dt)
+          if old then ffi.C.setenv('LUMEN_CUDNN', old, 1) else ffi.C.unsetenv('LUMEN_CUDNN') end
+          local el, ei = err(lib, ref), err(im, ref)
+          local tol = dt == 'f32' and 2e-4 or 1e-11
+          assert(el <= tol and ei <= tol, string.format('%s %s: error %.1e (default path), %.1e (im2col)', case[1], dt, el, ei))
+          worst.lib, worst.im2col = math.max(worst.lib, el / tol), math.max(worst.im2col, ei / tol)
+          if dt == 'f32' then lines[#lines + 1] = string.format('%s %.2f/%.2f ms', case[1], 1000 * tl, 1000 * ti) end
+        end
+      end
+    end)
+    if old then ffi.C.setenv('LUMEN_CUDNN', old, 1) else ffi.C.unsetenv('LUMEN_CUDNN') end
+    if not ok then error(e, 0) end
+    return string.format('%s; errors within %.2f (default) and %.2f (im2col) of the thresholds; f32 step default/im2col: %s',
+      cudnn and 'cuDNN found (the default path)' or 'cuDNN not found: both paths are im2col', worst.lib, worst.im2col,
+      table.concat(lines, ', ')), (not cudnn) and 'WARN' or nil
+  end)
 
   -- LeNet trained on both devices from the same weights and inputs (bench
   -- workload, full size on a GPU): losses step by step and the first step's

@@ -791,7 +791,7 @@ static const lm_backend table = {
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
     fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
-    fake_grid_sample,
+    fake_grid_sample, NULL, /* no library convolution: conv runs through im2col */
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -833,6 +833,6 @@ static const lm_backend old_table = {
     LM_BACKEND_ABI + 98, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm, fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
-    fake_grid_sample,
+    fake_grid_sample, NULL, /* no library convolution: conv runs through im2col */
 };
 const lm_backend *lm_fake_backend_wrong_abi(void) { return &old_table; }
