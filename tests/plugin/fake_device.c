@@ -785,13 +785,61 @@ static int32_t fake_grid_sample(int32_t dt, int32_t backward, int32_t nd, int32_
   return 0;
 }
 
+/* A library convolution by direct loops (in double), standing for cuDNN so
+   that the specs run conv.c's conv_lib path: it wants a 64-byte workspace
+   (checked), and declines dilated cases (so the fallback to im2col runs
+   too). */
+static int64_t n_conv_lib;
+static int32_t fake_conv_lib(int32_t kind, int32_t dt, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
+                             const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
+                             size_t *ws_bytes) {
+  const int64_t *I = geom, *O = geom + 3, *K = geom + 6, *S = geom + 9, *P = geom + 12, *D = geom + 15;
+  if (!is_float(dt) || D[0] != 1 || D[1] != 1 || D[2] != 1) {
+    snprintf(msg, sizeof msg, "fake conv_lib: declined");
+    return LM_E_UNSUPPORTED;
+  }
+  *ws_bytes = 64;
+  if (!ws) return 0;
+  ((char *)ws)[63] = 1; /* the workspace must be writable device memory */
+  n_conv_lib++, n_layer++;
+  int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2], ksz = K[0] * K[1] * K[2];
+  int64_t cg = img_c / groups, mg = col_c / groups;
+  int64_t nout = kind == 0 ? n * col_c * osz : kind == 1 ? n * img_c * isz : col_c * cg * ksz;
+  double *acc = calloc((size_t)(nout + 1), sizeof *acc);
+  if (!acc) return LM_E_OOM;
+#define RD(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+  for (int64_t b = 0; b < n; b++)
+    for (int64_t co = 0; co < col_c; co++)
+      for (int64_t ci = 0; ci < cg; ci++)
+        for (int64_t k = 0; k < ksz; k++) {
+          int64_t kd = k / (K[1] * K[2]), kh = k / K[2] % K[1], kw = k % K[2];
+          int64_t wi = (co * cg + ci) * ksz + k, cin = (co / mg) * cg + ci;
+          for (int64_t o = 0; o < osz; o++) {
+            int64_t od = o / (O[1] * O[2]), oh = o / O[2] % O[1], ow = o % O[2];
+            int64_t id = od * S[0] - P[0] + kd, ih = oh * S[1] - P[1] + kh, iw = ow * S[2] - P[2] + kw;
+            if (id < 0 || id >= I[0] || ih < 0 || ih >= I[1] || iw < 0 || iw >= I[2]) continue;
+            int64_t ii = (b * img_c + cin) * isz + (id * I[1] + ih) * I[2] + iw, oi = (b * col_c + co) * osz + o;
+            if (kind == 0) acc[oi] += RD(w, wi) * RD(img, ii);
+            else if (kind == 1) acc[ii] += RD(w, wi) * RD(col, oi);
+            else acc[wi] += RD(col, oi) * RD(img, ii);
+          }
+        }
+#undef RD
+  for (int64_t i = 0; i < nout; i++) {
+    if (dt == LM_F32) ((float *)out)[i] = (float)acc[i];
+    else ((double *)out)[i] = acc[i];
+  }
+  free(acc);
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
     fake_elementwise, fake_reduce, fake_gemm,
     /* layer families (the cuda4 branch's block) */
     fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
-    fake_grid_sample, NULL, /* no library convolution: conv runs through im2col */
+    fake_grid_sample, fake_conv_lib,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -817,6 +865,9 @@ void lm_fake_kernel_counts(int64_t *out) {
 
 /* calls of the layer kernels (im2col, ...) */
 int64_t lm_fake_layer_count(void) { return n_layer; }
+
+/* convolutions run by the library stand-in */
+int64_t lm_fake_conv_lib_count(void) { return n_conv_lib; }
 
 /* The table as an older library would give it: its size ends before the op
    kernels (the pointers are there, but past size), so registration accepts

@@ -30,6 +30,9 @@ local fake = load('fake_device', [[
   const lm_backend *lm_fake_backend_no_kernels(void);
   void lm_fake_kernel_counts(int64_t *out);
   int64_t lm_fake_layer_count(void);
+  int64_t lm_fake_conv_lib_count(void);
+  int setenv(const char *name, const char *value, int overwrite);
+  int unsetenv(const char *name);
 ]])
 local emulated = load('cuda_emulated', 'const lm_backend *lm_cuda_emulated_backend(void);')
 
@@ -105,6 +108,20 @@ describe('ops on a device', function()
     y:sum():backward()
     assert.are.equal('cuda', x.grad:device())
     assert.are.equal('cuda', w.grad:device())
+    -- the library convolution (the fake's stand-in for cuDNN) ran the conv,
+    -- forward and both gradients; LUMEN_CUDNN=0 and a declined (dilated)
+    -- case go through im2col
+    local l0 = fake.lm_fake_conv_lib_count()
+    local xd = x:detach()
+    nn.F.conv2d(xd, w:detach(), nil, { padding = 1 })
+    assert.are.equal(1, fake.lm_fake_conv_lib_count() - l0)
+    local old = os.getenv('LUMEN_CUDNN')
+    ffi.C.setenv('LUMEN_CUDNN', '0', 1)
+    local ok, e = pcall(nn.F.conv2d, xd, w:detach(), nil, { padding = 1 })
+    if old then ffi.C.setenv('LUMEN_CUDNN', old, 1) else ffi.C.unsetenv('LUMEN_CUDNN') end
+    assert(ok, e)
+    nn.F.conv2d(xd, w:detach(), nil, { dilation = 2 })
+    assert.are.equal(1, fake.lm_fake_conv_lib_count() - l0)
     -- max unpooling has no device kernel yet: it refuses as before
     local v, i = nn.F.max_pool2d(x:detach(), 2, { return_indices = true })
     assert.has_error(function() return nn.F.max_unpool2d(v, i, 2) end,
