@@ -72,6 +72,8 @@ enum {
   LM_HP_LR, LM_HP_MOMENTUM, LM_HP_DAMPENING, LM_HP_WEIGHT_DECAY, LM_HP_BETA1, LM_HP_BETA2, LM_HP_EPS, LM_HP_ALPHA,
   LM_HP_NESTEROV, LM_HP_AMSGRAD, LM_HP_DECOUPLED, LM_HP_CENTERED, LM_HP_MAXIMIZE, LM_HP_COUNT
 };
+/* Kinds of the norm_pass entry (the cuda4 branch's block). */
+enum { LM_NORM_MOMENTS = 1, LM_NORM_GRAD_SUMS, LM_NORM_AFFINE, LM_NORM_GRAD_X };
 
 typedef struct lm_backend {
   uint32_t abi;   /* LM_BACKEND_ABI the library was built with */
@@ -244,6 +246,111 @@ typedef struct lm_backend {
      in double, in order) or i64 (wrapping); strides in elements. */
   int32_t (*cumsum)(int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out, const int64_t *ostride,
                     const void *x, const int64_t *xstride);
+  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation, grid_sample, cuDNN convolution (the cuda4 branch's block) ---- */
+
+  /* Convolution's column matrix for n samples of c channels (f32 or f64).
+     geom holds 18 values, each for (depth, height, width), with 1 (padding
+     0) on the dims an op lacks: the image's spatial sizes, the column
+     grid's, the kernel's, stride, padding before, dilation. img is
+     n x c x image (contiguous), cols n x (c * K) x grid with K the kernel's
+     size: row (ch, kd, kh, kw) holds at grid position (od, oh, ow) the image
+     value at (od * stride - pad + kd * dil, ...), 0 where that lies outside.
+     to_cols != 0: cols = im2col(img). to_cols == 0: img = col2im(cols), each
+     image position written with the sum of the column entries that read it
+     (0 when none), in the order (ch, kd, kh, kw). */
+  int32_t (*im2col)(int32_t dtype, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img,
+                    void *cols);
+  /* Pooling over `planes` contiguous planes (f32 or f64), each seen in 3-D
+     (a 1-D or 2-D pool has unit dims in front). geom holds 18 values, each
+     for (depth, height, width): the input's sizes, the output's, kernel,
+     stride, padding, dilation. Along one dim, output o's window has the taps
+     o * stride - pad + t * dil, t = 0 .. kernel-1, that lie inside the
+     input; for ADAPTIVE_AVG_POOL it is [floor(o * in / out),
+     ceil((o + 1) * in / out)) instead (kernel .. dilation unused). op:
+       LM_OP_MAX_POOL: forward: dst = the window's largest value (NaN wins,
+         a later NaN over an earlier one; ties keep the first tap in (d, h,
+         w) order; a window of -inf gives its first tap), indices (i64, NULL
+         when not wanted) its flat position in the plane. backward: src is
+         the output's gradient, indices the forward's; dst (input-sized)
+         gets at each position the sum, over the outputs whose window holds
+         it as a tap and whose index names it, of their gradients.
+       LM_OP_AVG_POOL, LM_OP_ADAPTIVE_AVG_POOL: forward: dst = the sum over
+         the window / the divisor: `divisor` when > 0, else the product over
+         dims of the window's length (count_pad: the window clipped to the
+         padded input, [start, min(end, in + pad)); else only the taps
+         inside). backward: dst (input-sized) = the sum over the outputs
+         whose window holds the position of gradient / divisor.
+     Sums are in double, over outputs in increasing order. */
+  int32_t (*pool)(int32_t op, int32_t dtype, int32_t backward, int64_t planes, const int64_t *geom,
+                  int32_t count_pad, double divisor, const void *src, void *dst, int64_t *indices);
+  /* One pass of the normalisations (src/ops/norm.c) over groups of
+     elements (f32 or f64 data; everything else f64). layout holds 5 values:
+     ngroups, group_stride, nseg, seg_len, seg_stride: group q's elements,
+     position j = 0 .. nseg * seg_len - 1 in order, are the runs of seg_len
+     contiguous elements starting at q * group_stride + r * seg_stride,
+     r = 0 .. nseg-1. coef holds 4 * ngroups values k, a, b, c (per group),
+     w and bias one per position j (NULL: 1 and 0). kind:
+       LM_NORM_MOMENTS: k[q] := the group's first element (0 when empty),
+         then sums[2q] = sum(x - k[q]), sums[2q + 1] = sum((x - k[q])^2);
+       LM_NORM_GRAD_SUMS: sums[2q] = sum(g w[j]), sums[2q + 1] =
+         sum(g w[j] (x - k[q]));
+       LM_NORM_AFFINE: y = (a[q] x + b[q]) w[j] + bias[j] (a[q] x + b[q]
+         when w and bias are NULL);
+       LM_NORM_GRAD_X: y = a[q] g w[j] + b[q] x + c[q].
+     Sums are in double, added in an order that depends on the sizes only. */
+  int32_t (*norm_pass)(int32_t kind, int32_t dtype, const int64_t *layout, const void *x, const void *g, void *y,
+                       double *coef, const double *w, const double *bias, double *sums);
+  /* The fused pointwise part of an LSTM or GRU cell (src/ops/rnn.c, whose
+     header gives the formulas and the gate orders), for n rows of hidden
+     width H (f32 or f64). Inputs are read row by row, row b of in[k] at
+     in[k] + b * ld[k]; outputs are contiguous. op LM_OP_LSTM_CELL:
+       forward:  in = gates_x, gates_h (n x 4H), c_prev (n x H);
+                 out = h, c (n x H), workspace (n x 5H: i, f, g, o, tanh c);
+       backward: in = dh, dc, c_prev, workspace; out = d gates (n x 4H),
+                 d c_prev (NULL: not wanted).
+     op LM_OP_GRU_CELL:
+       forward:  in = gates_x, gates_h (n x 3H), h_prev; out = h, workspace
+                 (n x 4H: r, z, n, gates_h's n block);
+       backward: in = dh, h_prev, workspace; out = d gates_x, d gates_h
+                 (n x 3H), d h_prev (NULL: not wanted). */
+  int32_t (*rnn_cell)(int32_t op, int32_t dtype, int32_t backward, int64_t n, int64_t H, const void *const *in,
+                      const int64_t *ld, void *const *out);
+  /* Interpolation (src/ops/resample.c's upsample) over `planes`
+     contiguous planes, seen in 3-D (sizes: in[3], out[3] for (d, h, w); nd
+     of them real, the others 1). tables (device memory, 8-byte slots) hold
+     for each of the 3 dims in turn: i0[out], i1[out] (i64), w0[out],
+     w1[out] (f64): output o reads positions i0 and i1 with weights w0, w1
+     (nearest: i1 = i0, w1 = 0); then lo[in], hi[in] (i64): the outputs
+     reading input i lie in [lo[i], hi[i]). forward: dst = the weighted
+     reads, nested as resample.c (W inside H inside D; nearest reads i0).
+     backward: src is the output's gradient, dst[i] = the sum over the
+     outputs reading input position i of gradient times weight (w0 where
+     i0 names i, plus w1 where i1 does; nearest: w0 only). */
+  int32_t (*interp)(int32_t dtype, int32_t backward, int32_t nd, int32_t nearest, int64_t planes,
+                    const int64_t *sizes, const void *tables, const void *src, void *dst);
+  /* grid_sample (src/ops/resample.c, whose comments give the sampling
+     rules) of x (N x C x in, contiguous; in[3] = D, H, W with D = 1 in 2-D)
+     at grid (N x P x nd, contiguous) points; flags: 1 nearest, 2 border
+     padding (else zeros), 4 align_corners. forward: y (N x C x P) = the
+     samples. backward: g is the output's gradient (N x C x P); y, when not
+     NULL, receives the input's gradient (each plane's points added in
+     order), ggrid, when not NULL, the grid's (summed over channels). */
+  int32_t (*grid_sample)(int32_t dtype, int32_t backward, int32_t nd, int32_t flags, int64_t N, int64_t C, int64_t P,
+                         const int64_t *in, const void *x, const void *grid, const void *g, void *y, void *ggrid);
+  /* Convolution by a vendor library (cuDNN), optional: LM_E_UNSUPPORTED
+     when the library is missing or declines the case, and liblumen then
+     uses im2col and the GEMM. n samples, image side img_c channels
+     (img: n x img_c x image), column side col_c channels (col: n x col_c x
+     grid), w: col_c x img_c / groups x kernel; geom as im2col's. kind 0:
+     out (column side) = the convolution of img by w; 1: out (image side)
+     = its adjoint applied to col; 2: out (w's shape) = the weight gradient
+     of img and col. With ws NULL it sets *ws_bytes to the workspace the
+     chosen algorithm needs (chosen once per shape) and, when that is more
+     than 0, runs nothing: the caller then calls again with a buffer of
+     that size. */
+  int32_t (*conv_lib)(int32_t kind, int32_t dtype, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
+                      const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
+                      size_t *ws_bytes);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -228,7 +228,7 @@ local function search_dirs(env_var)
   local function add(d, why) dirs[#dirs + 1] = { dir = d, why = why } end
   if env_var then
     local v = os.getenv(env_var)
-    if v and v ~= '' then
+    if v and v ~= '' and v ~= '0' then -- LUMEN_CUDNN=0: keep convolutions off cuDNN (src/ops/conv.c)
       for _, d in ipairs(split_path(v)) do
         add(d:match('%.so[%.%d]*$') and d:match('^(.*)/[^/]*$') or d, '$' .. env_var)
       end

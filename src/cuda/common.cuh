@@ -95,6 +95,21 @@ template <typename F> int32_t for_each(int64_t n, F f, const char *what) {
   return launched(what);
 #endif
 }
+/* Layer families (the cuda4 branch's block): conv.cu, pool.cu, norm.cu, rnn.cu, resample.cu, grid.cu, cudnn.cu. */
+int32_t im2col(int32_t dtype, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img, void *cols);
+int32_t pool(int32_t op, int32_t dtype, int32_t backward, int64_t planes, const int64_t *geom, int32_t count_pad,
+             double divisor, const void *src, void *dst, int64_t *indices);
+int32_t norm_pass(int32_t kind, int32_t dtype, const int64_t *layout, const void *x, const void *g, void *y,
+                  double *coef, const double *w, const double *bias, double *sums);
+int32_t rnn_cell(int32_t op, int32_t dtype, int32_t backward, int64_t n, int64_t H, const void *const *in,
+                 const int64_t *ld, void *const *out);
+int32_t interp(int32_t dtype, int32_t backward, int32_t nd, int32_t nearest, int64_t planes, const int64_t *sizes,
+               const void *tables, const void *src, void *dst);
+int32_t grid_sample(int32_t dtype, int32_t backward, int32_t nd, int32_t flags, int64_t N, int64_t C, int64_t P,
+                    const int64_t *in, const void *x, const void *grid, const void *g, void *y, void *ggrid);
+int32_t conv_lib(int32_t kind, int32_t dtype, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
+                 const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
+                 size_t *ws_bytes);
 
 /* reduce.cu: the fewest elements of a run worth a piece of their own
    (rows, columns). */

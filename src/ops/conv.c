@@ -20,9 +20,18 @@
  * threads. Gradients of the weight are summed in a fixed number of partial
  * sums that depends on the shapes only, so results do not depend on the
  * thread count. docs/ARCHITECTURE.md has the measurements behind this plan.
+ *
+ * On a device the same three steps run on its backend (src/backend.h): the
+ * im2col entry makes (or, as col2im, folds back) the column matrix of a
+ * chunk of samples and the gemm entry multiplies per group, batched over
+ * the samples (dev_gather, dev_scatter, dev_weight_grad below). A backend
+ * with a library convolution (cuDNN: the conv_lib entry) runs the three
+ * steps there instead, unless LUMEN_CUDNN=0 or the library declines the
+ * case (try_conv_lib).
  */
 #include "../core/internal.h"
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 extern void openblas_set_num_threads(int n);
@@ -339,8 +348,214 @@ static lm_status conv_run(lm_ctx *ctx, const char *op, conv_job *j) {
   return LM_OK;
 }
 
+/* ---- on a device: im2col / col2im kernels of the backend and its GEMM ----
+   The column matrix of a chunk of samples is made at once (the backend's
+   im2col entry), then one strided-batched GEMM per group covers the chunk
+   (the weight's stride 0 across samples). Chunks keep the column buffer
+   under DEV_COL_BYTES. */
+#define DEV_COL_BYTES ((int64_t)256 << 20)
+
+static void geom_array(const conv_geom *g, int64_t *a) {
+  for (int d = 0; d < 3; d++) {
+    a[d] = g->img[d];
+    a[3 + d] = g->col[d];
+    a[6 + d] = g->k[d];
+    a[9 + d] = g->stride[d];
+    a[12 + d] = g->pad[d];
+    a[15 + d] = g->dil[d];
+  }
+}
+
+/* Samples per chunk, and the column buffer for them (NULL when direct). */
+static lm_status dev_cols(lm_ctx *ctx, const char *op, const conv_geom *g, int32_t dev, int64_t *chunk,
+                          lm_tensor **cols) {
+  int64_t per = g->img_c * g->ksz * g->col_sz;
+  *chunk = g->n;
+  *cols = NULL;
+  if (g->direct || per == 0 || g->n == 0) return LM_OK;
+  int64_t most = DEV_COL_BYTES / (per * g->es);
+  if (most < 1) most = 1;
+  if (*chunk > most) *chunk = most;
+  int64_t shape[1] = {*chunk * per};
+  return lm_new_on(ctx, op, dev, g->dtype, 1, shape, cols);
+}
+
+static lm_status dev_call(lm_ctx *ctx, const char *op, const lm_backend *be, lm_status st) {
+  return st ? lm_backend_fail(ctx, op, be, st) : LM_OK;
+}
+
+/* out (N x C x len, contiguous) += bias[c]: the elementwise entry with the
+   bias seen as C x 1. */
+static lm_status dev_add_bias(lm_ctx *ctx, const char *op, lm_tensor *out, const lm_tensor *bias, int64_t n, int64_t c,
+                              int64_t len) {
+  lm_tensor *o = lm_view_header(out), *b = lm_view_header(bias);
+  lm_status st = LM_OK;
+  if (!o || !b) {
+    st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+  } else {
+    int64_t shape[3] = {n, c, len};
+    o->ndim = 3;
+    for (int d = 0; d < 3; d++) o->shape[d] = shape[d];
+    o->stride[0] = c * len, o->stride[1] = len, o->stride[2] = 1;
+    b->ndim = 2;
+    b->shape[0] = c, b->shape[1] = 1, b->stride[0] = bias->ndim ? bias->stride[0] : 1, b->stride[1] = 1;
+    const lm_tensor *ts[3] = {o, o, b};
+    st = lm_dev_elementwise(ctx, op, LM_OP_ADD, out->dtype, 3, shape, 3, ts, 0);
+  }
+  if (o) lm_tensor_release(o);
+  if (b) lm_tensor_release(b);
+  return st;
+}
+
+/* The backend's library convolution (cuDNN) for step kind (0 gather, 1
+   scatter, 2 weight), when the backend has one, LUMEN_CUDNN is not "0" and
+   the library takes the case; *done says whether it ran (else im2col). */
+static lm_status try_conv_lib(lm_ctx *ctx, const char *op, const conv_geom *g, int32_t kind, const lm_tensor *img,
+                              const lm_tensor *a, const lm_tensor *col, lm_tensor *out, bool *done) {
+  *done = false;
+  const lm_backend *be = lm_backend_get(lm_device_of(out));
+  const char *env = getenv("LUMEN_CUDNN");
+  if (!be || be->size < offsetof(lm_backend, conv_lib) + sizeof be->conv_lib || !be->conv_lib ||
+      (env && !strcmp(env, "0")))
+    return LM_OK;
+  int64_t geom[18];
+  geom_array(g, geom);
+  const void *pi = img ? lm_data(img) : NULL, *pa = a ? lm_data(a) : NULL, *pc = col ? lm_data(col) : NULL;
+  size_t need = 0;
+  lm_status st = be->conv_lib(kind, g->dtype, g->n, g->img_c, g->col_c, g->groups, geom, pi, pa, pc, lm_data(out),
+                              NULL, &need);
+  if (st == LM_E_UNSUPPORTED) return LM_OK;
+  if (st) return lm_backend_fail(ctx, op, be, st);
+  if (need > 0) {
+    lm_tensor *ws;
+    const int64_t shape[1] = {(int64_t)need};
+    if ((st = lm_new_on(ctx, op, lm_device_of(out), LM_U8, 1, shape, &ws))) return st;
+    st = be->conv_lib(kind, g->dtype, g->n, g->img_c, g->col_c, g->groups, geom, pi, pa, pc, lm_data(out),
+                      lm_data(ws), &need);
+    lm_tensor_release(ws);
+    if (st == LM_E_UNSUPPORTED) return LM_OK;
+    if (st) return lm_backend_fail(ctx, op, be, st);
+  }
+  *done = true;
+  return LM_OK;
+}
+
+/* out (column side) = A . im2col(img) (+ bias). */
+static lm_status dev_gather(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *img,
+                            const lm_tensor *a, const lm_tensor *bias, lm_tensor *out) {
+  int32_t dev = lm_device_of(out), es = g->es;
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
+  if (st || g->n == 0 || g->col_sz == 0) return st;
+  if (g->ckg == 0) { /* no input channels: only the bias is left */
+    if ((st = lm_fill(ctx, out, 0))) return st;
+    return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->col_c, g->col_sz) : LM_OK;
+  }
+  bool done;
+  if ((st = try_conv_lib(ctx, op, g, 0, img, a, NULL, out, &done))) return st;
+  if (done) return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->col_c, g->col_sz) : LM_OK;
+  int64_t chunk, geom[18], per = g->img_c * g->ksz * g->col_sz;
+  lm_tensor *cols;
+  if ((st = dev_cols(ctx, op, g, dev, &chunk, &cols))) return st;
+  geom_array(g, geom);
+  const char *x = lm_data(img), *w = lm_data(a);
+  char *y = lm_data(out), *c = cols ? lm_data(cols) : NULL;
+  for (int64_t n0 = 0; n0 < g->n && !st; n0 += chunk) {
+    int64_t nb = g->n - n0 < chunk ? g->n - n0 : chunk;
+    const char *xs = x + n0 * g->img_c * g->img_sz * es;
+    if (c) st = dev_call(ctx, op, be, be->im2col(g->dtype, 1, nb, g->img_c, geom, (void *)xs, c));
+    for (int64_t gi = 0; gi < g->groups && !st; gi++) {
+      const char *b = c ? c + gi * g->ckg * g->col_sz * es : xs + gi * g->cg * g->img_sz * es;
+      int64_t sb = c ? per : g->img_c * g->img_sz;
+      st = dev_call(ctx, op, be, be->gemm(g->dtype, 0, 0, g->mg, g->col_sz, g->ckg, 1.0, w + gi * g->mg * g->ckg * es,
+                                          g->ckg, 0, b, g->col_sz, sb, 0.0,
+                                          y + (n0 * g->col_c + gi * g->mg) * g->col_sz * es, g->col_sz,
+                                          g->col_c * g->col_sz, nb));
+    }
+  }
+  if (cols) lm_tensor_release(cols);
+  if (!st && bias) st = dev_add_bias(ctx, op, out, bias, g->n, g->col_c, g->col_sz);
+  return st;
+}
+
+/* out (image side) = col2im(A^T . in) (+ bias). */
+static lm_status dev_scatter(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *in,
+                             const lm_tensor *a, const lm_tensor *bias, lm_tensor *out) {
+  int32_t dev = lm_device_of(out), es = g->es;
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
+  if (st || g->n == 0 || g->img_sz == 0 || g->img_c == 0) return st;
+  if (g->mg == 0 || g->col_sz == 0) { /* nothing reaches the image */
+    if ((st = lm_fill(ctx, out, 0))) return st;
+    return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->img_c, g->img_sz) : LM_OK;
+  }
+  bool done;
+  if ((st = try_conv_lib(ctx, op, g, 1, NULL, a, in, out, &done))) return st;
+  if (done) return bias ? dev_add_bias(ctx, op, out, bias, g->n, g->img_c, g->img_sz) : LM_OK;
+  int64_t chunk, geom[18], per = g->img_c * g->ksz * g->col_sz;
+  lm_tensor *cols;
+  if ((st = dev_cols(ctx, op, g, dev, &chunk, &cols))) return st;
+  geom_array(g, geom);
+  const char *x = lm_data(in), *w = lm_data(a);
+  char *y = lm_data(out), *c = cols ? lm_data(cols) : NULL;
+  for (int64_t n0 = 0; n0 < g->n && !st; n0 += chunk) {
+    int64_t nb = g->n - n0 < chunk ? g->n - n0 : chunk;
+    char *ys = y + n0 * g->img_c * g->img_sz * es;
+    for (int64_t gi = 0; gi < g->groups && !st; gi++) {
+      char *dst = c ? c + gi * g->ckg * g->col_sz * es : ys + gi * g->cg * g->img_sz * es;
+      int64_t sc = c ? per : g->img_c * g->img_sz;
+      st = dev_call(ctx, op, be, be->gemm(g->dtype, 1, 0, g->ckg, g->col_sz, g->mg, 1.0, w + gi * g->mg * g->ckg * es,
+                                          g->ckg, 0, x + (n0 * g->col_c + gi * g->mg) * g->col_sz * es, g->col_sz,
+                                          g->col_c * g->col_sz, 0.0, dst, g->col_sz, sc, nb));
+    }
+    if (!st && c) st = dev_call(ctx, op, be, be->im2col(g->dtype, 0, nb, g->img_c, geom, ys, c));
+  }
+  if (cols) lm_tensor_release(cols);
+  if (!st && bias) st = dev_add_bias(ctx, op, out, bias, g->n, g->img_c, g->img_sz);
+  return st;
+}
+
+/* out (the weight's shape) = sum over samples of in[n] . im2col(img[n])^T:
+   one GEMM per sample batched over the groups, accumulating (beta 1) after
+   the first. */
+static lm_status dev_weight_grad(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *in,
+                                 const lm_tensor *img, lm_tensor *out) {
+  int32_t dev = lm_device_of(out), es = g->es;
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
+  if (st) return st;
+  if (g->n == 0 || g->col_sz == 0 || g->mg == 0 || g->ckg == 0) return lm_fill(ctx, out, 0);
+  bool done;
+  if ((st = try_conv_lib(ctx, op, g, 2, img, NULL, in, out, &done)) || done) return st;
+  int64_t chunk, geom[18], per = g->img_c * g->ksz * g->col_sz;
+  lm_tensor *cols;
+  if ((st = dev_cols(ctx, op, g, dev, &chunk, &cols))) return st;
+  geom_array(g, geom);
+  const char *x = lm_data(img), *dy = lm_data(in);
+  char *dw = lm_data(out), *c = cols ? lm_data(cols) : NULL;
+  for (int64_t n0 = 0; n0 < g->n && !st; n0 += chunk) {
+    int64_t nb = g->n - n0 < chunk ? g->n - n0 : chunk;
+    const char *xs = x + n0 * g->img_c * g->img_sz * es;
+    if (c) st = dev_call(ctx, op, be, be->im2col(g->dtype, 1, nb, g->img_c, geom, (void *)xs, c));
+    for (int64_t i = 0; i < nb && !st; i++) {
+      int64_t n = n0 + i;
+      const char *b = c ? c + i * per * es : xs + i * g->img_c * g->img_sz * es;
+      int64_t sb = c ? g->ckg * g->col_sz : g->cg * g->img_sz;
+      st = dev_call(ctx, op, be, be->gemm(g->dtype, 0, 1, g->mg, g->ckg, g->col_sz, 1.0,
+                                          dy + n * g->col_c * g->col_sz * es, g->col_sz, g->mg * g->col_sz, b,
+                                          g->col_sz, sb, n == 0 ? 0.0 : 1.0, dw, g->ckg, g->mg * g->ckg, g->groups));
+    }
+  }
+  if (cols) lm_tensor_release(cols);
+  return st;
+}
+
 static lm_status gather(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *img, const lm_tensor *a,
                         const lm_tensor *bias, lm_tensor *out) {
+  if (lm_device_of(out) != LM_CPU) return dev_gather(ctx, op, g, img, a, bias, out);
   conv_job j = {.g = g, .step = STEP_GATHER, .img = lm_data(img), .a = lm_data(a),
                 .bias = bias ? lm_data(bias) : NULL, .out = lm_data(out)};
   return conv_run(ctx, op, &j);
@@ -368,6 +583,7 @@ static lm_status reverse_weight(lm_ctx *ctx, const char *op, const conv_geom *g,
 
 static lm_status scatter(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *in, const lm_tensor *a,
                          const lm_tensor *bias, lm_tensor *out) {
+  if (lm_device_of(out) != LM_CPU) return dev_scatter(ctx, op, g, in, a, bias, out);
   bool unit_stride = g->stride[0] == 1 && g->stride[1] == 1 && g->stride[2] == 1;
   if (unit_stride && !g->direct && g->mg <= 2 * g->cg) {
     /* With stride 1, col2im(A^T . in) is a convolution of in with the
@@ -401,6 +617,7 @@ static lm_status scatter(lm_ctx *ctx, const char *op, const conv_geom *g, const 
 
 static lm_status weight_grad(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *in,
                              const lm_tensor *img, lm_tensor *out) {
+  if (lm_device_of(out) != LM_CPU) return dev_weight_grad(ctx, op, g, in, img, out);
   int64_t asz = g->col_c * g->ckg, abytes = asz * g->es;
   int64_t nparts = g->n < MAX_PARTS ? g->n : MAX_PARTS;
   if (abytes > 0 && (nparts - 1) * abytes > PARTS_BYTES) nparts = 1 + PARTS_BYTES / abytes;
@@ -449,6 +666,17 @@ static void bias_grad_rows(void *arg, int64_t c0, int64_t c1) {
 
 static lm_status bias_grad(lm_ctx *ctx, const char *op, const lm_tensor *dy, int64_t n, int64_t c, int64_t len,
                            lm_tensor **out) {
+  if (lm_device_of(dy) != LM_CPU) { /* the sum over samples and positions of dy seen as N x C x len */
+    lm_tensor *v = lm_view_header(dy);
+    if (!v) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+    v->ndim = 3;
+    v->shape[0] = n, v->shape[1] = c, v->shape[2] = len;
+    v->stride[0] = c * len, v->stride[1] = len, v->stride[2] = 1;
+    const int32_t dims[2] = {0, 2};
+    lm_status st = lm_reduce(ctx, LM_OP_SUM, v, 2, dims, 0, 0, out, NULL);
+    lm_tensor_release(v);
+    return st;
+  }
   lm_tensor *db;
   int64_t shape[1] = {c};
   lm_status st = lm_new(ctx, op, dy->dtype, 1, shape, &db);
@@ -469,8 +697,11 @@ static const char *const kernel_names[4] = {"", "kL", "kH x kW", "kD x kH x kW"}
 static lm_status check_args(lm_ctx *ctx, const char *op, const lm_tensor *x, const lm_tensor *w, const lm_tensor *b,
                             int32_t nsp, const int64_t *stride, const int64_t *dilation, int64_t groups) {
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input")) || (st = lm_check_input(ctx, op, w, "weight"))) return st;
-  if (b && (st = lm_check_input(ctx, op, b, "bias"))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input")) || (st = lm_check_arg(ctx, op, w, "weight"))) return st;
+  const lm_tensor *ts[3] = {x, w, b};
+  const char *const what[3] = {"input", "weight", "bias"};
+  int32_t device;
+  if ((st = lm_op_device(ctx, op, 3, ts, what, false, &device))) return st;
   if (nsp < 1 || nsp > 3)
     return lm_err(ctx, LM_E_ARG, "%s: %d spatial dimensions, expected 1, 2 or 3", op, nsp);
   if (!lm_dtype_is_float(x->dtype))
@@ -537,14 +768,14 @@ static lm_status check_blas_limits(lm_ctx *ctx, const char *op, const conv_geom 
 }
 
 /* A contiguous tensor of the given shape (lead dims then spatial). */
-static lm_status new_out(lm_ctx *ctx, const char *op, int32_t dtype, bool batched, int64_t n, int64_t c, int32_t nsp,
+static lm_status new_out(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, bool batched, int64_t n, int64_t c, int32_t nsp,
                          const int64_t *sp, lm_tensor **out) {
   int64_t shape[LM_MAX_DIMS];
   int32_t nd = 0;
   if (batched) shape[nd++] = n;
   shape[nd++] = c;
   for (int32_t d = 0; d < nsp; d++) shape[nd++] = sp[d];
-  return lm_new(ctx, op, dtype, nd, shape, out);
+  return lm_new_on(ctx, op, device, dtype, nd, shape, out);
 }
 
 /* Parameters kept in a node: ip[0] nsp, [1] groups, [2] batched, then 3
@@ -594,11 +825,11 @@ static lm_status backward_of(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout,
     make_geom(&g, x->dtype, n, cin, cout, groups, nsp, x->shape + lead, dy->shape + lead, w->shape + 2,
               node->ip + IP_STRIDE, node->ip + IP_PAD, node->ip + IP_DIL);
   if (node->needs[0]) {
-    if ((st = lm_new(ctx, op, x->dtype, x->ndim, x->shape, &dx))) goto fail;
+    if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, x->shape, &dx))) goto fail;
     if ((st = transposed ? gather(ctx, op, &g, dy, w, NULL, dx) : scatter(ctx, op, &g, dy, w, NULL, dx))) goto fail;
   }
   if (node->needs[1]) {
-    if ((st = lm_new(ctx, op, w->dtype, w->ndim, w->shape, &dw))) goto fail;
+    if ((st = lm_new_on(ctx, op, lm_device_of(w), w->dtype, w->ndim, w->shape, &dw))) goto fail;
     if ((st = transposed ? weight_grad(ctx, op, &g, x, dy, dw) : weight_grad(ctx, op, &g, dy, x, dw))) goto fail;
   }
   if (node->needs[2] && (st = bias_grad(ctx, op, dy, n, cout, transposed ? g.img_sz : g.col_sz, &gin[2]))) goto fail;
@@ -631,7 +862,7 @@ static lm_status run_conv(lm_ctx *ctx, const char *op, bool transposed, const co
   lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
   if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
   if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
-  if ((st = new_out(ctx, op, x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
+  if ((st = new_out(ctx, op, lm_device_of(x), x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
   if ((st = transposed ? scatter(ctx, op, g, xc, wc, bc, y) : gather(ctx, op, g, xc, wc, bc, y))) goto done;
 
   lm_node *node;

@@ -68,6 +68,7 @@ enum {
 typedef struct pass {
   int kind;
   int32_t dt;
+  int32_t dev;                /* where x, g and y are (LM_CPU: the kernels here) */
   layout l;
   int64_t cpg;                /* chunks per group */
   const char *x, *g;          /* inputs (contiguous) */
@@ -175,9 +176,55 @@ static void run_units(void *arg, int64_t begin, int64_t end) {
   }
 }
 
+/* A pass on a device: the coefficients go over, the backend's norm_pass
+   runs the loop, the sums (and the shifts of K_MOMENTS, into p->k) come
+   back. */
+static lm_status dev_pass(lm_ctx *ctx, const char *op, pass *p, double *sums) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, p->dev, norm_pass, &be);
+  if (st) return st;
+  const int64_t G = p->l.ngroups, len = group_len(&p->l);
+  const int kind = p->kind == K_MOMENTS ? LM_NORM_MOMENTS
+                   : p->kind == K_GRAD_SUMS || p->kind == K_LN_GRAD_SUMS ? LM_NORM_GRAD_SUMS
+                   : p->kind == K_AFFINE || p->kind == K_LN_AFFINE     ? LM_NORM_AFFINE
+                                                                        : LM_NORM_GRAD_X;
+  const int64_t n = 4 * G + 2 * len + 2 * G; /* coef, w, bias, sums */
+  double *host = doubles(n);
+  if (!host) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+  double *w = host + 4 * G, *bias = w + len, *hs = bias + len;
+  const double *const src[4] = {p->k, p->a, p->b, p->c};
+  for (int i = 0; i < 4; i++)
+    for (int64_t q = 0; q < G; q++) host[i * G + q] = src[i] ? src[i][q] : 0;
+  for (int64_t j = 0; j < len; j++) w[j] = p->w ? p->w[j] : 1, bias[j] = p->bias ? p->bias[j] : 0;
+  lm_tensor *buf = NULL;
+  const int64_t shape[1] = {n};
+  if ((st = lm_new_on(ctx, op, p->dev, LM_F64, 1, shape, &buf))) goto done;
+  double *d = (double *)lm_data(buf);
+  const int64_t layout[5] = {G, p->l.group_stride, p->l.nseg, p->l.seg_len, p->l.seg_stride};
+  if ((st = be->copy_h2d(d, host, (size_t)(4 * G + 2 * len) * sizeof(double))) ||
+      (st = be->norm_pass(kind, p->dt, layout, p->x, p->g, p->y, d, p->w ? d + 4 * G : NULL,
+                          p->bias ? d + 4 * G + len : NULL, sums ? d + 4 * G + 2 * len : NULL))) {
+    st = lm_backend_fail(ctx, op, be, st);
+    goto done;
+  }
+  if (sums) {
+    if ((st = be->copy_d2h(hs, d + 4 * G + 2 * len, (size_t)(2 * G) * sizeof(double))) ||
+        (kind == LM_NORM_MOMENTS && (st = be->copy_d2h((double *)p->k, d, (size_t)G * sizeof(double))))) {
+      st = lm_backend_fail(ctx, op, be, st);
+      goto done;
+    }
+    memcpy(sums, hs, (size_t)(2 * G) * sizeof(double));
+  }
+done:
+  lm_tensor_release(buf);
+  free(host);
+  return st;
+}
+
 /* Runs pass p over every unit; when sums is given, sums[2q], sums[2q+1]
    receive group q's two sums. */
 static lm_status run_pass(lm_ctx *ctx, const char *op, pass *p, double *sums) {
+  if (p->dev != LM_CPU) return dev_pass(ctx, op, p, sums);
   p->cpg = chunks_per_group(&p->l);
   const int64_t units = p->l.ngroups * p->cpg;
   p->part = NULL;
@@ -206,15 +253,15 @@ static lm_status run_pass(lm_ctx *ctx, const char *op, pass *p, double *sums) {
 
 /* Mean and 1/sqrt(var + eps) of every group from one shifted pass; var
    (biased) goes to var when given. */
-static lm_status group_stats(lm_ctx *ctx, const char *op, int32_t dt, const char *x, const layout *l, double eps,
-                             double *mean, double *rstd, double *var) {
+static lm_status group_stats(lm_ctx *ctx, const char *op, int32_t dev, int32_t dt, const char *x, const layout *l,
+                             double eps, double *mean, double *rstd, double *var) {
   const int64_t n = group_len(l);
   double *shift = doubles(3 * l->ngroups);
   if (!shift) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
   double *sums = shift + l->ngroups;
-  for (int64_t q = 0; q < l->ngroups; q++)
-    shift[q] = n ? lm_read_as_double(dt, x + q * l->group_stride * lm_dtype_size(dt)) : 0;
-  pass p = {.kind = K_MOMENTS, .dt = dt, .l = *l, .x = x, .k = shift};
+  for (int64_t q = 0; q < l->ngroups; q++) /* on a device the pass takes them itself */
+    shift[q] = n && dev == LM_CPU ? lm_read_as_double(dt, x + q * l->group_stride * lm_dtype_size(dt)) : 0;
+  pass p = {.kind = K_MOMENTS, .dt = dt, .dev = dev, .l = *l, .x = x, .k = shift};
   lm_status st = run_pass(ctx, op, &p, sums);
   for (int64_t q = 0; q < l->ngroups && !st; q++) {
     double m = sums[2 * q] / (double)n;
@@ -238,10 +285,13 @@ static lm_status check_float(lm_ctx *ctx, const char *op, const lm_tensor *x) {
 
 /* An optional per-channel tensor (weight, bias, running stats): NULL, or
    ndim dims equal to shape, of dtype dt. */
-static lm_status check_param(lm_ctx *ctx, const char *op, const lm_tensor *t, const char *what, int32_t dt,
-                             int32_t ndim, const int64_t *shape) {
+static lm_status check_param(lm_ctx *ctx, const char *op, const lm_tensor *x, const lm_tensor *t, const char *what,
+                             int32_t dt, int32_t ndim, const int64_t *shape) {
   if (!t) return LM_OK;
-  lm_status st = lm_check_input(ctx, op, t, what);
+  const lm_tensor *ts[2] = {x, t};
+  const char *const names[2] = {"input", what};
+  int32_t dev;
+  lm_status st = lm_op_device(ctx, op, 2, ts, names, false, &dev);
   if (st) return st;
   char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   bool same = t->ndim == ndim;
@@ -263,8 +313,8 @@ static lm_status read_doubles(lm_ctx *ctx, const char *op, const lm_tensor *t, i
   if (!t) {
     for (int64_t i = 0; i < n; i++) v[i] = dflt;
   } else {
-    lm_tensor *c;
-    lm_status st = lm_contiguous(ctx, t, &c);
+    lm_tensor *c; /* contiguous, on the CPU */
+    lm_status st = lm_device_of(t) == LM_CPU ? lm_contiguous(ctx, t, &c) : lm_to_device(ctx, t, LM_CPU, &c);
     if (st) { free(v); return st; }
     for (int64_t i = 0; i < n; i++) v[i] = lm_read_as_double(c->dtype, lm_data(c) + i * lm_dtype_size(c->dtype));
     lm_tensor_release(c);
@@ -286,14 +336,44 @@ static lm_status contiguous_grad(lm_ctx *ctx, const lm_tensor *g, int32_t dt, lm
   return st;
 }
 
-/* A new tensor of dtype dt and shape (ndim, shape) holding v. */
-static lm_status tensor_of(lm_ctx *ctx, const char *op, int32_t dt, int32_t ndim, const int64_t *shape,
+/* A new tensor of dtype dt and shape (ndim, shape) holding v, on dev. */
+static lm_status tensor_of(lm_ctx *ctx, const char *op, int32_t dev, int32_t dt, int32_t ndim, const int64_t *shape,
                            const double *v, lm_tensor **out) {
-  lm_status st = lm_new(ctx, op, dt, ndim, shape, out);
+  lm_tensor *h;
+  lm_status st = lm_new(ctx, op, dt, ndim, shape, &h);
   if (st) return st;
-  int64_t n = lm_numel(*out);
-  for (int64_t i = 0; i < n; i++) lm_write_from_double(dt, lm_data(*out) + i * lm_dtype_size(dt), v[i]);
-  return LM_OK;
+  int64_t n = lm_numel(h);
+  for (int64_t i = 0; i < n; i++) lm_write_from_double(dt, lm_data(h) + i * lm_dtype_size(dt), v[i]);
+  if (dev == LM_CPU) {
+    *out = h;
+    return LM_OK;
+  }
+  st = lm_to_device(ctx, h, dev, out);
+  lm_tensor_release(h);
+  return st;
+}
+
+/* t (1-D, n values, any device) = (1 - momentum) t + momentum * scale * v. */
+static lm_status update_running(lm_ctx *ctx, const char *op, lm_tensor *t, int64_t n, double momentum, double scale,
+                                const double *v) {
+  if (lm_device_of(t) == LM_CPU) {
+    for (int64_t q = 0; q < n; q++) {
+      char *p = elem1(t, q);
+      lm_write_from_double(t->dtype, p, (1 - momentum) * lm_read_as_double(t->dtype, p) + momentum * v[q] * scale);
+    }
+    return LM_OK;
+  }
+  double *old;
+  lm_status st = read_doubles(ctx, op, t, n, 0, &old);
+  if (st) return st;
+  for (int64_t q = 0; q < n; q++) old[q] = (1 - momentum) * old[q] + momentum * v[q] * scale;
+  lm_tensor *h;
+  if (!(st = tensor_of(ctx, op, LM_CPU, t->dtype, 1, &n, old, &h))) {
+    st = lm_copy_(ctx, t, h);
+    lm_tensor_release(h);
+  }
+  free(old);
+  return st;
 }
 
 /* The backward of every norm keeps the per-group statistics in
@@ -336,7 +416,7 @@ static lm_status batch_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   double *a = sums + 2 * C, *b = a + C, *c = b + C;
   lm_status st = contiguous_grad(ctx, gout[0], dt, &g);
   if (!st) st = read_doubles(ctx, "batch_norm", wt, C, 1.0, &w);
-  pass p = {.kind = K_GRAD_SUMS, .dt = dt, .l = l, .x = lm_data(x), .g = g ? lm_data(g) : NULL, .k = mean};
+  pass p = {.kind = K_GRAD_SUMS, .dt = dt, .dev = lm_device_of(x), .l = l, .x = lm_data(x), .g = g ? lm_data(g) : NULL, .k = mean};
   if (!st) st = run_pass(ctx, "batch_norm", &p, sums); /* sum(g), sum(g (x - mean)) */
   if (!st && node->needs[0]) {
     for (int64_t q = 0; q < C; q++) {
@@ -345,8 +425,8 @@ static lm_status batch_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
       b[q] = training ? -w[q] * r * r * r * sums[2 * q + 1] / M : 0;
       c[q] = training ? -w[q] * r * sums[2 * q] / M - b[q] * mean[q] : 0;
     }
-    if (!(st = lm_new(ctx, "batch_norm", dt, x->ndim, x->shape, &gin[0]))) {
-      pass px = {.kind = K_GRAD_X, .dt = dt, .l = l, .x = lm_data(x), .g = lm_data(g), .y = lm_data(gin[0]),
+    if (!(st = lm_new_on(ctx, "batch_norm", lm_device_of(x), dt, x->ndim, x->shape, &gin[0]))) {
+      pass px = {.kind = K_GRAD_X, .dt = dt, .dev = lm_device_of(x), .l = l, .x = lm_data(x), .g = lm_data(g), .y = lm_data(gin[0]),
                  .a = a, .b = b, .c = c};
       st = run_pass(ctx, "batch_norm", &px, NULL);
     }
@@ -354,11 +434,11 @@ static lm_status batch_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   const int64_t cshape[1] = {C};
   if (!st && node->needs[1]) {
     for (int64_t q = 0; q < C; q++) a[q] = sums[2 * q + 1] * rstd[q];
-    st = tensor_of(ctx, "batch_norm", dt, 1, cshape, a, &gin[1]);
+    st = tensor_of(ctx, "batch_norm", lm_device_of(x), dt, 1, cshape, a, &gin[1]);
   }
   if (!st && node->needs[2]) {
     for (int64_t q = 0; q < C; q++) a[q] = sums[2 * q];
-    st = tensor_of(ctx, "batch_norm", dt, 1, cshape, a, &gin[2]);
+    st = tensor_of(ctx, "batch_norm", lm_device_of(x), dt, 1, cshape, a, &gin[2]);
   }
   lm_tensor_release(g);
   free(w);
@@ -372,17 +452,17 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
   const char *op = "batch_norm";
   char sb[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
   if (x->ndim < 2)
     return lm_err(ctx, LM_E_SHAPE, "%s: input is %d-D (%s), expected N x C x * (at least 2-D)", op, x->ndim, LM_SHP(x, sb));
   if (!(eps >= 0)) return lm_err(ctx, LM_E_ARG, "%s: eps is %g, expected a number >= 0", op, eps);
   int64_t N, C, S;
   nc_s(x, &N, &C, &S);
   const int64_t cshape[1] = {C};
-  if ((st = check_param(ctx, op, weight, "weight", x->dtype, 1, cshape)) ||
-      (st = check_param(ctx, op, bias, "bias", x->dtype, 1, cshape)) ||
-      (st = check_param(ctx, op, running_mean, "running_mean", x->dtype, 1, cshape)) ||
-      (st = check_param(ctx, op, running_var, "running_var", x->dtype, 1, cshape)))
+  if ((st = check_param(ctx, op, x, weight, "weight", x->dtype, 1, cshape)) ||
+      (st = check_param(ctx, op, x, bias, "bias", x->dtype, 1, cshape)) ||
+      (st = check_param(ctx, op, x, running_mean, "running_mean", x->dtype, 1, cshape)) ||
+      (st = check_param(ctx, op, x, running_var, "running_var", x->dtype, 1, cshape)))
     return st;
   if (!training && (!running_mean || !running_var))
     return lm_err(ctx, LM_E_ARG, "%s: running_mean and running_var are needed in evaluation mode (training = false)", op);
@@ -410,31 +490,29 @@ lm_status lm_batch_norm(lm_ctx *ctx, const lm_tensor *x, lm_tensor *running_mean
   if ((st = lm_contiguous(ctx, x, &xc))) goto done;
   if ((st = read_doubles(ctx, op, weight, C, 1.0, &w)) || (st = read_doubles(ctx, op, bias, C, 0.0, &b))) goto done;
   if (training) {
-    if ((st = group_stats(ctx, op, dt, lm_data(xc), &l, eps, mean, rstd, var))) goto done;
+    if ((st = group_stats(ctx, op, lm_device_of(x), dt, lm_data(xc), &l, eps, mean, rstd, var))) goto done;
     const double unbias = (double)(N * S) / (double)(N * S - 1);
-    for (int64_t q = 0; q < C; q++) {
-      if (running_mean) {
-        char *p = elem1(running_mean, q);
-        lm_write_from_double(dt, p, (1 - momentum) * lm_read_as_double(dt, p) + momentum * mean[q]);
-      }
-      if (running_var) {
-        char *p = elem1(running_var, q);
-        lm_write_from_double(dt, p, (1 - momentum) * lm_read_as_double(dt, p) + momentum * var[q] * unbias);
-      }
-    }
+    if ((running_mean && (st = update_running(ctx, op, running_mean, C, momentum, 1.0, mean))) ||
+        (running_var && (st = update_running(ctx, op, running_var, C, momentum, unbias, var))))
+      goto done;
   } else {
-    for (int64_t q = 0; q < C; q++) {
-      mean[q] = lm_read_as_double(dt, elem1(running_mean, q));
-      rstd[q] = 1.0 / sqrt(lm_read_as_double(dt, elem1(running_var, q)) + eps);
-    }
+    double *rm = NULL, *rv = NULL;
+    if (!(st = read_doubles(ctx, op, running_mean, C, 0, &rm)) && !(st = read_doubles(ctx, op, running_var, C, 0, &rv)))
+      for (int64_t q = 0; q < C; q++) {
+        mean[q] = rm[q];
+        rstd[q] = 1.0 / sqrt(rv[q] + eps);
+      }
+    free(rm);
+    free(rv);
+    if (st) goto done;
   }
   /* y = w (x - mean) rstd + b = sa x + sbias */
   for (int64_t q = 0; q < C; q++) {
     sa[q] = w[q] * rstd[q];
     sbias[q] = b[q] - mean[q] * sa[q];
   }
-  if ((st = lm_new(ctx, op, dt, x->ndim, x->shape, &y))) goto done;
-  pass p = {.kind = K_AFFINE, .dt = dt, .l = l, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), dt, x->ndim, x->shape, &y))) goto done;
+  pass p = {.kind = K_AFFINE, .dt = dt, .dev = lm_device_of(x), .l = l, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
   if ((st = run_pass(ctx, op, &p, NULL))) goto done;
 
   ctx->grad_enabled = grad_was;
@@ -477,7 +555,7 @@ static lm_status group_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   lm_status st = contiguous_grad(ctx, gout[0], dt, &g);
   if (!st) st = read_doubles(ctx, "group_norm", wt, C, 1.0, &w);
   const layout planes = {.ngroups = P, .group_stride = S, .nseg = 1, .seg_len = S, .seg_stride = S};
-  pass p = {.kind = K_GRAD_SUMS, .dt = dt, .l = planes, .x = lm_data(x), .g = g ? lm_data(g) : NULL, .k = k};
+  pass p = {.kind = K_GRAD_SUMS, .dt = dt, .dev = lm_device_of(x), .l = planes, .x = lm_data(x), .g = g ? lm_data(g) : NULL, .k = k};
   if (!st) st = run_pass(ctx, "group_norm", &p, sums); /* per (n, c): sum(g), sum(g (x - mean)) */
   if (!st && node->needs[0]) {
     for (int64_t q = 0; q < N * G; q++) {
@@ -497,8 +575,8 @@ static lm_status group_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
         c[pl] = -r * m1 - b[pl] * mean[q];
       }
     }
-    if (!(st = lm_new(ctx, "group_norm", dt, x->ndim, x->shape, &gin[0]))) {
-      pass px = {.kind = K_GRAD_X, .dt = dt, .l = planes, .x = lm_data(x), .g = lm_data(g), .y = lm_data(gin[0]),
+    if (!(st = lm_new_on(ctx, "group_norm", lm_device_of(x), dt, x->ndim, x->shape, &gin[0]))) {
+      pass px = {.kind = K_GRAD_X, .dt = dt, .dev = lm_device_of(x), .l = planes, .x = lm_data(x), .g = lm_data(g), .y = lm_data(gin[0]),
                  .a = a, .b = b, .c = c};
       st = run_pass(ctx, "group_norm", &px, NULL);
     }
@@ -514,7 +592,7 @@ static lm_status group_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
       }
       a[ch] = s;
     }
-    st = tensor_of(ctx, "group_norm", dt, 1, cshape, a, &gin[i]);
+    st = tensor_of(ctx, "group_norm", lm_device_of(x), dt, 1, cshape, a, &gin[i]);
   }
   lm_tensor_release(g);
   free(w);
@@ -527,7 +605,7 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
   const char *op = "group_norm";
   char sb[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
   if (x->ndim < 2)
     return lm_err(ctx, LM_E_SHAPE, "%s: input is %d-D (%s), expected N x C x * (at least 2-D)", op, x->ndim, LM_SHP(x, sb));
   if (!(eps >= 0)) return lm_err(ctx, LM_E_ARG, "%s: eps is %g, expected a number >= 0", op, eps);
@@ -537,8 +615,8 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
     return lm_err(ctx, LM_E_ARG, "%s: %lld groups for %lld channels (input %s), expected a positive divisor of the channels",
                   op, (long long)groups, (long long)C, LM_SHP(x, sb));
   const int64_t cshape[1] = {C};
-  if ((st = check_param(ctx, op, weight, "weight", x->dtype, 1, cshape)) ||
-      (st = check_param(ctx, op, bias, "bias", x->dtype, 1, cshape)))
+  if ((st = check_param(ctx, op, x, weight, "weight", x->dtype, 1, cshape)) ||
+      (st = check_param(ctx, op, x, bias, "bias", x->dtype, 1, cshape)))
     return st;
 
   const int32_t dt = x->dtype;
@@ -552,15 +630,15 @@ lm_status lm_group_norm(lm_ctx *ctx, const lm_tensor *x, int64_t groups, const l
   if ((st = lm_contiguous(ctx, x, &xc))) goto done;
   if ((st = read_doubles(ctx, op, weight, C, 1.0, &w)) || (st = read_doubles(ctx, op, bias, C, 0.0, &b))) goto done;
   const layout gl = {.ngroups = N * G, .group_stride = cg * S, .nseg = 1, .seg_len = cg * S, .seg_stride = cg * S};
-  if ((st = group_stats(ctx, op, dt, lm_data(xc), &gl, eps, mean, rstd, NULL))) goto done;
+  if ((st = group_stats(ctx, op, lm_device_of(x), dt, lm_data(xc), &gl, eps, mean, rstd, NULL))) goto done;
   for (int64_t pl = 0; pl < P; pl++) { /* y = w (x - mean) rstd + b, per (n, c) */
     const int64_t ch = pl % C, q = (pl / C) * G + ch / cg;
     sa[pl] = w[ch] * rstd[q];
     sbias[pl] = b[ch] - mean[q] * sa[pl];
   }
-  if ((st = lm_new(ctx, op, dt, x->ndim, x->shape, &y))) goto done;
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), dt, x->ndim, x->shape, &y))) goto done;
   const layout planes = {.ngroups = P, .group_stride = S, .nseg = 1, .seg_len = S, .seg_stride = S};
-  pass p = {.kind = K_AFFINE, .dt = dt, .l = planes, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
+  pass p = {.kind = K_AFFINE, .dt = dt, .dev = lm_device_of(x), .l = planes, .x = lm_data(xc), .y = lm_data(y), .a = sa, .b = sbias};
   if ((st = run_pass(ctx, op, &p, NULL))) goto done;
 
   ctx->grad_enabled = grad_was;
@@ -736,6 +814,47 @@ LM_CLONES static void ln_cols_run(void *arg, int64_t begin, int64_t end) {
   else ln_cols_body(p, begin, end, false);
 }
 
+/* t (contiguous, M * D elements) seen as M x D, summed over the rows into a
+   tensor of shape like's (+1). */
+static lm_status sum_rows(lm_ctx *ctx, const lm_tensor *t, int64_t M, int64_t D, const lm_tensor *like, lm_tensor **out) {
+  lm_tensor *v = lm_view_header(t), *s = NULL;
+  if (!v) return lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
+  v->ndim = 2;
+  v->shape[0] = M, v->shape[1] = D, v->stride[0] = D, v->stride[1] = 1;
+  const int32_t dim0[1] = {0};
+  lm_status st = lm_reduce(ctx, LM_OP_SUM, v, 1, dim0, 0, 0, &s, NULL);
+  lm_tensor_release(v);
+  if (st) return st;
+  st = lm_reshape(ctx, s, like->ndim, like->shape, out);
+  lm_tensor_release(s);
+  return st;
+}
+
+/* The weight and bias gradients of layer norm on a device: sums over the
+   rows of g xhat and of g, with xhat = (x - mean) rstd made by a pass. */
+static lm_status ln_param_grads_dev(lm_ctx *ctx, lm_node *node, const lm_tensor *x, const lm_tensor *g,
+                                    const lm_tensor *wt, const lm_tensor *bt, const double *mean, const double *rstd,
+                                    int64_t M, int64_t D, lm_tensor **gin) {
+  lm_status st = LM_OK;
+  if (node->needs[2] && (st = sum_rows(ctx, g, M, D, bt, &gin[2]))) return st;
+  if (!node->needs[1]) return LM_OK;
+  double *ab = doubles(2 * M);
+  if (!ab) return lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
+  for (int64_t r = 0; r < M; r++) ab[r] = rstd[r], ab[M + r] = -mean[r] * rstd[r];
+  lm_tensor *xh = NULL, *gx = NULL;
+  const layout rows = {.ngroups = M, .group_stride = D, .nseg = 1, .seg_len = D, .seg_stride = D};
+  if (!(st = lm_new_on(ctx, "layer_norm", lm_device_of(x), x->dtype, x->ndim, x->shape, &xh))) {
+    pass p = {.kind = K_AFFINE, .dt = x->dtype, .dev = lm_device_of(x), .l = rows, .x = lm_data(x), .y = lm_data(xh),
+              .a = ab, .b = ab + M};
+    if (!(st = run_pass(ctx, "layer_norm", &p, NULL)) && !(st = lm_binary(ctx, LM_OP_MUL, g, xh, NULL, &gx)))
+      st = sum_rows(ctx, gx, M, D, wt, &gin[1]);
+  }
+  lm_tensor_release(xh);
+  lm_tensor_release(gx);
+  free(ab);
+  return st;
+}
+
 /* saved: 0 x (contiguous), 1 weight (contiguous); ip[0]: D; extra: mean, rstd */
 static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *x = node->saved[0], *wt = node->saved[1], *bt = node->saved[2];
@@ -749,11 +868,11 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   lm_status st = contiguous_grad(ctx, gout[0], dt, &g);
   if (!st && wt) st = read_doubles(ctx, "layer_norm", wt, D, 1.0, &w);
   const bool want_cols = node->needs[1] || node->needs[2];
-  if (!st && D <= ROW_MAX) { /* rows in cache: one pass over them */
+  if (!st && D <= ROW_MAX && lm_device_of(x) == LM_CPU) { /* rows in cache: one pass over them */
     const int64_t nblk = want_cols ? (M < ROW_BLOCKS ? M : ROW_BLOCKS) : M;
     double *part = NULL;
     if (want_cols && !(part = doubles(2 * D * nblk))) st = lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
-    if (!st && node->needs[0]) st = lm_new(ctx, "layer_norm", dt, x->ndim, x->shape, &gin[0]);
+    if (!st && node->needs[0]) st = lm_new_on(ctx, "layer_norm", lm_device_of(x), dt, x->ndim, x->shape, &gin[0]);
     if (!st) {
       ln_rows p = {.dt = dt, .M = M, .D = D, .nblk = nblk, .x = lm_data(x), .g = lm_data(g),
                    .y = gin[0] ? lm_data(gin[0]) : NULL, .w = w, .mean = (double *)mean, .rstd = (double *)rstd,
@@ -772,7 +891,7 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
   }
   const layout rows = {.ngroups = M, .group_stride = D, .nseg = 1, .seg_len = D, .seg_stride = D};
   if (!st && node->needs[0]) {
-    pass p = {.kind = K_LN_GRAD_SUMS, .dt = dt, .l = rows, .x = lm_data(x), .g = lm_data(g), .k = mean, .w = w};
+    pass p = {.kind = K_LN_GRAD_SUMS, .dt = dt, .dev = lm_device_of(x), .l = rows, .x = lm_data(x), .g = lm_data(g), .k = mean, .w = w};
     st = run_pass(ctx, "layer_norm", &p, sums); /* sum(g w), sum(g w (x - mean)) per row */
     for (int64_t r = 0; r < M && !st; r++) {
       const double rs = rstd[r], m1 = sums[2 * r] / (double)D, m2 = rs * sums[2 * r + 1] / (double)D;
@@ -780,11 +899,15 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
       b[r] = -rs * rs * m2;
       c[r] = -rs * m1 - b[r] * mean[r];
     }
-    if (!st && !(st = lm_new(ctx, "layer_norm", dt, x->ndim, x->shape, &gin[0]))) {
-      pass px = {.kind = K_LN_GRAD_X, .dt = dt, .l = rows, .x = lm_data(x), .g = lm_data(g), .y = lm_data(gin[0]),
+    if (!st && !(st = lm_new_on(ctx, "layer_norm", lm_device_of(x), dt, x->ndim, x->shape, &gin[0]))) {
+      pass px = {.kind = K_LN_GRAD_X, .dt = dt, .dev = lm_device_of(x), .l = rows, .x = lm_data(x), .g = lm_data(g), .y = lm_data(gin[0]),
                  .a = a, .b = b, .c = c, .w = w};
       st = run_pass(ctx, "layer_norm", &px, NULL);
     }
+  }
+  if (!st && want_cols && lm_device_of(x) != LM_CPU) {
+    st = ln_param_grads_dev(ctx, node, x, g, wt, bt, mean, rstd, M, D, gin);
+    goto done;
   }
   if (!st && want_cols) {
     if (!(cols = doubles(2 * D))) st = lm_err(ctx, LM_E_OOM, "layer_norm: out of memory");
@@ -796,8 +919,9 @@ static lm_status layer_norm_backward(lm_ctx *ctx, lm_node *node, lm_tensor *cons
     }
   }
 params:
-  if (!st && node->needs[1]) st = tensor_of(ctx, "layer_norm", dt, wt->ndim, wt->shape, cols, &gin[1]);
-  if (!st && node->needs[2]) st = tensor_of(ctx, "layer_norm", dt, bt->ndim, bt->shape, cols + D, &gin[2]);
+  if (!st && node->needs[1]) st = tensor_of(ctx, "layer_norm", lm_device_of(x), dt, wt->ndim, wt->shape, cols, &gin[1]);
+  if (!st && node->needs[2]) st = tensor_of(ctx, "layer_norm", lm_device_of(x), dt, bt->ndim, bt->shape, cols + D, &gin[2]);
+done:
   lm_tensor_release(g);
   free(w);
   free(buf);
@@ -810,7 +934,7 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
   const char *op = "layer_norm";
   char xs[LM_SHAPE_BUF], ns[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input")) || (st = check_float(ctx, op, x))) return st;
   if (nshape < 1 || nshape > LM_MAX_DIMS || !shape)
     return lm_err(ctx, LM_E_ARG, "%s: normalized_shape has %d dims, expected 1 to %d", op, nshape, LM_MAX_DIMS);
   bool fits = nshape <= x->ndim;
@@ -819,8 +943,8 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
     return lm_err(ctx, LM_E_SHAPE, "%s: input %s does not end with normalized_shape %s", op, LM_SHP(x, xs),
                   lm_shape_str(nshape, shape, ns, sizeof ns));
   if (!(eps >= 0)) return lm_err(ctx, LM_E_ARG, "%s: eps is %g, expected a number >= 0", op, eps);
-  if ((st = check_param(ctx, op, weight, "weight", x->dtype, nshape, shape)) ||
-      (st = check_param(ctx, op, bias, "bias", x->dtype, nshape, shape)))
+  if ((st = check_param(ctx, op, x, weight, "weight", x->dtype, nshape, shape)) ||
+      (st = check_param(ctx, op, x, bias, "bias", x->dtype, nshape, shape)))
     return st;
 
   const int32_t dt = x->dtype;
@@ -835,20 +959,20 @@ lm_status lm_layer_norm(lm_ctx *ctx, const lm_tensor *x, int32_t nshape, const i
   if ((weight && (st = read_doubles(ctx, op, weight, D, 1.0, &w))) ||
       (bias && (st = read_doubles(ctx, op, bias, D, 0.0, &b))))
     goto done;
-  if ((st = lm_new(ctx, op, dt, x->ndim, x->shape, &y))) goto done;
-  if (D <= ROW_MAX) { /* rows in cache: one pass over them */
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), dt, x->ndim, x->shape, &y))) goto done;
+  if (D <= ROW_MAX && lm_device_of(x) == LM_CPU) { /* rows in cache: one pass over them */
     ln_rows p = {.dt = dt, .M = M, .D = D, .eps = eps, .x = lm_data(xc), .y = lm_data(y), .w = w, .bias = b,
                  .mean = mean, .rstd = rstd};
     const int64_t grain = D > 0 ? GRAIN / D : GRAIN;
     lm_parallel_for(ctx, M, grain < 1 ? 1 : grain, ln_forward_run, &p);
   } else {
     const layout rows = {.ngroups = M, .group_stride = D, .nseg = 1, .seg_len = D, .seg_stride = D};
-    if ((st = group_stats(ctx, op, dt, lm_data(xc), &rows, eps, mean, rstd, NULL))) goto done;
+    if ((st = group_stats(ctx, op, lm_device_of(x), dt, lm_data(xc), &rows, eps, mean, rstd, NULL))) goto done;
     for (int64_t r = 0; r < M; r++) { /* xhat = scale x + offset */
       scale[r] = rstd[r];
       offset[r] = -mean[r] * rstd[r];
     }
-    pass p = {.kind = K_LN_AFFINE, .dt = dt, .l = rows, .x = lm_data(xc), .y = lm_data(y), .a = scale, .b = offset,
+    pass p = {.kind = K_LN_AFFINE, .dt = dt, .dev = lm_device_of(x), .l = rows, .x = lm_data(xc), .y = lm_data(y), .a = scale, .b = offset,
               .w = w, .bias = b};
     if ((st = run_pass(ctx, op, &p, NULL))) goto done;
   }

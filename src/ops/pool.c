@@ -12,7 +12,11 @@
  * turn into two specialised copies (float and double); float values are
  * compared and summed in double. Forward passes run in parallel over rows
  * of outputs; backward passes scatter into overlapping windows, so they run
- * in parallel over whole planes. */
+ * in parallel over whole planes.
+ *
+ * On a device, the same plans go to the backend's pool entry (dev_pool):
+ * max, average and adaptive average pooling, forward and backward; max
+ * unpooling runs on the CPU only so far. */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -65,6 +69,8 @@ typedef struct window_plan {
   int64_t planes;
   window_dim dim[3];
   double divisor; /* > 0: divides every window instead of the counts */
+  int32_t code;   /* LM_OP_MAX_POOL, LM_OP_AVG_POOL or LM_OP_ADAPTIVE_AVG_POOL (for a device) */
+  bool count_pad; /* average pools: count_include_pad (for a device) */
   int32_t ndim;   /* the input's shape, for gradients */
   int64_t shape[LM_MAX_DIMS];
   int64_t tables[]; /* lo, hi, count of the three dims */
@@ -150,7 +156,7 @@ static lm_status check_float(lm_ctx *ctx, const char *op, const lm_tensor *x) {
 /* x must be (N x) C x nd spatial dims, each spatial dim non-empty. */
 static lm_status check_pool_input(lm_ctx *ctx, const char *op, const lm_tensor *x, int32_t nd) {
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input"))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input"))) return st;
   if ((st = check_float(ctx, op, x))) return st;
   static const char *const layout[] = {"", "W", "H x W", "D x H x W"};
   char buf[LM_SHAPE_BUF];
@@ -237,6 +243,29 @@ static void out_shape(const lm_tensor *x, int32_t nd, const int64_t *spatial, in
 }
 
 static void plan_free(void *p) { free(p); }
+
+/* ---- on a device: the backend's pool entry ---- */
+
+/* Runs plan p's pool (forward: src = input, dst = output; backward: src =
+   the output's gradient, dst = the input's) on the device of dst. */
+static lm_status dev_pool(lm_ctx *ctx, const char *op, const window_plan *p, bool backward, const lm_tensor *src,
+                          lm_tensor *dst, const lm_tensor *indices) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(dst), pool, &be);
+  if (st) return st;
+  int64_t geom[18];
+  for (int32_t d = 0; d < 3; d++) {
+    const window_dim *w = &p->dim[d];
+    bool unit = w->k == 0; /* a unit dim in front, or an adaptive pool's */
+    geom[d] = w->in, geom[3 + d] = w->out;
+    geom[6 + d] = unit ? 1 : w->k, geom[9 + d] = unit ? 1 : w->s;
+    geom[12 + d] = unit ? 0 : w->pad, geom[15 + d] = unit ? 1 : w->step;
+  }
+  if ((st = be->pool(p->code, dst->dtype, backward, p->planes, geom, p->count_pad, p->divisor, lm_data(src),
+                     lm_data(dst), indices ? (int64_t *)lm_data(indices) : NULL)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
 
 /* ---- max pooling ---- */
 
@@ -340,8 +369,8 @@ static int64_t grain_for(int64_t work_per_item) {
 }
 
 /* A tensor of the saved input's shape, for its gradient. */
-static lm_status grad_like_input(lm_ctx *ctx, const char *op, const window_plan *p, int32_t dtype, lm_tensor **out) {
-  return lm_new(ctx, op, dtype, p->ndim, p->shape, out);
+static lm_status grad_like_input(lm_ctx *ctx, const char *op, const window_plan *p, const lm_tensor *g, lm_tensor **out) {
+  return lm_new_on(ctx, op, lm_device_of(g), g->dtype, p->ndim, p->shape, out);
 }
 
 static lm_status max_pool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
@@ -349,7 +378,12 @@ static lm_status max_pool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const 
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = grad_like_input(ctx, "max_pool backward", p, g->dtype, &gx))) goto done;
+  if ((st = grad_like_input(ctx, "max_pool backward", p, g, &gx))) goto done;
+  if (lm_device_of(g) != LM_CPU) {
+    if ((st = dev_pool(ctx, "max_pool backward", p, true, g, gx, node->saved[0]))) goto done;
+    gin[0] = gx, gx = NULL;
+    goto done;
+  }
   scatter_job j = {p, lm_data(g), (const int64_t *)lm_data(node->saved[0]), lm_data(gx), false};
   lm_parallel_for(ctx, p->planes, grain_for(out_plane(p)), g->dtype == LM_F64 ? max_back_f64 : max_back_f32, &j);
   if (atomic_load(&j.bad)) {
@@ -383,14 +417,20 @@ lm_status lm_max_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t
   if ((st = plan_new(ctx, op, x, nd, a.out, &p))) goto fail;
   for (int32_t d = 0; d < nd; d++)
     fill_strided(&p->dim[3 - nd + d], a.k[d], a.s[d], a.pad[d], a.dil[d], false);
+  p->code = LM_OP_MAX_POOL;
+  int32_t dev = lm_device_of(x);
   if ((st = contiguous_untracked(ctx, x, &xc))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
-  if ((indices || grad) && (st = lm_new(ctx, op, LM_I64, x->ndim, shape, &idx))) goto fail;
+  if ((st = lm_new_on(ctx, op, dev, x->dtype, x->ndim, shape, &y))) goto fail;
+  if ((indices || grad) && (st = lm_new_on(ctx, op, dev, LM_I64, x->ndim, shape, &idx))) goto fail;
 
   max_job j = {p, lm_data(xc), lm_data(y), idx ? (int64_t *)lm_data(idx) : NULL, x->dtype == LM_F64, false};
   int64_t rows = p->planes * p->dim[0].out * p->dim[1].out;
   int64_t kvol = (a.k[0]) * (nd > 1 ? a.k[1] : 1) * (nd > 2 ? a.k[2] : 1);
-  lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * kvol), j.f64 ? max_rows_f64 : max_rows_f32, &j);
+  if (dev != LM_CPU) {
+    if ((st = dev_pool(ctx, op, p, false, xc, y, idx))) goto fail;
+  } else {
+    lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * kvol), j.f64 ? max_rows_f64 : max_rows_f32, &j);
+  }
   if (atomic_load(&j.oom)) {
     st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
     goto fail;
@@ -505,7 +545,12 @@ static lm_status avg_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = grad_like_input(ctx, "avg_pool backward", p, g->dtype, &gx))) goto done;
+  if ((st = grad_like_input(ctx, "avg_pool backward", p, g, &gx))) goto done;
+  if (lm_device_of(g) != LM_CPU) {
+    if ((st = dev_pool(ctx, "avg_pool backward", p, true, g, gx, NULL))) goto done;
+    gin[0] = gx, gx = NULL;
+    goto done;
+  }
   avg_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64, false};
   lm_parallel_for(ctx, p->planes, grain_for(out_plane(p) * mean_window(p)), j.f64 ? avg_back_f64 : avg_back_f32, &j);
   gin[0] = gx, gx = NULL;
@@ -523,11 +568,16 @@ static lm_status run_avg(lm_ctx *ctx, const char *op, int32_t op_code, const lm_
   for (int32_t d = 0; d < nd; d++) spatial[d] = p->dim[3 - nd + d].out;
   out_shape(x, nd, spatial, shape);
   lm_status st;
+  p->code = op_code;
   if ((st = contiguous_untracked(ctx, x, &xc))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, shape, &y))) goto fail;
   avg_job j = {p, lm_data(xc), lm_data(y), x->dtype == LM_F64, false};
   int64_t rows = p->planes * p->dim[0].out * p->dim[1].out;
-  lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * mean_window(p)), j.f64 ? avg_rows_f64 : avg_rows_f32, &j);
+  if (lm_device_of(x) != LM_CPU) {
+    if ((st = dev_pool(ctx, op, p, false, xc, y, NULL))) goto fail;
+  } else {
+    lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * mean_window(p)), j.f64 ? avg_rows_f64 : avg_rows_f32, &j);
+  }
   if (atomic_load(&j.oom)) {
     st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
     goto fail;
@@ -565,6 +615,7 @@ lm_status lm_avg_pool(lm_ctx *ctx, const lm_tensor *x, int32_t nd, const int64_t
   for (int32_t d = 0; d < nd; d++)
     fill_strided(&p->dim[3 - nd + d], a.k[d], a.s[d], a.pad[d], 1, count_include_pad != 0);
   p->divisor = (double)divisor_override;
+  p->count_pad = count_include_pad != 0;
   return run_avg(ctx, op, LM_OP_AVG_POOL, x, nd, p, out);
 }
 
@@ -652,7 +703,9 @@ lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indice
   char op[16], a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   snprintf(op, sizeof op, "max_unpool%dd", nd);
   lm_status st;
-  if ((st = check_nd(ctx, "max_unpool", nd)) || (st = check_pool_input(ctx, op, x, nd))) return st;
+  if ((st = check_nd(ctx, "max_unpool", nd)) || (st = lm_check_input(ctx, op, x, "input")) ||
+      (st = check_pool_input(ctx, op, x, nd)))
+    return st;
   if ((st = lm_check_input(ctx, op, indices, "indices"))) return st;
   if (indices->dtype != LM_I64)
     return lm_err(ctx, LM_E_DTYPE, "%s: indices dtype %s, expected i64", op, lm_dtype_name(indices->dtype));

@@ -14,7 +14,11 @@
  * weights; the gradient for the input scatters them.
  *
  * Kernels are written once over a `bool f64` that always-inlined helpers
- * specialise (float values are computed in double). */
+ * specialise (float values are computed in double).
+ *
+ * On a device, interpolation goes to the backend's interp entry with the
+ * same tables (dev_interp); affine_grid is two GEMMs there (dev_affine_gemm);
+ * grid_sample goes to the backend's grid_sample entry (dev_grid). */
 #include "../core/internal.h"
 #include <math.h>
 #include <stdlib.h>
@@ -245,15 +249,61 @@ LM_INLINE void interp_back_planes(const interp_job *j, int64_t p0, int64_t p1, b
 static void interp_back_f32(void *a, int64_t p0, int64_t p1) { interp_back_planes(a, p0, p1, false); }
 static void interp_back_f64(void *a, int64_t p0, int64_t p1) { interp_back_planes(a, p0, p1, true); }
 
+/* Plan p's interpolation on the device of dst (forward: src = input, dst =
+   output; backward: src = the output's gradient, dst = the input's): the
+   tables go over as backend.h's interp entry lays them out, with the range
+   of outputs that read each input position. */
+static lm_status dev_interp(lm_ctx *ctx, const char *op, const interp_plan *p, bool backward, const lm_tensor *src,
+                            lm_tensor *dst) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, lm_device_of(dst), interp, &be);
+  if (st) return st;
+  int64_t n = 0, sizes[6];
+  for (int32_t d = 0; d < 3; d++) {
+    sizes[d] = p->dim[d].in, sizes[3 + d] = p->dim[d].out;
+    n += 4 * p->dim[d].out + 2 * p->dim[d].in;
+  }
+  int64_t *host = malloc((size_t)n * sizeof *host), *t = host;
+  if (!host) return lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
+  for (int32_t d = 0; d < 3; d++) {
+    const interp_dim *w = &p->dim[d];
+    int64_t out = w->out, in = w->in;
+    memcpy(t, w->i0, (size_t)out * 8), memcpy(t + out, w->i1, (size_t)out * 8);
+    memcpy(t + 2 * out, w->w0, (size_t)out * 8), memcpy(t + 3 * out, w->w1, (size_t)out * 8);
+    int64_t *lo = t + 4 * out, *hi = lo + in, a = 0, b = 0;
+    for (int64_t i = 0; i < in; i++) { /* i0 and i1 never decrease along o */
+      while (a < out && w->i1[a] < i) a++;
+      while (b < out && w->i0[b] <= i) b++;
+      lo[i] = a, hi[i] = b > a ? b : a;
+    }
+    t += 4 * out + 2 * in;
+  }
+  lm_tensor *buf = NULL;
+  const int64_t shape[1] = {n};
+  if (!(st = lm_new_on(ctx, op, lm_device_of(dst), LM_F64, 1, shape, &buf))) {
+    if ((st = be->copy_h2d(lm_data(buf), host, (size_t)n * 8)) ||
+        (st = be->interp(dst->dtype, backward, p->nd, p->nearest, p->planes, sizes, lm_data(buf), lm_data(src),
+                         lm_data(dst))))
+      st = lm_backend_fail(ctx, op, be, st);
+  }
+  lm_tensor_release(buf);
+  free(host);
+  return st;
+}
+
 static lm_status upsample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const interp_plan *p = node->extra;
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = lm_new(ctx, "upsample backward", g->dtype, p->ndim, p->shape, &gx))) goto done;
-  interp_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64};
-  int64_t per_plane = lm_numel(g) / (p->planes > 0 ? p->planes : 1) * (1 << p->nd);
-  lm_parallel_for(ctx, p->planes, grain_for(per_plane), j.f64 ? interp_back_f64 : interp_back_f32, &j);
+  if ((st = lm_new_on(ctx, "upsample backward", lm_device_of(g), g->dtype, p->ndim, p->shape, &gx))) goto done;
+  if (lm_device_of(g) != LM_CPU) {
+    if ((st = dev_interp(ctx, "upsample backward", p, true, g, gx))) goto done;
+  } else {
+    interp_job j = {p, lm_data(g), lm_data(gx), g->dtype == LM_F64};
+    int64_t per_plane = lm_numel(g) / (p->planes > 0 ? p->planes : 1) * (1 << p->nd);
+    lm_parallel_for(ctx, p->planes, grain_for(per_plane), j.f64 ? interp_back_f64 : interp_back_f32, &j);
+  }
   gin[0] = gx, gx = NULL;
 done:
   lm_tensor_release(g);
@@ -268,7 +318,7 @@ lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, cons
   char buf[LM_SHAPE_BUF];
   const char *op = "upsample";
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input"))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input"))) return st;
   if (mode != LM_INTERP_NEAREST && mode != LM_INTERP_LINEAR)
     return lm_err(ctx, LM_E_ARG, "upsample: mode %d, expected LM_INTERP_NEAREST or LM_INTERP_LINEAR", mode);
   bool nearest = mode == LM_INTERP_NEAREST;
@@ -297,10 +347,14 @@ lm_status lm_upsample(lm_ctx *ctx, const lm_tensor *x, const int64_t *size, cons
   for (int32_t d = 0; d < nd; d++) shape[2 + d] = size[d];
   if ((st = interp_plan_new(ctx, op, x, size, scale, nearest, align_corners != 0, &p))) goto fail;
   if ((st = contiguous_untracked(ctx, x, &xc))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
-  interp_job j = {p, lm_data(xc), lm_data(y), x->dtype == LM_F64};
-  int64_t rows = p->planes * p->dim[0].out * p->dim[1].out;
-  lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * (nearest ? 1 : 1 << nd)), j.f64 ? interp_rows_f64 : interp_rows_f32, &j);
+  if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, shape, &y))) goto fail;
+  if (lm_device_of(x) != LM_CPU) {
+    if ((st = dev_interp(ctx, op, p, false, xc, y))) goto fail;
+  } else {
+    interp_job j = {p, lm_data(xc), lm_data(y), x->dtype == LM_F64};
+    int64_t rows = p->planes * p->dim[0].out * p->dim[1].out;
+    lm_parallel_for(ctx, rows, grain_for(p->dim[2].out * (nearest ? 1 : 1 << nd)), j.f64 ? interp_rows_f64 : interp_rows_f32, &j);
+  }
 
   lm_node *node;
   lm_tensor *outs[1] = {y};
@@ -480,6 +534,18 @@ static void grid_job_setup(grid_job *j, const lm_tensor *x, const lm_tensor *gri
   j->nearest = (params & 1) != 0, j->border = (params & 2) != 0, j->align = (params & 4) != 0;
 }
 
+/* grid_sample on a device: the backend's grid_sample entry with the job's
+   sizes and flags (forward: y = the samples; backward: gx, gg when given). */
+static lm_status dev_grid(lm_ctx *ctx, const char *op, const grid_job *j, int32_t dev, int32_t dtype, int64_t params,
+                          bool backward, void *y, void *gg) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, grid_sample, &be);
+  if (st) return st;
+  if ((st = be->grid_sample(dtype, backward, j->nd, (int32_t)params, j->N, j->C, j->P, j->in, j->x, j->grid, j->g, y, gg)))
+    return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
 static lm_status grid_sample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *x = node->saved[0], *grid = node->saved[1];
   lm_tensor *g = NULL, *gx = NULL, *gg = NULL;
@@ -488,6 +554,17 @@ static lm_status grid_sample_backward(lm_ctx *ctx, lm_node *node, lm_tensor *con
   grid_job_setup(&j, x, grid, node->ip[0]);
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
   j.x = lm_data(x), j.grid = lm_data(grid), j.g = lm_data(g);
+  if (lm_device_of(x) != LM_CPU) {
+    int32_t dev = lm_device_of(x);
+    if ((node->needs[0] && (st = lm_new_on(ctx, "grid_sample backward", dev, x->dtype, x->ndim, x->shape, &gx))) ||
+        (node->needs[1] && (st = lm_new_on(ctx, "grid_sample backward", dev, grid->dtype, grid->ndim, grid->shape, &gg))))
+      goto done;
+    if ((st = dev_grid(ctx, "grid_sample backward", &j, dev, x->dtype, node->ip[0], true, gx ? lm_data(gx) : NULL,
+                       gg ? lm_data(gg) : NULL)))
+      goto done;
+    gin[0] = gx, gin[1] = gg, gx = gg = NULL;
+    goto done;
+  }
   if (node->needs[0]) {
     if ((st = lm_new(ctx, "grid_sample backward", x->dtype, x->ndim, x->shape, &gx))) goto done;
     j.y = lm_data(gx);
@@ -511,7 +588,11 @@ lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid,
   const char *op = "grid_sample";
   char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, x, "input")) || (st = lm_check_input(ctx, op, grid, "grid"))) return st;
+  if ((st = lm_check_arg(ctx, op, x, "input")) || (st = lm_check_arg(ctx, op, grid, "grid"))) return st;
+  const lm_tensor *both[2] = {x, grid};
+  const char *const names[2] = {"input", "grid"};
+  int32_t dev;
+  if ((st = lm_op_device(ctx, op, 2, both, names, false, &dev))) return st;
   if ((st = check_float(ctx, op, x, "input")) || (st = check_float(ctx, op, grid, "grid"))) return st;
   if (grid->dtype != x->dtype)
     return lm_err(ctx, LM_E_DTYPE, "%s: grid dtype %s with input dtype %s, expected the same dtype", op,
@@ -537,12 +618,16 @@ lm_status lm_grid_sample(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *grid,
   int64_t shape[LM_MAX_DIMS] = {x->shape[0], x->shape[1]};
   for (int32_t d = 1; d < grid->ndim - 1; d++) shape[d + 1] = grid->shape[d];
   if ((st = contiguous_untracked(ctx, x, &xc)) || (st = contiguous_untracked(ctx, grid, &gc))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
+  if ((st = lm_new_on(ctx, op, dev, x->dtype, x->ndim, shape, &y))) goto fail;
   int64_t params = (mode == LM_INTERP_NEAREST) | (padding_mode == LM_GRID_PAD_BORDER) << 1 | (align_corners != 0) << 2;
   grid_job j;
   grid_job_setup(&j, x, grid, params);
-  j.x = lm_data(xc), j.grid = lm_data(gc), j.y = lm_data(y);
-  lm_parallel_for(ctx, j.N * j.P, grain_for(j.C * 8), j.f64 ? grid_fwd_f64 : grid_fwd_f32, &j);
+  j.x = lm_data(xc), j.grid = lm_data(gc), j.y = lm_data(y), j.g = NULL;
+  if (dev != LM_CPU) {
+    if ((st = dev_grid(ctx, op, &j, dev, x->dtype, params, false, j.y, NULL))) goto fail;
+  } else {
+    lm_parallel_for(ctx, j.N * j.P, grain_for(j.C * 8), j.f64 ? grid_fwd_f64 : grid_fwd_f32, &j);
+  }
 
   lm_node *node;
   const lm_tensor *ins[2] = {x, grid};
@@ -646,6 +731,36 @@ static void affine_setup(affine_job *j, int32_t nd, const int64_t *spatial, int3
   j->f64 = dtype == LM_F64;
 }
 
+/* On a device, affine_grid is two GEMMs with the matrix B of the points'
+   homogeneous coordinates (P x (nd + 1), made here and moved over):
+   grid_n = B theta_n^T, and theta_n's gradient g_n^T B. */
+static lm_status dev_affine_gemm(lm_ctx *ctx, const char *op, const affine_job *j, int32_t dtype, int32_t dev, bool backward,
+                                 int64_t N, const lm_tensor *src, lm_tensor *dst) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  if (st) return st;
+  int64_t nd = j->nd, nc = nd + 1, bshape[2] = {j->P, nc};
+  lm_tensor *bh = NULL, *bd = NULL;
+  if ((st = lm_new(ctx, op, dtype, 2, bshape, &bh))) return st;
+  for (int64_t p = 0; p < j->P; p++) {
+    double b[4];
+    point_coords(j, p, b);
+    for (int64_t c = 0; c < nc; c++) lm_write_from_double(dtype, lm_data(bh) + (p * nc + c) * lm_dtype_size(dtype), b[c]);
+  }
+  if (!(st = lm_to_device(ctx, bh, dev, &bd))) {
+    if (backward) /* dtheta_n (nd x nc) = g_n^T (nd x P) B (P x nc) */
+      st = be->gemm(dtype, 1, 0, nd, nc, j->P, 1.0, lm_data(src), nd, j->P * nd, lm_data(bd), nc, 0, 0.0, lm_data(dst),
+                    nc, nd * nc, N);
+    else /* grid_n (P x nd) = B (P x nc) theta_n^T (nc x nd) */
+      st = be->gemm(dtype, 0, 1, j->P, nd, nc, 1.0, lm_data(bd), nc, 0, lm_data(src), nc, nd * nc, 0.0, lm_data(dst),
+                    nd, j->P * nd, N);
+    if (st) st = lm_backend_fail(ctx, op, be, st);
+  }
+  lm_tensor_release(bh);
+  lm_tensor_release(bd);
+  return st;
+}
+
 static lm_status affine_grid_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   int32_t nd = (int32_t)node->ip[0];
   int64_t N = node->ip[1];
@@ -656,13 +771,17 @@ static lm_status affine_grid_backward(lm_ctx *ctx, lm_node *node, lm_tensor *con
   lm_status st;
   int64_t shape[3] = {N, nd, nd + 1};
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
-  if ((st = lm_new(ctx, "affine_grid backward", g->dtype, 3, shape, &gt))) goto done;
+  if ((st = lm_new_on(ctx, "affine_grid backward", lm_device_of(g), g->dtype, 3, shape, &gt))) goto done;
   if (!(mem = affine_bases(&j, node->ip[5] != 0))) {
     st = lm_err(ctx, LM_E_OOM, "affine_grid backward: out of memory");
     goto done;
   }
   j.g = lm_data(g), j.out = lm_data(gt);
-  lm_parallel_for(ctx, N, grain_for(j.P * nd * (nd + 1)), j.f64 ? affine_back_f64 : affine_back_f32, &j);
+  if (lm_device_of(g) != LM_CPU) {
+    if ((st = dev_affine_gemm(ctx, "affine_grid backward", &j, g->dtype, lm_device_of(g), true, N, g, gt))) goto done;
+  } else {
+    lm_parallel_for(ctx, N, grain_for(j.P * nd * (nd + 1)), j.f64 ? affine_back_f64 : affine_back_f32, &j);
+  }
   gin[0] = gt, gt = NULL;
 done:
   free(mem);
@@ -676,7 +795,7 @@ lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, 
   const char *op = "affine_grid";
   char a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   lm_status st;
-  if ((st = lm_check_input(ctx, op, theta, "theta")) || (st = check_float(ctx, op, theta, "theta"))) return st;
+  if ((st = lm_check_arg(ctx, op, theta, "theta")) || (st = check_float(ctx, op, theta, "theta"))) return st;
   if (!size || (size_len != 4 && size_len != 5))
     return lm_err(ctx, LM_E_ARG, "%s: size has %d entries, expected 4 (N x C x H x W) or 5 (N x C x D x H x W)", op,
                   size ? size_len : 0);
@@ -697,13 +816,17 @@ lm_status lm_affine_grid(lm_ctx *ctx, const lm_tensor *theta, int32_t size_len, 
   for (int32_t d = 0; d < nd; d++) shape[1 + d] = size[2 + d];
   shape[1 + nd] = nd;
   if ((st = contiguous_untracked(ctx, theta, &tc))) goto fail;
-  if ((st = lm_new(ctx, op, theta->dtype, nd + 2, shape, &y))) goto fail;
+  if ((st = lm_new_on(ctx, op, lm_device_of(theta), theta->dtype, nd + 2, shape, &y))) goto fail;
   if (!(mem = affine_bases(&j, align_corners != 0))) {
     st = lm_err(ctx, LM_E_OOM, "%s: out of memory", op);
     goto fail;
   }
   j.theta = lm_data(tc), j.out = lm_data(y);
-  lm_parallel_for(ctx, size[0] * j.P, grain_for(nd * (nd + 1)), j.f64 ? affine_fwd_f64 : affine_fwd_f32, &j);
+  if (lm_device_of(theta) != LM_CPU) {
+    if ((st = dev_affine_gemm(ctx, op, &j, theta->dtype, lm_device_of(theta), false, size[0], tc, y))) goto fail;
+  } else {
+    lm_parallel_for(ctx, size[0] * j.P, grain_for(nd * (nd + 1)), j.f64 ? affine_fwd_f64 : affine_fwd_f32, &j);
+  }
 
   lm_node *node;
   lm_tensor *outs[1] = {y};

@@ -17,7 +17,10 @@
  * the same gradient tensor; the GRU's differ in the n block (r * dn for gh).
  *
  * Operands are 2-D; rows may be strided (a step selected out of a sequence)
- * as long as each row is contiguous, otherwise they are copied first. */
+ * as long as each row is contiguous, otherwise they are copied first.
+ *
+ * On a device the same row layouts go to the backend's rnn_cell entry
+ * (dev_cell); the GEMMs are the device's too. */
 #include "../core/internal.h"
 #include <math.h>
 #include <string.h>
@@ -169,11 +172,13 @@ static int64_t row_grain(int64_t width) {
 static lm_status check_cell(lm_ctx *ctx, const char *op, const char *state_name, int32_t G,
                             const lm_tensor *gx, const lm_tensor *gh, const lm_tensor *s) {
   lm_status st;
-  if ((st = lm_check_input(ctx, op, gx, "gates_x")) || (st = lm_check_input(ctx, op, gh, "gates_h")) ||
-      (st = lm_check_input(ctx, op, s, state_name)))
+  if ((st = lm_check_arg(ctx, op, gx, "gates_x")) || (st = lm_check_arg(ctx, op, gh, "gates_h")) ||
+      (st = lm_check_arg(ctx, op, s, state_name)))
     return st;
   const lm_tensor *ts[3] = {gx, gh, s};
   const char *names[3] = {"gates_x", "gates_h", state_name};
+  int32_t dev;
+  if ((st = lm_op_device(ctx, op, 3, ts, names, false, &dev))) return st;
   for (int32_t k = 0; k < 3; k++) {
     if (!lm_dtype_is_float(ts[k]->dtype))
       return lm_err(ctx, LM_E_DTYPE, "%s: %s has dtype %s, expected f32 or f64", op, names[k],
@@ -193,6 +198,19 @@ static lm_status check_cell(lm_ctx *ctx, const char *op, const char *state_name,
   return LM_OK;
 }
 
+/* A cell on a device: the backend's rnn_cell with the row layouts given. */
+static lm_status dev_cell(lm_ctx *ctx, const char *op, int32_t code, int32_t dev, int32_t dt, bool backward, int64_t n,
+                          int64_t H, const rows *const *in, int32_t nin, void *const *out) {
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, dev, rnn_cell, &be);
+  if (st) return st;
+  const void *ptrs[4];
+  int64_t ld[4];
+  for (int32_t k = 0; k < nin; k++) ptrs[k] = in[k]->data, ld[k] = in[k]->ld;
+  if ((st = be->rnn_cell(code, dt, backward, n, H, ptrs, ld, out))) return lm_backend_fail(ctx, op, be, st);
+  return LM_OK;
+}
+
 static void release_rows(rows *r, int32_t n) {
   for (int32_t k = 0; k < n; k++) lm_tensor_release(r[k].tmp);
 }
@@ -203,7 +221,7 @@ static void release_rows(rows *r, int32_t n) {
 static lm_status lstm_cell_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *ws = node->saved[0], *cp = node->saved[1];
   int64_t N = cp->shape[0], H = cp->shape[1];
-  int32_t dt = cp->dtype;
+  int32_t dt = cp->dtype, dev = lm_device_of(cp);
   cell_grad_args a = {.H = H};
   lm_tensor *dg = NULL, *ds = NULL;
   lm_status st;
@@ -211,11 +229,17 @@ static lm_status lstm_cell_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const
       (st = rows_of(ctx, ws, &a.ws)))
     goto done;
   int64_t gshape[2] = {N, 4 * H};
-  if ((st = lm_new(ctx, "lstm_cell", dt, 2, gshape, &dg))) goto done;
-  if (node->needs[2] && (st = lm_new(ctx, "lstm_cell", dt, 2, cp->shape, &ds))) goto done;
+  if ((st = lm_new_on(ctx, "lstm_cell", dev, dt, 2, gshape, &dg))) goto done;
+  if (node->needs[2] && (st = lm_new_on(ctx, "lstm_cell", dev, dt, 2, cp->shape, &ds))) goto done;
   a.dgx = lm_data(dg);
   a.ds = ds ? lm_data(ds) : NULL;
-  lm_parallel_for(ctx, N, row_grain(5 * H), dt == LM_F32 ? lstm_backward_float : lstm_backward_double, &a);
+  if (dev != LM_CPU) {
+    const rows *in[4] = {&a.dh, &a.dc, &a.s, &a.ws};
+    void *out[2] = {a.dgx, a.ds};
+    if ((st = dev_cell(ctx, "lstm_cell", LM_OP_LSTM_CELL, dev, dt, true, N, H, in, 4, out))) goto done;
+  } else {
+    lm_parallel_for(ctx, N, row_grain(5 * H), dt == LM_F32 ? lstm_backward_float : lstm_backward_double, &a);
+  }
   /* both gate inputs enter as a sum, so they share one gradient */
   if (node->needs[0]) { lm_tensor_retain(dg); gin[0] = dg; }
   if (node->needs[1]) { lm_tensor_retain(dg); gin[1] = dg; }
@@ -233,19 +257,25 @@ lm_status lm_lstm_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *g
   lm_status st = check_cell(ctx, "lstm_cell", "c_prev", 4, gates_x, gates_h, c_prev);
   if (st) return st;
   int64_t N = c_prev->shape[0], H = c_prev->shape[1];
-  int32_t dt = c_prev->dtype;
+  int32_t dt = c_prev->dtype, dev = lm_device_of(c_prev);
   const lm_tensor *ins[3] = {gates_x, gates_h, c_prev};
   cell_args a = {.H = H};
   lm_tensor *h = NULL, *c = NULL, *ws = NULL;
   if ((st = rows_of(ctx, gates_x, &a.gx)) || (st = rows_of(ctx, gates_h, &a.gh)) || (st = rows_of(ctx, c_prev, &a.s)))
     goto done;
   int64_t wshape[2] = {N, 5 * H};
-  if ((st = lm_new(ctx, "lstm_cell", dt, 2, c_prev->shape, &h)) ||
-      (st = lm_new(ctx, "lstm_cell", dt, 2, c_prev->shape, &c)) ||
-      (st = lm_new(ctx, "lstm_cell", dt, 2, wshape, &ws)))
+  if ((st = lm_new_on(ctx, "lstm_cell", dev, dt, 2, c_prev->shape, &h)) ||
+      (st = lm_new_on(ctx, "lstm_cell", dev, dt, 2, c_prev->shape, &c)) ||
+      (st = lm_new_on(ctx, "lstm_cell", dev, dt, 2, wshape, &ws)))
     goto done;
   a.h = lm_data(h), a.c = lm_data(c), a.ws = lm_data(ws);
-  lm_parallel_for(ctx, N, row_grain(5 * H), dt == LM_F32 ? lstm_forward_float : lstm_forward_double, &a);
+  if (dev != LM_CPU) {
+    const rows *in[3] = {&a.gx, &a.gh, &a.s};
+    void *out[3] = {a.h, a.c, a.ws};
+    if ((st = dev_cell(ctx, "lstm_cell", LM_OP_LSTM_CELL, dev, dt, false, N, H, in, 3, out))) goto done;
+  } else {
+    lm_parallel_for(ctx, N, row_grain(5 * H), dt == LM_F32 ? lstm_forward_float : lstm_forward_double, &a);
+  }
   lm_node *node;
   lm_tensor *outs[2] = {h, c};
   if ((st = lm_record(ctx, LM_OP_LSTM_CELL, lstm_cell_backward, 3, ins, 2, outs, &node))) goto done;
@@ -268,17 +298,23 @@ done:
 static lm_status gru_cell_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *ws = node->saved[0], *hp = node->saved[1];
   int64_t N = hp->shape[0], H = hp->shape[1];
-  int32_t dt = hp->dtype;
+  int32_t dt = hp->dtype, dev = lm_device_of(hp);
   cell_grad_args a = {.H = H};
   lm_tensor *dgx = NULL, *dgh = NULL, *ds = NULL;
   lm_status st;
   if ((st = rows_of(ctx, gout[0], &a.dh)) || (st = rows_of(ctx, hp, &a.s)) || (st = rows_of(ctx, ws, &a.ws))) goto done;
   int64_t gshape[2] = {N, 3 * H};
-  if ((st = lm_new(ctx, "gru_cell", dt, 2, gshape, &dgx)) || (st = lm_new(ctx, "gru_cell", dt, 2, gshape, &dgh)))
+  if ((st = lm_new_on(ctx, "gru_cell", dev, dt, 2, gshape, &dgx)) || (st = lm_new_on(ctx, "gru_cell", dev, dt, 2, gshape, &dgh)))
     goto done;
-  if (node->needs[2] && (st = lm_new(ctx, "gru_cell", dt, 2, hp->shape, &ds))) goto done;
+  if (node->needs[2] && (st = lm_new_on(ctx, "gru_cell", dev, dt, 2, hp->shape, &ds))) goto done;
   a.dgx = lm_data(dgx), a.dgh = lm_data(dgh), a.ds = ds ? lm_data(ds) : NULL;
-  lm_parallel_for(ctx, N, row_grain(5 * H), dt == LM_F32 ? gru_backward_float : gru_backward_double, &a);
+  if (dev != LM_CPU) {
+    const rows *in[3] = {&a.dh, &a.s, &a.ws};
+    void *out[3] = {a.dgx, a.dgh, a.ds};
+    if ((st = dev_cell(ctx, "gru_cell", LM_OP_GRU_CELL, dev, dt, true, N, H, in, 3, out))) goto done;
+  } else {
+    lm_parallel_for(ctx, N, row_grain(5 * H), dt == LM_F32 ? gru_backward_float : gru_backward_double, &a);
+  }
   if (node->needs[0]) gin[0] = dgx, dgx = NULL;
   if (node->needs[1]) gin[1] = dgh, dgh = NULL;
   gin[2] = ds;
@@ -296,18 +332,24 @@ lm_status lm_gru_cell(lm_ctx *ctx, const lm_tensor *gates_x, const lm_tensor *ga
   lm_status st = check_cell(ctx, "gru_cell", "h_prev", 3, gates_x, gates_h, h_prev);
   if (st) return st;
   int64_t N = h_prev->shape[0], H = h_prev->shape[1];
-  int32_t dt = h_prev->dtype;
+  int32_t dt = h_prev->dtype, dev = lm_device_of(h_prev);
   const lm_tensor *ins[3] = {gates_x, gates_h, h_prev};
   cell_args a = {.H = H};
   lm_tensor *h = NULL, *ws = NULL;
   if ((st = rows_of(ctx, gates_x, &a.gx)) || (st = rows_of(ctx, gates_h, &a.gh)) || (st = rows_of(ctx, h_prev, &a.s)))
     goto done;
   int64_t wshape[2] = {N, 4 * H};
-  if ((st = lm_new(ctx, "gru_cell", dt, 2, h_prev->shape, &h)) ||
-      (st = lm_new(ctx, "gru_cell", dt, 2, wshape, &ws)))
+  if ((st = lm_new_on(ctx, "gru_cell", dev, dt, 2, h_prev->shape, &h)) ||
+      (st = lm_new_on(ctx, "gru_cell", dev, dt, 2, wshape, &ws)))
     goto done;
   a.h = lm_data(h), a.ws = lm_data(ws);
-  lm_parallel_for(ctx, N, row_grain(4 * H), dt == LM_F32 ? gru_forward_float : gru_forward_double, &a);
+  if (dev != LM_CPU) {
+    const rows *in[3] = {&a.gx, &a.gh, &a.s};
+    void *out[2] = {a.h, a.ws};
+    if ((st = dev_cell(ctx, "gru_cell", LM_OP_GRU_CELL, dev, dt, false, N, H, in, 3, out))) goto done;
+  } else {
+    lm_parallel_for(ctx, N, row_grain(4 * H), dt == LM_F32 ? gru_forward_float : gru_forward_double, &a);
+  }
   lm_node *node;
   lm_tensor *outs[1] = {h};
   if ((st = lm_record(ctx, LM_OP_GRU_CELL, gru_cell_backward, 3, ins, 1, outs, &node))) goto done;

@@ -19,9 +19,12 @@
 -- speed (elementwise and reduction bandwidth, GEMM throughput), random
 -- numbers drawn on the device (the CPU's for a seed), a small training
 -- step (linear layers, gelu, dropout, cross_entropy, clip_grad_norm,
--- AdamW) on both devices.
--- To come with the other kernels: LeNet on both devices, the bench
--- workloads beside PyTorch (docs/ARCHITECTURE.md).
+-- AdamW) on both devices, LeNet trained for a few steps on both devices
+-- from the same weights (losses and gradients compared), the bench
+-- workloads' training steps on the device (ms per step, or the op a
+-- workload still lacks there), convolutions through cuDNN (when found) and
+-- im2col (LUMEN_CUDNN=0) against the CPU, timed. To come: the workloads
+-- beside PyTorch (docs/ARCHITECTURE.md).
 local opts = ...
 local ffi = require 'ffi'
 local lumen = require 'lumen'
@@ -242,6 +245,110 @@ else
     print(table.concat(op_lines, '\n'))
     print('')
   end
+
+  -- convolutions through cuDNN (when found) and through im2col
+  -- (LUMEN_CUDNN=0), both against the CPU, forward and backward, with
+  -- the time of each path
+  check('conv: cuDNN, im2col and the CPU', function()
+    pcall(ffi.cdef, 'int setenv(const char *name, const char *value, int overwrite); int unsetenv(const char *name);')
+    local cudnn = false
+    for _, r in ipairs(lumen.cuda.libraries()) do
+      if r.name:match('cudnn') and r.found and not opts.fake then cudnn = true end
+    end
+    local s = opts.fake and 1 or 4
+    local cases = {
+      { 'conv2d', { 8, 16, 16 * s, 16 * s }, { 32, 16, 3, 3 }, { padding = 1 } },
+      { 'conv2d', { 4, 8, 12 * s, 10 * s }, { 8, 4, 3, 3 }, { stride = 2, padding = 1, dilation = 2, groups = 2 } },
+      { 'conv3d', { 2, 4, 6 * s, 8, 8 }, { 8, 4, 3, 3, 3 }, { padding = 1 } },
+      { 'conv_transpose2d', { 4, 16, 8 * s, 8 * s }, { 16, 8, 2, 2 }, { stride = 2 } },
+    }
+    local old = os.getenv('LUMEN_CUDNN')
+    local function run(case, dev, dtype)
+      lumen.manual_seed(5)
+      local x = lumen.randn(case[2]):to(dtype):to(dev):requires_grad_()
+      local w = (lumen.randn(case[3]) * 0.1):to(dtype):to(dev):requires_grad_()
+      local y = nn.F[case[1]](x, w, nil, case[4])
+      lumen.manual_seed(6)
+      local probe = lumen.randn(y:size()):to(dtype):to(dev)
+      local t0 = lumen.clock();
+      (y * probe):sum():backward()
+      if dev ~= 'cpu' then lumen.cuda.synchronize() end
+      return { y:detach():cpu(), x.grad:cpu(), w.grad:cpu() }, lumen.clock() - t0
+    end
+    local function err(a, b)
+      local e = 0
+      for i = 1, 3 do e = math.max(e, (a[i]:to('f64') - b[i]:to('f64')):abs():max():item() / (1 + b[i]:abs():max():item())) end
+      return e
+    end
+    local worst, lines = { lib = 0, im2col = 0 }, {}
+    local ok, e = pcall(function()
+      for _, case in ipairs(cases) do
+        for _, dt in ipairs({ 'f32', 'f64' }) do
+          local ref = run(case, 'cpu', dt)
+          if old then ffi.C.unsetenv('LUMEN_CUDNN') end
+          run(case, 'cuda', dt) -- warm up (algorithm choice)
+          local lib, tl = run(case, 'cuda', dt)
+          ffi.C.setenv('LUMEN_CUDNN', '0', 1)
+          local im, ti = run(case, 'cuda', dt)
+          if old then ffi.C.setenv('LUMEN_CUDNN', old, 1) else ffi.C.unsetenv('LUMEN_CUDNN') end
+          local el, ei = err(lib, ref), err(im, ref)
+          local tol = dt == 'f32' and 2e-4 or 1e-11
+          assert(el <= tol and ei <= tol, string.format('%s %s: error %.1e (default path), %.1e (im2col)', case[1], dt, el, ei))
+          worst.lib, worst.im2col = math.max(worst.lib, el / tol), math.max(worst.im2col, ei / tol)
+          if dt == 'f32' then lines[#lines + 1] = string.format('%s %.2f/%.2f ms', case[1], 1000 * tl, 1000 * ti) end
+        end
+      end
+    end)
+    if old then ffi.C.setenv('LUMEN_CUDNN', old, 1) else ffi.C.unsetenv('LUMEN_CUDNN') end
+    if not ok then error(e, 0) end
+    return string.format('%s; errors within %.2f (default) and %.2f (im2col) of the thresholds; f32 step default/im2col: %s',
+      cudnn and 'cuDNN found (the default path)' or 'cuDNN not found: both paths are im2col', worst.lib, worst.im2col,
+      table.concat(lines, ', ')), (not cudnn) and 'WARN' or nil
+  end)
+
+  -- LeNet trained on both devices from the same weights and inputs (bench
+  -- workload, full size on a GPU): losses step by step and the first step's
+  -- gradients. With the workload's loss (cross_entropy) when the device
+  -- has it, else a probe loss (sum of the logits times fixed weights), warned.
+  local train = dofile(here .. '/train_steps.lua')
+  local root = here .. '/../..'
+  check('LeNet training, cuda vs cpu', function()
+    local o = { steps = opts.fake and 1 or 5, small = opts.fake ~= nil, root = root }
+    local ok, r = pcall(train.compare, 'lenet', 'cuda', o)
+    local status
+    if not ok and tostring(r):find('runs on the CPU only so far', 1, true) then
+      status, o.loss = 'WARN', 'probe'
+      r = train.compare('lenet', 'cuda', o)
+    elseif not ok then
+      error(r, 0)
+    end
+    local lines = {}
+    for i = 1, #r.cpu do lines[i] = string.format('%.6g/%.6g', r.cpu[i], r.dev[i]) end
+    assert(r.loss_err < 1e-4 and r.grad_err < 1e-3, string.format('losses cpu/cuda %s: error %.2e, gradients %.2e (%s)',
+      table.concat(lines, ' '), r.loss_err, r.grad_err, tostring(r.worst_grad)))
+    return string.format('%d steps%s, losses cpu/cuda %s (error %.1e), first gradients error %.1e; %.3f s vs %.3f s',
+      #r.cpu, o.loss == 'probe' and ' (probe loss: no cross_entropy on the device yet)' or '', table.concat(lines, ' '),
+      r.loss_err, r.grad_err, r.seconds.cpu, r.seconds.dev), status
+  end)
+
+  -- the bench workloads' training steps on the device (informative: a
+  -- workload whose ops the device lacks is listed as such)
+  check('workload steps on cuda', function()
+    local W = dofile(root .. '/bench/workloads.lua')
+    local parts, missing = {}, {}
+    for _, name in ipairs(W.names) do
+      local ok, err = pcall(function()
+        local steps = opts.fake and 1 or 3
+        local _, _, secs = train.train(name, 'cuda', { steps = 1, small = opts.fake ~= nil, root = root }) -- warm up
+        _, _, secs = train.train(name, 'cuda', { steps = steps, small = opts.fake ~= nil, root = root })
+        parts[#parts + 1] = string.format('%s %.1f ms/step', name, 1000 * secs / steps)
+      end)
+      if not ok then missing[#missing + 1] = name .. ' (' .. (tostring(err):match('lumen%.[%w_]+') or tostring(err)) .. ')' end
+    end
+    local detail = table.concat(parts, ', ')
+    if #missing > 0 then return detail .. (detail ~= '' and '; ' or '') .. 'not yet on the device: ' .. table.concat(missing, ', '), 'WARN' end
+    return detail
+  end)
 
   -- 4. the allocator
   check('device allocator', function()

@@ -164,6 +164,123 @@ M.cases = {
     function(s) return { { 5 }, { 4 * s, 6 }, { 6, 5 } } end, F, true, { gemm = true }),
   ew('linear', function(x, w, b) return require('lumen.nn').F.linear(x, w, b) end,
     function(s) return { { 2, 4 * s, 6 }, { 5, 6 }, { 5 } } end, F, true, { gemm = true }),
+  -- layer families (the cuda4 branch's block): convolution through im2col /
+  -- col2im and the GEMM, forward and backward (input, weight, bias)
+  ew('conv2d, stride 2, padding 1, bias', function(x, w, b)
+    return require('lumen.nn').F.conv2d(x, w, b, { stride = 2, padding = 1 })
+  end, function(s) return { { 2, 3, 5 * s, 6 }, { 4, 3, 3, 3 }, { 4 } } end, F, true, { gemm = true }),
+  ew('conv2d, dilation 2, groups 2, asymmetric', function(x, w)
+    return require('lumen.nn').F.conv2d(x, w, nil, { dilation = { 2, 1 }, padding = { 1, 2 }, groups = 2, stride = { 1, 2 } })
+  end, function(s) return { { 2, 4, 6 * s, 5 }, { 6, 2, 2, 3 } } end, F, true, { gemm = true }),
+  ew('conv2d 1x1 (no im2col), unbatched', function(x, w, b)
+    return require('lumen.nn').F.conv2d(x, w, b)
+  end, function(s) return { { 3, 4 * s, 5 }, { 2, 3, 1, 1 }, { 2 } } end, F, true, { gemm = true }),
+  ew('conv1d and conv3d', function(x1, w1, x3, w3, b3)
+    local F_ = require('lumen.nn').F
+    return { F_.conv1d(x1, w1, nil, { padding = 2, stride = 3 }), F_.conv3d(x3, w3, b3, { padding = 1, stride = { 1, 2, 1 } }) }
+  end, function(s) return { { 2, 3, 9 * s }, { 2, 3, 4 }, { 1, 2, 3 * s, 4, 3 }, { 3, 2, 2, 3, 2 }, { 3 } } end, F, true,
+    { gemm = true }),
+  ew('conv_transpose2d, stride 2, output_padding, groups', function(x, w, b)
+    return require('lumen.nn').F.conv_transpose2d(x, w, b, { stride = 2, padding = 1, output_padding = 1, groups = 2 })
+  end, function(s) return { { 2, 4, 3 * s, 4 }, { 4, 3, 3, 3 }, { 6 } } end, F, true, { gemm = true }),
+  ew('conv_transpose1d and conv_transpose3d, dilation', function(x1, w1, x3, w3)
+    local F_ = require('lumen.nn').F
+    return { F_.conv_transpose1d(x1, w1, nil, { dilation = 2, stride = 3 }),
+      F_.conv_transpose3d(x3, w3, nil, { stride = { 2, 1, 1 }, padding = { 0, 1, 0 } }) }
+  end, function(s) return { { 2, 3, 4 * s }, { 3, 2, 3 }, { 1, 2, 2 * s, 3, 3 }, { 2, 2, 2, 3, 2 } } end, F, true,
+    { gemm = true }),
+  -- pooling: max (indices, ties, overlapping windows, dilation, ceil mode),
+  -- average (count_include_pad, divisor_override), adaptive
+  ew('max_pool2d with indices, overlapping, padding', function(x)
+    local y, i = require('lumen.nn').F.max_pool2d(x, 3, { stride = 1, padding = 1, return_indices = true })
+    return { y, i }
+  end, function(s) return { { 2, 3, 5 * s, 6 } } end),
+  ew('max_pool2d of ties, dilation, ceil_mode', function(x)
+    local F_ = require('lumen.nn').F
+    local y, i = F_.max_pool2d(x, { 2, 3 }, { stride = 2, dilation = { 2, 1 }, ceil_mode = true, return_indices = true })
+    return { y, i, F_.max_pool2d(x, 2) }
+  end, function(s) return { { { 2, 2, 7 * s, 6 }, ints = true } } end),
+  ew('max_pool1d and max_pool3d', function(x1, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.max_pool1d(x1, 3, { stride = 2, padding = 1 }), F_.max_pool3d(x3, 2, { stride = { 1, 2, 2 } }) }
+  end, function(s) return { { 2, 3, 9 * s }, { 1, 2, 3 * s, 4, 5 } } end),
+  ew('avg_pool2d, count_include_pad both ways, ceil_mode', function(x)
+    local F_ = require('lumen.nn').F
+    return { F_.avg_pool2d(x, 3, { stride = 2, padding = 1 }),
+      F_.avg_pool2d(x, 3, { stride = 2, padding = 1, count_include_pad = false, ceil_mode = true }),
+      F_.avg_pool2d(x, 2, { divisor_override = 3 }) }
+  end, function(s) return { { 2, 3, 6 * s, 7 } } end),
+  ew('avg_pool1d and avg_pool3d, unbatched', function(x1, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.avg_pool1d(x1, 2), F_.avg_pool3d(x3, { 2, 2, 3 }, { stride = 1, padding = { 1, 0, 1 } }) }
+  end, function(s) return { { 3, 8 * s }, { 2, 3 * s, 4, 5 } } end),
+  ew('adaptive_avg_pool 1-3-D, sizes that do not divide', function(x1, x2, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.adaptive_avg_pool1d(x1, 4), F_.adaptive_avg_pool2d(x2, { 3, 4 }), F_.adaptive_avg_pool3d(x3, { 2, 3, 1 }),
+      F_.adaptive_avg_pool2d(x2, 1) }
+  end, function(s) return { { 2, 3, 7 * s }, { 2, 3, 5 * s, 7 }, { 1, 2, 3 * s, 5, 4 } } end),
+  -- normalisation: batch norm (training with running statistics, eval),
+  -- group, instance and layer norm, forward and backward
+  ew('batch_norm training, running stats updated', function(x, w, b, rm, rv)
+    local m, v = rm:detach():clone(), rv:detach():abs():clone()
+    local y = require('lumen.nn').F.batch_norm(x, m, v, w, b, true, 0.2, 1e-5)
+    return { y, m, v }
+  end, function(s) return { { 3, 4, 5 * s, 2 }, { 4 }, { 4 }, { 4 }, { 4 } } end),
+  ew('batch_norm eval and without affine (1-D input)', function(x, rm, rv)
+    local F_ = require('lumen.nn').F
+    local m, v = rm:detach(), rv:detach():abs() + 0.5
+    return { F_.batch_norm(x, m, v, nil, nil, false, 0.1, 1e-3), F_.batch_norm(x, nil, nil, nil, nil, true) }
+  end, function(s) return { { 6 * s, 3 }, { 3 }, { 3 } } end),
+  ew('group_norm and instance_norm', function(x, w, b)
+    local F_ = require('lumen.nn').F
+    return { F_.group_norm(x, 2, w, b, 1e-5), F_.instance_norm(x, { weight = w, bias = b }), F_.group_norm(x, 1) }
+  end, function(s) return { { 2, 4, 3 * s, 5 }, { 4 }, { 4 } } end),
+  ew('layer_norm over two dims, with and without affine', function(x, w, b)
+    local F_ = require('lumen.nn').F
+    return { F_.layer_norm(x, { 3, 5 }, w, b, 1e-5), F_.layer_norm(x, { 5 }) }
+  end, function(s) return { { 2, 2 * s, 3, 5 }, { 3, 5 }, { 3, 5 } } end),
+  -- the fused LSTM and GRU cells (gates of a step selected out of a
+  -- sequence: strided rows), and whole cells with their GEMMs
+  ew('fused lstm and gru cells, strided gates', function(gx, gh, c, gx3, gh3, h)
+    local F_ = require('lumen.nn').F
+    local hl, cl = F_.fused_lstm_cell(gx:select(1, 1), gh, c)
+    return { hl, cl, F_.fused_gru_cell(gx3:select(1, 0), gh3, h) }
+  end, function(s) return { { 3 * s, 2, 20 }, { 3 * s, 20 }, { 3 * s, 5 }, { 3 * s, 2, 15 }, { 3 * s, 15 }, { 3 * s, 5 } } end),
+  ew('lstm_cell and gru_cell with weights', function(x, h, c, wi, wh, bi, bh, wi3, wh3)
+    local F_ = require('lumen.nn').F
+    local h1, c1 = F_.lstm_cell(x, { h, c }, wi, wh, bi, bh)
+    return { h1, c1, F_.gru_cell(x, h, wi3, wh3) }
+  end, function(s) return { { 2 * s, 4 }, { 2 * s, 5 }, { 2 * s, 5 }, { 20, 4 }, { 20, 5 }, { 20 }, { 20 }, { 15, 4 }, { 15, 5 } } end,
+    F, true, { gemm = true }),
+  -- interpolation: nearest and linear in 1-3-D, up and down, align_corners,
+  -- scale factors
+  ew('interpolate nearest and bilinear, up and down', function(x)
+    local F_ = require('lumen.nn').F
+    return { F_.interpolate(x, { size = { 7, 5 } }), F_.interpolate(x, { scale_factor = 2 }),
+      F_.interpolate(x, { size = { 9, 3 }, mode = 'bilinear' }),
+      F_.interpolate(x, { size = { 2, 7 }, mode = 'bilinear', align_corners = true }),
+      F_.interpolate(x, { scale_factor = 1.7, mode = 'bilinear' }) }
+  end, function(s) return { { 2, 3, 4 * s, 5 } } end),
+  ew('interpolate linear and trilinear', function(x1, x3)
+    local F_ = require('lumen.nn').F
+    return { F_.interpolate(x1, { size = 11, mode = 'linear' }), F_.interpolate(x1, { size = 3, mode = 'linear', align_corners = true }),
+      F_.interpolate(x3, { size = { 5, 3, 7 }, mode = 'trilinear' }), F_.interpolate(x3, { scale_factor = 2, mode = 'nearest' }) }
+  end, function(s) return { { 2, 3, 6 * s }, { 1, 2, 3 * s, 4, 3 } } end),
+  ew('affine_grid 2-D and 3-D, align_corners both ways', function(t2, t3)
+    local F_ = require('lumen.nn').F
+    return { F_.affine_grid(t2, { 2, 1, 4, 5 }), F_.affine_grid(t2, { 2, 3, 3, 6 }, { align_corners = false }),
+      F_.affine_grid(t3, { 1, 1, 3, 2, 4 }) }
+  end, function(s) return { { 2, 2, 3 }, { 1, 3, 4 } } end, F, true, { gemm = true }),
+  ew('grid_sample 2-D: bilinear zeros, nearest border, align_corners', function(x, g)
+    local F_ = require('lumen.nn').F
+    local gg = g * 0.8
+    return { F_.grid_sample(x, gg), F_.grid_sample(x, gg, { mode = 'nearest', padding_mode = 'border', align_corners = true }),
+      F_.grid_sample(x, gg, { padding_mode = 'border' }) }
+  end, function(s) return { { 2, 3, 4 * s, 5 }, { 2, 3, 4 * s, 2 } } end),
+  ew('grid_sample 3-D, bilinear and nearest', function(x, g)
+    local F_ = require('lumen.nn').F
+    return { F_.grid_sample(x, g * 0.8, { align_corners = true }), F_.grid_sample(x, g * 0.6, { mode = 'nearest' }) }
+  end, function(s) return { { 1, 2, 3 * s, 4, 3 }, { 1, 2, 3, 2 * s, 3 } } end),
   -- autograd through compositions
   ew('a small network', function(x, w1, w2)
     local h = (x:matmul(w1) + 1):tanh()

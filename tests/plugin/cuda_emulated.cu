@@ -148,6 +148,9 @@ lm_backend table = {
     lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits,
     lmcuda::sequence, lmcuda::random, lmcuda::optim_step, lmcuda::index_along,
     lmcuda::cumsum,
+    /* layer families (the cuda4 branch's block) */
+    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp,
+    lmcuda::grid_sample, lmcuda::conv_lib,
 };
 
 } // namespace

@@ -823,6 +823,398 @@ static int32_t fake_cumsum(int32_t dt, int32_t nd, const int64_t *shape, int32_t
   return 0;
 }
 
+/* ---- layer families (the cuda4 branch's block) ---- */
+
+static int64_t n_layer; /* calls of the layer kernels below */
+
+/* im2col as backend.h describes it; col2im as the adjoint: every column
+   entry added (in double) into the image position it read. */
+static int32_t fake_im2col(int32_t dt, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img,
+                           void *cols) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake im2col: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  const int64_t *I = geom, *O = geom + 3, *K = geom + 6, *S = geom + 9, *P = geom + 12, *D = geom + 15;
+  int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2], ksz = K[0] * K[1] * K[2], es = esize(dt);
+  double *acc = NULL;
+  if (!to_cols) {
+    acc = calloc((size_t)(n * c * isz + 1), sizeof *acc);
+    if (!acc) {
+      snprintf(msg, sizeof msg, "fake col2im: out of memory");
+      return LM_E_OOM;
+    }
+  }
+  int64_t e = 0;
+  for (int64_t s = 0; s < n * c; s++)
+    for (int64_t kd = 0; kd < K[0]; kd++)
+      for (int64_t kh = 0; kh < K[1]; kh++)
+        for (int64_t kw = 0; kw < K[2]; kw++)
+          for (int64_t od = 0; od < O[0]; od++)
+            for (int64_t oh = 0; oh < O[1]; oh++)
+              for (int64_t ow = 0; ow < O[2]; ow++, e++) {
+                int64_t id = od * S[0] - P[0] + kd * D[0], ih = oh * S[1] - P[1] + kh * D[1];
+                int64_t iw = ow * S[2] - P[2] + kw * D[2];
+                int inside = id >= 0 && id < I[0] && ih >= 0 && ih < I[1] && iw >= 0 && iw < I[2];
+                int64_t at = s * isz + (id * I[1] + ih) * I[2] + iw;
+                char *col = (char *)cols + e * es;
+                if (to_cols) {
+                  double v = inside ? (dt == LM_F32 ? ((const float *)img)[at] : ((const double *)img)[at]) : 0;
+                  if (dt == LM_F32) *(float *)col = (float)v;
+                  else *(double *)col = v;
+                } else if (inside) {
+                  acc[at] += dt == LM_F32 ? *(const float *)col : *(const double *)col;
+                }
+              }
+  (void)ksz, (void)osz;
+  if (!to_cols) {
+    for (int64_t i = 0; i < n * c * isz; i++) {
+      if (dt == LM_F32) ((float *)img)[i] = (float)acc[i];
+      else ((double *)img)[i] = acc[i];
+    }
+    free(acc);
+  }
+  return 0;
+}
+
+/* Windows along one dim as backend.h describes them: taps lo, lo + step,
+   ... below hi; len is the average pool's share of the divisor. */
+static void fake_window(int32_t op, const int64_t *geom, int d, int64_t o, int32_t count_pad, int64_t *lo, int64_t *hi,
+                        int64_t *step, int64_t *len) {
+  int64_t in = geom[d], out = geom[3 + d], k = geom[6 + d], s = geom[9 + d], pad = geom[12 + d], dil = geom[15 + d];
+  if (op == LM_OP_ADAPTIVE_AVG_POOL) {
+    *lo = (int64_t)floor((double)o * in / out);
+    *hi = (int64_t)ceil((double)(o + 1) * in / out);
+    *step = 1;
+    *len = *hi - *lo;
+    return;
+  }
+  int64_t start = o * s - pad, end = start + (k - 1) * dil + 1;
+  *lo = start;
+  while (*lo < 0) *lo += dil;
+  *hi = end < in ? end : in;
+  *step = dil;
+  *len = 0;
+  for (int64_t t = *lo; t < *hi; t += dil) ++*len;
+  if (count_pad) *len = (end < in + pad ? end : in + pad) - start;
+}
+
+static int32_t fake_pool(int32_t op, int32_t dt, int32_t backward, int64_t planes, const int64_t *geom,
+                         int32_t count_pad, double divisor, const void *src, void *dst, int64_t *indices) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake pool: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  const int64_t *I = geom, *O = geom + 3;
+  int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2];
+  double *acc = NULL;
+  if (backward && !(acc = calloc((size_t)(planes * isz + 1), sizeof *acc))) {
+    snprintf(msg, sizeof msg, "fake pool: out of memory");
+    return LM_E_OOM;
+  }
+#define AT(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+  for (int64_t pl = 0; pl < planes; pl++)
+    for (int64_t od = 0; od < O[0]; od++)
+      for (int64_t oh = 0; oh < O[1]; oh++)
+        for (int64_t ow = 0; ow < O[2]; ow++) {
+          int64_t lo[3], hi[3], st[3], len[3], oo[3] = {od, oh, ow};
+          for (int d = 0; d < 3; d++) fake_window(op, geom, d, oo[d], count_pad, &lo[d], &hi[d], &st[d], &len[d]);
+          int64_t o = pl * osz + (od * O[1] + oh) * O[2] + ow;
+          double div = divisor > 0 ? divisor : (double)(len[0] * len[1] * len[2]);
+          double best = -INFINITY, sum = 0;
+          int64_t best_i = (lo[0] * I[1] + lo[1]) * I[2] + lo[2];
+          if (backward && op == LM_OP_MAX_POOL) {
+            int64_t k = indices[o];
+            if (k >= 0 && k < isz) acc[pl * isz + k] += AT(src, o);
+            continue;
+          }
+          for (int64_t id = lo[0]; id < hi[0]; id += st[0])
+            for (int64_t ih = lo[1]; ih < hi[1]; ih += st[1])
+              for (int64_t iw = lo[2]; iw < hi[2]; iw += st[2]) {
+                int64_t i = (id * I[1] + ih) * I[2] + iw;
+                if (backward) {
+                  acc[pl * isz + i] += AT(src, o) / div;
+                  continue;
+                }
+                double v = AT(src, pl * isz + i);
+                sum += v;
+                if (v > best || isnan(v)) best = v, best_i = i;
+              }
+          if (backward) continue;
+          double r = op == LM_OP_MAX_POOL ? best : sum / div;
+          if (dt == LM_F32) ((float *)dst)[o] = (float)r;
+          else ((double *)dst)[o] = r;
+          if (op == LM_OP_MAX_POOL && indices) indices[o] = best_i;
+        }
+#undef AT
+  if (backward) {
+    for (int64_t i = 0; i < planes * isz; i++) {
+      if (dt == LM_F32) ((float *)dst)[i] = (float)acc[i];
+      else ((double *)dst)[i] = acc[i];
+    }
+    free(acc);
+  }
+  return 0;
+}
+
+static int32_t fake_norm_pass(int32_t kind, int32_t dt, const int64_t *l, const void *x, const void *g, void *y,
+                              double *coef, const double *w, const double *bias, double *sums) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake norm_pass: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  int64_t G = l[0], len = l[2] * l[3];
+  double *K = coef, *A = coef + G, *B = A + G, *Cc = B + G;
+#define AT(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+  for (int64_t q = 0; q < G; q++) {
+    double s1 = 0, s2 = 0;
+    if (kind == LM_NORM_MOMENTS) K[q] = len ? AT(x, q * l[1]) : 0;
+    for (int64_t j = 0; j < len; j++) {
+      int64_t o = q * l[1] + (j / l[3]) * l[4] + j % l[3];
+      double xv = AT(x, o), r;
+      switch (kind) {
+      case LM_NORM_MOMENTS: s1 += xv - K[q], s2 += (xv - K[q]) * (xv - K[q]); continue;
+      case LM_NORM_GRAD_SUMS: {
+        double gw = AT(g, o) * (w ? w[j] : 1);
+        s1 += gw, s2 += gw * (xv - K[q]);
+        continue;
+      }
+      case LM_NORM_AFFINE: r = (A[q] * xv + B[q]) * (w ? w[j] : 1) + (bias ? bias[j] : 0); break;
+      default: r = A[q] * AT(g, o) * (w ? w[j] : 1) + B[q] * xv + Cc[q]; break;
+      }
+      if (dt == LM_F32) ((float *)y)[o] = (float)r;
+      else ((double *)y)[o] = r;
+    }
+    if (kind == LM_NORM_MOMENTS || kind == LM_NORM_GRAD_SUMS) sums[2 * q] = s1, sums[2 * q + 1] = s2;
+  }
+#undef AT
+  return 0;
+}
+
+/* The cells in double, rounded to the dtype at each store. */
+static int32_t fake_rnn_cell(int32_t op, int32_t dt, int32_t backward, int64_t n, int64_t H, const void *const *in,
+                             const int64_t *ld, void *const *out) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake rnn_cell: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+#define IN(k, b, i) (dt == LM_F32 ? (double)((const float *)in[k])[(b) * ld[k] + (i)] : ((const double *)in[k])[(b) * ld[k] + (i)])
+#define PUT(k, i, v) (dt == LM_F32 ? (void)(((float *)out[k])[i] = (float)(v)) : (void)(((double *)out[k])[i] = (v)))
+#define RD(v) (dt == LM_F32 ? (double)(float)(v) : (v))
+  for (int64_t b = 0; b < n; b++)
+    for (int64_t j = 0; j < H; j++) {
+      if (op == LM_OP_LSTM_CELL && !backward) {
+        double i = RD(1 / (1 + exp(-(IN(0, b, j) + IN(1, b, j))))), f = RD(1 / (1 + exp(-(IN(0, b, H + j) + IN(1, b, H + j)))));
+        double g = RD(tanh(IN(0, b, 2 * H + j) + IN(1, b, 2 * H + j))), o = RD(1 / (1 + exp(-(IN(0, b, 3 * H + j) + IN(1, b, 3 * H + j)))));
+        double c = RD(f * IN(2, b, j) + i * g), tc = RD(tanh(c));
+        PUT(1, b * H + j, c);
+        PUT(0, b * H + j, o * tc);
+        double w[5] = {i, f, g, o, tc};
+        for (int k = 0; k < 5; k++) PUT(2, b * 5 * H + k * H + j, w[k]);
+      } else if (op == LM_OP_LSTM_CELL) {
+        double i = IN(3, b, j), f = IN(3, b, H + j), g = IN(3, b, 2 * H + j), o = IN(3, b, 3 * H + j), tc = IN(3, b, 4 * H + j);
+        double dh = IN(0, b, j), dct = IN(1, b, j) + dh * o * (1 - tc * tc);
+        PUT(0, b * 4 * H + j, dct * g * i * (1 - i));
+        PUT(0, b * 4 * H + H + j, dct * IN(2, b, j) * f * (1 - f));
+        PUT(0, b * 4 * H + 2 * H + j, dct * i * (1 - g * g));
+        PUT(0, b * 4 * H + 3 * H + j, dh * tc * o * (1 - o));
+        if (out[1]) PUT(1, b * H + j, dct * f);
+      } else if (!backward) {
+        double r = RD(1 / (1 + exp(-(IN(0, b, j) + IN(1, b, j))))), z = RD(1 / (1 + exp(-(IN(0, b, H + j) + IN(1, b, H + j)))));
+        double hn = IN(1, b, 2 * H + j), nn = RD(tanh(IN(0, b, 2 * H + j) + r * hn));
+        PUT(0, b * H + j, (1 - z) * nn + z * IN(2, b, j));
+        double w[4] = {r, z, nn, hn};
+        for (int k = 0; k < 4; k++) PUT(1, b * 4 * H + k * H + j, w[k]);
+      } else {
+        double r = IN(2, b, j), z = IN(2, b, H + j), nn = IN(2, b, 2 * H + j), hn = IN(2, b, 3 * H + j), dh = IN(0, b, j);
+        double dn = dh * (1 - z) * (1 - nn * nn), dz = dh * (IN(1, b, j) - nn) * z * (1 - z), dr = dn * hn * r * (1 - r);
+        PUT(0, b * 3 * H + j, dr), PUT(1, b * 3 * H + j, dr);
+        PUT(0, b * 3 * H + H + j, dz), PUT(1, b * 3 * H + H + j, dz);
+        PUT(0, b * 3 * H + 2 * H + j, dn), PUT(1, b * 3 * H + 2 * H + j, dn * r);
+        if (out[2]) PUT(2, b * H + j, dh * z);
+      }
+    }
+#undef IN
+#undef PUT
+#undef RD
+  return 0;
+}
+
+/* Interpolation from backend.h's tables: forward reads, backward scatters
+   (in double) what each output read; the lo/hi ranges are not used. */
+static int32_t fake_interp(int32_t dt, int32_t backward, int32_t nd, int32_t nearest, int64_t planes,
+                           const int64_t *sizes, const void *tables, const void *src, void *dst) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake interp: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+  const int64_t *i0[3], *i1[3];
+  const double *w0[3], *w1[3];
+  const char *t = tables;
+  for (int d = 0; d < 3; d++) {
+    int64_t o = sizes[3 + d];
+    i0[d] = (const int64_t *)t, i1[d] = i0[d] + o, w0[d] = (const double *)(i1[d] + o), w1[d] = w0[d] + o;
+    t = (const char *)(w1[d] + o + 2 * sizes[d]);
+  }
+  int64_t isz = sizes[0] * sizes[1] * sizes[2], osz = sizes[3] * sizes[4] * sizes[5];
+  double *acc = NULL;
+  if (backward && !(acc = calloc((size_t)(planes * isz + 1), sizeof *acc))) {
+    snprintf(msg, sizeof msg, "fake interp: out of memory");
+    return LM_E_OOM;
+  }
+  (void)nd;
+  for (int64_t pl = 0; pl < planes; pl++)
+    for (int64_t od = 0; od < sizes[3]; od++)
+      for (int64_t oh = 0; oh < sizes[4]; oh++)
+        for (int64_t ow = 0; ow < sizes[5]; ow++) {
+          int64_t o = pl * osz + (od * sizes[4] + oh) * sizes[5] + ow;
+          double g = backward ? (dt == LM_F32 ? ((const float *)src)[o] : ((const double *)src)[o]) : 0, v = 0;
+          for (int cd = 0; cd < 2; cd++)
+            for (int ch = 0; ch < 2; ch++)
+              for (int cw = 0; cw < 2; cw++) {
+                if (nearest && (cd || ch || cw)) continue;
+                int64_t id = cd ? i1[0][od] : i0[0][od], ih = ch ? i1[1][oh] : i0[1][oh], iw = cw ? i1[2][ow] : i0[2][ow];
+                double w = (cd ? w1[0][od] : w0[0][od]) * (ch ? w1[1][oh] : w0[1][oh]) * (cw ? w1[2][ow] : w0[2][ow]);
+                if (nearest) w = 1;
+                int64_t i = pl * isz + (id * sizes[1] + ih) * sizes[2] + iw;
+                if (backward) acc[i] += g * w;
+                else v += w * (dt == LM_F32 ? ((const float *)src)[i] : ((const double *)src)[i]);
+              }
+          if (backward) continue;
+          if (dt == LM_F32) ((float *)dst)[o] = (float)v;
+          else ((double *)dst)[o] = v;
+        }
+  if (backward) {
+    for (int64_t i = 0; i < planes * isz; i++) {
+      if (dt == LM_F32) ((float *)dst)[i] = (float)acc[i];
+      else ((double *)dst)[i] = acc[i];
+    }
+    free(acc);
+  }
+  return 0;
+}
+
+/* grid_sample with resample.c's rules, in double, point by point. */
+typedef struct fake_axis { int64_t i0; double w0, w1, mult; } fake_axis;
+static fake_axis fake_axis_at(int32_t flags, double gv, int64_t size) {
+  fake_axis a;
+  int nearest = flags & 1, border = flags & 2, align = flags & 4;
+  double c = align ? (gv + 1) / 2 * (double)(size - 1) : ((gv + 1) * (double)size - 1) / 2;
+  a.mult = align ? (double)(size - 1) / 2 : (double)size / 2;
+  if (border) {
+    if (!(c > 0)) c = 0, a.mult = 0;
+    else if (c >= (double)(size - 1)) c = (double)(size - 1), a.mult = 0;
+  }
+  double f = nearest ? nearbyint(c) : floor(c);
+  a.i0 = f >= -1 && f <= (double)size ? (int64_t)f : -2;
+  a.w1 = nearest ? 0 : c - f;
+  a.w0 = nearest ? 1 : (f + 1) - c;
+  return a;
+}
+
+static int32_t fake_grid_sample(int32_t dt, int32_t backward, int32_t nd, int32_t flags, int64_t N, int64_t C, int64_t P,
+                                const int64_t *in, const void *x, const void *grid, const void *g, void *y, void *ggrid) {
+  n_layer++;
+  if (!is_float(dt)) {
+    snprintf(msg, sizeof msg, "fake grid_sample: dtype %d", dt);
+    return LM_E_DTYPE;
+  }
+#define V(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+#define SET(p, i, v) (dt == LM_F32 ? (void)(((float *)(p))[i] = (float)(v)) : (void)(((double *)(p))[i] = (v)))
+  int64_t plane = in[0] * in[1] * in[2];
+  int nearest = flags & 1;
+  if (backward && y)
+    for (int64_t i = 0; i < N * C * plane; i++) SET(y, i, 0);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t p = 0; p < P; p++) {
+      fake_axis ax[3] = {{0, 1, 0, 0}, {0, 1, 0, 0}, {0, 1, 0, 0}};
+      for (int c = 0; c < nd; c++) ax[2 - c] = fake_axis_at(flags, V(grid, (n * P + p) * nd + c), in[2 - c]);
+      double acc[3] = {0, 0, 0};
+      int nk = nd == 3 && !nearest ? 2 : 1, nh = nearest ? 1 : 2;
+      for (int64_t ch = 0; ch < C; ch++) {
+        int64_t q = n * C + ch;
+        double v = 0, gv = backward ? V(g, q * P + p) : 0;
+        for (int a = 0; a < nk; a++)
+          for (int b = 0; b < nh; b++)
+            for (int c = 0; c < nh; c++) {
+              int64_t id = ax[0].i0 + a, ih = ax[1].i0 + b, iw = ax[2].i0 + c;
+              if ((nd == 3 && (id < 0 || id >= in[0])) || ih < 0 || ih >= in[1] || iw < 0 || iw >= in[2]) continue;
+              if (nd == 2) id = 0;
+              double wd = nd == 3 ? (a ? ax[0].w1 : ax[0].w0) : 1, wh = b ? ax[1].w1 : ax[1].w0, ww = c ? ax[2].w1 : ax[2].w0;
+              int64_t off = q * plane + (id * in[1] + ih) * in[2] + iw;
+              double w = ww * wh * wd, xv = V(x, off);
+              if (!backward) {
+                v += w * xv;
+              } else {
+                if (y) SET(y, off, V(y, off) + (dt == LM_F32 ? (double)(float)(w * gv) : w * gv));
+                acc[2] += xv * gv * (c ? 1 : -1) * wh * wd;
+                acc[1] += xv * gv * (b ? 1 : -1) * ww * wd;
+                acc[0] += xv * gv * (a ? 1 : -1) * ww * wh;
+              }
+            }
+        if (!backward) SET(y, q * P + p, v);
+      }
+      if (backward && ggrid)
+        for (int c = 0; c < nd; c++) SET(ggrid, (n * P + p) * nd + c, nearest ? 0 : acc[2 - c] * ax[2 - c].mult);
+    }
+#undef V
+#undef SET
+  return 0;
+}
+
+/* A library convolution by direct loops (in double), standing for cuDNN so
+   that the specs run conv.c's conv_lib path: it wants a 64-byte workspace
+   (checked), and declines dilated cases (so the fallback to im2col runs
+   too). */
+static int64_t n_conv_lib;
+static int32_t fake_conv_lib(int32_t kind, int32_t dt, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
+                             const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
+                             size_t *ws_bytes) {
+  const int64_t *I = geom, *O = geom + 3, *K = geom + 6, *S = geom + 9, *P = geom + 12, *D = geom + 15;
+  if (!is_float(dt) || D[0] != 1 || D[1] != 1 || D[2] != 1) {
+    snprintf(msg, sizeof msg, "fake conv_lib: declined");
+    return LM_E_UNSUPPORTED;
+  }
+  *ws_bytes = 64;
+  if (!ws) return 0;
+  ((char *)ws)[63] = 1; /* the workspace must be writable device memory */
+  n_conv_lib++, n_layer++;
+  int64_t isz = I[0] * I[1] * I[2], osz = O[0] * O[1] * O[2], ksz = K[0] * K[1] * K[2];
+  int64_t cg = img_c / groups, mg = col_c / groups;
+  int64_t nout = kind == 0 ? n * col_c * osz : kind == 1 ? n * img_c * isz : col_c * cg * ksz;
+  double *acc = calloc((size_t)(nout + 1), sizeof *acc);
+  if (!acc) return LM_E_OOM;
+#define RD(p, i) (dt == LM_F32 ? (double)((const float *)(p))[i] : ((const double *)(p))[i])
+  for (int64_t b = 0; b < n; b++)
+    for (int64_t co = 0; co < col_c; co++)
+      for (int64_t ci = 0; ci < cg; ci++)
+        for (int64_t k = 0; k < ksz; k++) {
+          int64_t kd = k / (K[1] * K[2]), kh = k / K[2] % K[1], kw = k % K[2];
+          int64_t wi = (co * cg + ci) * ksz + k, cin = (co / mg) * cg + ci;
+          for (int64_t o = 0; o < osz; o++) {
+            int64_t od = o / (O[1] * O[2]), oh = o / O[2] % O[1], ow = o % O[2];
+            int64_t id = od * S[0] - P[0] + kd, ih = oh * S[1] - P[1] + kh, iw = ow * S[2] - P[2] + kw;
+            if (id < 0 || id >= I[0] || ih < 0 || ih >= I[1] || iw < 0 || iw >= I[2]) continue;
+            int64_t ii = (b * img_c + cin) * isz + (id * I[1] + ih) * I[2] + iw, oi = (b * col_c + co) * osz + o;
+            if (kind == 0) acc[oi] += RD(w, wi) * RD(img, ii);
+            else if (kind == 1) acc[ii] += RD(w, wi) * RD(col, oi);
+            else acc[wi] += RD(col, oi) * RD(img, ii);
+          }
+        }
+#undef RD
+  for (int64_t i = 0; i < nout; i++) {
+    if (dt == LM_F32) ((float *)out)[i] = (float)acc[i];
+    else ((double *)out)[i] = acc[i];
+  }
+  free(acc);
+  return 0;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
@@ -831,6 +1223,9 @@ static const lm_backend table = {
     fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
     fake_sequence, fake_random, fake_optim_step, fake_index_along,
     fake_cumsum,
+    /* layer families (the cuda4 branch's block) */
+    fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
+    fake_grid_sample, fake_conv_lib,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -854,6 +1249,12 @@ void lm_fake_kernel_counts(int64_t *out) {
   out[2] = n_gemm;
   out[3] = n_other;
 }
+
+/* calls of the layer kernels (im2col, ...) */
+int64_t lm_fake_layer_count(void) { return n_layer; }
+
+/* convolutions run by the library stand-in */
+int64_t lm_fake_conv_lib_count(void) { return n_conv_lib; }
 
 /* The table as an older library would give it: its size ends before the op
    kernels (the pointers are there, but past size), so registration accepts

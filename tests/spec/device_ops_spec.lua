@@ -29,6 +29,10 @@ local fake = load('fake_device', [[
   const lm_backend *lm_fake_backend(void);
   const lm_backend *lm_fake_backend_no_kernels(void);
   void lm_fake_kernel_counts(int64_t *out);
+  int64_t lm_fake_layer_count(void);
+  int64_t lm_fake_conv_lib_count(void);
+  int setenv(const char *name, const char *value, int overwrite);
+  int unsetenv(const char *name);
 ]])
 local emulated = load('cuda_emulated', 'const lm_backend *lm_cuda_emulated_backend(void);')
 
@@ -80,6 +84,49 @@ describe('ops on a device', function()
   else
     pending('tests/plugins/cuda_emulated.so is not built (it needs nvcc)')
   end
+
+  if emulated then
+    it("train LeNet (bench/workloads.lua) with the CUDA backend's kernels as on the CPU", function()
+      use(emulated.lm_cuda_emulated_backend(), 'CUDA kernels emulated on the host', emulated)
+      local T = dofile('tests/gpu/train_steps.lua')
+      -- a probe loss (sum of the logits times fixed weights) until the device has cross_entropy
+      local r = T.compare('lenet', 'cuda', { steps = 1, small = true, loss = 'probe' })
+      assert.is_true(r.loss_err < 1e-5, 'loss error ' .. r.loss_err)
+      assert.is_true(r.grad_err < 1e-5, 'gradient error ' .. r.grad_err .. ' (' .. tostring(r.worst_grad) .. ')')
+    end)
+  end
+
+  it("run conv, pooling and norms on the device's kernels", function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local nn = require('lumen.nn')
+    local x = lumen.randn(2, 3, 8, 8):cuda():requires_grad_()
+    local w = lumen.randn(4, 3, 3, 3):cuda():requires_grad_()
+    local c0 = fake.lm_fake_layer_count()
+    local y = nn.F.conv2d(x, w, nil, { padding = 1 })
+    y = nn.F.max_pool2d(nn.F.group_norm(y, 2), 2)
+    assert.is_true(fake.lm_fake_layer_count() - c0 >= 4) -- im2col, two norm passes, pool
+    y:sum():backward()
+    assert.are.equal('cuda', x.grad:device())
+    assert.are.equal('cuda', w.grad:device())
+    -- the library convolution (the fake's stand-in for cuDNN) ran the conv,
+    -- forward and both gradients; LUMEN_CUDNN=0 and a declined (dilated)
+    -- case go through im2col
+    local l0 = fake.lm_fake_conv_lib_count()
+    local xd = x:detach()
+    nn.F.conv2d(xd, w:detach(), nil, { padding = 1 })
+    assert.are.equal(1, fake.lm_fake_conv_lib_count() - l0)
+    local old = os.getenv('LUMEN_CUDNN')
+    ffi.C.setenv('LUMEN_CUDNN', '0', 1)
+    local ok, e = pcall(nn.F.conv2d, xd, w:detach(), nil, { padding = 1 })
+    if old then ffi.C.setenv('LUMEN_CUDNN', old, 1) else ffi.C.unsetenv('LUMEN_CUDNN') end
+    assert(ok, e)
+    nn.F.conv2d(xd, w:detach(), nil, { dilation = 2 })
+    assert.are.equal(1, fake.lm_fake_conv_lib_count() - l0)
+    -- max unpooling has no device kernel yet: it refuses as before
+    local v, i = nn.F.max_pool2d(x:detach(), 2, { return_indices = true })
+    assert.has_error(function() return nn.F.max_unpool2d(v, i, 2) end,
+      "lumen.max_unpool2d: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+  end)
 
   it("run on the device's kernels, and results and gradients stay there", function()
     use(fake.lm_fake_backend(), 'fake device', fake)

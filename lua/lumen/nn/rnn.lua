@@ -151,7 +151,10 @@ return function(nn, lumen)
   -- (or H when the input is unbatched).
   local function cell_state(name, what, s, x, H)
     local want = x:dim() == 2 and { x:size(0), H } or { H }
-    if s == nil then return lumen.zeros(want, x:dtype()) end
+    if s == nil then -- on the input's device
+      local z = lumen.zeros(want, x:dtype())
+      return x:device() == 'cpu' and z or z:to(x:device())
+    end
     if not lumen.is_tensor(s) then error(fmt('lumen.%s: %s must be a tensor, got %s', name, what, type(s)), 4) end
     if shape_str(s) ~= table.concat(want, 'x') then
       error(fmt('lumen.%s: %s has shape %s, expected %s (%s)', name, what, shape_str(s), table.concat(want, 'x'),
@@ -301,12 +304,13 @@ return function(nn, lumen)
 
     -- A given initial state must be (D * num_layers) x N x H (no batch dim
     -- when the input is unbatched); nil gives zeros.
-    function cls:_state(what, s, N, unbatched, dtype)
+    function cls:_state(what, s, N, unbatched, dtype, device)
       local D = self.bidirectional and 2 or 1
       local want = { D * self.num_layers, N, self.hidden_size }
       if unbatched then want = { want[1], want[3] } end
-      if s == nil then
+      if s == nil then -- on the input's device
         s = lumen.zeros(want, dtype)
+        if device and device ~= 'cpu' then s = s:to(device) end
       elseif not lumen.is_tensor(s) then
         error(fmt('lumen.%s: %s must be a tensor, got %s', name, what, type(s)), 4)
       elseif shape_str(s) ~= table.concat(want, 'x') then
@@ -353,10 +357,10 @@ return function(nn, lumen)
           error(fmt('lumen.%s: the initial state needs both h0 and c0', name), 2)
         end
         hx = hx or {}
-        h0 = self:_state('h0', hx[1], N, unbatched, x:dtype())
-        c0 = self:_state('c0', hx[2], N, unbatched, x:dtype())
+        h0 = self:_state('h0', hx[1], N, unbatched, x:dtype(), x:device())
+        c0 = self:_state('c0', hx[2], N, unbatched, x:dtype(), x:device())
       else
-        h0 = self:_state('h0', hx, N, unbatched, x:dtype())
+        h0 = self:_state('h0', hx, N, unbatched, x:dtype(), x:device())
       end
       local D = self.bidirectional and 2 or 1
       local hn, cn = {}, {}
