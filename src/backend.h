@@ -72,7 +72,7 @@ enum {
   LM_HP_LR, LM_HP_MOMENTUM, LM_HP_DAMPENING, LM_HP_WEIGHT_DECAY, LM_HP_BETA1, LM_HP_BETA2, LM_HP_EPS, LM_HP_ALPHA,
   LM_HP_NESTEROV, LM_HP_AMSGRAD, LM_HP_DECOUPLED, LM_HP_CENTERED, LM_HP_MAXIMIZE, LM_HP_COUNT
 };
-/* Kinds of the norm_pass entry (the cuda4 branch's block). */
+/* Kinds of the norm_pass entry. */
 enum { LM_NORM_MOMENTS = 1, LM_NORM_GRAD_SUMS, LM_NORM_AFFINE, LM_NORM_GRAD_X };
 
 typedef struct lm_backend {
@@ -246,7 +246,8 @@ typedef struct lm_backend {
      in double, in order) or i64 (wrapping); strides in elements. */
   int32_t (*cumsum)(int32_t dtype, int32_t ndim, const int64_t *shape, int32_t dim, void *out, const int64_t *ostride,
                     const void *x, const int64_t *xstride);
-  /* ---- layer families: convolution, pooling, normalisation, rnn cells, interpolation, grid_sample, cuDNN convolution (the cuda4 branch's block) ---- */
+  /* ---- layer families: convolution, pooling, normalisation, rnn cells,
+     interpolation, grid_sample, cuDNN convolution ---- */
 
   /* Convolution's column matrix for n samples of c channels (f32 or f64).
      geom holds 18 values, each for (depth, height, width), with 1 (padding

@@ -233,14 +233,7 @@ int32_t cu_mem_info(int64_t *free_bytes, int64_t *total_bytes) {
 lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda", description, cu_init, cu_last_error, cu_malloc, cu_free,
     cu_memset, cu_copy_h2d, cu_copy_d2h, cu_copy_d2d, cu_copy_strided, cu_synchronize, cu_mem_info,
-    lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
-    /* activations, losses, copies, indexing, creation and random numbers, optimizers */
-    lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits,
-    lmcuda::sequence, lmcuda::random, lmcuda::optim_step, lmcuda::index_along,
-    lmcuda::cumsum,
-    /* layer families (the cuda4 branch's block) */
-    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp,
-    lmcuda::grid_sample, lmcuda::conv_lib,
+    LMCUDA_KERNEL_ENTRIES
 };
 
 } // namespace

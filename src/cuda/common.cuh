@@ -38,6 +38,18 @@ inline unsigned grid_for(int64_t n, int threads) {
   return (unsigned)(b < 1 ? 1 : b > most ? most : b);
 }
 
+/* The kernel entries of lm_backend, in the table's order: the real backend
+   (backend.cu) and the host emulation (tests/plugin/cuda_emulated.cu) both
+   end their tables with this. */
+#define LMCUDA_KERNEL_ENTRIES                                                                              \
+  lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,                                                        \
+  /* activations, losses, copies, indexing, creation and random numbers, optimizers */                      \
+  lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits, lmcuda::sequence,            \
+  lmcuda::random, lmcuda::optim_step, lmcuda::index_along, lmcuda::cumsum,                                  \
+  /* layer families */                                                                                     \
+  lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp, lmcuda::grid_sample,   \
+  lmcuda::conv_lib,
+
 /* The op kernels (their files). */
 int32_t elementwise(int32_t op, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t nops, void *const *data,
                     const int64_t *strides, const int32_t *dtypes, const lm_scalar *scalars, double param);
@@ -95,7 +107,7 @@ template <typename F> int32_t for_each(int64_t n, F f, const char *what) {
   return launched(what);
 #endif
 }
-/* Layer families (the cuda4 branch's block): conv.cu, pool.cu, norm.cu, rnn.cu, resample.cu, grid.cu, cudnn.cu. */
+/* Layer families: conv.cu, pool.cu, norm.cu, rnn.cu, resample.cu, grid.cu, cudnn.cu. */
 int32_t im2col(int32_t dtype, int32_t to_cols, int64_t n, int64_t c, const int64_t *geom, void *img, void *cols);
 int32_t pool(int32_t op, int32_t dtype, int32_t backward, int64_t planes, const int64_t *geom, int32_t count_pad,
              double divisor, const void *src, void *dst, int64_t *indices);

@@ -164,7 +164,7 @@ M.cases = {
     function(s) return { { 5 }, { 4 * s, 6 }, { 6, 5 } } end, F, true, { gemm = true }),
   ew('linear', function(x, w, b) return require('lumen.nn').F.linear(x, w, b) end,
     function(s) return { { 2, 4 * s, 6 }, { 5, 6 }, { 5 } } end, F, true, { gemm = true }),
-  -- layer families (the cuda4 branch's block): convolution through im2col /
+  -- layer families: convolution through im2col /
   -- col2im and the GEMM, forward and backward (input, weight, bias)
   ew('conv2d, stride 2, padding 1, bias', function(x, w, b)
     return require('lumen.nn').F.conv2d(x, w, b, { stride = 2, padding = 1 })

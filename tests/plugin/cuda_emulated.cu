@@ -143,14 +143,7 @@ char description[] = "the CUDA backend's kernels emulated on the host (tests/plu
 lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda-emulated", description, emu_init, emu_last_error, emu_malloc, emu_free,
     emu_memset, emu_copy, emu_copy, emu_copy, emu_strided, emu_sync, emu_mem_info,
-    lmcuda::elementwise, lmcuda::reduce, lmcuda::gemm,
-    /* activations, losses, copies, indexing, creation and random numbers, optimizers */
-    lmcuda::activation, lmcuda::softmax, lmcuda::class_loss, lmcuda::bce_logits,
-    lmcuda::sequence, lmcuda::random, lmcuda::optim_step, lmcuda::index_along,
-    lmcuda::cumsum,
-    /* layer families (the cuda4 branch's block) */
-    lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp,
-    lmcuda::grid_sample, lmcuda::conv_lib,
+    LMCUDA_KERNEL_ENTRIES
 };
 
 } // namespace

@@ -823,7 +823,7 @@ static int32_t fake_cumsum(int32_t dt, int32_t nd, const int64_t *shape, int32_t
   return 0;
 }
 
-/* ---- layer families (the cuda4 branch's block) ---- */
+/* ---- layer families ---- */
 
 static int64_t n_layer; /* calls of the layer kernels below */
 
@@ -1223,7 +1223,7 @@ static const lm_backend table = {
     fake_activation, fake_softmax, fake_class_loss, fake_bce_logits,
     fake_sequence, fake_random, fake_optim_step, fake_index_along,
     fake_cumsum,
-    /* layer families (the cuda4 branch's block) */
+    /* layer families */
     fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
     fake_grid_sample, fake_conv_lib,
 };
