@@ -7,13 +7,6 @@ local nn = require 'lumen.nn'
 local crf = require 'lumen.crf'
 local gradcheck = require 'helpers.gradcheck'
 
--- make test builds the plugin; build it here when busted runs alone
-do
-  local build = lumen.core.libpath:match('^(.*)/[^/]*$') or 'build'
-  local f = io.open(build .. '/plugins/crf.so', 'rb')
-  if f then f:close() else os.execute(string.format("make -s B='%s' '%s/plugins/crf.so' >&2", build, build)) end
-end
-
 local function prod(t)
   local n = 1
   for _, v in ipairs(t) do n = n * v end

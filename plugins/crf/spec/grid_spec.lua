@@ -9,12 +9,6 @@ local ffi = require 'ffi'
 local crf = require 'lumen.crf'
 local scratch = require 'helpers.scratch'
 
-do
-  local build = lumen.core.libpath:match('^(.*)/[^/]*$') or 'build'
-  local f = io.open(build .. '/plugins/crf.so', 'rb')
-  if f then f:close() else os.execute(string.format("make -s B='%s' '%s/plugins/crf.so' >&2", build, build)) end
-end
-
 local function prod(t)
   local n = 1
   for _, v in ipairs(t) do n = n * v end
