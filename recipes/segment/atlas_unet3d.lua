@@ -310,8 +310,8 @@ return recipe.define {
   name = 'atlas_unet3d',
   description = 'multi-class 3D U-Net: AAL merged into 7 lobes/structures on Colin27, tested on a deformed, moved copy',
   options = {
-    { 'steps', 300, 'training steps' },
-    { 'lr', 3e-3, 'learning rate (AdamW, cosine decay)' },
+    { 'steps', 450, 'training steps' },
+    { 'lr', 1e-2, 'learning rate (AdamW, cosine decay)' },
     { 'batch', 2, 'patches per step' },
     { 'patch', { 32, 32, 32 }, 'patch and sliding-window size (voxels)' },
     { 'spacing', 3, 'working grid spacing (mm, isotropic)' },
@@ -324,8 +324,8 @@ return recipe.define {
     { 'validate_every', 100, 'steps between validation Dice (a different deformed copy)' },
     { 'workers', 1, 'loader threads' },
   },
-  quick = { steps = 12, patch = { 16, 16, 16 }, spacing = 6, channels = { 4, 8 }, train_deformed = 0,
-    validate_every = 6, lr = 1e-2, workers = 0 },
+  quick = { steps = 60, patch = { 16, 16, 16 }, spacing = 6, channels = { 4, 8 }, train_deformed = 0,
+    validate_every = 30, lr = 1e-2, workers = 0 },
   train = train,
   predict = predict,
 }

@@ -79,14 +79,17 @@ describe('recipe atlas_unet3d', function()
         assert.is_not_nil(c.hd95)
       end
     end
-    -- untrained networks score under 0.1 here (a class or two by chance)
-    assert.is_true(m.test.mean.dice > 0.25, 'test mean Dice ' .. m.test.mean.dice)
+    -- 60 quick steps learn the large classes first; a network that predicts
+    -- noise or one class everywhere stays under 0.15 on every class
+    local best = 0
+    for _, name in ipairs(CLASSES) do best = math.max(best, m.test[name].dice) end
+    assert.is_true(best > 0.3, 'best class test Dice ' .. best)
     -- the identity atlas overlaps its warped self well, far from 0 or 1
     assert.is_true(m.baseline.mean.dice > 0.3 and m.baseline.mean.dice < 0.99)
   end)
 
   it('resumes an interrupted run to the same result', function()
-    lumen_run('--quick --out ' .. P('b') .. ' --progress none --stop_at 7 --checkpoint_every 7')
+    lumen_run('--quick --out ' .. P('b') .. ' --progress none --stop_at 30 --checkpoint_every 30')
     local b = only_run(P('b'))
     lumen_run('--resume ' .. b .. ' --progress none')
     local m1, m2 = read_json(run .. '/metrics.json'), read_json(b .. '/metrics.json')
