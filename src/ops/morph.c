@@ -86,8 +86,9 @@ static void edt_lines(void *arg, int64_t begin, int64_t end) {
     p->oom = true;
     return;
   }
-  double *line = (double *)mem, *root_val = line + (n + 2), *z = root_val + (n + 2);
-  int64_t *root = (int64_t *)(z + (n + 2));
+  /* up to n + 2 parabolas (two on the border); z has one boundary more */
+  double *line = (double *)mem, *root_val = line + (n + 3), *z = root_val + (n + 3);
+  int64_t *root = (int64_t *)(z + (n + 3));
   for (int64_t l = begin; l < end; l++) {
     double *base = p->f + (l / p->inner) * p->inner * n + (l % p->inner);
     for (int64_t i = 0; i < n; i++) line[i] = base[i * p->stride];
