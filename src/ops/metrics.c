@@ -58,18 +58,39 @@ lm_status lm_confusion_counts(lm_ctx *ctx, const lm_tensor *pred, const lm_tenso
 /* ------------------------------------------------------------------ */
 /* surface distances */
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
+/* The k-th smallest (0-based) of v[0..n), reordering v so that it sits at
+   v[k] with nothing larger before it and nothing smaller after it
+   (quickselect; equal values are swapped across the pivot, so the many
+   ties of voxel distances cost nothing extra). */
+static double select_kth(double *v, int64_t n, int64_t k) {
+  int64_t lo = 0, hi = n - 1;
+  while (hi > lo) {
+    double a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+    double pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+    int64_t i = lo, j = hi;
+    while (i <= j) {
+      while (v[i] < pivot) i++;
+      while (v[j] > pivot) j--;
+      if (i <= j) {
+        double t = v[i];
+        v[i++] = v[j], v[j--] = t;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else break; /* between the parts: equal to the pivot */
+  }
+  return v[k];
 }
 
-/* numpy.percentile's default (linear) rule on sorted v[0..n) */
-static double percentile_sorted(const double *v, int64_t n, double q) {
+/* numpy.percentile's default (linear) rule on v[0..n), which it reorders */
+static double percentile(double *v, int64_t n, double q) {
   double at = q / 100.0 * (double)(n - 1);
   int64_t lo = (int64_t)floor(at);
-  if (lo >= n - 1) return v[n - 1];
-  double t = at - (double)lo;
-  return v[lo] + (v[lo + 1] - v[lo]) * t;
+  if (lo >= n - 1) return select_kth(v, n, n - 1);
+  double a = select_kth(v, n, lo), b = v[lo + 1];
+  for (int64_t i = lo + 2; i < n; i++) b = fmin(b, v[i]); /* the next order statistic */
+  return a + (b - a) * (at - (double)lo);
 }
 
 /* Voxels of m (0/1 over grid g) with a face neighbour along a real axis
@@ -124,7 +145,7 @@ static double mean(const double *v, int64_t n) {
 }
 
 lm_status lm_surface_distance(lm_ctx *ctx, const lm_tensor *pred, const lm_tensor *truth, const double *spacing,
-                              double percentile, double *result) {
+                              double q, double *result) {
   const char *op = "surface_distance";
   lm_grid g, c;
   lm_tensor *p = NULL, *t = NULL;
@@ -133,8 +154,7 @@ lm_status lm_surface_distance(lm_ctx *ctx, const lm_tensor *pred, const lm_tenso
   size_t buf_bytes = 0, f_bytes = 0, dist_bytes = 0;
   lm_status st;
   if (!result) return lm_err(ctx, LM_E_ARG, "%s: result is NULL", op);
-  if (!(percentile >= 0 && percentile <= 100))
-    return lm_err(ctx, LM_E_ARG, "%s: percentile %g, expected 0 to 100", op, percentile);
+  if (!(q >= 0 && q <= 100)) return lm_err(ctx, LM_E_ARG, "%s: percentile %g, expected 0 to 100", op, q);
   if ((st = mask_pair(ctx, op, pred, truth, spacing, &g, &p, &t))) return st;
   const uint8_t *a = (const uint8_t *)lm_data(p), *b = (const uint8_t *)lm_data(t);
   /* the box around both masks: the nearest surface voxel of one lies in it,
@@ -181,16 +201,12 @@ lm_status lm_surface_distance(lm_ctx *ctx, const lm_tensor *pred, const lm_tenso
   double *da = dist, *db = dist + nsa, *both = dist + nsa + nsb;
   if ((st = directed(ctx, op, &c, sa, sb, f, da)) || (st = directed(ctx, op, &c, sb, sa, f, db))) goto done;
   double ma = mean(da, nsa), mb = mean(db, nsb);
-  qsort(da, (size_t)nsa, sizeof(double), cmp_double);
-  qsort(db, (size_t)nsb, sizeof(double), cmp_double);
-  /* the union, sorted, by merging the two sorted sets */
-  for (int64_t i = 0, j = 0, k = 0; k < nsa + nsb; k++)
-    both[k] = (j >= nsb || (i < nsa && da[i] <= db[j])) ? da[i++] : db[j++];
-  result[0] = percentile_sorted(both, nsa + nsb, percentile);
+  memcpy(both, da, (size_t)(nsa + nsb) * sizeof(double)); /* the union: da and db lie side by side */
+  result[0] = percentile(both, nsa + nsb, q);
   result[1] = (ma + mb) / 2;
   result[2] = ma, result[3] = mb;
-  result[4] = percentile_sorted(da, nsa, percentile);
-  result[5] = percentile_sorted(db, nsb, percentile);
+  result[4] = percentile(da, nsa, q);
+  result[5] = percentile(db, nsb, q);
 done:
   if (buf) lm_free(buf, buf_bytes);
   if (f) lm_free(f, f_bytes);

@@ -74,6 +74,7 @@ typedef struct {
   int64_t n, stride, inner; /* line length, its stride, lines per outer block */
   double h;
   bool border;
+  bool first; /* the first pass, along the contiguous last axis */
   atomic_bool oom;
 } edt_pass;
 
@@ -81,32 +82,46 @@ static void edt_lines(void *arg, int64_t begin, int64_t end) {
   edt_pass *p = arg;
   const int64_t n = p->n;
   /* scratch: the line, envelope roots and values, boundaries */
-  char *mem = malloc((size_t)(n + 3) * 4 * sizeof(double));
+  char *mem = malloc((size_t)(n + 3) * 5 * sizeof(double));
   if (!mem) {
     p->oom = true;
     return;
   }
   /* up to n + 2 parabolas (two on the border); z has one boundary more */
-  double *line = (double *)mem, *root_val = line + (n + 3), *z = root_val + (n + 3);
-  int64_t *root = (int64_t *)(z + (n + 3));
+  double *line = (double *)mem, *pos = line + (n + 3), *val = pos + (n + 3), *key = val + (n + 3),
+         *z = key + (n + 3);
   for (int64_t l = begin; l < end; l++) {
     double *base = p->f + (l / p->inner) * p->inner * n + (l % p->inner);
+    if (p->first) { /* values are 0 or infinity: nearest feature by two sweeps */
+      double last = p->border ? -1.0 : -INFINITY; /* none yet: infinitely far */
+      for (int64_t i = 0; i < n; i++) {
+        if (base[i] == 0) last = (double)i;
+        line[i] = (double)i - last;
+      }
+      last = p->border ? (double)n : INFINITY;
+      for (int64_t i = n - 1; i >= 0; i--) {
+        if (base[i] == 0) last = (double)i;
+        double d = fmin(line[i], last - (double)i) * p->h;
+        base[i] = d * d;
+      }
+      continue;
+    }
     for (int64_t i = 0; i < n; i++) line[i] = base[i * p->stride];
+    /* envelope parabola k: root at position pos[k] (mm) with height val[k],
+       key[k] = val + pos^2; it is lowest from z[k] to z[k + 1] */
     int64_t k = -1;
     /* candidates in increasing position: -1 (border), 0..n-1, n (border) */
     for (int64_t q = p->border ? -1 : 0; q <= (p->border ? n : n - 1); q++) {
       double fq = (q < 0 || q >= n) ? 0.0 : line[q];
       if (fq == INFINITY) continue;
-      double pq = (double)q * p->h, s = -INFINITY;
+      double pq = (double)q * p->h, kq = fq + pq * pq, s = -INFINITY;
       while (k >= 0) {
-        double pv = (double)root[k] * p->h;
-        s = ((fq + pq * pq) - (root_val[k] + pv * pv)) / (2.0 * (pq - pv));
-        if (s <= z[k]) k--;
-        else break;
+        s = (kq - key[k]) / (2.0 * (pq - pos[k]));
+        if (s > z[k]) break;
+        k--;
       }
       k++;
-      root[k] = q;
-      root_val[k] = fq;
+      pos[k] = pq, val[k] = fq, key[k] = kq;
       z[k] = k == 0 ? -INFINITY : s;
     }
     if (k < 0) continue; /* no feature on this line: stays infinite */
@@ -115,8 +130,8 @@ static void edt_lines(void *arg, int64_t begin, int64_t end) {
     for (int64_t i = 0; i < n; i++) {
       double x = (double)i * p->h;
       while (z[j + 1] < x) j++;
-      double d = (double)(i - root[j]) * p->h;
-      base[i * p->stride] = d * d + root_val[j];
+      double d = x - pos[j];
+      base[i * p->stride] = d * d + val[j];
     }
   }
   free(mem);
@@ -125,7 +140,7 @@ static void edt_lines(void *arg, int64_t begin, int64_t end) {
 lm_status lm_edt_sq(lm_ctx *ctx, const char *op, const lm_grid *g, double *f, bool border) {
   int64_t inner = 1;
   for (int a = 2; a >= 3 - g->nd; a--) {
-    edt_pass p = {f, g->n[a], inner, inner, g->spacing[a], border, false};
+    edt_pass p = {f, g->n[a], inner, inner, g->spacing[a], border, a == 2, false};
     int64_t lines = g->numel / g->n[a];
     int64_t grain = 32768 / g->n[a];
     lm_parallel_for(ctx, lines, grain < 1 ? 1 : grain, edt_lines, &p);
@@ -245,6 +260,18 @@ static int64_t label_core(const lm_grid *g, const uint8_t *m, int rank, int32_t 
         off[noff][0] = a, off[noff][1] = b, off[noff][2] = c;
         noff++;
       }
+  /* When the voxel to the left is in the mask, i joins it first (offset
+     0, 0, -1 comes last... or anywhere: the order does not matter), and
+     every offset o that is also a neighbour of the left voxel, o + (0, 0, 1)
+     within rank and before it in scan order, joined the left voxel already.
+     For full connectivity that leaves 5 of 13 offsets. */
+  bool covered[13];
+  for (int k = 0; k < noff; k++) {
+    int a = off[k][0], b = off[k][1], c = off[k][2] + 1;
+    bool is_left = off[k][0] == 0 && off[k][1] == 0 && off[k][2] == -1;
+    bool before = a < 0 || (a == 0 && b < 0); /* c <= 1 here; (0, 0, c) is the left voxel or itself */
+    covered[k] = !is_left && c <= 1 && before && abs(a) + abs(b) + abs(c) <= rank;
+  }
   int32_t *parent = lab;
   for (int64_t i0 = 0; i0 < n0; i0++)
     for (int64_t i1 = 0; i1 < n1; i1++)
@@ -255,14 +282,17 @@ static int64_t label_core(const lm_grid *g, const uint8_t *m, int rank, int32_t 
           continue;
         }
         parent[i] = i;
+        int32_t ri = i; /* the root of i's set so far */
+        bool left = i2 > 0 && m[i - 1];
         for (int k = 0; k < noff; k++) {
+          if (left && covered[k]) continue;
           int64_t j0 = i0 + off[k][0], j1 = i1 + off[k][1], j2 = i2 + off[k][2];
           if (j0 < 0 || j1 < 0 || j1 >= n1 || j2 < 0 || j2 >= n2) continue;
           int32_t j = (int32_t)((j0 * n1 + j1) * n2 + j2);
           if (!m[j]) continue;
-          int32_t ri = find_root(parent, i), rj = find_root(parent, j);
+          int32_t rj = find_root(parent, j);
           if (ri < rj) parent[rj] = ri;
-          else if (rj < ri) parent[ri] = rj;
+          else if (rj < ri) parent[ri] = rj, ri = rj;
         }
       }
   /* every parent is below its child, so one forward pass points each voxel
