@@ -191,8 +191,8 @@ function metrics.evaluate(pred, truth, opts)
     -- every voxel, as unique does, takes seconds on a whole brain)
     local seen = {}
     for _, t in ipairs({ pred, truth }) do
-      local top = t:max():item()
-      if t:min():item() < 0 or top > 2 ^ 20 then
+      local top = t:numel() > 0 and t:max():item() or 0
+      if (top > 0 and t:min():item() < 0) or top > 2 ^ 20 then
         util.fail(name, 'label values from %d to %d, expected 0 to 2^20 (pass labels = {...})', t:min():item(), top)
       end
       if top > 0 then

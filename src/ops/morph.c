@@ -139,6 +139,7 @@ static void edt_lines(void *arg, int64_t begin, int64_t end) {
 
 lm_status lm_edt_sq(lm_ctx *ctx, const char *op, const lm_grid *g, double *f, bool border) {
   int64_t inner = 1;
+  if (g->numel == 0) return LM_OK;
   for (int a = 2; a >= 3 - g->nd; a--) {
     edt_pass p = {f, g->n[a], inner, inner, g->spacing[a], border, a == 2, false};
     int64_t lines = g->numel / g->n[a];
