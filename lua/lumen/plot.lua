@@ -334,10 +334,11 @@ local function tick_labels(ticks, step)
   for i, v in ipairs(ticks) do
     local s
     if maxabs >= 1e6 or (maxabs > 0 and maxabs < 1e-3) then
-      local digits = min(6, max(0, floor(log10(maxabs) + 1e-9) - step_exp))
+      local digits = floor(log10(maxabs) + 1e-9) - step_exp
+      digits = digits > 6 and 6 or digits > 0 and digits or 0 -- never "-0"
       s = tidy_exponent(string.format('%.' .. digits .. 'e', v))
     else
-      s = string.format('%.' .. max(0, -step_exp) .. 'f', v)
+      s = string.format('%.' .. (step_exp < 0 and -step_exp or 0) .. 'f', v)
     end
     if s:match('^%-[0.]*$') or s:match('^%-[0.]*e') then s = s:sub(2) end -- no "-0"
     labels[i] = s
