@@ -217,6 +217,22 @@ describe('plot.curves', function()
     end
   end)
 
+  it('clips lines to the frame when points lie far outside xlim and ylim', function()
+    local t0 = lumen.clock()
+    plot.curves(P('clip.png'), { xlim = { 0, 10 }, ylim = { 0, 10 },
+      series = { { x = { -1e12, 5, 1e12 }, y = { 5, 5, 1e12 }, color = RED } } })
+    assert.is_true(lumen.clock() - t0 < 1)
+    local f = load(P('clip.png'))
+    local fr = frame_of(f)
+    -- the horizontal half: y = 5 from the left edge to the middle
+    local mid = fr.y1 - 0.5 * (fr.y1 - fr.y0)
+    for x = fr.x0, floor((fr.x0 + fr.x1) / 2) - 1 do
+      assert(is_color(f, x, floor(mid + 0.5), RED) or is_color(f, x, floor(mid + 0.5) - 1, RED), 'no line at column ' .. x)
+    end
+    local _, outside = pixels_of(f, RED, 0, 0, fr.fx0, f.h - 1)
+    assert.are.equal(0, outside)
+  end)
+
   it('accepts 1-D tensors for x and y', function()
     local t = lumen.arange(11):to('f32')
     plot.curves(P('tensor.png'), { series = { { x = t, y = t, color = RED } }, xlim = { 0, 10 }, ylim = { 0, 10 } })
@@ -297,6 +313,7 @@ describe('plot.curves', function()
     assert.is_truthy(err(P('e.png'), { title = {} }):find('title must be a string', 1, true))
     assert.is_truthy(err(P('e.png'), { xlim = { 2, 1 } }):find('xlim must be {lo, hi}', 1, true))
     assert.is_truthy(err(P('e.png'), { logy = true, ylim = { 0, 1 } }):find('ylim must be positive with logy', 1, true))
+    assert.is_truthy(err(P('e.png'), { series = { { y = { -1e308, 1e308 } } } }):find('beyond what a double can scale', 1, true))
     assert.is_truthy(err(P('e.png'), { height = 120, title = 'a', xlabel = 'b',
       series = { { name = 'a', y = {} }, { name = ('b'):rep(200), y = {} }, { name = ('c'):rep(200), y = {} },
         { name = ('c'):rep(200), y = {} }, { name = ('c'):rep(200), y = {} }, { name = ('c'):rep(200), y = {} } } })
