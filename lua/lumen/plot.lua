@@ -1,14 +1,36 @@
 -- plot.lua: figures as PNG, for training runs (curves) and segmentations
 -- (overlay montages). Pure LuaJIT: pixels live in an FFI byte buffer, text
 -- comes from a small built-in bitmap font, and the file is written by
--- lumen.image's PNG writer.
+-- lumen.image's PNG writer (the folder must exist).
 --
 --   local plot = require 'lumen.plot'
---   plot.curves('figures/loss.png', {title =, xlabel =, ylabel =, logy =,
---     series = {{name =, x =, y =, color =}, ...}, width =, height =, xlim =, ylim =})
---   plot.overlay('figures/val.png', image, {outlines = {{mask =, color =, name =}, ...},
---     axis =, slices =, columns =, zoom =, title =, window = {lo, hi}, flip =})
---   plot.text_width(s[, scale]) -> pixels
+--
+--   plot.curves('figures/loss.png', {
+--     series = {{name = 'train loss', x = {...}, y = {...}, color = {r, g, b}}, ...},
+--     title =, xlabel =, ylabel =, width = 640, height = 400, logy = false,
+--     xlim = {lo, hi}, ylim = {lo, hi}})
+--   A line chart. x and y are lists of numbers or 1-D tensors (x defaults
+--   to 1..#y); NaN and infinite points (and y <= 0 with logy) leave gaps; a
+--   point with no valid neighbour is a dot; colours default to a fixed
+--   palette; names go in the legend; no series, or empty ones, give an
+--   empty chart. Axes span the data plus 4% (or xlim/ylim), with ticks at
+--   1, 2 or 5 x 10^k (powers of ten on a log axis).
+--
+--   plot.overlay('figures/case1.png', image, {
+--     outlines = {{mask = pred, color = {255, 64, 64}, name = 'prediction'}, ...},
+--     axis = 2, slices = 6, columns =, zoom = 1, title =, window = {lo, hi}, flip = true})
+--   A montage of grey-scale slices of a 2-D or 3-D tensor (or a lumen.image)
+--   with each mask's boundary drawn one pixel wide in its colour (masks:
+--   integer or bool, the image's shape; every label boundary of a label map).
+--   slices: a count, spread over the slices that hold any mask voxel (the
+--   whole volume when none do), or a list of 0-based indices. The window
+--   defaults to the 1st and 99th percentiles of the image. In a tile the
+--   first remaining axis runs left to right and the second bottom to top
+--   (flip = true) or top to bottom. For a 2-D image, axis and slices are
+--   ignored. Each tile has its slice index above it, and the outline names
+--   make a legend at the bottom.
+--
+--   plot.text_width(s[, scale]) -> pixels the font takes for s
 local ffi = require 'ffi'
 local bit = require 'bit'
 local lumen = require 'lumen'
@@ -329,11 +351,15 @@ function Canvas:dot(x, y, c, clip)
   end
 end
 
-function Canvas:write(path)
+function Canvas:write(path, fn)
   local image = require 'lumen.image'
   -- the buffer is rows (y, x, rgb); lumen's images index (x, y, channel)
   local rows = lumen.from_ptr(self.buf, { self.h, self.w, 3 }, 'u8')
-  image.new(rows:permute(1, 0, 2)):write(path)
+  local ok, err = pcall(function() image.new(rows:permute(1, 0, 2)):write(path) end)
+  if not ok then
+    local msg = tostring(err):gsub('^.-lumen%.image%.write: ', '')
+    fail(fn, '%s', msg)
+  end
 end
 
 -------------------------------------------------------------------------------
@@ -651,13 +677,15 @@ function plot.curves(path, opts)
       end
     end
   end
-  cv:write(path)
+  cv:write(path, fn)
 end
 
 -------------------------------------------------------------------------------
 -- plot.overlay
 
-local BG, LABEL = { 20, 24, 36 }, { 250, 250, 210 } -- neither is grey: tiles are
+-- Neither the background nor the text is grey, so the grey pixels of a
+-- montage are exactly its tiles' (the specs find tiles that way).
+local BG, LABEL = { 20, 24, 36 }, { 250, 250, 210 }
 local OUTLINE_COLORS = { { 255, 64, 64 }, { 64, 255, 64 }, { 64, 160, 255 }, { 255, 200, 0 }, { 255, 64, 255 }, { 0, 255, 255 } }
 local OVERLAY_OPTS = { 'outlines', 'axis', 'slices', 'columns', 'zoom', 'title', 'window', 'flip' }
 local OUTLINE_KEYS = { mask = true, color = true, name = true }
@@ -943,7 +971,7 @@ function plot.overlay(path, img, opts)
       end
     end
   end
-  cv:write(path)
+  cv:write(path, fn)
   -- the copies own the memory read through vp and m.p: alive until here
   vol:free()
   for _, m in ipairs(masks) do m.t:free() end

@@ -314,6 +314,7 @@ describe('plot.curves', function()
     assert.is_truthy(err(P('e.png'), { xlim = { 2, 1 } }):find('xlim must be {lo, hi}', 1, true))
     assert.is_truthy(err(P('e.png'), { logy = true, ylim = { 0, 1 } }):find('ylim must be positive with logy', 1, true))
     assert.is_truthy(err(P('e.png'), { series = { { y = { -1e308, 1e308 } } } }):find('beyond what a double can scale', 1, true))
+    assert.is_truthy(err(P('no/such/dir/e.png'), {}):find("lumen.plot.curves: cannot write " .. P('no/such/dir/e.png'), 1, true))
     assert.is_truthy(err(P('e.png'), { height = 120, title = 'a', xlabel = 'b',
       series = { { name = 'a', y = {} }, { name = ('b'):rep(200), y = {} }, { name = ('c'):rep(200), y = {} },
         { name = ('c'):rep(200), y = {} }, { name = ('c'):rep(200), y = {} }, { name = ('c'):rep(200), y = {} } } })
