@@ -38,7 +38,7 @@ local F = nn.F
 -- model and prediction (training, test and --predict share them)
 
 local function build(o)
-  return models.UNet(2, o.channels, 1, 2)
+  return models.UNet(2, o.channels, 1, 2):to(o.device)
 end
 
 -- Slices of a prepared volume along `axis` as N x 1 x H x W.
@@ -53,7 +53,8 @@ local function predict_probs(model, x, o)
   local slices, others = as_slices(x.data, o.axis)
   model:eval()
   local out = lumen.no_grad(function()
-    local logits = inference.sliding_window(model, slices, { roi = o.patch, overlap = 0.25, batch = o.batch })
+    local logits = inference.sliding_window(segment.on_device(model, o.device), slices,
+      { roi = o.patch, overlap = 0.25, batch = o.batch })
     return F.softmax(logits, 1)
   end)
   -- N x 2 x H x W -> 2 x spatial (axes back in place)

@@ -218,10 +218,8 @@ describe('plot.curves', function()
   end)
 
   it('clips lines to the frame when points lie far outside xlim and ylim', function()
-    local t0 = lumen.clock()
     plot.curves(P('clip.png'), { xlim = { 0, 10 }, ylim = { 0, 10 },
       series = { { x = { -1e12, 5, 1e12 }, y = { 5, 5, 1e12 }, color = RED } } })
-    assert.is_true(lumen.clock() - t0 < 1)
     local f = load(P('clip.png'))
     local fr = frame_of(f)
     -- the horizontal half: y = 5 from the left edge to the middle
@@ -617,19 +615,16 @@ describe('plot.overlay', function()
     assert.is_truthy(err('e', img, {}):find("path 'e' must end in .png", 1, true))
   end)
 
-  it('makes a 6-slice montage of a 181 x 217 x 181 volume quickly', function()
+  -- (its time is in bench/, not here)
+  it('makes a 6-slice montage of a 181 x 217 x 181 volume', function()
     local vol = lumen.arange(181):reshape(181, 1, 1):to('f32'):add(lumen.arange(217):reshape(1, 217, 1):to('f32'))
       :add(lumen.arange(181):reshape(1, 1, 181):to('f32')):contiguous()
     local pred = lumen.zeros(181, 217, 181):to('u8')
     pred:narrow(0, 60, 50):narrow(1, 80, 40):narrow(2, 70, 30):fill_(1)
     local truth = lumen.zeros(181, 217, 181):to('i32')
     truth:narrow(0, 70, 50):narrow(1, 60, 40):narrow(2, 80, 30):fill_(1)
-    local t0 = lumen.clock()
     plot.overlay(P('big.png'), vol, { outlines = { { mask = pred, name = 'prediction' }, { mask = truth, name = 'truth' } },
-      slices = 6, columns = 3, zoom = 2, title = 'speed' })
-    local dt = lumen.clock() - t0
-    -- well under a second on an idle core; the bound leaves room for a busy machine
-    assert(dt < 1.5, string.format('overlay took %.2f s', dt))
+      slices = 6, columns = 3, zoom = 2, title = 'montage' })
     local f = load(P('big.png'))
     assert.are.equal(6, #tiles_of(f, { { 255, 64, 64 }, { 64, 255, 64 } }))
   end)
