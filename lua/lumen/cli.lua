@@ -20,6 +20,7 @@ local USAGE = [[
 usage: lumen [command] [args]
 
   lumen run SCRIPT [ARGS]   run a Lua script with lumen loaded
+  lumen run RECIPE --help   a recipe's options (recipes/<task>/*.lua)
   lumen -e CHUNK [ARGS]     run a Lua chunk with lumen loaded
   lumen info                show version, BLAS, threads, devices and plugins
   lumen data list           list the datasets (datasets/*.lua)
@@ -97,6 +98,8 @@ end
 
 -- The traceback of a script's error, without this file's frames under it.
 local function script_traceback(e)
+  -- a recipe's option errors are the user's, not the script's
+  if type(e) == 'string' and (e:match('^lumen%.recipe: ') or e:find('\nstack traceback:')) then return e end
   local tb = traceback(e)
   local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
   return cut and tb:sub(1, cut - 1) or tb
@@ -108,7 +111,13 @@ local function run_chunk(chunk, name, args, extra_arg0)
   for i, v in ipairs(args) do a[i] = v end
   if extra_arg0 then a[-1] = extra_arg0 end
   _G.arg = a
-  local ok, err = xpcall(chunk, script_traceback, parse_options(args))
+  -- A script that returns a recipe (lua/lumen/recipe.lua) is run as one:
+  -- its options are parsed and checked by the recipe.
+  local ok, err = xpcall(function()
+    local ret = chunk(parse_options(args))
+    local recipe = require 'lumen.recipe'
+    if recipe.is_recipe(ret) then recipe.execute(ret, args, name) end
+  end, script_traceback)
   io.stdout:flush()
   if not ok then
     eprint('lumen: ' .. err)

@@ -371,6 +371,12 @@ return function(lumen)
   lumen.load = public(load_impl)
   lumen.save_npy = public(save_npy_impl)
   lumen.load_npy = public(load_npy_impl)
+  -- write_file(path, text): atomically (a failed write leaves the old file)
+  lumen.write_file = public(function(path, text)
+    if type(path) ~= 'string' then error('lumen.write_file: path must be a string, got ' .. type(path), 0) end
+    if type(text) ~= 'string' then error('lumen.write_file: text must be a string, got ' .. type(text), 0) end
+    write_parts('write_file', path, { text }, { #text })
+  end)
   -- t:save(path[, metadata]) stores t under the name 'tensor'
   Tensor.save = public(function(t, path, metadata) return save_impl(path, t, metadata) end)
   Tensor.save_npy = public(function(t, path) return save_npy_impl(path, t) end)

@@ -39,7 +39,9 @@
 -- workers = N >= 1 runs N threads, each with its own LuaJIT state and
 -- lumen context, up to `prefetch` batches (default 2N) ahead; workers = 0
 -- makes each batch in the calling thread when it is asked for. Batch k
--- depends only on (seed, k): any number of workers gives the same batches.
+-- depends only on (seed, k): any number of workers gives the same batches,
+-- and first_batch = k starts at batch k (a resumed run goes on as if it had
+-- never stopped).
 -- A worker's error reaches next() as a Lua error naming the batch, the
 -- case and the reason; close() (or garbage collection) stops the threads.
 local ffi = require 'ffi'
@@ -304,7 +306,7 @@ function loader.worker(ld, cfg)
   local produce = loader.producer(cfg)
   local arr = ffi.new('lm_tensor*[16]')
   return function(job)
-    local ts = produce(job)
+    local ts = produce(job + cfg.first)
     for i, t in ipairs(ts) do arr[i - 1] = t.h end
     C.lm_loader_put(ld, job, #ts, arr)
   end
@@ -319,7 +321,7 @@ function loader.new(opts)
   local op = 'loader'
   if type(opts) ~= 'table' then error('lumen.loader.new: expected an options table', 2) end
   core.options(opts, op, { 'cases', 'patch', 'batch', 'sampler', 'foreground', 'classes', 'overlap', 'transforms',
-    'workers', 'prefetch', 'seed', 'cval', 'label_cval', 'lazy', 'cache', 'threads' }, 2)
+    'workers', 'prefetch', 'seed', 'cval', 'label_cval', 'lazy', 'cache', 'threads', 'first_batch' }, 2)
   local function bad(fmt, ...) error(string.format('lumen.loader: ' .. fmt, ...), 3) end
   if type(opts.cases) ~= 'table' or #opts.cases == 0 then bad('cases must be a non-empty list of cases') end
   local patch = opts.patch
@@ -347,11 +349,12 @@ function loader.new(opts)
     if type(t) ~= 'table' or not t.kind then bad('transforms[%d] is not an augment transform', k) end
   end
   local workers = int_opt('workers', 0, 0)
-  local self = setmetatable({ workers = workers, job = 0, n = #patch }, Loader)
+  local first = int_opt('first_batch', 0, 0)
+  local self = setmetatable({ workers = workers, job = first, n = #patch }, Loader)
   local cfg = { patch = patch, batch = int_opt('batch', 1, 1), sampler = sampler, foreground = foreground,
     classes = opts.classes, overlap = overlap, transforms = transforms, seed = int_opt('seed', 0, 0),
     cval = core.number(opts.cval, op, 'cval', 0, 3), label_cval = core.number(opts.label_cval, op, 'label_cval', 0, 3),
-    lazy = opts.lazy and true or false, cache = int_opt('cache', 1, 0), cases = {} }
+    lazy = opts.lazy and true or false, cache = int_opt('cache', 1, 0), first = first, cases = {} }
   for i, case in ipairs(opts.cases) do
     if type(case) ~= 'table' or case.image == nil then bad('cases[%d] must be a table with an image', i) end
     local id = case.id or tostring(i)

@@ -11,7 +11,8 @@ local skip = { -- they change global state or load files by name
 local function bad_values()
   local freed = lumen.zeros(2)
   freed:free()
-  return { nil, -1, 0, 1, 2.5, 'x', {}, { 1, 2 }, { { 1 } }, true, lumen.zeros(2, 3),
+  -- a string that is also a path nowhere, so that saving to it fails
+  return { nil, -1, 0, 1, 2.5, '/nonexistent-lumen/x', {}, { 1, 2 }, { { 1 } }, true, lumen.zeros(2, 3),
     lumen.ones(3, 'i64'), lumen.tensor(true), lumen.zeros(0), lumen.zeros(2, 3):t(), freed,
     lumen.tensor(3.5) }
 end
