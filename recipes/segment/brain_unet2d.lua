@@ -239,7 +239,7 @@ return recipe.define {
   name = 'brain_unet2d',
   description = 'brain extraction on Colin27 with a 2-D U-Net on slices, against Otsu + morphology',
   options = {
-    { 'steps', 600, 'training steps' },
+    { 'steps', 400, 'training steps' },
     { 'batch', 8, 'slices per step' },
     { 'lr', 2e-3, 'AdamW learning rate (cosine schedule to 0)' },
     { 'spacing', { 2, 2, 2 }, 'working grid spacing (mm)' },
@@ -251,7 +251,7 @@ return recipe.define {
     { 'rotate', 20, 'in-plane rotation range (degrees)' },
     { 'opening', 3, 'baseline opening radius (voxels)' },
     { 'workers', 1, 'data loader threads' },
-    { 'validate_every', 200, 'steps between test-slice Dice in the log (0: never)' },
+    { 'validate_every', 100, 'steps between test-slice Dice in the log (0: never)' },
     { 'other_grid', true, 'also predict the 0.5 mm copy of Colin27 reoriented to LPS' },
   },
   quick = { steps = 40, batch = 4, spacing = { 6, 6, 6 }, patch = { 32, 40 }, channels = { 8, 16 }, validate_every = 20,
