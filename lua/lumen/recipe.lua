@@ -214,6 +214,10 @@ function recipe.parse(def, args)
     if value == nil then
       if type(o[2]) == 'boolean' then
         value = true
+        if args[i + 1] == 'true' or args[i + 1] == 'false' then
+          value = args[i + 1]
+          i = i + 1
+        end
       elseif type(o[2]) == 'table' then
         value = {}
         while args[i + 1] and not args[i + 1]:match('^%-%-') do

@@ -44,6 +44,26 @@ describe('recipe options', function()
   end)
 end)
 
+describe('recipe.parse', function()
+  local recipe = require 'lumen.recipe'
+  local def = dofile(TOY)
+  it('types values by their defaults, lists to the next option, --quick first', function()
+    local o, given = recipe.parse(def, { '--input', 'a.nii', 'b dir/', '--lr=0.5', '--quick', 'false', '--patch', '4,5',
+      '6', '--steps', '3' })
+    assert.are.same({ 'a.nii', 'b dir/' }, o.input)
+    assert.are.equal(0.5, o.lr)
+    assert.is_false(o.quick)
+    assert.are.same({ 4, 5, 6 }, o.patch)
+    assert.are.equal(3, o.steps)
+    assert.are.equal('cpu', o.device)
+    assert.is_true(given.lr and given.input and not given.seed)
+    -- --quick's values, unless the command line sets them
+    assert.are.equal(4, recipe.parse(def, { '--quick' }).steps)
+    assert.are.equal(7, recipe.parse(def, { '--steps', '7', '--quick' }).steps)
+    assert.is_nil(recipe.parse(def, { '--help' }))
+  end)
+end)
+
 describe('a recipe run', function()
   local dir = scratch.dir()
   local full, stopped
