@@ -99,7 +99,7 @@ function UNet3d:forward(x)
 end
 
 local function build_model(o)
-  return UNet3d(o.channels, 1, #CLASSES + 1)
+  return UNet3d(o.channels, 1, #CLASSES + 1):to(o.device)
 end
 
 -- ------------------------------------------------------------------
@@ -165,7 +165,7 @@ end
 local function predict_probs(model, x, o)
   model:eval()
   return lumen.no_grad(function()
-    return inference.sliding_window(function(w) return F.softmax(model(w), 1) end, x.data:unsqueeze(0),
+    return inference.sliding_window(segment.on_device(function(w) return F.softmax(model(w), 1) end, o.device), x.data:unsqueeze(0),
       { roi = o.patch, overlap = o.overlap, batch = 2, num_classes = #CLASSES + 1 })
   end)
 end
@@ -310,7 +310,7 @@ return recipe.define {
   name = 'atlas_unet3d',
   description = 'multi-class 3D U-Net: AAL merged into 7 lobes/structures on Colin27, tested on a deformed, moved copy',
   options = {
-    { 'steps', 450, 'training steps' },
+    { 'steps', 800, 'training steps' },
     { 'lr', 1e-2, 'learning rate (AdamW, cosine decay)' },
     { 'batch', 2, 'patches per step' },
     { 'patch', { 32, 32, 32 }, 'patch and sliding-window size (voxels)' },

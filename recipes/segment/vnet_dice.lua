@@ -132,7 +132,7 @@ end
 local function build_model(o)
   local convs = {}
   for i = 1, #o.channels do convs[i] = math.min(i, o.convs) end
-  return Pair(o.channels, convs)
+  return Pair(o.channels, convs):to(o.device)
 end
 
 -- the paper's soft Dice on the foreground, over the batch
@@ -204,7 +204,7 @@ end
 local function predict_probs(net, x, o)
   net:eval()
   return lumen.no_grad(function()
-    return inference.sliding_window(function(w) return F.softmax(net(w), 1) end, x.data:unsqueeze(0),
+    return inference.sliding_window(segment.on_device(function(w) return F.softmax(net(w), 1) end, o.device), x.data:unsqueeze(0),
       { roi = o.patch, overlap = o.overlap, batch = 2, num_classes = 2 })
   end)
 end
