@@ -35,6 +35,7 @@ local lumen = require 'lumen'
 local nn = require 'lumen.nn'
 local recipe = require 'lumen.recipe'
 local segment = require 'lumen.segment'
+local models = require 'lumen.models'
 local loader = require 'lumen.loader'
 local augment = require 'lumen.augment'
 local inference = require 'lumen.inference'
@@ -59,47 +60,8 @@ local function merge_aal(t)
   return lumen.index_select(lumen.tensor(lut):to('u8'), 0, idx):reshape(shape)
 end
 
--- ------------------------------------------------------------------
--- the network: the U-Net of BENCH.md (bench/workloads.lua), 3-D
-
-local function block(cin, cout)
-  return nn.Sequential(nn.Conv3d(cin, cout, 3, { padding = 1, bias = false }), nn.BatchNorm3d(cout), nn.ReLU(),
-    nn.Conv3d(cout, cout, 3, { padding = 1, bias = false }), nn.BatchNorm3d(cout), nn.ReLU())
-end
-
-local UNet3d = nn.Module:extend('UNet3d')
-function UNet3d:__init(chans, in_ch, n_classes)
-  self.enc = nn.ModuleList()
-  local prev = in_ch
-  for _, c in ipairs(chans) do
-    self.enc:append(block(prev, c))
-    prev = c
-  end
-  self.ups, self.dec = nn.ModuleList(), nn.ModuleList()
-  for i = #chans - 1, 1, -1 do
-    local c = chans[i]
-    self.ups:append(nn.ConvTranspose3d(prev, c, 2, { stride = 2 }))
-    self.dec:append(block(2 * c, c))
-    prev = c
-  end
-  self.head = nn.Conv3d(chans[1], n_classes, 1)
-end
-function UNet3d:forward(x)
-  local skips = {}
-  for i, blk in ipairs(self.enc:children()) do
-    if i > 1 then x = F.max_pool3d(x, 2) end
-    x = blk(x)
-    skips[i] = x
-  end
-  for i, up in ipairs(self.ups:children()) do
-    x = lumen.cat({ skips[#skips - i], up(x) }, 1)
-    x = self.dec:get(i - 1)(x)
-  end
-  return self.head(x)
-end
-
 local function build_model(o)
-  return UNet3d(o.channels, 1, #CLASSES + 1):to(o.device)
+  return models.UNet(3, o.channels, 1, #CLASSES + 1):to(o.device)
 end
 
 -- ------------------------------------------------------------------
