@@ -5,13 +5,16 @@
 -- that made each case comes with it.
 --   local dc = require('lumen.data').get('deformed_colin27')
 --   local case = dc.make{seed = 1, magnitude_mm = 6, control_mm = 24,
---                        spacing = nil, atlases = true}
+--                        spacing = nil, atlases = true, rotate_deg = 0, shift_mm = 0}
 --     case.image (T1, f32), case.label (brain mask, u8), case.atlases
 --     {aal =, brodmann =} (i32), case.field (3 x I x J x K displacement in
 --     voxels: case.image(x) = colin27(x + field(x)), see lumen.image.deform),
 --     case.velocity, case.original (the undeformed T1).
 --   dc.cases{n = 2, seed = 0, ...}: seeds seed + 1 .. seed + n.
 -- spacing (mm) resamples Colin27 first (faster: 2 mm is 8x fewer voxels).
+-- rotate_deg, shift_mm: a head motion after the deformation (a rotation
+-- about a random axis through the centre, a shift in a random direction;
+-- image.deform.rigid_field_for), so the case also sits in another pose.
 -- Fetches mricron-data into the lumen cache when needed.
 local lumen = require 'lumen'
 
@@ -19,7 +22,7 @@ local dc = { name = 'deformed_colin27', synthetic = true,
   description = 'Colin27 T1 under seeded random diffeomorphisms, with warped brain mask and atlases' }
 
 local known = { seed = true, magnitude_mm = true, control_mm = true, steps = true, spacing = true, atlases = true,
-  cache = true, deb_dir = true, base = true, n = true }
+  cache = true, deb_dir = true, base = true, n = true, rotate_deg = true, shift_mm = true }
 
 -- `lumen data show` passes its own options (out, max) along to cases
 local show_opts = { out = true, max = true }
@@ -46,6 +49,10 @@ function dc.make(opts)
     atlases = opts.atlases ~= false, cache = opts.cache, deb_dir = opts.deb_dir }
   local u, v = image.deform.random_field_for(base.image, { magnitude_mm = opts.magnitude_mm or 6,
     control_mm = opts.control_mm or 24, seed = opts.seed or 0, steps = opts.steps })
+  if (opts.rotate_deg or 0) ~= 0 or (opts.shift_mm or 0) ~= 0 then
+    u = image.deform.compose(u, image.deform.rigid_field_for(base.image, { rotate_deg = opts.rotate_deg,
+      shift_mm = opts.shift_mm, seed = opts.seed }))
+  end
   local case = { id = 'deformed_colin27_' .. (opts.seed or 0), field = u, velocity = v, original = base.image,
     image = image.deform.apply(base.image, u, { order = 1 }),
     label = image.deform.apply(base.brain, u, { order = 0 }) }

@@ -278,7 +278,21 @@ local function git_revision()
   return rev .. (dirty and dirty ~= '' and ' (modified)' or '')
 end
 
-local function write_json(path, v) lumen.write_file(path, json.encode(v) .. '\n') end
+-- JSON has no NaN or infinities (an empty prediction has no HD95): they
+-- are written as the strings 'nan', 'inf' and '-inf'.
+local function finite(v)
+  if type(v) == 'table' then
+    local c = {}
+    for k, x in pairs(v) do c[k] = finite(x) end
+    return setmetatable(c, getmetatable(v))
+  end
+  if type(v) == 'number' and v ~= v then return 'nan' end
+  if v == math.huge then return 'inf' end
+  if v == -math.huge then return '-inf' end
+  return v
+end
+
+local function write_json(path, v) lumen.write_file(path, json.encode(finite(v)) .. '\n') end
 
 local function read_json(path, what)
   local s = read_file(path)

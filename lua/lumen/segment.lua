@@ -6,6 +6,7 @@
 --     loader = function(first_batch) return loader.new{..., first_batch = first_batch} end,
 --     loss = function(batch) return loss_tensor end,
 --     validate = function(step) return {val_dice = ...} end, validate_every = 100, log_every = 10})
+--   local probs = segment.probabilities(model, x, {roi = {32, 32, 32}, overlap = 0.5, device =})
 --   local lab = segment.to_grid(probs, x, img)   -- K x spatial probabilities on x's grid
 --                                                -- -> argmax labels on img's grid
 local lumen = require 'lumen'
@@ -73,6 +74,26 @@ end
 function segment.on_device(model, device)
   if device == 'cpu' then return model end
   return function(x) return model(x:to(device)):cpu() end
+end
+
+-- probabilities(model, x, {roi =, overlap = 0.5, batch = 2, device = 'cpu'}):
+-- softmax class probabilities K x spatial of a prepared image (or a
+-- spatial tensor), by sliding windows, in eval mode.
+function segment.probabilities(model, x, o)
+  model:eval()
+  local data = lumen.is_tensor(x) and x or x.data
+  return lumen.no_grad(function()
+    local F = require('lumen.nn').F
+    local run = segment.on_device(function(w) return F.softmax(model(w), 1) end, o.device or 'cpu')
+    return require('lumen.inference').sliding_window(run, data:unsqueeze(0),
+      { roi = o.roi, overlap = o.overlap or 0.5, batch = o.batch or 2 })
+  end)
+end
+
+-- labels(model, x, target, o): probabilities on x's grid, then labels on
+-- target's grid (to_grid); o as for probabilities.
+function segment.labels(model, x, target, o)
+  return segment.to_grid(segment.probabilities(model, x, o), x, target)
 end
 
 -- fit(run, o): the training loop every recipe shares, resumable (see

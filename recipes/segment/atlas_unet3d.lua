@@ -38,7 +38,6 @@ local segment = require 'lumen.segment'
 local models = require 'lumen.models'
 local loader = require 'lumen.loader'
 local augment = require 'lumen.augment'
-local inference = require 'lumen.inference'
 local image = require 'lumen.image'
 local data = require 'lumen.data'
 local F = nn.F
@@ -67,84 +66,21 @@ end
 -- ------------------------------------------------------------------
 -- data
 
--- The field (3 x I x J x K, voxels) of a rigid motion about the volume's
--- centre: a rotation of `degrees` about a random axis and a shift of
--- `shift_mm` in a random direction (isotropic voxels of `spacing` mm).
-local function rigid_field(shape, spacing, degrees, shift_mm, seed)
-  local rng = augment.rng(seed, 7, 0)
-  local function unit()
-    local v, n
-    repeat
-      v = { rng:uniform(-1, 1), rng:uniform(-1, 1), rng:uniform(-1, 1) }
-      n = math.sqrt(v[1] ^ 2 + v[2] ^ 2 + v[3] ^ 2)
-    until n > 0.1 and n <= 1
-    return { v[1] / n, v[2] / n, v[3] / n }
-  end
-  local a, d = unit(), unit()
-  local th = math.rad(degrees)
-  local c, s = math.cos(th), math.sin(th)
-  local K = { { 0, -a[3], a[2] }, { a[3], 0, -a[1] }, { -a[2], a[1], 0 } } -- cross product with a
-  local coords = {}
-  for ax = 1, 3 do
-    local view = { 1, 1, 1 }
-    view[ax] = shape[ax]
-    coords[ax] = (lumen.arange(shape[ax]):to('f32') - (shape[ax] - 1) / 2):reshape(view)
-  end
-  local comps = {}
-  for i = 1, 3 do
-    local u = -coords[i] + shift_mm * d[i] / spacing
-    for j = 1, 3 do -- Rodrigues: R = c I + s K + (1 - c) a a^T
-      local r = (i == j and c or 0) + s * K[i][j] + (1 - c) * a[i] * a[j]
-      u = u + coords[j] * r
-    end
-    comps[i] = u:expand(shape):contiguous()
-  end
-  return lumen.stack(comps, 0)
-end
-
 -- A deformed and moved copy of Colin27 (base: colin27.load at the working
 -- spacing): {image, label (classes), id}.
 local function make_case(base, o, seed, moved)
-  local deform = image.deform
-  local dc = data.get('deformed_colin27')
-  local case = dc.make { base = base, seed = seed, magnitude_mm = o.test_magnitude, control_mm = 24 }
-  local u = case.field
-  if moved then
-    local r = rigid_field(base.image.data:size(), base.image:spacing()[1], o.test_rotate, o.test_shift, seed)
-    u = deform.compose(case.field, r)
-  end
-  return {
-    id = case.id .. (moved and '_moved' or ''),
-    image = deform.apply(base.image, u, { order = 1 }),
-    label = deform.apply(image.new(merge_aal(base.atlases.aal.data), { affine = base.atlases.aal.affine }), u,
-      { order = 0 }),
-  }
+  local case = data.get('deformed_colin27').make { base = base, seed = seed, magnitude_mm = o.test_magnitude,
+    control_mm = 24, rotate_deg = moved and o.test_rotate or 0, shift_mm = moved and o.test_shift or 0 }
+  local aal = case.atlases.aal
+  return { id = case.id .. (moved and '_moved' or ''), image = case.image,
+    label = image.new(merge_aal(aal.data), { affine = aal.affine }) }
 end
 
 -- ------------------------------------------------------------------
 -- inference and evaluation
 
-local function predict_probs(model, x, o)
-  model:eval()
-  return lumen.no_grad(function()
-    return inference.sliding_window(segment.on_device(function(w) return F.softmax(model(w), 1) end, o.device), x.data:unsqueeze(0),
-      { roi = o.patch, overlap = o.overlap, batch = 2, num_classes = #CLASSES + 1 })
-  end)
-end
-
--- JSON has no nan or inf (an empty prediction has no HD95): those become
--- the strings 'nan' and 'inf'.
-local function finite(v)
-  if type(v) == 'table' then
-    local c = {}
-    for k, x in pairs(v) do c[k] = finite(x) end
-    return c
-  end
-  if type(v) == 'number' and v ~= v then return 'nan' end
-  if v == math.huge then return 'inf' end
-  if v == -math.huge then return '-inf' end
-  return v
-end
+-- sliding-window settings for segment.labels
+local function window(o) return { roi = o.patch, overlap = o.overlap, device = o.device } end
 
 local function num(v) return type(v) == 'number' and v or math.huge end
 
@@ -220,7 +156,7 @@ local function train(run)
         include_background = false, batch = true })
     end,
     validate = function()
-      local pred = segment.to_grid(predict_probs(model, xval, o), xval, val.image).data
+      local pred = segment.labels(model, xval, val.image, window(o)).data
       local d = 0
       for l = 1, #CLASSES do d = d + metrics.dice(pred:eq(l), yval:eq(l)) end
       return { val_dice = d / #CLASSES }
@@ -230,14 +166,14 @@ local function train(run)
 
   -- test: the network against the unregistered atlas, on the test grid
   local xt = segment.prepare(test.image, { spacing = sp })
-  local pred = segment.to_grid(predict_probs(model, xt, o), xt, test.image).data
+  local pred = segment.labels(model, xt, test.image, window(o)).data
   local truth = test.label.data
   local atlas = merge_aal(base.atlases.aal.data)
   local tsp = test.image:spacing()
   local m_test, m_base = evaluate(pred, truth, tsp), evaluate(atlas, truth, tsp)
   run:metrics {
-    test = finite(m_test),
-    baseline = finite(m_base),
+    test = m_test,
+    baseline = m_base,
     baseline_is = 'the merged AAL atlas of Colin27 placed on the test scan without registration (identity)',
     classes = CLASSES,
     class_values = 'class k (1..7) in the order of classes; 0 is unlabelled (white matter, CSF, outside)',
@@ -265,7 +201,7 @@ local function predict(run, img)
   local model = build_model(o)
   run:restore { model = model }
   local x = segment.prepare(img, { spacing = { o.spacing, o.spacing, o.spacing } })
-  return segment.to_grid(predict_probs(model, x, o), x, img)
+  return segment.labels(model, x, img, window(o))
 end
 
 return recipe.define {

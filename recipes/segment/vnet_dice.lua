@@ -43,7 +43,6 @@ local recipe = require 'lumen.recipe'
 local segment = require 'lumen.segment'
 local loader = require 'lumen.loader'
 local augment = require 'lumen.augment'
-local inference = require 'lumen.inference'
 local image = require 'lumen.image'
 local data = require 'lumen.data'
 local F = nn.F
@@ -144,83 +143,21 @@ end
 -- ------------------------------------------------------------------
 -- data
 
--- The field (3 x I x J x K, voxels) of a rigid motion about the volume's
--- centre: a rotation of `degrees` about a random axis and a shift of
--- `shift_mm` in a random direction (isotropic voxels of `spacing` mm).
-local function rigid_field(shape, spacing, degrees, shift_mm, seed)
-  local rng = augment.rng(seed, 7, 0)
-  local function unit()
-    local v, n
-    repeat
-      v = { rng:uniform(-1, 1), rng:uniform(-1, 1), rng:uniform(-1, 1) }
-      n = math.sqrt(v[1] ^ 2 + v[2] ^ 2 + v[3] ^ 2)
-    until n > 0.1 and n <= 1
-    return { v[1] / n, v[2] / n, v[3] / n }
-  end
-  local a, d = unit(), unit()
-  local th = math.rad(degrees)
-  local c, s = math.cos(th), math.sin(th)
-  local K = { { 0, -a[3], a[2] }, { a[3], 0, -a[1] }, { -a[2], a[1], 0 } } -- cross product with a
-  local coords = {}
-  for ax = 1, 3 do
-    local view = { 1, 1, 1 }
-    view[ax] = shape[ax]
-    coords[ax] = (lumen.arange(shape[ax]):to('f32') - (shape[ax] - 1) / 2):reshape(view)
-  end
-  local comps = {}
-  for i = 1, 3 do
-    local u = -coords[i] + shift_mm * d[i] / spacing
-    for j = 1, 3 do -- Rodrigues: R = c I + s K + (1 - c) a a^T
-      local r = (i == j and c or 0) + s * K[i][j] + (1 - c) * a[i] * a[j]
-      u = u + coords[j] * r
-    end
-    comps[i] = u:expand(shape):contiguous()
-  end
-  return lumen.stack(comps, 0)
-end
-
 -- A deformed (and moved) copy of Colin27 (base: colin27.load on the
 -- working grid): {image, label (the structure), id}.
 local function make_case(base, o, seed, moved)
-  local deform = image.deform
   local case = data.get('deformed_colin27').make { base = base, seed = seed, magnitude_mm = o.magnitude,
-    control_mm = 24 }
-  local u = case.field
-  if moved then
-    local r = rigid_field(base.image.data:size(), base.image:spacing()[1], o.test_rotate, o.test_shift, seed)
-    u = deform.compose(case.field, r)
-  end
-  local aal = base.atlases.aal
-  return {
-    id = case.id .. (moved and '_moved' or ''),
-    image = deform.apply(base.image, u, { order = 1 }),
-    label = deform.apply(image.new(structure_mask(aal.data), { affine = aal.affine }), u, { order = 0 }),
-  }
+    control_mm = 24, rotate_deg = moved and o.test_rotate or 0, shift_mm = moved and o.test_shift or 0 }
+  local aal = case.atlases.aal
+  return { id = case.id .. (moved and '_moved' or ''), image = case.image,
+    label = image.new(structure_mask(aal.data), { affine = aal.affine }) }
 end
 
 -- ------------------------------------------------------------------
 -- inference and evaluation
 
-local function predict_probs(net, x, o)
-  net:eval()
-  return lumen.no_grad(function()
-    return inference.sliding_window(segment.on_device(function(w) return F.softmax(net(w), 1) end, o.device), x.data:unsqueeze(0),
-      { roi = o.patch, overlap = o.overlap, batch = 2, num_classes = 2 })
-  end)
-end
-
--- JSON has no nan or inf (an empty prediction has no HD95).
-local function finite(v)
-  if type(v) == 'table' then
-    local c = {}
-    for k, x in pairs(v) do c[k] = finite(x) end
-    return c
-  end
-  if type(v) == 'number' and v ~= v then return 'nan' end
-  if v == math.huge then return 'inf' end
-  if v == -math.huge then return '-inf' end
-  return v
-end
+-- sliding-window settings for segment.labels
+local function window(o) return { roi = o.patch, overlap = o.overlap, device = o.device } end
 
 local function evaluate(pred, truth, spacing)
   local r = require('lumen.metrics').evaluate(pred, truth, { spacing = spacing, labels = { 1 } })
@@ -268,7 +205,7 @@ local function train(run)
   local xval = segment.prepare(val.image, { spacing = sp })
   local metrics = require 'lumen.metrics'
   local function val_dice(net)
-    return metrics.dice(segment.to_grid(predict_probs(net, xval, o), xval, val.image).data, val.label.data)
+    return metrics.dice(segment.labels(net, xval, val.image, window(o)).data, val.label.data)
   end
   local finished = segment.fit(run, {
     model = model, optimizer = opt, scheduler = sched, steps = o.steps, log_every = 10,
@@ -290,16 +227,16 @@ local function train(run)
   local xt = segment.prepare(test.image, { spacing = sp })
   local truth = test.label.data
   local tsp = test.image:spacing()
-  local pred_dice = segment.to_grid(predict_probs(model.dice, xt, o), xt, test.image).data
-  local pred_ce = segment.to_grid(predict_probs(model.ce, xt, o), xt, test.image).data
+  local pred_dice = segment.labels(model.dice, xt, test.image, window(o)).data
+  local pred_ce = segment.labels(model.ce, xt, test.image, window(o)).data
   local m_dice, m_ce = evaluate(pred_dice, truth, tsp), evaluate(pred_ce, truth, tsp)
   local m_atlas = evaluate(truth0, truth, tsp)
   run:metrics {
-    test = finite(m_dice),
-    baseline = finite(m_ce),
+    test = m_dice,
+    baseline = m_ce,
     test_is = 'the V-Net trained with the soft Dice loss',
     baseline_is = 'the same V-Net (same initial weights, same batches) trained with cross-entropy',
-    atlas = finite(m_atlas),
+    atlas = m_atlas,
     atlas_is = 'the structure of the Colin27 atlas placed on the test scan without registration (for scale)',
     structure = 'deep grey nuclei: caudate, putamen, pallidum, thalamus (AAL 71-78), left and right',
     trained_on = trained_on,
@@ -325,7 +262,7 @@ local function predict(run, img)
   local model = build_model(o)
   run:restore { model = model }
   local x = segment.prepare(img, { spacing = { o.spacing, o.spacing, o.spacing } })
-  return segment.to_grid(predict_probs(model.dice, x, o), x, img)
+  return segment.labels(model.dice, x, img, window(o))
 end
 
 return recipe.define {

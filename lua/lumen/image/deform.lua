@@ -32,6 +32,7 @@
 --                                        differences, interior voxels
 --                                        (each dim 2 shorter)
 --   deform.bspline(coeffs, shape, spacing_vox)  cubic B-spline evaluation
+--   deform.rigid_field_for(img, {rotate_deg =, shift_mm =, seed =})  a head motion
 --
 -- Seeds: the draws use lumen's Philox generator with the given seed; the
 -- caller's generator state is saved and restored around them.
@@ -291,6 +292,48 @@ return function(image, lumen)
       seed = opts.seed, dtype = opts.dtype })
     v = v * lumen.tensor({ 1 / sp[1], 1 / sp[2], 1 / sp[3] }, v:dtype()):reshape(3, 1, 1, 1)
     return deform.integrate(v, { steps = opts.steps }), v
+  end
+
+  ---------------------------------------------------------------------------
+  -- rigid_field_for(img, {rotate_deg =, shift_mm =, seed =}): the field of a
+  -- head motion about the volume's centre: a rotation of rotate_deg about
+  -- a random axis and a shift of shift_mm in a random direction (both drawn
+  -- from seed by augment's counter generator), for isotropic voxels.
+  local rigid_known = { rotate_deg = true, shift_mm = true, seed = true }
+  function deform.rigid_field_for(img, opts)
+    opts = check_opts('rigid_field_for', opts, rigid_known)
+    if getmetatable(img) ~= image.Image then fail('rigid_field_for', 'expected an image, got %s', type(img)) end
+    local shape = img.data:size()
+    local spacing = img:spacing()[1]
+    local rng = require('lumen.augment').rng(opts.seed or 0, 7, 0)
+    local function unit()
+      local v, n
+      repeat
+        v = { rng:uniform(-1, 1), rng:uniform(-1, 1), rng:uniform(-1, 1) }
+        n = math.sqrt(v[1] ^ 2 + v[2] ^ 2 + v[3] ^ 2)
+      until n > 0.1 and n <= 1
+      return { v[1] / n, v[2] / n, v[3] / n }
+    end
+    local a, d = unit(), unit()
+    local th = math.rad(opts.rotate_deg or 0)
+    local c, s = math.cos(th), math.sin(th)
+    local K = { { 0, -a[3], a[2] }, { a[3], 0, -a[1] }, { -a[2], a[1], 0 } } -- cross product with a
+    local coords = {}
+    for ax = 1, 3 do
+      local view = { 1, 1, 1 }
+      view[ax] = shape[ax]
+      coords[ax] = (lumen.arange(shape[ax]):to('f32') - (shape[ax] - 1) / 2):reshape(view)
+    end
+    local comps = {}
+    for i = 1, 3 do
+      local u = -coords[i] + (opts.shift_mm or 0) * d[i] / spacing
+      for j = 1, 3 do -- Rodrigues: R = c I + s K + (1 - c) a a^T
+        local r = (i == j and c or 0) + s * K[i][j] + (1 - c) * a[i] * a[j]
+        u = u + coords[j] * r
+      end
+      comps[i] = u:expand({ shape[1], shape[2], shape[3] }):contiguous()
+    end
+    return lumen.stack(comps, 0)
   end
 
   ---------------------------------------------------------------------------
