@@ -1373,6 +1373,14 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
   return &no_kernels_table;
 }
 
+/* The table as a library from before the sort and pinned memory entries. */
+static lm_backend no_sort_table;
+const lm_backend *lm_fake_backend_no_sort(void) {
+  no_sort_table = table;
+  no_sort_table.size = (uint32_t)offsetof(lm_backend, sort);
+  return &no_sort_table;
+}
+
 /* A table of another ABI, which registration must refuse. */
 static lm_backend old_table;
 const lm_backend *lm_fake_backend_wrong_abi(void) {
