@@ -134,7 +134,9 @@ lm_status lm_device_mem_info(lm_ctx *ctx, int32_t device, int64_t *free_bytes, i
    CPU tensors (lm_is_pinned 0), not an error. lm_pin_memory: a contiguous
    pinned copy of the CPU tensor t (cut from the graph), or t itself (+1)
    when it is pinned already or nothing can pin. Views of a pinned tensor
-   are pinned. */
+   are pinned. lm_to_device from pinned memory returns before the device
+   has read it (as torch's non_blocking): do not write the tensor until
+   lm_device_synchronize. */
 lm_status lm_empty_pinned(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
 lm_status lm_pin_memory(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out);
 int32_t lm_is_pinned(const lm_tensor *t);
