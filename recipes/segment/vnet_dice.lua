@@ -1,0 +1,355 @@
+-- vnet_dice.lua: a V-Net (Milletari et al. 2016) trained with the soft
+-- Dice loss, against the same network trained with cross-entropy, in one
+-- run, on the same batches.
+--
+--   build/lumen run recipes/segment/vnet_dice.lua            (about 6 min on 2 cores)
+--   build/lumen run recipes/segment/vnet_dice.lua --predict runs/vnet_dice/<run> \
+--     --input scan.nii.gz --output out/
+--
+-- Task. The deep grey nuclei (caudate, putamen, pallidum and thalamus,
+-- both sides: AAL 71-78) of Colin27 (mricron-data), a small structure
+-- (under 1% of the volume): the class imbalance the soft Dice loss was
+-- proposed for. Patches are sampled uniformly (no foreground
+-- oversampling), so the imbalance reaches the losses as it is.
+--
+-- Split. One subject: training sees Colin27 and --train_deformed smoothly
+-- deformed copies (datasets/deformed_colin27, seeds 1..n); validation and
+-- test are other deformed copies (seeds 500 + seed and 1000 + seed) in a
+-- different head pose (--test_rotate degrees about a random axis,
+-- --test_shift mm), with the atlas warped the same way: exact ground truth.
+--
+-- Network (V-Net, scaled down for a CPU): an input stage and
+-- #channels - 1 down stages, each a residual block (its input added to
+-- the output of `convs` 3x3x3 convolutions; the paper uses 5x5x5) with
+-- PReLU activations; downsampling by 2x2x2 convolutions of stride 2 that
+-- double the channels, no pooling; up stages by 2x2x2 transposed
+-- convolutions, concatenating the skip of the same level, residual again;
+-- a 1x1x1 head with 2 outputs and a softmax. BatchNorm follows each
+-- convolution (the paper had none; it makes 300 steps enough).
+--
+-- Losses. soft Dice (the paper's): 1 - 2 sum(p g) / (sum(p^2) + sum(g^2))
+-- on the foreground probability over the whole batch; cross-entropy:
+-- mean over voxels. Both networks start from the same weights and see the
+-- same batches: their parameters are disjoint, so one AdamW over both with
+-- the summed loss is two independent trainings.
+--
+-- metrics.json: test = the Dice-trained network, baseline = the
+-- cross-entropy one, on the test scan's grid; atlas = the unregistered atlas
+-- (the labels without any registration) for scale. predict uses the
+-- Dice-trained network.
+local lumen = require 'lumen'
+local nn = require 'lumen.nn'
+local recipe = require 'lumen.recipe'
+local segment = require 'lumen.segment'
+local loader = require 'lumen.loader'
+local augment = require 'lumen.augment'
+local inference = require 'lumen.inference'
+local image = require 'lumen.image'
+local data = require 'lumen.data'
+local F = nn.F
+
+local STRUCTURE = { 71, 78 } -- AAL caudate .. thalamus, left and right
+
+local function structure_mask(aal)
+  return aal:ge(STRUCTURE[1]):logical_and(aal:le(STRUCTURE[2])):to('u8')
+end
+
+-- ------------------------------------------------------------------
+-- the network
+
+-- n convolutions (3x3x3, BatchNorm, PReLU), the input added before the
+-- last PReLU. cin ~= c: the first convolution changes the channels and
+-- the shortcut is `short` (given by the caller).
+local Residual = nn.Module:extend('Residual')
+function Residual:__init(cin, c, n)
+  self.convs, self.norms, self.acts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+  for i = 1, n do
+    self.convs:append(nn.Conv3d(i == 1 and cin or c, c, 3, { padding = 1, bias = false }))
+    self.norms:append(nn.BatchNorm3d(c))
+    self.acts:append(nn.PReLU(c))
+  end
+  self.n = n
+end
+function Residual:forward(x, short)
+  local y = x
+  for i = 1, self.n do
+    y = self.norms:get(i - 1)(self.convs:get(i - 1)(y))
+    if i == self.n then y = y + short end
+    y = self.acts:get(i - 1)(y)
+  end
+  return y
+end
+
+-- a 2x2x2 strided (or transposed) convolution, BatchNorm, PReLU
+local function resize(cin, cout, up)
+  local Conv = up and nn.ConvTranspose3d or nn.Conv3d
+  return nn.Sequential(Conv(cin, cout, 2, { stride = 2, bias = false }), nn.BatchNorm3d(cout), nn.PReLU(cout))
+end
+
+local VNet = nn.Module:extend('VNet')
+function VNet:__init(chans, convs)
+  local L = #chans
+  self.L = L
+  self.inp = Residual(1, chans[1], convs[1])
+  self.downs, self.enc = nn.ModuleList(), nn.ModuleList()
+  for i = 2, L do
+    self.downs:append(resize(chans[i - 1], chans[i], false))
+    self.enc:append(Residual(chans[i], chans[i], convs[i]))
+  end
+  self.ups, self.dec = nn.ModuleList(), nn.ModuleList()
+  for i = L - 1, 1, -1 do
+    self.ups:append(resize(chans[i + 1], chans[i], true))
+    self.dec:append(Residual(2 * chans[i], chans[i], convs[i + 1]))
+  end
+  self.head = nn.Conv3d(chans[1], 2, 1)
+  self.c1 = chans[1]
+end
+function VNet:forward(x)
+  -- the input stage's shortcut: the one input channel repeated
+  local s = { x:size(0), self.c1, x:size(2), x:size(3), x:size(4) }
+  x = self.inp(x, x:expand(s))
+  local skips = { x }
+  for i = 1, self.L - 1 do
+    local d = self.downs:get(i - 1)(x)
+    x = self.enc:get(i - 1)(d, d)
+    skips[i + 1] = x
+  end
+  for i = 1, self.L - 1 do
+    local u = self.ups:get(i - 1)(x)
+    x = self.dec:get(i - 1)(lumen.cat({ u, skips[self.L - i] }, 1), u)
+  end
+  return self.head(x)
+end
+
+-- the two networks of a run, as one module (one checkpoint)
+local Pair = nn.Module:extend('Pair')
+function Pair:__init(chans, convs)
+  self.dice = VNet(chans, convs)
+  self.ce = VNet(chans, convs)
+  self.ce:load_state_dict(self.dice:state_dict()) -- the same start
+end
+
+local function build_model(o)
+  local convs = {}
+  for i = 1, #o.channels do convs[i] = math.min(i, o.convs) end
+  return Pair(o.channels, convs):to(o.device)
+end
+
+-- the paper's soft Dice on the foreground, over the batch
+local function soft_dice_loss(logits, target)
+  return F.dice_loss(logits, target, { softmax = true, to_onehot_y = true, include_background = false,
+    squared_pred = true, batch = true })
+end
+
+-- ------------------------------------------------------------------
+-- data
+
+-- The field (3 x I x J x K, voxels) of a rigid motion about the volume's
+-- centre: a rotation of `degrees` about a random axis and a shift of
+-- `shift_mm` in a random direction (isotropic voxels of `spacing` mm).
+local function rigid_field(shape, spacing, degrees, shift_mm, seed)
+  local rng = augment.rng(seed, 7, 0)
+  local function unit()
+    local v, n
+    repeat
+      v = { rng:uniform(-1, 1), rng:uniform(-1, 1), rng:uniform(-1, 1) }
+      n = math.sqrt(v[1] ^ 2 + v[2] ^ 2 + v[3] ^ 2)
+    until n > 0.1 and n <= 1
+    return { v[1] / n, v[2] / n, v[3] / n }
+  end
+  local a, d = unit(), unit()
+  local th = math.rad(degrees)
+  local c, s = math.cos(th), math.sin(th)
+  local K = { { 0, -a[3], a[2] }, { a[3], 0, -a[1] }, { -a[2], a[1], 0 } } -- cross product with a
+  local coords = {}
+  for ax = 1, 3 do
+    local view = { 1, 1, 1 }
+    view[ax] = shape[ax]
+    coords[ax] = (lumen.arange(shape[ax]):to('f32') - (shape[ax] - 1) / 2):reshape(view)
+  end
+  local comps = {}
+  for i = 1, 3 do
+    local u = -coords[i] + shift_mm * d[i] / spacing
+    for j = 1, 3 do -- Rodrigues: R = c I + s K + (1 - c) a a^T
+      local r = (i == j and c or 0) + s * K[i][j] + (1 - c) * a[i] * a[j]
+      u = u + coords[j] * r
+    end
+    comps[i] = u:expand(shape):contiguous()
+  end
+  return lumen.stack(comps, 0)
+end
+
+-- A deformed (and moved) copy of Colin27 (base: colin27.load on the
+-- working grid): {image, label (the structure), id}.
+local function make_case(base, o, seed, moved)
+  local deform = image.deform
+  local case = data.get('deformed_colin27').make { base = base, seed = seed, magnitude_mm = o.magnitude,
+    control_mm = 24 }
+  local u = case.field
+  if moved then
+    local r = rigid_field(base.image.data:size(), base.image:spacing()[1], o.test_rotate, o.test_shift, seed)
+    u = deform.compose(case.field, r)
+  end
+  local aal = base.atlases.aal
+  return {
+    id = case.id .. (moved and '_moved' or ''),
+    image = deform.apply(base.image, u, { order = 1 }),
+    label = deform.apply(image.new(structure_mask(aal.data), { affine = aal.affine }), u, { order = 0 }),
+  }
+end
+
+-- ------------------------------------------------------------------
+-- inference and evaluation
+
+local function predict_probs(net, x, o)
+  net:eval()
+  return lumen.no_grad(function()
+    return inference.sliding_window(segment.on_device(function(w) return F.softmax(net(w), 1) end, o.device), x.data:unsqueeze(0),
+      { roi = o.patch, overlap = o.overlap, batch = 2, num_classes = 2 })
+  end)
+end
+
+-- JSON has no nan or inf (an empty prediction has no HD95).
+local function finite(v)
+  if type(v) == 'table' then
+    local c = {}
+    for k, x in pairs(v) do c[k] = finite(x) end
+    return c
+  end
+  if type(v) == 'number' and v ~= v then return 'nan' end
+  if v == math.huge then return 'inf' end
+  if v == -math.huge then return '-inf' end
+  return v
+end
+
+local function evaluate(pred, truth, spacing)
+  local r = require('lumen.metrics').evaluate(pred, truth, { spacing = spacing, labels = { 1 } })
+  return r[1]
+end
+
+-- ------------------------------------------------------------------
+-- train
+
+local function train(run)
+  local o = run.opts
+  local sp = { o.spacing, o.spacing, o.spacing }
+  local base = data.get('colin27').load { spacing = sp, atlases = true }
+  local cases = {}
+  local function add(img, lab, id)
+    local x = segment.prepare(img, { spacing = sp })
+    local y = segment.prepare_label(lab, { spacing = sp })
+    cases[#cases + 1] = { image = x.data, label = y.data, spacing = sp, id = id }
+  end
+  local aal = base.atlases.aal
+  local truth0 = structure_mask(aal.data)
+  add(base.image, image.new(truth0, { affine = aal.affine }), 'colin27')
+  for s = 1, o.train_deformed do
+    local c = make_case(base, o, s, false)
+    add(c.image, c.label, c.id)
+  end
+  local val = make_case(base, o, 500 + o.seed, true)
+  local test = make_case(base, o, 1000 + o.seed, true)
+  local fraction = truth0:to('f64'):mean():item()
+  local trained_on = string.format('Colin27 (mricron-data) and %d deformed copies (seeds 1-%d, %g mm), %g mm grid',
+    o.train_deformed, o.train_deformed, o.magnitude, o.spacing)
+  local tested_on = string.format('%s: Colin27 deformed (%g mm) and moved (%g deg, %g mm); deep grey nuclei '
+    .. '(AAL 71-78), %.2f%% of the volume', test.id, o.magnitude, o.test_rotate, o.test_shift, 100 * fraction)
+  run:say('trained on: ' .. trained_on)
+  run:say('tested on:  ' .. tested_on)
+
+  local model = build_model(o)
+  local opt = require('lumen.optim').AdamW(model:parameters(), { lr = o.lr, weight_decay = 1e-4 })
+  local sched = require('lumen.lr_scheduler').CosineAnnealingLR(opt, o.steps)
+  local transforms = {
+    augment.flip { axes = { 0 } },
+    augment.affine { rotate = 15, scale = { 0.9, 1.1 }, p = 0.5 },
+    augment.gamma { range = { 0.8, 1.25 }, p = 0.3 },
+  }
+  local xval = segment.prepare(val.image, { spacing = sp })
+  local metrics = require 'lumen.metrics'
+  local function val_dice(net)
+    return metrics.dice(segment.to_grid(predict_probs(net, xval, o), xval, val.image).data, val.label.data)
+  end
+  local finished = segment.fit(run, {
+    model = model, optimizer = opt, scheduler = sched, steps = o.steps, log_every = 10,
+    validate_every = o.validate_every,
+    loader = function(first)
+      return loader.new { cases = cases, patch = o.patch, batch = o.batch, sampler = o.sampler, foreground = 0.33,
+        transforms = transforms, workers = o.workers, seed = o.seed, first_batch = first }
+    end,
+    loss = function(b)
+      -- the sum trains both: the two networks share no parameter
+      return soft_dice_loss(model.dice(b.image), b.label) + F.cross_entropy(model.ce(b.image), b.label)
+    end,
+    validate = function()
+      return { val_dice_softdice = val_dice(model.dice), val_dice_crossentropy = val_dice(model.ce) }
+    end,
+  })
+  if not finished then return end
+
+  local xt = segment.prepare(test.image, { spacing = sp })
+  local truth = test.label.data
+  local tsp = test.image:spacing()
+  local pred_dice = segment.to_grid(predict_probs(model.dice, xt, o), xt, test.image).data
+  local pred_ce = segment.to_grid(predict_probs(model.ce, xt, o), xt, test.image).data
+  local m_dice, m_ce = evaluate(pred_dice, truth, tsp), evaluate(pred_ce, truth, tsp)
+  local m_atlas = evaluate(truth0, truth, tsp)
+  run:metrics {
+    test = finite(m_dice),
+    baseline = finite(m_ce),
+    test_is = 'the V-Net trained with the soft Dice loss',
+    baseline_is = 'the same V-Net (same initial weights, same batches) trained with cross-entropy',
+    atlas = finite(m_atlas),
+    atlas_is = 'the structure of the Colin27 atlas placed on the test scan without registration (for scale)',
+    structure = 'deep grey nuclei: caudate, putamen, pallidum, thalamus (AAL 71-78), left and right',
+    trained_on = trained_on,
+    tested_on = tested_on,
+  }
+  run:say(string.format('test Dice: soft-Dice loss %.3f, cross-entropy %.3f (unregistered atlas %.3f)',
+    m_dice.dice, m_ce.dice, m_atlas.dice))
+  run:say(string.format('test HD95: soft-Dice loss %.1f mm, cross-entropy %.1f mm (unregistered atlas %.1f mm)',
+    m_dice.hd95, m_ce.hd95, m_atlas.hd95))
+  local plot = require 'lumen.plot'
+  plot.overlay(run:figure('test_overlay.png'), test.image.data, {
+    outlines = { { mask = truth, color = { 40, 220, 40 }, name = 'truth' },
+      { mask = pred_dice, color = { 230, 50, 50 }, name = 'soft Dice' },
+      { mask = pred_ce, color = { 60, 120, 255 }, name = 'cross-entropy' } },
+    axis = 2, slices = 6, columns = 3, zoom = 3, title = 'vnet_dice: test scan, deep grey nuclei' })
+end
+
+-- ------------------------------------------------------------------
+-- predict: any T1 scan -> the structure's mask on its own grid
+
+local function predict(run, img)
+  local o = run.opts
+  local model = build_model(o)
+  run:restore { model = model }
+  local x = segment.prepare(img, { spacing = { o.spacing, o.spacing, o.spacing } })
+  return segment.to_grid(predict_probs(model.dice, x, o), x, img)
+end
+
+return recipe.define {
+  name = 'vnet_dice',
+  description = 'V-Net on the deep grey nuclei of Colin27: soft Dice loss against cross-entropy, side by side',
+  options = {
+    { 'steps', 200, 'training steps (each trains both networks)' },
+    { 'lr', 3e-3, 'learning rate (AdamW, cosine decay)' },
+    { 'batch', 2, 'patches per step' },
+    { 'patch', { 32, 32, 32 }, 'patch and sliding-window size (voxels, multiples of 2^(levels-1))' },
+    { 'spacing', 3, 'working grid spacing (mm, isotropic)' },
+    { 'channels', { 8, 16, 32 }, 'V-Net channels per level' },
+    { 'convs', 3, 'most convolutions in a stage (stage i has min(i, convs))' },
+    { 'sampler', 'uniform', "patch sampler: 'uniform' (the imbalance as it is) or 'balanced'" },
+    { 'overlap', 0.5, 'sliding-window overlap' },
+    { 'train_deformed', 2, 'deformed copies of Colin27 added to the training cases' },
+    { 'magnitude', 8, 'largest displacement (mm) of the random deformations' },
+    { 'test_rotate', 10, 'head rotation (degrees) of the validation and test scans' },
+    { 'test_shift', 8, 'head shift (mm) of the validation and test scans' },
+    { 'validate_every', 100, 'steps between validation Dice (a different deformed copy)' },
+    { 'workers', 1, 'loader threads' },
+  },
+  quick = { steps = 50, patch = { 16, 16, 16 }, spacing = 6, channels = { 4, 8 }, train_deformed = 0,
+    validate_every = 25, lr = 1e-2, workers = 0 },
+  train = train,
+  predict = predict,
+}
