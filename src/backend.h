@@ -352,6 +352,31 @@ typedef struct lm_backend {
   int32_t (*conv_lib)(int32_t kind, int32_t dtype, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
                       const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
                       size_t *ws_bytes);
+
+  /* ---- sorting and pinned host memory (issue 7: the last CPU-only ops;
+     one block, appended) ---- */
+
+  /* Sorts each of `rows` contiguous rows of len >= 1 elements of x (dtype;
+     bool read as u8) as src/ops/sort.c does: by value, NaN above +inf, -0
+     equal to +0, ties in their original order (stable); descending
+     reverses the value order but keeps ties in original order (NaN
+     first). Writes the first k (1 .. len) of each row: values (x's dtype,
+     rows x k; NULL: not wanted) and indices (i64 positions within the row,
+     rows x k; NULL: not wanted). work is device scratch of 4 * rows * len
+     8-byte slots. */
+  int32_t (*sort)(int32_t dtype, int64_t rows, int64_t len, int64_t k, int32_t descending, const void *x,
+                  void *values, int64_t *indices, void *work);
+  /* Page-locked ("pinned") host memory that the device reads directly
+     (cudaHostAlloc), and its release. liblumen caches freed blocks
+     (src/core/device.c), so these are called only when the cache cannot
+     serve a request and when it is emptied. */
+  int32_t (*host_alloc)(size_t nbytes, void **ptr);
+  int32_t (*host_free)(void *ptr);
+  /* Host to device from memory of host_alloc, with no staging: returns at
+     once, the transfer ordered before later work. src must stay untouched
+     until a later synchronize has returned (liblumen's pinned cache
+     synchronizes before it hands a block out again). */
+  int32_t (*copy_h2d_async)(void *dst, const void *src, size_t nbytes);
 } lm_backend;
 
 #ifdef __cplusplus

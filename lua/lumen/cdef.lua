@@ -128,6 +128,20 @@ lm_status lm_device_empty_cache(lm_ctx *ctx, int32_t device);
 void lm_device_reset_peak(lm_ctx *ctx, int32_t device);
 /* What the device itself reports as free and in total, in bytes. */
 lm_status lm_device_mem_info(lm_ctx *ctx, int32_t device, int64_t *free_bytes, int64_t *total_bytes);
+/* Pinned (page-locked) host memory, allocated by the LM_CUDA backend, so
+   that a copy to the device goes straight to the DMA engine and overlaps
+   with device work. Without a backend that can pin, these give ordinary
+   CPU tensors (lm_is_pinned 0), not an error. lm_pin_memory: a contiguous
+   pinned copy of the CPU tensor t (cut from the graph), or t itself (+1)
+   when it is pinned already or nothing can pin. Views of a pinned tensor
+   are pinned. lm_to_device from pinned memory returns before the device
+   has read it (as torch's non_blocking): do not write the tensor until
+   lm_device_synchronize. */
+lm_status lm_empty_pinned(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
+lm_status lm_pin_memory(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out);
+int32_t lm_is_pinned(const lm_tensor *t);
+/* The pinned memory cache's stats (as lm_device_mem_stats). */
+void lm_pinned_mem_stats(lm_mem_stats *out);
 
 /* The CUDA backend library (liblumen_cuda.so, src/cuda/), loaded at run time
    by lua/lumen/device.lua; liblumen does not define these. */
@@ -175,6 +189,8 @@ lm_status lm_bernoulli_(lm_ctx *ctx, lm_tensor *t, double p);
 lm_status lm_bernoulli(lm_ctx *ctx, const lm_tensor *probs, lm_tensor **out);
 lm_status lm_randint_(lm_ctx *ctx, lm_tensor *t, int64_t lo, int64_t hi);
 lm_status lm_randperm(lm_ctx *ctx, int64_t n, int32_t dtype, lm_tensor **out);
+/* The same permutation made on device (drawn on the host, then copied). */
+lm_status lm_randperm_on(lm_ctx *ctx, int32_t device, int64_t n, int32_t dtype, lm_tensor **out);
 
 /* views (share storage) and copies */
 lm_status lm_as_strided(lm_ctx *ctx, const lm_tensor *t, int32_t ndim, const int64_t *shape, const int64_t *stride, int64_t offset, lm_tensor **out);

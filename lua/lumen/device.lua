@@ -444,12 +444,33 @@ return function(lumen)
     return r
   end
 
+  -- Pinned (page-locked) host memory, from the CUDA backend: loads it first
+  -- (not in a loader's worker threads, whose process has it already).
+  core.pinning = function()
+    if not core.in_worker then state() end
+  end
+  -- pin_memory(): a pinned copy of a CPU tensor (t itself when pinned
+  -- already, or when no backend can pin: then an ordinary tensor), so that
+  -- :to('cuda') goes straight to the DMA and overlaps with device work.
+  function Tensor.pin_memory(t)
+    local h = core.handle(t, 'pin_memory', 'tensor')
+    core.pinning()
+    return core.call(C.lm_pin_memory, h, core.out1)
+  end
+  function Tensor.is_pinned(t)
+    return C.lm_is_pinned(core.handle(t, 'is_pinned', 'tensor')) ~= 0
+  end
+
   -- memory([device]) -> {live, peak, cached, allocs, system_allocs}: bytes,
-  -- and counts of allocations served and of those the cache could not serve
+  -- and counts of allocations served and of those the cache could not serve;
+  -- memory('pinned'): the pinned host memory's
   function lumen.memory(device)
-    local code = M.code(device or 'cpu', 'memory', 2)
     local stats = ffi.new('lm_mem_stats') -- fresh: see core.lua's stats_ct
-    C.lm_device_mem_stats(ctx, code, stats)
+    if device == 'pinned' then
+      C.lm_pinned_mem_stats(stats)
+    else
+      C.lm_device_mem_stats(ctx, M.code(device or 'cpu', 'memory', 2), stats)
+    end
     return { live = tonumber(stats.live_bytes), peak = tonumber(stats.peak_bytes),
       cached = tonumber(stats.cached_bytes), allocs = tonumber(stats.total_allocs),
       system_allocs = tonumber(stats.system_allocs) }

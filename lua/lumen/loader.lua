@@ -44,6 +44,9 @@
 -- never stopped).
 -- A worker's error reaches next() as a Lua error naming the batch, the
 -- case and the reason; close() (or garbage collection) stops the threads.
+-- pin_memory = true: batches land in pinned (page-locked) host tensors,
+-- so that b.image:to('cuda') goes straight to the DMA and overlaps with
+-- device work (ordinary tensors when no CUDA backend can pin).
 local ffi = require 'ffi'
 local lumen = require 'lumen'
 local core = require 'lumen.core'
@@ -243,6 +246,21 @@ function loader.producer(cfg)
     return img, lab, i, where
   end
 
+  -- the items as one batch tensor (of dtype, when given); pinned with
+  -- pin_memory, each item copied straight into its slice
+  local function stack(items, dtype)
+    if not cfg.pin_memory then
+      local t = lumen.stack(items, 0)
+      if dtype then t = t:to(dtype) end
+      return t
+    end
+    local shape = items[1]:size()
+    table.insert(shape, 1, #items)
+    local t = lumen.empty(shape, { dtype = dtype or items[1]:dtype(), pin_memory = true })
+    for b, x in ipairs(items) do t:select(0, b - 1):copy_(x) end
+    return t
+  end
+
   return function(job)
     local imgs, labs, meta = {}, {}, {}
     for b = 0, cfg.batch - 1 do
@@ -252,8 +270,8 @@ function loader.producer(cfg)
       for a = 1, n do row[a + 1] = start[a] end
       meta[b + 1] = row
     end
-    local out = { lumen.stack(imgs, 0), lumen.tensor(meta):to('i64') }
-    if #labs == cfg.batch then out[3] = lumen.stack(labs, 0):to('i64') end
+    local out = { stack(imgs), lumen.tensor(meta):to('i64') }
+    if #labs == cfg.batch then out[3] = stack(labs, 'i64') end
     return out
   end
 end
@@ -292,6 +310,7 @@ package.path, package.cpath = %q, %q
 local ffi = require 'ffi'
 local lumen = require 'lumen'
 local core = require 'lumen.core'
+core.in_worker = true -- the process has its backends already: do not load them here
 core.C.lm_ctx_set_loop_threads(core.ctx, %d)
 local function T(address)
   local h = ffi.cast('lm_tensor*', address)
@@ -321,7 +340,7 @@ function loader.new(opts)
   local op = 'loader'
   if type(opts) ~= 'table' then error('lumen.loader.new: expected an options table', 2) end
   core.options(opts, op, { 'cases', 'patch', 'batch', 'sampler', 'foreground', 'classes', 'overlap', 'transforms',
-    'workers', 'prefetch', 'seed', 'cval', 'label_cval', 'lazy', 'cache', 'threads', 'first_batch' }, 2)
+    'workers', 'prefetch', 'seed', 'cval', 'label_cval', 'lazy', 'cache', 'threads', 'first_batch', 'pin_memory' }, 2)
   local function bad(fmt, ...) error(string.format('lumen.loader: ' .. fmt, ...), 3) end
   if type(opts.cases) ~= 'table' or #opts.cases == 0 then bad('cases must be a non-empty list of cases') end
   local patch = opts.patch
@@ -354,7 +373,9 @@ function loader.new(opts)
   local cfg = { patch = patch, batch = int_opt('batch', 1, 1), sampler = sampler, foreground = foreground,
     classes = opts.classes, overlap = overlap, transforms = transforms, seed = int_opt('seed', 0, 0),
     cval = core.number(opts.cval, op, 'cval', 0, 3), label_cval = core.number(opts.label_cval, op, 'label_cval', 0, 3),
-    lazy = opts.lazy and true or false, cache = int_opt('cache', 1, 0), first = first, cases = {} }
+    lazy = opts.lazy and true or false, cache = int_opt('cache', 1, 0), first = first, cases = {},
+    pin_memory = opts.pin_memory and true or false }
+  if cfg.pin_memory and core.pinning then core.pinning() end -- load the backend here, before the workers
   for i, case in ipairs(opts.cases) do
     if type(case) ~= 'table' or case.image == nil then bad('cases[%d] must be a table with an image', i) end
     local id = case.id or tostring(i)

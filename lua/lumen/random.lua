@@ -139,11 +139,14 @@ return function(lumen)
     return t
   end
 
-  -- randperm(n[, dtype = 'i64']): a random permutation of 0 .. n-1
+  -- randperm(n[, dtype = 'i64' or {dtype =, device =}]): a random
+  -- permutation of 0 .. n-1; on a device, the CPU's for the same seed
+  -- (drawn on the host and copied: Fisher-Yates is serial)
   function lumen.randperm(n, dtype)
     n = int_arg(n, 'randperm', 'n')
-    if type(dtype) == 'table' then dtype = dtype.dtype end
-    return call(C.lm_randperm, n, core.dtype_code(dtype or 'i64', 2), core.out1)
+    local device
+    dtype, device = core.dtype_device(dtype, 'randperm')
+    return call(C.lm_randperm_on, device, n, core.dtype_code(dtype or 'i64', 2), core.out1)
   end
 
   -- bernoulli(probs): 0/1 draws with per-element probabilities, same dtype

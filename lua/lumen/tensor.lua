@@ -32,7 +32,8 @@ return function(lumen)
   core.shape_buf, core.stride_buf, core.dims_buf = shape_buf, stride_buf, dims_buf
 
   -- Parses (2, 3, 'f64'), ({2, 3}, 'f64') or ({2, 3}, {dtype = 'f64', device = 'cuda'}):
-  -- returns the shape list, the dtype code and the device code.
+  -- returns the shape list, the dtype code, the device code and whether
+  -- pin_memory was asked (empty, zeros, ones).
   local function shape_args(op, ...)
     local a = ...
     local shape, rest
@@ -48,14 +49,27 @@ return function(lumen)
       end
       rest = select(i, ...)
     end
-    local dtype, device = rest, nil
-    if type(rest) == 'table' then dtype, device = rest.dtype, rest.device end
-    return shape, core.dtype_code(dtype, 3), core.device_arg(device, op, 3)
+    local dtype, device, pin = rest, nil, nil
+    if type(rest) == 'table' then dtype, device, pin = rest.dtype, rest.device, rest.pin_memory end
+    local code = core.device_arg(device, op, 3)
+    if pin ~= nil and type(pin) ~= 'boolean' then
+      error(string.format('lumen.%s: pin_memory must be true or false, got %s', op, tostring(pin)), 3)
+    end
+    if pin and code ~= C.LM_CPU then
+      error(string.format("lumen.%s: pin_memory is for CPU tensors, got device '%s'", op, tostring(device)), 3)
+    end
+    return shape, core.dtype_code(dtype, 3), code, pin
   end
   core.shape_args = shape_args
 
-  local function empty(op, shape, dtype, device)
+  -- pin: in page-locked memory when a backend can pin (core.pinning loads
+  -- the CUDA backend first, as torch does)
+  local function empty(op, shape, dtype, device, pin)
     local n = put_shape(shape, op)
+    if pin then
+      if core.pinning then core.pinning() end
+      return call(C.lm_empty_pinned, dtype, n, shape_buf, core.out1)
+    end
     return call(C.lm_empty_on, device or C.LM_CPU, dtype, n, shape_buf, core.out1)
   end
   core.empty_on = empty
@@ -68,21 +82,21 @@ return function(lumen)
   end
   core.dtype_device = dtype_device
 
-  -- empty(2, 3[, dtype]) or empty({2, 3}[, {dtype =, device =}]); zeros and
-  -- ones alike
+  -- empty(2, 3[, dtype]) or empty({2, 3}[, {dtype =, device =, pin_memory =}]);
+  -- zeros and ones alike
   function lumen.empty(...)
-    local shape, dtype, device = shape_args('empty', ...)
-    return empty('empty', shape, dtype, device)
+    local shape, dtype, device, pin = shape_args('empty', ...)
+    return empty('empty', shape, dtype, device, pin)
   end
   function lumen.zeros(...)
-    local shape, dtype, device = shape_args('zeros', ...)
-    local t = empty('zeros', shape, dtype, device)
+    local shape, dtype, device, pin = shape_args('zeros', ...)
+    local t = empty('zeros', shape, dtype, device, pin)
     core.check(C.lm_fill(ctx, t.h, 0))
     return t
   end
   function lumen.ones(...)
-    local shape, dtype, device = shape_args('ones', ...)
-    local t = empty('ones', shape, dtype, device)
+    local shape, dtype, device, pin = shape_args('ones', ...)
+    local t = empty('ones', shape, dtype, device, pin)
     core.check(C.lm_fill(ctx, t.h, 1))
     return t
   end

@@ -20,6 +20,7 @@
 
 typedef struct dev_block {
   void *ptr;
+  uint64_t ticket; /* pinned blocks: the last transfer issued when it was freed */
   struct dev_block *next;
 } dev_block;
 typedef struct dev_bin {
@@ -35,6 +36,13 @@ typedef struct dev_pool {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static dev_pool pools[NDEV];
+/* Page-locked host memory of the LM_CUDA backend (host_alloc), cached the
+   same way. Transfers from it are asynchronous, so a freed block may still
+   be read by one in flight: each such transfer takes a ticket (issued), a
+   freed block keeps the last ticket issued, and a block goes out again only
+   once a synchronize begun after its ticket has returned (synced). */
+static dev_pool pinned;
+static uint64_t issued, synced;
 
 const char *lm_device_name(int32_t device) {
   switch (device) {
@@ -108,12 +116,17 @@ lm_status lm_backend_register(lm_ctx *ctx, int32_t device, const lm_backend *be)
   return LM_OK;
 }
 
+/* Whether backend be's table has entry (a field of lm_backend) set. */
+#define HAS_ENTRY(be, entry) \
+  ((be)->size >= offsetof(lm_backend, entry) + sizeof((be)->entry) && (be)->entry)
+
 static void release_cache_locked(dev_pool *p) {
   for (size_t i = 0; i < NBINS; i++) {
     while (p->bins[i].head) {
       dev_block *b = p->bins[i].head;
       p->bins[i].head = b->next;
-      p->be->free(b->ptr);
+      if (p == &pinned) p->be->host_free(b->ptr);
+      else p->be->free(b->ptr);
       p->cached -= (int64_t)p->bins[i].size;
       b->next = p->spare;
       p->spare = b;
@@ -129,15 +142,22 @@ lm_status lm_backend_unregister(lm_ctx *ctx, int32_t device) {
   if (p->be && p->live > 0) {
     st = lm_err(ctx, LM_E_DEVICE, "backend_unregister: %lld bytes of %s memory are still held by tensors",
                 (long long)p->live, lm_device_name(device));
+  } else if (pinned.be && pinned.live > 0) {
+    st = lm_err(ctx, LM_E_DEVICE, "backend_unregister: %lld bytes of pinned host memory are still held by tensors",
+                (long long)pinned.live);
   } else if (p->be) {
     p->be->synchronize();
-    release_cache_locked(p);
-    while (p->spare) {
-      dev_block *b = p->spare;
-      p->spare = b->next;
-      free(b);
+    dev_pool *both[2] = {p, &pinned};
+    for (int k = 0; k < 2; k++) {
+      if (!both[k]->be) continue;
+      release_cache_locked(both[k]);
+      while (both[k]->spare) {
+        dev_block *b = both[k]->spare;
+        both[k]->spare = b->next;
+        free(b);
+      }
+      memset(both[k], 0, sizeof *both[k]);
     }
-    memset(p, 0, sizeof *p);
   }
   pthread_mutex_unlock(&lock);
   return st;
@@ -253,6 +273,7 @@ lm_status lm_device_empty_cache(lm_ctx *ctx, int32_t device) {
   if ((st = be->synchronize())) return lm_backend_fail(ctx, "empty_cache", be, st);
   pthread_mutex_lock(&lock);
   release_cache_locked(&pools[device]);
+  if (pinned.be) release_cache_locked(&pinned);
   pthread_mutex_unlock(&lock);
   return LM_OK;
 }
@@ -286,6 +307,137 @@ lm_status lm_device_synchronize(lm_ctx *ctx, int32_t device) {
   return LM_OK;
 }
 
+/* ---- pinned host memory ---- */
+
+lm_status lm_pinned_alloc(lm_ctx *ctx, const char *op, size_t nbytes, void **out) {
+  *out = NULL;
+  const lm_backend *be = lm_backend_get(LM_CUDA);
+  if (!be || !HAS_ENTRY(be, host_alloc) || !HAS_ENTRY(be, host_free)) return LM_OK; /* nothing can pin */
+  size_t size = lm_round_alloc_size(nbytes);
+  void *ptr = NULL;
+  uint64_t ticket = 0;
+  pthread_mutex_lock(&lock);
+  pinned.be = be;
+  dev_bin *b = find_bin(&pinned, size, false);
+  if (b && b->head) {
+    dev_block *blk = b->head;
+    b->head = blk->next;
+    ptr = blk->ptr;
+    ticket = blk->ticket;
+    blk->next = pinned.spare;
+    pinned.spare = blk;
+    pinned.cached -= (int64_t)size;
+  }
+  uint64_t upto = issued;
+  bool wait = ptr && ticket > synced;
+  pthread_mutex_unlock(&lock);
+  lm_status st = LM_OK;
+  if (wait) { /* a transfer issued before the block was freed may still read it */
+    if ((st = be->synchronize())) {
+      pthread_mutex_lock(&lock);
+      pinned.live += (int64_t)size; /* lm_pinned_free takes it off again */
+      pthread_mutex_unlock(&lock);
+      lm_pinned_free(ptr, nbytes);
+      return lm_backend_fail(ctx, op, be, st);
+    }
+    pthread_mutex_lock(&lock);
+    if (upto > synced) synced = upto;
+    pthread_mutex_unlock(&lock);
+  }
+  if (!ptr) {
+    st = be->host_alloc(size, &ptr);
+    if (st == LM_E_OOM) {
+      pthread_mutex_lock(&lock);
+      release_cache_locked(&pinned);
+      pthread_mutex_unlock(&lock);
+      st = be->host_alloc(size, &ptr);
+    }
+    if (st) {
+      const char *why = be->last_error ? be->last_error() : "";
+      return lm_err(ctx, st == LM_E_OOM ? LM_E_OOM : LM_E_DEVICE, "%s: %s allocating %zu bytes of pinned host memory (%s)",
+                    op, st == LM_E_OOM ? "out of memory" : "failed", nbytes, why);
+    }
+    pthread_mutex_lock(&lock);
+    pinned.system_allocs++;
+    pthread_mutex_unlock(&lock);
+  }
+  pthread_mutex_lock(&lock);
+  pinned.live += (int64_t)size;
+  if (pinned.live > pinned.peak) pinned.peak = pinned.live;
+  pinned.total_allocs++;
+  pthread_mutex_unlock(&lock);
+  *out = ptr;
+  return LM_OK;
+}
+
+void lm_pinned_free(void *ptr, size_t nbytes) {
+  if (!ptr) return;
+  size_t size = lm_round_alloc_size(nbytes);
+  pthread_mutex_lock(&lock);
+  LM_ASSERT(pinned.be);
+  pinned.live -= (int64_t)size;
+  dev_bin *b = find_bin(&pinned, size, true);
+  dev_block *blk = pinned.spare;
+  if (blk) pinned.spare = blk->next;
+  else blk = malloc(sizeof *blk);
+  if (b && blk) {
+    blk->ptr = ptr;
+    blk->ticket = issued;
+    blk->next = b->head;
+    b->head = blk;
+    pinned.cached += (int64_t)size;
+  } else { /* no room to cache it: wait for any transfer, then give it back */
+    free(blk);
+    pinned.be->synchronize();
+    pinned.be->host_free(ptr);
+  }
+  pthread_mutex_unlock(&lock);
+}
+
+void lm_pinned_mem_stats(lm_mem_stats *out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&lock);
+  out->live_bytes = pinned.live;
+  out->peak_bytes = pinned.peak;
+  out->cached_bytes = pinned.cached;
+  out->total_allocs = pinned.total_allocs;
+  out->system_allocs = pinned.system_allocs;
+  pthread_mutex_unlock(&lock);
+}
+
+int32_t lm_is_pinned(const lm_tensor *t) { return t && t->storage->pinned; }
+
+lm_status lm_empty_pinned(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  if (!out) return lm_err(ctx, LM_E_ARG, "empty_pinned: out is NULL");
+  return lm_new_pinned(ctx, "empty_pinned", dtype, ndim, shape, out);
+}
+
+lm_status lm_pin_memory(lm_ctx *ctx, const lm_tensor *t, lm_tensor **out) {
+  if (!t) return lm_err(ctx, LM_E_ARG, "pin_memory: tensor is NULL");
+  if (!out) return lm_err(ctx, LM_E_ARG, "pin_memory: out is NULL");
+  if (lm_device_of(t) != LM_CPU)
+    return lm_err(ctx, LM_E_DEVICE, "pin_memory: the tensor is on %s, expected a CPU tensor (only host memory is pinned)",
+                  lm_device_name(lm_device_of(t)));
+  lm_tensor *r = NULL;
+  lm_status st = LM_OK;
+  if (!t->storage->pinned && (st = lm_new_pinned(ctx, "pin_memory", t->dtype, t->ndim, t->shape, &r))) return st;
+  if (!r || !r->storage->pinned) { /* pinned already, or nothing can pin: t itself */
+    lm_tensor_release(r);
+    lm_tensor_retain((lm_tensor *)t);
+    *out = (lm_tensor *)t;
+    return LM_OK;
+  }
+  bool grad = lm_grad_pause(ctx); /* a copy of the values, cut from the graph */
+  st = lm_copy_(ctx, r, t);
+  ctx->grad_enabled = grad;
+  if (st) {
+    lm_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return LM_OK;
+}
+
 /* ---- transfers ---- */
 
 /* The gradient of a transfer goes back to the source's device. */
@@ -301,7 +453,16 @@ static lm_status host_to_device(lm_ctx *ctx, const lm_backend *be, const lm_tens
   ctx->grad_enabled = grad;
   if (!st) st = lm_new_on(ctx, "to", device, t->dtype, t->ndim, t->shape, &r);
   size_t nbytes = (size_t)lm_numel(t) * lm_dtype_size(t->dtype);
-  if (!st && nbytes && (st = be->copy_h2d(r->storage->data, lm_data(c), nbytes))) st = lm_backend_fail(ctx, "to", be, st);
+  /* pinned source (contiguous, so c is t): straight to the DMA, no staging */
+  bool direct = c && c->storage->pinned && HAS_ENTRY(be, copy_h2d_async);
+  if (!st && nbytes && direct) {
+    pthread_mutex_lock(&lock);
+    issued++;
+    pthread_mutex_unlock(&lock);
+    if ((st = be->copy_h2d_async(r->storage->data, lm_data(c), nbytes))) st = lm_backend_fail(ctx, "to", be, st);
+  } else if (!st && nbytes && (st = be->copy_h2d(r->storage->data, lm_data(c), nbytes))) {
+    st = lm_backend_fail(ctx, "to", be, st);
+  }
   lm_tensor_release(c);
   if (st) { lm_tensor_release(r); return st; }
   *out = r;

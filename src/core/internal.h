@@ -19,6 +19,7 @@ typedef struct lm_storage {
   size_t nbytes;
   int32_t device;
   bool external; /* memory owned by the caller of lm_from_ptr */
+  bool pinned;   /* CPU memory page-locked by the backend (lm_pinned_alloc) */
 } lm_storage;
 
 struct lm_tensor {
@@ -76,6 +77,11 @@ size_t lm_round_alloc_size(size_t nbytes);
 /* Device memory through the device's cache (src/core/device.c); errors name op. */
 lm_status lm_device_alloc(lm_ctx *ctx, const char *op, int32_t device, size_t nbytes, void **out);
 void lm_device_free(int32_t device, void *p, size_t nbytes);
+/* Page-locked host memory from the LM_CUDA backend's host_alloc, through its
+   cache (src/core/device.c); *out is NULL, with no error, when no backend
+   can pin. */
+lm_status lm_pinned_alloc(lm_ctx *ctx, const char *op, size_t nbytes, void **out);
+void lm_pinned_free(void *p, size_t nbytes);
 
 /* ---- tensors ---- */
 int64_t lm_numel(const lm_tensor *t);
@@ -87,6 +93,8 @@ static inline char *lm_data(const lm_tensor *t) {
 lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
 /* The same on device (LM_CPU or one with a backend). */
 lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
+/* A new CPU tensor in pinned memory, or in ordinary memory when nothing can pin. */
+lm_status lm_new_pinned(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out);
 /* A new tensor header over t's storage. */
 lm_tensor *lm_view_header(const lm_tensor *t);
 bool lm_dtype_valid(int32_t dtype);

@@ -366,3 +366,22 @@ done:
   lm_tensor_release(idx);
   return st;
 }
+
+/* Fisher-Yates is a chain of n dependent swaps, so it stays serial on the
+   host whatever the device: the permutation is drawn there (the CPU's, for
+   the same seed and offset) and copied over, 8 bytes per element. */
+lm_status lm_randperm_on(lm_ctx *ctx, int32_t device, int64_t n, int32_t dtype, lm_tensor **out) {
+  if (!out) return lm_err(ctx, LM_E_ARG, "randperm: out is NULL");
+  if (device != LM_CPU && !lm_device_available(device))
+    return lm_err(ctx, LM_E_DEVICE, "randperm: no %s backend is loaded (lumen.cuda.status() says why)",
+                  lm_device_name(device));
+  lm_tensor *h = NULL;
+  lm_status st = lm_randperm(ctx, n, dtype, &h);
+  if (st || device == LM_CPU) {
+    *out = h;
+    return st;
+  }
+  st = lm_to_device(ctx, h, device, out);
+  lm_tensor_release(h);
+  return st;
+}

@@ -9,6 +9,8 @@
 static void storage_release(lm_storage *s) {
   if (atomic_fetch_sub(&s->refcount, 1) != 1) return;
   if (s->external) {
+  } else if (s->pinned) {
+    lm_pinned_free(s->data, s->nbytes);
   } else if (s->device == LM_CPU) {
     lm_free(s->data, s->nbytes);
   } else {
@@ -112,7 +114,9 @@ lm_status lm_new(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const
   return lm_new_on(ctx, op, LM_CPU, dtype, ndim, shape, out);
 }
 
-lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+/* lm_new_on, in pinned host memory when pin (device is then LM_CPU). */
+static lm_status new_tensor(lm_ctx *ctx, const char *op, int32_t device, bool pin, int32_t dtype, int32_t ndim,
+                            const int64_t *shape, lm_tensor **out) {
   if (!lm_dtype_valid(dtype)) return lm_err(ctx, LM_E_DTYPE, "%s: unknown dtype %d", op, dtype);
   lm_status st = check_shape(ctx, op, ndim, shape);
   if (st) return st;
@@ -128,6 +132,14 @@ lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, 
       free(s);
       return st;
     }
+  } else if (t && s && pin) {
+    if ((st = lm_pinned_alloc(ctx, op, nbytes, &data))) {
+      free(t);
+      free(s);
+      return st;
+    }
+    if (data) s->pinned = true;
+    else data = lm_alloc(ctx, nbytes); /* nothing can pin: ordinary memory */
   } else if (t && s) {
     data = lm_alloc(ctx, nbytes);
   }
@@ -150,6 +162,14 @@ lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, 
   t->storage = s;
   *out = t;
   return LM_OK;
+}
+
+lm_status lm_new_on(lm_ctx *ctx, const char *op, int32_t device, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  return new_tensor(ctx, op, device, false, dtype, ndim, shape, out);
+}
+
+lm_status lm_new_pinned(lm_ctx *ctx, const char *op, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  return new_tensor(ctx, op, LM_CPU, true, dtype, ndim, shape, out);
 }
 
 lm_status lm_empty(lm_ctx *ctx, int32_t dtype, int32_t ndim, const int64_t *shape, lm_tensor **out) {

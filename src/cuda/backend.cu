@@ -217,6 +217,28 @@ int32_t cu_copy_strided(void *dst, const void *src, int32_t esize, int32_t ndim,
   return LM_E_ARG;
 }
 
+/* ---- pinned host memory ---- */
+
+int32_t cu_host_alloc(size_t nbytes, void **ptr) {
+  cudaError_t e = cudaHostAlloc(ptr, nbytes, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    *ptr = NULL;
+    return fail("cudaHostAlloc", e);
+  }
+  return 0;
+}
+
+int32_t cu_host_free(void *ptr) {
+  CHECK(cudaFreeHost(ptr));
+  return 0;
+}
+
+/* Page-locked source: the DMA reads it directly, so nothing waits here. */
+int32_t cu_copy_h2d_async(void *dst, const void *src, size_t nbytes) {
+  CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream));
+  return 0;
+}
+
 int32_t cu_synchronize(void) {
   CHECK(cudaStreamSynchronize(stream));
   return 0;
@@ -234,6 +256,8 @@ lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda", description, cu_init, cu_last_error, cu_malloc, cu_free,
     cu_memset, cu_copy_h2d, cu_copy_d2h, cu_copy_d2d, cu_copy_strided, cu_synchronize, cu_mem_info,
     LMCUDA_KERNEL_ENTRIES
+    /* pinned host memory */
+    cu_host_alloc, cu_host_free, cu_copy_h2d_async,
 };
 
 } // namespace

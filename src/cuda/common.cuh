@@ -48,7 +48,9 @@ inline unsigned grid_for(int64_t n, int threads) {
   lmcuda::random, lmcuda::optim_step, lmcuda::index_along, lmcuda::cumsum,                                  \
   /* layer families */                                                                                     \
   lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp, lmcuda::grid_sample,   \
-  lmcuda::conv_lib,
+  lmcuda::conv_lib,                                                                                         \
+  /* sorting; each table then adds its own pinned host memory entries */                                   \
+  lmcuda::sort,
 
 /* The op kernels (their files). */
 int32_t elementwise(int32_t op, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t nops, void *const *data,
@@ -122,6 +124,10 @@ int32_t grid_sample(int32_t dtype, int32_t backward, int32_t nd, int32_t flags, 
 int32_t conv_lib(int32_t kind, int32_t dtype, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
                  const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
                  size_t *ws_bytes);
+
+/* sort.cu */
+int32_t sort(int32_t dtype, int64_t rows, int64_t len, int64_t k, int32_t descending, const void *x, void *values,
+             int64_t *indices, void *work);
 
 /* reduce.cu: the fewest elements of a run worth a piece of their own
    (rows, columns). */

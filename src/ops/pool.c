@@ -677,11 +677,67 @@ LM_INLINE void unpool_back(unpool_job *j, int64_t p0, int64_t p1, bool f64) {
 static void unpool_back_f32(void *a, int64_t p0, int64_t p1) { unpool_back(a, p0, p1, false); }
 static void unpool_back_f64(void *a, int64_t p0, int64_t p1) { unpool_back(a, p0, p1, true); }
 
+/* On a device, unpooling is the index kernels' scatter (forward) and
+   gather (backward) along the flattened plane, after a range check of the
+   indices there (their smallest and largest come back). */
+static lm_status unpool_indices_ok(lm_ctx *ctx, const lm_tensor *idx, int64_t out_plane, bool *ok) {
+  *ok = true;
+  if (lm_numel(idx) == 0) return LM_OK;
+  lm_tensor *lo = NULL, *hi = NULL, *hl = NULL, *hh = NULL;
+  lm_status st;
+  if (!(st = lm_reduce(ctx, LM_OP_MIN, idx, 0, NULL, 0, 0, &lo, NULL)) &&
+      !(st = lm_reduce(ctx, LM_OP_MAX, idx, 0, NULL, 0, 0, &hi, NULL)) && !(st = lm_to_device(ctx, lo, LM_CPU, &hl)) &&
+      !(st = lm_to_device(ctx, hi, LM_CPU, &hh)))
+    *ok = *(const int64_t *)lm_data(hl) >= 0 && *(const int64_t *)lm_data(hh) < out_plane;
+  lm_tensor_release(lo);
+  lm_tensor_release(hi);
+  lm_tensor_release(hl);
+  lm_tensor_release(hh);
+  return st;
+}
+
+/* planes x in_plane views of the contiguous x and idx; scatter (forward:
+   into zeros of planes x out_plane) or gather (backward: from x, which is
+   planes x out_plane), reshaped to (ndim, shape). */
+static lm_status unpool_device(lm_ctx *ctx, const char *op, bool backward, const lm_tensor *x, const lm_tensor *idx,
+                               int64_t in_plane, int64_t out_plane, int32_t ndim, const int64_t *shape, lm_tensor **out) {
+  const int64_t planes = in_plane ? lm_numel(idx) / in_plane : 0;
+  int64_t ishape[2] = {planes, in_plane}, oshape[2] = {planes, out_plane};
+  lm_tensor *x2 = NULL, *i2 = NULL, *z = NULL, *r = NULL;
+  bool grad = lm_grad_pause(ctx);
+  lm_status st;
+  if (!(st = lm_reshape(ctx, x, 2, backward ? oshape : ishape, &x2)) && !(st = lm_reshape(ctx, idx, 2, ishape, &i2))) {
+    if (backward) {
+      st = lm_gather(ctx, x2, 1, i2, &r);
+    } else if (!(st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, 2, oshape, &z)) && !(st = lm_fill(ctx, z, 0))) {
+      st = lm_scatter(ctx, z, 1, i2, x2, LM_SCATTER_SET, NULL, &r);
+    }
+  }
+  if (!st) st = lm_reshape(ctx, r, ndim, shape, out);
+  ctx->grad_enabled = grad;
+  lm_tensor_release(x2);
+  lm_tensor_release(i2);
+  lm_tensor_release(z);
+  lm_tensor_release(r);
+  return st;
+}
+
 static lm_status max_unpool_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   const lm_tensor *idx = node->saved[0];
   lm_tensor *g = NULL, *gx = NULL;
   lm_status st;
   if ((st = contiguous_untracked(ctx, gout[0], &g))) goto done;
+  if (lm_device_of(g) != LM_CPU) {
+    bool ok;
+    if ((st = unpool_indices_ok(ctx, idx, node->ip[1], &ok))) goto done;
+    if (!ok) {
+      st = lm_err(ctx, LM_E_INDEX, "max_unpool backward: an index lies outside the output plane of %lld elements "
+                  "(were the indices changed in place after the forward?)", (long long)node->ip[1]);
+      goto done;
+    }
+    st = unpool_device(ctx, "max_unpool backward", true, g, idx, node->ip[0], node->ip[1], idx->ndim, idx->shape, &gin[0]);
+    goto done;
+  }
   if ((st = lm_new(ctx, "max_unpool backward", g->dtype, idx->ndim, idx->shape, &gx))) goto done;
   unpool_job j = {node->ip[0], node->ip[1], lm_data(g), (const int64_t *)lm_data(idx), lm_data(gx), false};
   int64_t planes = lm_numel(idx) / j.in_plane;
@@ -703,10 +759,14 @@ lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indice
   char op[16], a[LM_SHAPE_BUF], b[LM_SHAPE_BUF];
   snprintf(op, sizeof op, "max_unpool%dd", nd);
   lm_status st;
-  if ((st = check_nd(ctx, "max_unpool", nd)) || (st = lm_check_input(ctx, op, x, "input")) ||
+  const lm_tensor *both[2] = {x, indices};
+  const char *what[2] = {"input", "indices"};
+  int32_t device;
+  if ((st = check_nd(ctx, "max_unpool", nd)) || (st = lm_check_arg(ctx, op, x, "input")) ||
       (st = check_pool_input(ctx, op, x, nd)))
     return st;
-  if ((st = lm_check_input(ctx, op, indices, "indices"))) return st;
+  if ((st = lm_check_arg(ctx, op, indices, "indices")) || (st = lm_op_device(ctx, op, 2, both, what, false, &device)))
+    return st;
   if (indices->dtype != LM_I64)
     return lm_err(ctx, LM_E_DTYPE, "%s: indices dtype %s, expected i64", op, lm_dtype_name(indices->dtype));
   if (indices->ndim != x->ndim || memcmp(indices->shape, x->shape, (size_t)x->ndim * sizeof *x->shape))
@@ -719,17 +779,27 @@ lm_status lm_max_unpool(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *indice
   int64_t shape[LM_MAX_DIMS];
   out_shape(x, nd, output_size, shape);
   if ((st = contiguous_untracked(ctx, x, &xc)) || (st = contiguous_untracked(ctx, indices, &ic))) goto fail;
-  if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
-  unpool_job j = {1, 1, lm_data(xc), (const int64_t *)lm_data(ic), lm_data(y), false};
+  unpool_job j = {1, 1, lm_data(xc), (const int64_t *)lm_data(ic), NULL, false};
   int64_t planes = 1;
   for (int32_t d = 0; d < x->ndim; d++) {
     if (d < x->ndim - nd) planes *= x->shape[d];
     else j.in_plane *= x->shape[d], j.out_plane *= shape[d];
   }
-  lm_parallel_for(ctx, planes, grain_for(j.in_plane), x->dtype == LM_F64 ? unpool_f64 : unpool_f32, &j);
+  if (device != LM_CPU) {
+    bool ok;
+    if ((st = unpool_indices_ok(ctx, ic, j.out_plane, &ok))) goto fail;
+    atomic_store(&j.bad, !ok);
+    if (ok && (st = unpool_device(ctx, op, false, xc, ic, j.in_plane, j.out_plane, x->ndim, shape, &y))) goto fail;
+  } else {
+    if ((st = lm_new(ctx, op, x->dtype, x->ndim, shape, &y))) goto fail;
+    j.dst = lm_data(y);
+    lm_parallel_for(ctx, planes, grain_for(j.in_plane), x->dtype == LM_F64 ? unpool_f64 : unpool_f32, &j);
+  }
   if (atomic_load(&j.bad)) {
+    char ys[LM_SHAPE_BUF];
     st = lm_err(ctx, LM_E_INDEX, "%s: an index lies outside the output plane of %lld elements (output %s), "
-                "expected indices in [0, %lld)", op, (long long)j.out_plane, LM_SHP(y, a), (long long)j.out_plane);
+                "expected indices in [0, %lld)", op, (long long)j.out_plane, lm_shape_str(x->ndim, shape, ys, sizeof ys),
+                (long long)j.out_plane);
     goto fail;
   }
 

@@ -135,9 +135,67 @@ static void sort_rows(void *p_, int64_t begin, int64_t end) {
   free(a);
 }
 
+/* sort_k on a device: dim d is moved last and made contiguous, so the
+   backend sorts rows x len; its rows x k results are moved back. */
+static lm_status sort_k_device(lm_ctx *ctx, const char *op, const lm_tensor *t, int64_t k, int32_t d, bool flip,
+                               lm_tensor **values, lm_tensor **indices) {
+  const int32_t device = lm_device_of(t);
+  const lm_backend *be;
+  lm_status st = LM_BACKEND_FOR(ctx, op, device, sort, &be);
+  if (st) return st;
+  lm_tensor *line = NULL, *moved = NULL, *xc = NULL, *work = NULL, *res[2] = {NULL, NULL}, *back = NULL;
+  const int64_t one = 1;
+  bool grad = lm_grad_pause(ctx); /* the views and copies here are not part of the graph */
+  if (t->ndim == 0) st = lm_reshape(ctx, t, 1, &one, &line); /* one element along dim 0 */
+  else lm_tensor_retain((lm_tensor *)t), line = (lm_tensor *)t;
+  const int32_t last = line ? line->ndim - 1 : 0;
+  if (!st) st = lm_transpose(ctx, line, d, last, &moved);
+  if (!st) st = lm_contiguous(ctx, moved, &xc);
+  if (st) goto done;
+  const int64_t len = xc->shape[last], rows = len ? lm_numel(xc) / len : 0, slots = 4 * rows * len;
+  int64_t shape[LM_MAX_DIMS];
+  memcpy(shape, xc->shape, sizeof shape);
+  shape[last] = k;
+  if ((st = lm_new_on(ctx, op, device, LM_I64, 1, &slots, &work))) goto done;
+  if (values && (st = lm_new_on(ctx, op, device, t->dtype, xc->ndim, shape, &res[0]))) goto done;
+  if (indices && (st = lm_new_on(ctx, op, device, LM_I64, xc->ndim, shape, &res[1]))) goto done;
+  if (rows > 0 && k > 0 &&
+      (st = be->sort(t->dtype, rows, len, k, flip, lm_data(xc), res[0] ? lm_data(res[0]) : NULL,
+                     res[1] ? (int64_t *)lm_data(res[1]) : NULL, lm_data(work)))) {
+    st = lm_backend_fail(ctx, op, be, st);
+    goto done;
+  }
+  lm_tensor **outs[2] = {values, indices};
+  for (int i = 0; i < 2 && !st; i++) {
+    if (!outs[i]) continue;
+    lm_tensor *c = NULL;
+    if (!(st = lm_transpose(ctx, res[i], d, last, &back)) && !(st = lm_contiguous(ctx, back, &c))) {
+      if (t->ndim == 0) {
+        st = lm_reshape(ctx, c, 0, NULL, outs[i]);
+        lm_tensor_release(c);
+      } else {
+        *outs[i] = c;
+      }
+    }
+    lm_tensor_release(back);
+    back = NULL;
+  }
+  if (st && values && *values) lm_tensor_release(*values), *values = NULL;
+done:
+  ctx->grad_enabled = grad;
+  lm_tensor_release(line);
+  lm_tensor_release(moved);
+  lm_tensor_release(xc);
+  lm_tensor_release(work);
+  lm_tensor_release(res[0]);
+  lm_tensor_release(res[1]);
+  return st;
+}
+
 /* The k first elements of each line along dim in key order (k = the whole
    line for sort); values and indices shaped like t with size k along dim. */
 static lm_status sort_k(lm_ctx *ctx, const char *op, const lm_tensor *t, int64_t k, int32_t d, bool flip, lm_tensor **values, lm_tensor **indices) {
+  if (lm_device_of(t) != LM_CPU) return sort_k_device(ctx, op, t, k, d, flip, values, indices);
   lm_tensor tv;
   memcpy(&tv, t, sizeof tv);
   if (tv.ndim == 0) { /* one element along dim 0 */
@@ -200,7 +258,7 @@ done:
    ip[0] the dim, ip[1] and ip[2..] t's ndim and shape. */
 static lm_status sort_backward(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin) {
   lm_tensor *z;
-  lm_status st = lm_new(ctx, "backward", gout[0]->dtype, (int32_t)node->ip[1], node->ip + 2, &z);
+  lm_status st = lm_new_on(ctx, "backward", lm_device_of(gout[0]), gout[0]->dtype, (int32_t)node->ip[1], node->ip + 2, &z);
   if (!st) st = lm_fill(ctx, z, 0);
   if (!st) st = lm_scatter(ctx, z, (int32_t)node->ip[0], node->saved[0], gout[0], LM_SCATTER_SET, z, NULL);
   if (st) {
@@ -236,7 +294,7 @@ done:
 }
 
 lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descending, lm_tensor **values, lm_tensor **indices) {
-  lm_status st = lm_check_input(ctx, "sort", t, "input");
+  lm_status st = lm_check_arg(ctx, "sort", t, "input");
   if (st) return st;
   int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
   if (d < 0) return lm_err(ctx, LM_E_INDEX, "sort: dimension %d out of range for a %d-D tensor", dim, t->ndim);
@@ -245,7 +303,7 @@ lm_status lm_sort(lm_ctx *ctx, const lm_tensor *t, int32_t dim, int32_t descendi
 }
 
 lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32_t largest, lm_tensor **values, lm_tensor **indices) {
-  lm_status st = lm_check_input(ctx, "topk", t, "input");
+  lm_status st = lm_check_arg(ctx, "topk", t, "input");
   if (st) return st;
   int32_t d = lm_wrap_dim(dim, t->ndim ? t->ndim : 1);
   if (d < 0) return lm_err(ctx, LM_E_INDEX, "topk: dimension %d out of range for a %d-D tensor", dim, t->ndim);
@@ -258,10 +316,69 @@ lm_status lm_topk(lm_ctx *ctx, const lm_tensor *t, int64_t k, int32_t dim, int32
 
 /* ---- unique ---- */
 
+/* unique on a device, from device ops: the flattened values sorted (stably,
+   with their positions), a flag where each group starts (a value unlike
+   the one before; NaN != NaN, so each NaN stands alone, -0 == +0), group
+   numbers by a running count of the flags, the starts' values selected,
+   the group numbers scattered back to the positions (inverse) and ones
+   added up per group (counts). One value comes back: the group count. */
+static lm_status unique_device(lm_ctx *ctx, const lm_tensor *t, lm_tensor **values, lm_tensor **inverse, lm_tensor **counts) {
+  const char *op = "unique";
+  const int32_t device = lm_device_of(t);
+  int64_t n = lm_numel(t), groups = 0, one = 1;
+  lm_tensor *flat = NULL, *v = NULL, *ix = NULL, *head = NULL, *a = NULL, *b = NULL, *ne = NULL, *starts = NULL,
+            *s64 = NULL, *run = NULL, *gid = NULL, *last = NULL, *host = NULL, *uv = NULL, *zi = NULL, *inv = NULL,
+            *ones = NULL, *zc = NULL, *cnt = NULL, *unit = NULL;
+  lm_status st;
+  bool grad = lm_grad_pause(ctx);
+  if ((st = lm_reshape(ctx, t, 1, &n, &flat))) goto done;
+  if (n == 0) {
+    if (values && (st = lm_new_on(ctx, op, device, t->dtype, 1, &n, values))) goto done;
+    if (inverse && (st = lm_new_on(ctx, op, device, LM_I64, t->ndim, t->shape, inverse))) goto done;
+    if (counts && (st = lm_new_on(ctx, op, device, LM_I64, 1, &n, counts))) goto done;
+    goto done;
+  }
+  if ((st = sort_k(ctx, op, flat, n, 0, false, &v, &ix)) ||
+      (st = lm_new_on(ctx, op, device, LM_BOOL, 1, &one, &head)) || (st = lm_fill(ctx, head, 1)) ||
+      (st = lm_slice(ctx, v, 0, 1, n, 1, &a)) || (st = lm_slice(ctx, v, 0, 0, n - 1, 1, &b)) ||
+      (st = lm_binary(ctx, LM_OP_NE, a, b, NULL, &ne)))
+    goto done;
+  lm_tensor *parts[2] = {head, ne};
+  if ((st = lm_cat(ctx, 2, parts, 0, &starts)) || (st = lm_to_dtype(ctx, starts, LM_I64, &s64)) ||
+      (st = lm_cumsum(ctx, s64, 0, &run)) || (st = lm_from_ptr(ctx, LM_I64, 0, NULL, NULL, &one, &unit)) ||
+      (st = lm_binary(ctx, LM_OP_SUB, run, unit, NULL, &gid)) ||
+      (st = lm_slice(ctx, run, 0, n - 1, n, 1, &last)) || (st = lm_to_device(ctx, last, LM_CPU, &host)))
+    goto done;
+  groups = *(const int64_t *)lm_data(host);
+  if (values && (st = lm_masked_select(ctx, v, starts, &uv))) goto done;
+  if (inverse) {
+    if ((st = lm_new_on(ctx, op, device, LM_I64, 1, &n, &zi)) || (st = lm_fill(ctx, zi, 0)) ||
+        (st = lm_scatter(ctx, zi, 0, ix, gid, LM_SCATTER_SET, NULL, &inv)) ||
+        (st = lm_reshape(ctx, inv, t->ndim, t->shape, inverse)))
+      goto done;
+  }
+  if (counts) {
+    if ((st = lm_new_on(ctx, op, device, LM_I64, 1, &n, &ones)) || (st = lm_fill(ctx, ones, 1)) ||
+        (st = lm_new_on(ctx, op, device, LM_I64, 1, &groups, &zc)) || (st = lm_fill(ctx, zc, 0)) ||
+        (st = lm_scatter(ctx, zc, 0, gid, ones, LM_SCATTER_ADD, NULL, &cnt)))
+      goto done;
+    *counts = cnt, cnt = NULL;
+  }
+  if (values) *values = uv, uv = NULL;
+done:
+  ctx->grad_enabled = grad;
+  if (st && inverse && *inverse) lm_tensor_release(*inverse), *inverse = NULL;
+  if (st && counts && *counts) lm_tensor_release(*counts), *counts = NULL;
+  lm_tensor *all[] = {flat, v, ix, head, a, b, ne, starts, s64, run, gid, last, host, uv, zi, inv, ones, zc, cnt, unit};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) lm_tensor_release(all[i]);
+  return st;
+}
+
 lm_status lm_unique(lm_ctx *ctx, const lm_tensor *t, lm_tensor **values, lm_tensor **inverse, lm_tensor **counts) {
   const char *op = "unique";
-  lm_status st = lm_check_input(ctx, op, t, "input");
+  lm_status st = lm_check_arg(ctx, op, t, "input");
   if (st) return st;
+  if (lm_device_of(t) != LM_CPU) return unique_device(ctx, t, values, inverse, counts);
   lm_tensor *c = NULL, *v = NULL, *inv = NULL, *cnt = NULL;
   kv *a = NULL;
   if ((st = lm_contiguous(ctx, t, &c))) return st;

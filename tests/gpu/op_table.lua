@@ -463,6 +463,69 @@ M.cases = {
     lumen.manual_seed(5)
     return { F.dropout(x, 0.4), F.dropout2d(x:reshape { 3, 5, 1, 1 }:expand { 3, 5, 2, 2 }, 0.5) }
   end, function(s) return { { 3, 5 * s } } end),
+  -- sorting (src/cuda/sort.cu): a merge sort of (key, position) pairs, so
+  -- ties keep their order, NaN goes last (first when descending), -0 ties +0
+  ew('sort, argsort: each dim, descending, ties, NaN, -0, a strided view', function(x)
+    local y = x:masked_fill(x:gt(1.2), 0 / 0):masked_fill(x:lt(-0.6), -0.5):masked_fill(x:abs():lt(0.1), -0.0)
+    local r = {}
+    for _, args in ipairs { { 1 }, { 0 }, { 1, true }, { 0, true }, { -1 } } do
+      local v, i = y:sort(args[1], args[2])
+      r[#r + 1], r[#r + 2] = v, i
+    end
+    local v, i = y:t():sort(1, true)
+    r[#r + 1], r[#r + 2] = v, i
+    r[#r + 1] = y:argsort(0)
+    return r
+  end, function(s) return { { 6 * s, 9 } } end),
+  ew('sort of a long row and of one element (0-d)', function(x, z)
+    local v, i = x:sort(1)
+    local vd, id = x:sort(0, true)
+    local v0, i0 = z:sum():sort(0)
+    return { v, i, vd, id, v0, i0 }
+  end, function(s) return { { 3, 1500 * s }, { 2 } } end),
+  ew('sort and topk of integers and bools (ties stable)', function(x)
+    local r = {}
+    local b = x:gt(0)
+    for _, t in ipairs { x, b } do
+      local v, i = t:sort(1)
+      local vd, id = t:sort(0, true)
+      local tv, ti = t:topk(2, 1)
+      r[#r + 1], r[#r + 2], r[#r + 3], r[#r + 4], r[#r + 5], r[#r + 6] = v, i, vd, id, tv, ti
+    end
+    return r
+  end, function(s) return { { { 5 * s, 7 }, ints = true } } end, { 'i32', 'i64', 'u8' }, false),
+  ew('topk: largest and smallest, k = 1 .. len, each dim', function(x)
+    local r = {}
+    for _, a in ipairs { { 3, 1 }, { 1, 1 }, { 7, 1 }, { 2, 0, false }, { 0, 1 }, { 4, -1, false } } do
+      local v, i = x:topk(a[1], a[2], a[3])
+      r[#r + 1], r[#r + 2] = v, i
+    end
+    return r
+  end, function(s) return { { 4 * s, 7 } } end),
+  ew('unique with inverse and counts (NaN alone, -0 with +0)', function(x)
+    local y = (x * 2):round():masked_fill(x:gt(1.5), 0 / 0):masked_fill(x:lt(-1.5), -0.0)
+    local v, inv, cnt = y:unique { return_inverse = true, return_counts = true }
+    local iv, ii, ic = (x * 2):round():to('i32'):unique { return_inverse = true, return_counts = true }
+    return { v, inv, cnt, iv, ii, ic, x:gt(0):unique(), x:slice(0, 0, 0):unique() }
+  end, function(s) return { { 5 * s, 6 } } end, F, false),
+  ew('randperm: the CPU permutation for a seed, and the offset moves alike', function(x)
+    lumen.manual_seed(77)
+    local d = x:device()
+    return { lumen.randperm(40, { device = d }), lumen.randperm(7, { dtype = 'i32', device = d }),
+      lumen.randperm(0, { device = d }), lumen.rand(3, { device = d }) }
+  end, function(s) return { { 2 } } end, D, false),
+  ew('max_unpool 1-3-D, overlapping windows and output_size (forward and backward)', function(x)
+    local F_ = require('lumen.nn').F
+    local r = {}
+    local v1, i1 = F_.max_pool1d(x:reshape { 2, 3, 12 }, 3, { stride = 2, return_indices = true })
+    r[#r + 1] = F_.max_unpool1d(v1, i1, 3, { stride = 2 })
+    local v2, i2 = F_.max_pool2d(x:reshape { 2, 3, 4, 3 }, 2, { return_indices = true })
+    r[#r + 1] = F_.max_unpool2d(v2, i2, 2, { output_size = { 5, 3 } })
+    local v3, i3 = F_.max_pool3d(x:reshape { 1, 2, 3, 4, 3 }, { 2, 2, 1 }, { stride = 1, return_indices = true })
+    r[#r + 1] = F_.max_unpool3d(v3, i3, { 2, 2, 1 }, { stride = 1 })
+    r[#r + 1] = F_.max_unpool2d(v2:select(0, 1), i2:select(0, 1), 2, { output_size = { 4, 3 } }) -- unbatched, strided
+    return r
+  end, function(s) return { { 72 } } end),
 }
 
 -- Inputs of a case for dtype, on the CPU (seeded: the same on every call).

@@ -144,6 +144,8 @@ lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "cuda-emulated", description, emu_init, emu_last_error, emu_malloc, emu_free,
     emu_memset, emu_copy, emu_copy, emu_copy, emu_strided, emu_sync, emu_mem_info,
     LMCUDA_KERNEL_ENTRIES
+    /* pinned host memory: ordinary host memory here */
+    emu_malloc, emu_free, emu_copy,
 };
 
 } // namespace

@@ -1215,6 +1215,111 @@ static int32_t fake_conv_lib(int32_t kind, int32_t dt, int64_t n, int64_t img_c,
   return 0;
 }
 
+/* ---- sorting and pinned host memory ---- */
+
+static int64_t n_sort, pinned_outstanding, pinned_allocs, pinned_frees, async_bytes;
+
+/* A row's element as a sort key: (class, value) with class 0 numbers, 1 NaN. */
+typedef struct sort_key {
+  int nan;
+  double f;
+  int64_t i;
+} sort_key;
+
+/* -1, 0, 1 as a goes before, ties, or goes after b, ascending */
+static int key_cmp(int32_t dt, sort_key a, sort_key b) {
+  if (is_float(dt)) {
+    if (a.nan != b.nan) return a.nan ? 1 : -1;
+    if (a.nan) return 0;
+    return a.f < b.f ? -1 : a.f > b.f; /* -0 == +0 */
+  }
+  return a.i < b.i ? -1 : a.i > b.i;
+}
+
+static int32_t fake_sort(int32_t dt, int64_t rows, int64_t len, int64_t k, int32_t descending, const void *x,
+                         void *values, int64_t *indices, void *work) {
+  n_other++;
+  n_sort++;
+  if (rows < 0 || len < 1 || k < 1 || k > len) {
+    snprintf(msg, sizeof msg, "fake sort: bad sizes");
+    return LM_E_ARG;
+  }
+  int64_t *order = work; /* insertion sort of positions: stable, written for clarity */
+  int64_t es = esize(dt);
+  for (int64_t r = 0; r < rows; r++) {
+    const char *row = (const char *)x + r * len * es;
+    sort_key *keys = malloc((size_t)len * sizeof *keys);
+    if (!keys) return LM_E_OOM;
+    for (int64_t j = 0; j < len; j++) {
+      sort_key q = {0, 0, 0};
+      if (is_float(dt)) {
+        q.f = rd(dt, row, j);
+        q.nan = q.f != q.f;
+      } else {
+        val v = load(dt == LM_BOOL ? LM_U8 : LM_I64, dt, row + j * es);
+        q.i = dt == LM_BOOL ? v.i != 0 : v.i;
+      }
+      keys[j] = q;
+      int64_t at = j;
+      while (at > 0) {
+        int c = key_cmp(dt, keys[order[at - 1]], q);
+        if (descending ? c >= 0 : c <= 0) break; /* ties stay in original order */
+        order[at] = order[at - 1];
+        at--;
+      }
+      order[at] = j;
+    }
+    for (int64_t j = 0; j < k; j++) {
+      if (values) memcpy((char *)values + (r * k + j) * es, row + order[j] * es, (size_t)es);
+      if (indices) indices[r * k + j] = order[j];
+    }
+    free(keys);
+  }
+  return 0;
+}
+
+/* pinned memory: malloc with a leading flag word, so a block that is not
+   ours is caught */
+#define PINNED 0x70696e6e65646d65ull /* "pinnedme" */
+static int32_t fake_host_alloc(size_t nbytes, void **ptr) {
+  uint64_t *h = malloc(sizeof(uint64_t) * 2 + nbytes);
+  if (!h) {
+    snprintf(msg, sizeof msg, "fake host_alloc: out of memory");
+    return LM_E_OOM;
+  }
+  h[0] = PINNED;
+  *ptr = h + 2;
+  pinned_outstanding++;
+  pinned_allocs++;
+  return 0;
+}
+static int32_t fake_host_free(void *ptr) {
+  uint64_t *h = (uint64_t *)ptr - 2;
+  if (h[0] != PINNED) {
+    fprintf(stderr, "fake_device: host_free of a block host_alloc did not give %p\n", ptr);
+    abort();
+  }
+  h[0] = 0;
+  free(h);
+  pinned_outstanding--;
+  pinned_frees++;
+  return 0;
+}
+static int32_t fake_h2d_async(void *dst, const void *src, size_t n) {
+  memcpy(dst, src, n);
+  async_bytes += (int64_t)n;
+  return 0;
+}
+
+/* pinned blocks outstanding, host_alloc calls, host_free calls, bytes sent by copy_h2d_async, sort calls */
+void lm_fake_pinned_counters(int64_t *out) {
+  out[0] = pinned_outstanding;
+  out[1] = pinned_allocs;
+  out[2] = pinned_frees;
+  out[3] = async_bytes;
+  out[4] = n_sort;
+}
+
 static const lm_backend table = {
     LM_BACKEND_ABI, sizeof(lm_backend), "fake", description, fake_init, fake_last_error, fake_malloc, fake_free,
     fake_memset, fake_h2d, fake_d2h, fake_d2d, fake_strided, fake_sync, fake_mem_info,
@@ -1226,6 +1331,8 @@ static const lm_backend table = {
     /* layer families */
     fake_im2col, fake_pool, fake_norm_pass, fake_rnn_cell, fake_interp,
     fake_grid_sample, fake_conv_lib,
+    /* sorting and pinned host memory */
+    fake_sort, fake_host_alloc, fake_host_free, fake_h2d_async,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -1264,6 +1371,14 @@ const lm_backend *lm_fake_backend_no_kernels(void) {
   no_kernels_table = table;
   no_kernels_table.size = (uint32_t)offsetof(lm_backend, elementwise);
   return &no_kernels_table;
+}
+
+/* The table as a library from before the sort and pinned memory entries. */
+static lm_backend no_sort_table;
+const lm_backend *lm_fake_backend_no_sort(void) {
+  no_sort_table = table;
+  no_sort_table.size = (uint32_t)offsetof(lm_backend, sort);
+  return &no_sort_table;
 }
 
 /* A table of another ABI, which registration must refuse. */

@@ -29,6 +29,9 @@ local fake = load('fake_device', [[
   const lm_backend *lm_fake_backend(void);
   const lm_backend *lm_fake_backend_no_kernels(void);
   void lm_fake_kernel_counts(int64_t *out);
+  void lm_fake_counters(int64_t *out);
+  void lm_fake_pinned_counters(int64_t *out);
+  const lm_backend *lm_fake_backend_no_sort(void);
   int64_t lm_fake_layer_count(void);
   int64_t lm_fake_conv_lib_count(void);
   int setenv(const char *name, const char *value, int overwrite);
@@ -122,10 +125,16 @@ describe('ops on a device', function()
     assert(ok, e)
     nn.F.conv2d(xd, w:detach(), nil, { dilation = 2 })
     assert.are.equal(1, fake.lm_fake_conv_lib_count() - l0)
-    -- max unpooling has no device kernel yet: it refuses as before
+    -- max unpooling: the index kernels' scatter and gather, on the device;
+    -- indices on another device, or out of the plane, are refused as on the CPU
     local v, i = nn.F.max_pool2d(x:detach(), 2, { return_indices = true })
-    assert.has_error(function() return nn.F.max_unpool2d(v, i, 2) end,
-      "lumen.max_unpool2d: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+    local u = nn.F.max_unpool2d(v, i, 2)
+    assert.are.equal('cuda', u:device())
+    assert.are.same(nn.F.max_unpool2d(v:cpu(), i:cpu(), 2):totable(), u:cpu():totable())
+    assert.has_error(function() return nn.F.max_unpool2d(v, i:cpu(), 2) end,
+      'lumen.max_unpool2d: inputs on cuda and cpu (input on cuda, indices on cpu), expected one device (move them with :to())')
+    assert.has_error(function() return nn.F.max_unpool2d(v, i + 100, 2) end,
+      'lumen.max_unpool2d: an index lies outside the output plane of 64 elements (output 2x3x8x8), expected indices in [0, 64)')
   end)
 
   it("run on the device's kernels, and results and gradients stay there", function()
@@ -244,10 +253,116 @@ describe('ops on a device', function()
   it('leave ops without device kernels refusing as before', function()
     use(fake.lm_fake_backend(), 'fake device', fake)
     local d = lumen.randn(2, 3):cuda()
-    assert.has_error(function() return d:topk(2, 1) end,
-      "lumen.topk: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
-    assert.has_error(function() return d:sort(1) end,
-      "lumen.sort: input is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+    assert.has_error(function() return require('lumen.morph').dilate(d:gt(0), 1) end,
+      "lumen.morph.dilate: mask is on cuda; this op runs on the CPU only so far (move it with :to('cpu'))")
+  end)
+
+  it('sort on the backend\'s sort entry, with gradients on the device', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local counts = ffi.new('int64_t[5]')
+    fake.lm_fake_pinned_counters(counts)
+    local before = counts[4]
+    local x = lumen.randn(3, 5, 'f64'):cuda():requires_grad_()
+    local v, i = x:sort(1, true)
+    local tv = x:topk(2, 0)
+    fake.lm_fake_pinned_counters(counts)
+    assert.are.equal(2, tonumber(counts[4] - before))
+    assert.are.equal('cuda', i:device())
+    ;(v:sum() + tv:sum() * 2):backward()
+    assert.are.equal('cuda', x.grad:device())
+    -- every element once from the sort, the top two of each column twice more
+    local _, ti = x:detach():cpu():topk(2, 0)
+    local want = lumen.ones(3, 5, 'f64'):scatter_add(0, ti, lumen.full({ 2, 5 }, 2, 'f64'))
+    assert.are.same(want:totable(), x.grad:cpu():totable())
+    -- a backend table without the entry: sort refuses, naming it
+    x, v, i, tv = nil, nil, nil, nil
+    collectgarbage('collect')
+    lumen.cuda.reset()
+    lumen.cuda.use_backend(fake.lm_fake_backend_no_sort(), 'fake device without sort', fake)
+    local d = lumen.randn(4):cuda()
+    assert.has_error(function() return d:sort() end,
+      "lumen.sort: the cuda backend (fake) has no sort kernel, so this op runs on the CPU only (move the tensors with :to('cpu'))")
+    assert.is_false(d:cpu():pin_memory():is_pinned()) -- no host_alloc either: ordinary memory, no error
+    d:free()
+  end)
+
+  it('pin host tensors through the backend, and copy them to the device without staging', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    local c = ffi.new('int64_t[5]')
+    local function pinned()
+      fake.lm_fake_pinned_counters(c)
+      return { outstanding = tonumber(c[0]), allocs = tonumber(c[1]), frees = tonumber(c[2]), async = tonumber(c[3]) }
+    end
+    local function staged()
+      local k = ffi.new('int64_t[6]')
+      fake.lm_fake_counters(k)
+      return tonumber(k[4])
+    end
+    local p0, live0 = pinned(), lumen.memory('pinned').live
+    local x = lumen.randn(4, 6)
+    assert.is_false(x:is_pinned())
+    local p = x:pin_memory()
+    assert.is_true(p:is_pinned())
+    assert.is_true(p:select(0, 1):is_pinned()) -- views share the pinned storage
+    assert.are.equal(p:data_ptr(), p:pin_memory():data_ptr()) -- pinned already: itself
+    assert.are.same(x:totable(), p:totable())
+    assert.are.equal(1, pinned().allocs - p0.allocs)
+    assert.is_true(lumen.memory('pinned').live >= live0 + 96)
+    -- to('cuda') from pinned memory: copy_h2d_async, not the staged copy
+    local s0, a0 = staged(), pinned().async
+    local d = p:to('cuda')
+    assert.are.equal(96, pinned().async - a0)
+    assert.are.equal(s0, staged())
+    assert.are.same(x:totable(), d:cpu():totable())
+    -- a strided view of pinned memory goes the ordinary way
+    local dt = p:t():to('cuda')
+    assert.are.equal(96, pinned().async - a0)
+    assert.are.equal(96, staged() - s0)
+    assert.are.same(x:t():totable(), dt:cpu():totable())
+    -- creation with pin_memory; the freed block is cached and served again,
+    -- after a synchronize (a transfer from it may still be in flight)
+    local z = lumen.zeros(4, 6, { pin_memory = true })
+    assert.is_true(z:is_pinned())
+    assert.are.same(lumen.zeros(4, 6):totable(), z:totable())
+    assert.is_true(lumen.ones({ 2 }, { dtype = 'i64', pin_memory = true }):is_pinned())
+    p:free()
+    collectgarbage('collect')
+    local allocs, k = pinned().allocs, ffi.new('int64_t[6]')
+    fake.lm_fake_counters(k)
+    local syncs = tonumber(k[3])
+    local q = lumen.empty(4, 6, { pin_memory = true })
+    assert.is_true(q:is_pinned())
+    assert.are.equal(allocs, pinned().allocs) -- from the cache
+    fake.lm_fake_counters(k)
+    assert.are.equal(syncs + 1, tonumber(k[3]))
+    assert.has_error(function() return lumen.empty(2, { device = 'cuda', pin_memory = true }) end,
+      "lumen.empty: pin_memory is for CPU tensors, got device 'cuda'")
+    assert.has_error(function() return d:pin_memory() end,
+      'lumen.pin_memory: the tensor is on cuda, expected a CPU tensor (only host memory is pinned)')
+    -- unregistering waits for pinned tensors, then returns every block
+    d:free()
+    dt:free()
+    assert.has_error(function() lumen.cuda.reset() end,
+      'lumen.backend_unregister: ' .. lumen.memory('pinned').live .. ' bytes of pinned host memory are still held by tensors')
+    q:free()
+    z = nil
+    collectgarbage('collect')
+    lumen.cuda.reset()
+    assert.are.equal(p0.outstanding, pinned().outstanding)
+    assert.are.equal(0, lumen.memory('pinned').live)
+    -- without a backend: ordinary tensors, no error
+    assert.is_false(lumen.randn(3):pin_memory():is_pinned())
+    assert.is_false(lumen.empty(3, { pin_memory = true }):is_pinned())
+  end)
+
+  it('give the CPU permutation of randperm on the device for a seed', function()
+    use(fake.lm_fake_backend(), 'fake device', fake)
+    lumen.manual_seed(3)
+    local c = lumen.randperm(25)
+    lumen.manual_seed(3)
+    local d = lumen.randperm(25, { device = 'cuda' })
+    assert.are.equal('cuda', d:device())
+    assert.are.same(c:totable(), d:cpu():totable())
   end)
 
   it('refuse the device when its backend has no kernels', function()

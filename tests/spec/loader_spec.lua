@@ -219,6 +219,54 @@ describe('loader', function()
     assert.has_error(function() dl:next() end, 'lumen.loader: next() after close()')
   end)
 
+  it('puts batches in pinned tensors with pin_memory, the same batches, sent to the device without staging', function()
+    local ffi = require 'ffi'
+    local dir = lumen.core.libpath:match('^(.*)/[^/]*$') or 'build'
+    local path = dir .. '/tests/plugins/fake_device.so'
+    local f = io.open(path, 'rb')
+    if not f then return pending('tests/plugins/fake_device.so is not built (make test builds it)') end
+    f:close()
+    pcall(ffi.cdef, [[
+      const lm_backend *lm_fake_backend(void);
+      void lm_fake_pinned_counters(int64_t *out);
+    ]])
+    local fake = ffi.load(path)
+    collectgarbage('collect')
+    lumen.cuda.reset()
+    lumen.cuda.use_backend(fake.lm_fake_backend(), 'fake device', fake)
+    local ok, e = pcall(function()
+      local opts = { cases = cases, patch = { 8, 8, 8 }, batch = 2, sampler = 'balanced', transforms = transforms,
+        seed = 5 }
+      local plain = digest(loader.new(opts), 4)
+      for _, w in ipairs { 0, 2 } do
+        opts.workers, opts.pin_memory = w, true
+        local dl = loader.new(opts)
+        local b = dl:next()
+        assert.is_true(b.image:is_pinned())
+        assert.is_true(b.label:is_pinned())
+        assert.equal('i64', b.label:dtype())
+        local c = ffi.new('int64_t[5]')
+        fake.lm_fake_pinned_counters(c)
+        local before = tonumber(c[3])
+        local d = b.image:to('cuda')
+        fake.lm_fake_pinned_counters(c)
+        assert.equal(b.image:numel() * 4, tonumber(c[3]) - before) -- copy_h2d_async, straight from the batch
+        assert.same(b.image:totable(), d:cpu():totable())
+        dl:close()
+        assert.same(plain, digest(loader.new(opts), 4))
+      end
+      collectgarbage('collect')
+      collectgarbage('collect')
+      assert.equal(0, lumen.memory('pinned').live)
+    end)
+    collectgarbage('collect')
+    lumen.cuda.reset()
+    assert(ok, e)
+    -- without a backend: ordinary tensors
+    local dl = loader.new{ cases = cases, patch = { 8, 8, 8 }, batch = 2, pin_memory = true }
+    assert.is_false(dl:next().image:is_pinned())
+  end)
+
   it('refuses bad settings by name', function()
     local function err(opts)
       local ok, e = pcall(loader.new, opts)
