@@ -302,20 +302,25 @@ local function read_json(path, what)
   return v
 end
 
-ffi.cdef [[ int isatty(int fd); ]]
+pcall(ffi.cdef, 'int isatty(int fd);') -- (already declared when the module is loaded again)
+
+local function now() return lumen.clock() end
+
+local PROGRESS = { auto = true, bar = true, lines = true, none = true }
 
 local function new_run(def, opts, dir)
-  local r = setmetatable({ def = def, opts = opts, dir = dir, quick = opts.quick, device = opts.device,
-    t0 = lumen.clock and lumen.clock() or os.clock(), history = {}, metrics_table = {}, last_line = -math.huge }, Run)
+  local r = setmetatable({ def = def, opts = opts, dir = dir, quick = opts.quick, device = opts.device, t0 = now(),
+    history = {}, metrics_table = {}, last_line = -math.huge }, Run)
   r.mode = opts.progress
   if r.mode == 'auto' then r.mode = ffi.C.isatty(1) == 1 and 'bar' or 'lines' end
   return r
 end
 
-local function now() return lumen.clock() end
-
--- Sets threads and device, or says why it cannot.
+-- Checks the session options, sets threads and device, or says why not.
 local function apply_session(opts)
+  if not PROGRESS[opts.progress] then
+    fail("--progress '%s', expected 'auto', 'bar', 'lines' or 'none'", tostring(opts.progress))
+  end
   if opts.threads ~= 0 then
     if opts.threads < 1 or opts.threads ~= math.floor(opts.threads) then
       fail('--threads must be a positive integer (0: every core), got %s', tostring(opts.threads))

@@ -32,6 +32,7 @@ describe('recipe options', function()
       { '--steps', '--steps needs a value' },
       { 'stray', "unexpected argument 'stray'" },
       { '--device tpu', "--device 'tpu', expected 'cpu' or 'cuda'" },
+      { '--progress fancy', "--progress 'fancy', expected 'auto', 'bar', 'lines' or 'none'" },
       { '--resume /nonexistent-run', "--resume: cannot read '/nonexistent-run/config.json'" },
       { '--predict /nonexistent-run', "--predict: cannot read '/nonexistent-run/config.json'" },
     }
