@@ -202,7 +202,7 @@ local function make_cases(o, base, n, seed)
   local out = {}
   for i = 1, n do
     local img, lab, info = lesions.make { image = base.image, brain = base.brain, seed = seed + i,
-      n_lesions = o.lesions, deform = deform(o) }
+      n_lesions = o.lesions, radius_mm = o.radius_mm, contrast = o.contrast, polarity = o.polarity, deform = deform(o) }
     -- RAS and normalised as predict prepares its inputs (the grid is
     -- already the working one)
     local x = segment.prepare(img)
@@ -251,6 +251,32 @@ local function tune_baseline(cases, spacing)
       for i, c in ipairs(cases) do scores[i] = score(baseline_mask(c, t, m), c.label, spacing) end
       local d = mean_of(scores).dice
       if d > best.dice then best = { dice = d, t = t, m = m } end
+    end
+  end
+  return best
+end
+
+-- The network's post-processing: lesion probability above `threshold`,
+-- inside the brain when a mask is given, components of fewer than
+-- `min_size` voxels removed. Balanced sampling trains the network on a
+-- far higher share of lesion than a whole scan holds, so 0.5 finds too
+-- much; both numbers are chosen on the validation case.
+local function postprocess(probs, brain, threshold, min_size)
+  local mask = probs[1]:gt(threshold)
+  if brain then mask = mask:logical_and(brain:ne(0)) end
+  mask = mask:to('u8')
+  if min_size > 1 then mask = binary(require('lumen.morph').remove_small(mask, min_size)) end
+  return mask
+end
+
+local function tune_postprocess(list, spacing)
+  local best = { dice = -1 }
+  for _, t in ipairs { 0.5, 0.7, 0.8, 0.9, 0.95, 0.98 } do
+    for _, m in ipairs { 1, 4, 8, 16 } do
+      local scores = {}
+      for i, c in ipairs(list) do scores[i] = score(postprocess(c.probs, c.brain, t, m), c.truth, spacing) end
+      local d = mean_of(scores).dice
+      if d > best.dice then best = { dice = d, threshold = t, min_size = m } end
     end
   end
   return best
@@ -343,24 +369,47 @@ local function train(run)
       return n
     end)())
   local tuned = tune_baseline(train_cases, sp)
-  local res = { net = {}, crf = {}, baseline = {} }
+  -- probabilities over the brain's box, without and with the CRF
+  local function infer(c)
+    local lo, hi = bbox(c.brain, 2)
+    local probs = crop(probabilities(model, c.x.data, { tile = o.tile, bg = bg, lo = lo, hi = hi }), lo, hi)
+    local x = crop(c.x.data, lo, hi)
+    local r = { probs = probs, x = x, brain = crop(c.brain, lo, hi), truth = crop(c.label, lo, hi), id = c.id,
+      n_lesions = c.n_lesions, lo = lo, hi = hi }
+    if o.crf ~= 'none' then
+      r.refined = { probs = refine(probs, x, sp, o.crf), brain = r.brain, truth = r.truth }
+    end
+    return r
+  end
+  local val_probs = {}
+  for i, c in ipairs(val_cases) do val_probs[i] = infer(c) end
+  local post = tune_postprocess(val_probs, sp)
+  local post_crf
+  if o.crf ~= 'none' then
+    local list = {}
+    for i, v in ipairs(val_probs) do list[i] = v.refined end
+    post_crf = tune_postprocess(list, sp)
+  end
+  run:say(string.format('post-processing chosen on the validation case: probability > %g, components >= %d voxels ' ..
+    '(Dice %.3f)%s', post.threshold, post.min_size, post.dice, post_crf and string.format('; after the %s CRF: > %g, ' ..
+    '>= %d voxels (Dice %.3f)', o.crf, post_crf.threshold, post_crf.min_size, post_crf.dice) or ''))
+
+  local res = { net = {}, raw = {}, crf = {}, baseline = {} }
   local figure_case
   for i, c in ipairs(test_cases) do
-    local lo, hi = bbox(c.brain, 2)
-    local probs = probabilities(model, c.x.data, { tile = o.tile, bg = bg, lo = lo, hi = hi })
-    local pc, xc = crop(probs, lo, hi), crop(c.x.data, lo, hi)
-    local brain, truth = crop(c.brain, lo, hi), crop(c.label, lo, hi)
-    local function in_brain(p) return p[1]:gt(p[0]):logical_and(brain:ne(0)):to('u8') end
-    local pred = in_brain(pc)
-    res.net[i] = score(pred, truth, sp)
+    local r = infer(c)
+    local raw = postprocess(r.probs, r.brain, 0.5, 1)
+    res.raw[i] = score(raw, r.truth, sp)
+    local pred = postprocess(r.probs, r.brain, post.threshold, post.min_size)
+    res.net[i] = score(pred, r.truth, sp)
     local refined = pred
     if o.crf ~= 'none' then
-      refined = in_brain(refine(pc, xc, sp, o.crf))
-      res.crf[i] = score(refined, truth, sp)
+      refined = postprocess(r.refined.probs, r.brain, post_crf.threshold, post_crf.min_size)
+      res.crf[i] = score(refined, r.truth, sp)
     end
-    local basel = crop(baseline_mask(c, tuned.t, tuned.m), lo, hi)
-    res.baseline[i] = score(basel, truth, sp)
-    if i == 1 then figure_case = { x = xc, truth = truth, pred = pred, refined = refined, base = basel, id = c.id } end
+    local basel = crop(baseline_mask(c, tuned.t, tuned.m), r.lo, r.hi)
+    res.baseline[i] = score(basel, r.truth, sp)
+    if i == 1 then figure_case = { x = r.x, truth = r.truth, pred = pred, refined = refined, base = basel, id = c.id } end
     run:say(string.format('%s: %d lesions  Dice net %.3f%s  baseline %.3f   F1 net %.3f%s  baseline %.3f', c.id,
       c.n_lesions, res.net[i].dice, o.crf ~= 'none' and string.format(' +crf %.3f', res.crf[i].dice) or '',
       res.baseline[i].dice, res.net[i].f1, o.crf ~= 'none' and string.format(' +crf %.3f', res.crf[i].f1) or '',
@@ -368,26 +417,35 @@ local function train(run)
   end
   local m = {
     test = mean_of(res.net),
+    test_argmax = mean_of(res.raw),
     baseline = mean_of(res.baseline),
-    per_case = { test = res.net, baseline = res.baseline },
+    per_case = { test = res.net, test_argmax = res.raw, baseline = res.baseline },
+    postprocess = { threshold = post.threshold, min_size = post.min_size, validation_dice = post.dice },
     baseline_method = string.format('|z| > %g of the intensity z-scored over the brain mask, components of fewer ' ..
       'than %d voxels removed (t and size chosen on the training cases, mean Dice %.3f there)', tuned.t, tuned.m,
       tuned.dice),
     crf = o.crf,
     trained_on = trained_on, tested_on = tested_on,
+    validated_on = string.format('lesions seed %s: post-processing (threshold, smallest component) chosen there',
+      seeds_text(val_seed, 1)),
     network = string.format('DeepMedic, %d layers per pathway, channels %s, fc %d', L, table.concat(o.channels, ','), o.fc),
     note = 'means over the test cases; Dice of the lesion masks, lesion-wise detection F1 (a lesion found when ' ..
-      'one voxel overlaps); predictions restricted to the brain mask',
+      'one voxel overlaps); predictions restricted to the brain mask. test: probability threshold and smallest ' ..
+      'component chosen on the validation case; test_crf: the same after the CRF; test_argmax: probability > 0.5, ' ..
+      'nothing removed',
   }
   if o.crf ~= 'none' then
     m.test_crf = mean_of(res.crf)
     m.per_case.test_crf = res.crf
+    m.postprocess_crf = { threshold = post_crf.threshold, min_size = post_crf.min_size, validation_dice = post_crf.dice }
   end
   run:metrics(m)
   run:say(string.format('tested on %s (%.1f s)', tested_on, lumen.clock() - t0))
-  run:say(string.format('mean Dice: DeepMedic %.3f%s, baseline %.3f;  lesion F1: DeepMedic %.3f%s, baseline %.3f',
-    m.test.dice, m.test_crf and string.format(' (+%s CRF %.3f)', o.crf, m.test_crf.dice) or '', m.baseline.dice,
-    m.test.f1, m.test_crf and string.format(' (+CRF %.3f)', m.test_crf.f1) or '', m.baseline.f1))
+  run:say(string.format('mean Dice: DeepMedic %.3f%s (argmax alone %.3f), baseline %.3f;  ' ..
+    'lesion F1: DeepMedic %.3f%s (argmax alone %.3f), baseline %.3f',
+    m.test.dice, m.test_crf and string.format(', +%s CRF %.3f', o.crf, m.test_crf.dice) or '', m.test_argmax.dice,
+    m.baseline.dice, m.test.f1, m.test_crf and string.format(', +CRF %.3f', m.test_crf.f1) or '', m.test_argmax.f1,
+    m.baseline.f1))
 
   local plot = require 'lumen.plot'
   local fc = figure_case
@@ -401,6 +459,15 @@ local function train(run)
     title = string.format('%s (test): truth, DeepMedic%s, baseline', fc.id, o.crf ~= 'none' and ', +CRF' or '') })
 end
 
+-- The post-processing the run chose (metrics.json), or argmax.
+local function chosen(run)
+  local f = io.open(run.dir .. '/metrics.json', 'rb')
+  local m = f and require('lumen.json').decode(f:read('*a'))
+  if f then f:close() end
+  local p = m and (run.opts.crf ~= 'none' and m.postprocess_crf or m.postprocess)
+  return p and p.threshold or 0.5, p and p.min_size or 1
+end
+
 local function predict(run, img)
   local o = run.opts
   local model = build(o)
@@ -409,7 +476,9 @@ local function predict(run, img)
   local bg = x.data:amin():item()
   local probs = probabilities(model, x.data, { tile = o.tile, bg = bg })
   probs = refine(probs, x.data, { o.spacing, o.spacing, o.spacing }, o.crf)
-  return segment.to_grid(probs, x, img)
+  local threshold, min_size = chosen(run)
+  local fg = postprocess(probs, nil, threshold, min_size):to('f32')
+  return segment.to_grid(lumen.stack({ 1 - fg, fg }, 0), x, img)
 end
 
 return recipe.define {
@@ -427,6 +496,9 @@ return recipe.define {
     { 'train_cases', 6, 'training cases (lesions seeds 1000 seed + 1 ..)' },
     { 'test_cases', 3, 'test cases (lesions seeds 1000 seed + 501 ..)' },
     { 'lesions', { 1, 5 }, 'lesions per case (lo,hi)' },
+    { 'radius_mm', { 3, 10 }, 'lesion radius range (mm)' },
+    { 'contrast', { 0.2, 0.6 }, 'lesion contrast range (fraction of the local tissue mean)' },
+    { 'polarity', 'both', "lesions brighter ('hyper'), darker ('hypo') or 'both'" },
     { 'deform_mm', 4, 'random deformation of each case (mm; 0: every case on the same anatomy)' },
     { 'flip', true, 'augment with left-right flips' },
     { 'crf', 'dense', "refine the test predictions: 'dense' (fully connected CRF), 'grid' (graph cut) or 'none'" },
@@ -435,9 +507,11 @@ return recipe.define {
     { 'log_every', 10, 'steps between log lines' },
     { 'workers', 1, 'loader threads' },
   },
-  quick = { steps = 30, batch = 4, spacing = 4, channels = { 4, 4, 6, 6, 6, 6, 8, 8 }, fc = 12, tile = 30,
-    train_cases = 2, test_cases = 1, lesions = { 3, 4 }, deform_mm = 0, val_batches = 1, validate_every = 10,
-    log_every = 5, workers = 0 },
+  -- quick: few, large, bright lesions at 3 mm, so that 40 steps of a tiny
+  -- network find them
+  quick = { steps = 40, batch = 4, lr = 5e-3, spacing = 3, channels = { 4, 4, 6, 6, 6, 6, 8, 8 }, fc = 12, tile = 30,
+    train_cases = 2, test_cases = 1, lesions = { 3, 4 }, radius_mm = { 6, 12 }, contrast = { 0.8, 1 },
+    polarity = 'hyper', deform_mm = 0, val_batches = 1, validate_every = 10, log_every = 5, workers = 0 },
   train = train,
   predict = predict,
 }
