@@ -125,7 +125,8 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	$(B)/lumen run examples/tour.lua
-	$(B)/lumen run examples/train_shapes.lua
+	$(B)/lumen data fetch colin27
+	$(B)/lumen run recipes/segment/brain_unet2d.lua
 
 bench: deps
 	@$(MAKE) --no-print-directory all

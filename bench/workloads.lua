@@ -8,6 +8,7 @@
 local lumen = require 'lumen'
 local nn = require 'lumen.nn'
 local F = nn.F
+local models = require 'lumen.models'
 
 local W = { names = { 'lenet', 'unet2d', 'unet3d', 'deepmedic', 'lstm' } }
 
@@ -27,49 +28,7 @@ function LeNet:forward(x)
 end
 W.LeNet = LeNet
 
--- [conv3x3 (no bias) + BatchNorm + ReLU] x 2
-local function block(dim, cin, cout)
-  local Conv = dim == 2 and nn.Conv2d or nn.Conv3d
-  local BN = dim == 2 and nn.BatchNorm2d or nn.BatchNorm3d
-  return nn.Sequential(Conv(cin, cout, 3, { padding = 1, bias = false }), BN(cout), nn.ReLU(),
-    Conv(cout, cout, 3, { padding = 1, bias = false }), BN(cout), nn.ReLU())
-end
-
-local UNet = nn.Module:extend('UNet')
-function UNet:__init(dim, chans, in_ch, n_classes)
-  self.dim = dim
-  local ConvT = dim == 2 and nn.ConvTranspose2d or nn.ConvTranspose3d
-  local Conv = dim == 2 and nn.Conv2d or nn.Conv3d
-  self.enc = nn.ModuleList()
-  local prev = in_ch or 1
-  for _, c in ipairs(chans) do
-    self.enc:append(block(dim, prev, c))
-    prev = c
-  end
-  self.ups, self.dec = nn.ModuleList(), nn.ModuleList()
-  for i = #chans - 1, 1, -1 do
-    local c = chans[i]
-    self.ups:append(ConvT(prev, c, 2, { stride = 2 }))
-    self.dec:append(block(dim, 2 * c, c))
-    prev = c
-  end
-  self.head = Conv(chans[1], n_classes or 2, 1)
-end
-function UNet:forward(x)
-  local pool = self.dim == 2 and F.max_pool2d or F.max_pool3d
-  local skips = {}
-  for i, blk in ipairs(self.enc:children()) do
-    if i > 1 then x = pool(x, 2) end
-    x = blk(x)
-    skips[i] = x
-  end
-  for i, up in ipairs(self.ups:children()) do
-    x = lumen.cat({ skips[#skips - i], up(x) }, 1)
-    x = self.dec:get(i - 1)(x)
-  end
-  return self.head(x)
-end
-W.UNet = UNet
+W.UNet = models.UNet
 
 local Pathway = nn.Module:extend('Pathway')
 function Pathway:__init()
@@ -112,15 +71,7 @@ function LSTMClassifier:forward(x)
 end
 W.LSTMClassifier = LSTMClassifier
 
--- cross-entropy + (1 - soft Dice of the foreground over the whole batch)
-function W.ce_plus_soft_dice(logits, target, eps)
-  eps = eps or 1e-5
-  local ce = F.cross_entropy(logits, target)
-  local p = F.softmax(logits, 1):select(1, 1)
-  local t = target:eq(1):to(logits:dtype())
-  local dice = ((p * t):sum() * 2 + eps) / (p:sum() + t:sum() + eps)
-  return ce + (1 - dice)
-end
+W.ce_plus_soft_dice = models.ce_plus_soft_dice
 
 -- Inputs as torch_bench.py makes them (values do not affect timing; the
 -- parity check loads torch's own tensors instead).
@@ -136,7 +87,7 @@ function W.build(name, opts)
     local shape = dim == 2 and (small and { 2, 1, 32, 32 } or { 8, 1, 128, 128 })
       or (small and { 1, 1, 16, 16, 16 } or { 2, 1, 64, 64, 64 })
     local x = lumen.randn(shape)
-    return { model = UNet(dim, dim == 2 and { 32, 64, 128, 256 } or { 16, 32, 64 }), inputs = { x },
+    return { model = models.UNet(dim, dim == 2 and { 32, 64, 128, 256 } or { 16, 32, 64 }), inputs = { x },
       target = x:select(1, 0):gt(0.5):to('i64'), loss = W.ce_plus_soft_dice }
   elseif name == 'deepmedic' then
     local n = small and 2 or 10

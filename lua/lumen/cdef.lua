@@ -442,6 +442,51 @@ lm_status lm_rmsprop_step(lm_ctx *ctx, int32_t n, lm_tensor *const *params, lm_t
    double, goes to *total_norm. NULL entries are skipped. */
 lm_status lm_clip_grad_norm(lm_ctx *ctx, int32_t n, lm_tensor *const *grads, double max_norm, double norm_type, int32_t error_if_nonfinite, double *total_norm);
 
+/* morph (src/ops/morph.c): binary masks, any integer or bool dtype
+   (nonzero = in), 1 to 3 dims, any strides. spacing: one value (mm) per
+   dim, or NULL for 1. Results have the mask's shape. */
+/* f64: the distance (mm) of each voxel to the nearest voxel outside the
+   mask, 0 outside (scipy.ndimage.distance_transform_edt with sampling);
+   infinity everywhere when nothing is outside. */
+lm_status lm_distance_transform(lm_ctx *ctx, const lm_tensor *mask, const double *spacing, lm_tensor **out);
+/* u8: the erosion by the ball |o|^2 <= radius^2 (voxels); outside the
+   volume reads as border_value (0: scipy's default, 1: skimage's). */
+lm_status lm_binary_erode(lm_ctx *ctx, const lm_tensor *mask, int64_t radius, int32_t border_value, lm_tensor **out);
+/* u8: the dilation by the same ball. */
+lm_status lm_binary_dilate(lm_ctx *ctx, const lm_tensor *mask, int64_t radius, lm_tensor **out);
+/* Connected components: labels (i32) 1..n in order of each component's
+   first voxel in C order (scipy.ndimage.label's), 0 outside; sizes (i64,
+   n + 1) the voxel counts per label, sizes[0] the background's.
+   connectivity: neighbours counted (6, 18, 26 in 3-D; 4, 8 in 2-D; 2 in 1-D). */
+lm_status lm_label_components(lm_ctx *ctx, const lm_tensor *mask, int32_t connectivity, lm_tensor **labels, lm_tensor **sizes);
+/* u8: keep[label] != 0 for each voxel of labels (i32, i64 or u8, values 0
+   to n_keep - 1). */
+lm_status lm_label_select(lm_ctx *ctx, const lm_tensor *labels, const uint8_t *keep, int64_t n_keep, lm_tensor **out);
+/* u8: the mask with every background component (face connectivity) that
+   touches no border made foreground (scipy.ndimage.binary_fill_holes). */
+lm_status lm_fill_holes(lm_ctx *ctx, const lm_tensor *mask, lm_tensor **out);
+/* Otsu's threshold over a histogram of bins equal bins over [min, max] of
+   the image's values (those where mask is nonzero when mask is given), as
+   skimage.filters.threshold_otsu for float images. */
+lm_status lm_otsu(lm_ctx *ctx, const lm_tensor *image, const lm_tensor *mask, int32_t bins, double *threshold);
+
+/* metrics (src/ops/metrics.c): pred and truth are masks as for morph, of
+   equal shapes. */
+/* counts: true positives, false positives, false negatives, true negatives. */
+lm_status lm_confusion_counts(lm_ctx *ctx, const lm_tensor *pred, const lm_tensor *truth, int64_t *counts);
+/* Surface distances in mm (medpy.metric.binary's definitions): a surface
+   voxel is in the mask with a face neighbour outside it or outside the
+   volume. result[0]: the percentile (0..100, numpy's linear rule) of the
+   union of both directed sets (medpy's hd95 at 95); [1] the mean of the two
+   directed means (medpy's assd); [2], [3] the directed means pred -> truth
+   and truth -> pred; [4], [5] the directed percentiles (MONAI's
+   compute_hausdorff_distance is the larger). All 0 when both masks are
+   empty, infinity when one is. */
+lm_status lm_surface_distance(lm_ctx *ctx, const lm_tensor *pred, const lm_tensor *truth, const double *spacing, double percentile, double *result);
+/* i64 (n_labels): how many voxels of each label (labels: i32, i64 or u8,
+   values 0 to n_labels - 1) lie in mask. */
+lm_status lm_label_overlap(lm_ctx *ctx, const lm_tensor *labels, const lm_tensor *mask, int64_t n_labels, lm_tensor **out);
+
 /* files: exact reads and atomic writes (temp file, fsync, rename) */
 lm_status lm_file_size(lm_ctx *ctx, const char *path, int64_t *size);
 lm_status lm_file_read(lm_ctx *ctx, const char *path, int64_t offset, int64_t nbytes, void *dst);

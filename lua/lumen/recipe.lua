@@ -214,6 +214,10 @@ function recipe.parse(def, args)
     if value == nil then
       if type(o[2]) == 'boolean' then
         value = true
+        if args[i + 1] == 'true' or args[i + 1] == 'false' then
+          value = args[i + 1]
+          i = i + 1
+        end
       elseif type(o[2]) == 'table' then
         value = {}
         while args[i + 1] and not args[i + 1]:match('^%-%-') do
@@ -409,7 +413,7 @@ function Run:checkpoint(step, state, extra, last)
   end
   if stop and not last then
     self.stopped = true
-    self:say(string.format('stopped at step %d as --stop_at asked; continue with --resume %s', step, self.dir))
+    self:say(string.format('stopped at step %d as --stop_at asked; continue with --resume %s', step, self.dir), true)
   end
   return stop and not last
 end
@@ -432,8 +436,10 @@ local function clock_str(s)
   return string.format('%d:%02d', s / 60, s % 60)
 end
 
-function Run:say(line)
-  if self.mode == 'none' then return end
+-- say(line, always): a line of news; progress 'none' silences all but
+-- those that must be seen.
+function Run:say(line, always)
+  if self.mode == 'none' and not always then return end
   if self.bar_open then io.stdout:write('\n') self.bar_open = false end
   io.stdout:write(line, '\n')
   io.stdout:flush()
@@ -444,7 +450,8 @@ end
 function Run:progress(step, total, values)
   if self.mode == 'none' then return end
   local t = now()
-  if not self.p_start then self.p_start, self.p_step0 = t, step - 1 end
+  -- the rate counts from the first call (the time before it is unknown)
+  if not self.p_start then self.p_start, self.p_step0 = t, step end
   local run = self.p_run or {}
   self.p_run = run
   for k, v in pairs(values or {}) do
@@ -452,9 +459,8 @@ function Run:progress(step, total, values)
     run[k] = r
     if v == v then r.sum, r.n = r.sum + v, r.n + 1 end
   end
-  local done = step - self.p_step0
-  local rate = done / math.max(t - self.p_start, 1e-9)
-  local eta = (total - step) / math.max(rate, 1e-9)
+  local done, elapsed = step - self.p_step0, t - self.p_start
+  local rate = done > 0 and done / math.max(elapsed, 1e-9) or nil
   local parts = {}
   local keys = {}
   for k in pairs(run) do keys[#keys + 1] = k end
@@ -463,18 +469,22 @@ function Run:progress(step, total, values)
     local r = run[k]
     if r.n > 0 then parts[#parts + 1] = k .. ' ' .. fmt_value(r.sum / r.n) end
   end
-  local rate_s = rate >= 1 and string.format('%.2f it/s', rate) or string.format('%.2f s/it', 1 / math.max(rate, 1e-9))
+  local rate_s, eta = '-- it/s', '--:--'
+  if rate then
+    rate_s = rate >= 1 and string.format('%.2f it/s', rate) or string.format('%.2f s/it', 1 / rate)
+    eta = clock_str((total - step) / rate)
+  end
   if self.mode == 'bar' then
     local width = 24
     local fill = math.floor(width * step / math.max(total, 1))
     io.stdout:write(string.format('\r[%s%s] %d/%d %s ETA %s %s\27[K', string.rep('#', fill), string.rep('.', width - fill),
-      step, total, rate_s, clock_str(eta), table.concat(parts, ' ')))
+      step, total, rate_s, eta, table.concat(parts, ' ')))
     io.stdout:flush()
     self.bar_open = true
     if step >= total then self:say('') end
-  elseif t - self.last_line >= 10 or step >= total or step == self.p_step0 + 1 then
+  elseif t - self.last_line >= 10 or step >= total then
     self.last_line = t
-    self:say(string.format('step %d/%d  %s  ETA %s  %s', step, total, rate_s, clock_str(eta), table.concat(parts, '  ')))
+    self:say(string.format('step %d/%d  %s  ETA %s  %s', step, total, rate_s, eta, table.concat(parts, '  ')))
     for k in pairs(run) do run[k] = nil end
   end
 end
@@ -531,7 +541,7 @@ function Run:finish()
   if self.stopped then return end
   self:curves()
   self:say(string.format('run folder: %s (config.json, log.jsonl, metrics.json, checkpoint.safetensors, figures/)',
-    self.dir))
+    self.dir), true)
 end
 
 -- ------------------------------------------------------------------

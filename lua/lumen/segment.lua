@@ -68,8 +68,16 @@ function segment.to_grid(probs, work, target)
   return image.new(arg, { affine = target.affine })
 end
 
+-- on_device(model, device): a callable for lumen.inference that runs the
+-- model on the device (windows go there, logits come back to the CPU).
+function segment.on_device(model, device)
+  if device == 'cpu' then return model end
+  return function(x) return model(x:to(device)):cpu() end
+end
+
 -- fit(run, o): the training loop every recipe shares, resumable (see
--- lumen.recipe). The loss is averaged over each window of log_every steps
+-- lumen.recipe). Batches move to run.device; the model must be there
+-- already (before its optimizer is made). The loss is averaged over each window of log_every steps
 -- (the partial window travels in the checkpoint, so a resumed run logs the
 -- same numbers). Returns false when the run stopped early (--stop_at).
 function segment.fit(run, o)
@@ -81,6 +89,9 @@ function segment.fit(run, o)
   for step = start + 1, o.steps do
     o.model:train()
     local batch = dl:next()
+    if run.device ~= 'cpu' then
+      batch.image, batch.label = batch.image:to(run.device), batch.label:to(run.device)
+    end
     o.optimizer:zero_grad()
     local loss = o.loss(batch)
     loss:backward()

@@ -246,6 +246,28 @@ static inline bool lm_grad_pause(lm_ctx *ctx) {
   return was;
 }
 
+/* ---- binary masks (src/ops/morph.c, used by metrics.c) ----
+   A mask of 1 to 3 dims seen as a 3-D grid: the last nd axes are its dims,
+   the leading ones have size 1 (no border, no spacing). */
+typedef struct lm_grid {
+  int32_t nd;        /* the mask's own dims */
+  int64_t n[3];      /* sizes, padded with leading 1s */
+  int64_t numel;
+  double spacing[3]; /* mm per voxel (1 on padded axes) */
+} lm_grid;
+/* Checks mask (what: its name in messages: an integer or bool tensor of
+   1 to 3 dims on the CPU) and spacing (NULL: 1, else one positive value
+   per dim), and describes its grid. */
+lm_status lm_mask_grid(lm_ctx *ctx, const char *op, const lm_tensor *mask, const char *what, const double *spacing,
+                       lm_grid *g);
+/* A contiguous bool copy of mask (nonzero = 1), +1. */
+lm_status lm_mask_bytes(lm_ctx *ctx, const char *op, const lm_tensor *mask, lm_tensor **out);
+/* In place over g's contiguous grid: f is 0 at features and infinity
+   elsewhere; on return, the squared distance in mm^2 to the nearest feature
+   (infinity when there is none). border: voxels just outside the grid
+   (along its real axes) count as features. */
+lm_status lm_edt_sq(lm_ctx *ctx, const char *op, const lm_grid *g, double *f, bool border);
+
 /* ---- host API table handed to plugins ---- */
 const lm_host_api *lm_host_api_get(void);
 
