@@ -51,6 +51,8 @@ local recipe = require 'lumen.recipe'
 local segment = require 'lumen.segment'
 local loader = require 'lumen.loader'
 local augment = require 'lumen.augment'
+local metrics = require 'lumen.metrics'
+local morph = require 'lumen.morph'
 
 -- ------------------------------------------------------------------
 -- the network
@@ -93,7 +95,7 @@ function DeepMedic:forward(p)
 end
 
 local function build(o)
-  local model = DeepMedic(o.channels, o.fc)
+  local model = DeepMedic(o.channels, o.fc):to(o.device)
   local L = #o.channels
   local out = o.segment - 2 * L
   if out < 3 or out % 3 ~= 0 then
@@ -138,7 +140,9 @@ local function probabilities(model, x, o)
           -- patch of volume voxels s - 3L .. s + t + 3L = padded s .. s + t + 6L
           local p = padded
           for a = 1, 3 do p = p:narrow(a - 1, s[a], ext[a] + 2 * m) end
-          local y = F.softmax(model(p:contiguous():reshape(1, 1, unpack(p:size()))), 1)[0]
+          p = p:contiguous():reshape(1, 1, unpack(p:size()))
+          if o.device and o.device ~= 'cpu' then p = p:to(o.device) end
+          local y = F.softmax(model(p), 1):cpu()[0]
           local dst, src = probs, y
           for a = 1, 3 do
             local n = math.min(ext[a], hi[a] - s[a])
@@ -216,7 +220,6 @@ end
 local function binary(p) return p:ne(0):to('u8') end
 
 local function score(pred, truth, spacing)
-  local metrics = require 'lumen.metrics'
   local f = metrics.lesion_f1(pred, truth, { spacing = spacing, min_overlap = 1 })
   return { dice = metrics.dice(pred, truth), f1 = f.f1, precision = f.precision, recall = f.recall,
     tp = f.tp, fp = f.fp, fn = f.fn, sensitivity = metrics.sensitivity(pred, truth) }
@@ -233,7 +236,6 @@ end
 -- The baseline: |z| > t inside the brain, then components of m voxels or
 -- more; z over the brain mask.
 local function baseline_mask(c, t, m)
-  local morph = require 'lumen.morph'
   local x, brain = c.x.data, c.brain
   local bx = x:masked_select(brain:ne(0))
   local mu, sd = bx:to('f64'):mean():item(), bx:to('f64'):std():item()
@@ -248,7 +250,7 @@ local function tune_baseline(cases, spacing)
   for _, t in ipairs { 1.5, 2, 2.5, 3, 3.5, 4 } do
     for _, m in ipairs { 1, 4, 8, 16 } do
       local scores = {}
-      for i, c in ipairs(cases) do scores[i] = score(baseline_mask(c, t, m), c.label, spacing) end
+      for i, c in ipairs(cases) do scores[i] = { dice = metrics.dice(baseline_mask(c, t, m), c.label) } end
       local d = mean_of(scores).dice
       if d > best.dice then best = { dice = d, t = t, m = m } end
     end
@@ -265,7 +267,7 @@ local function postprocess(probs, brain, threshold, min_size)
   local mask = probs[1]:gt(threshold)
   if brain then mask = mask:logical_and(brain:ne(0)) end
   mask = mask:to('u8')
-  if min_size > 1 then mask = binary(require('lumen.morph').remove_small(mask, min_size)) end
+  if min_size > 1 then mask = binary(morph.remove_small(mask, min_size)) end
   return mask
 end
 
@@ -274,7 +276,7 @@ local function tune_postprocess(list, spacing)
   for _, t in ipairs { 0.5, 0.7, 0.8, 0.9, 0.95, 0.98 } do
     for _, m in ipairs { 1, 4, 8, 16 } do
       local scores = {}
-      for i, c in ipairs(list) do scores[i] = score(postprocess(c.probs, c.brain, t, m), c.truth, spacing) end
+      for i, c in ipairs(list) do scores[i] = { dice = metrics.dice(postprocess(c.probs, c.brain, t, m), c.truth) } end
       local d = mean_of(scores).dice
       if d > best.dice then best = { dice = d, threshold = t, min_size = m } end
     end
@@ -306,9 +308,20 @@ local function train(run)
   local bg = math.huge
   for _, c in ipairs(train_cases) do bg = math.min(bg, c.x.data:amin():item()) end
 
+  -- The volumes padded by half a patch (bg, label 0): the uniform sampler
+  -- places patches inside a volume, so without it the outputs at its
+  -- centre never reach the voxels near its faces (the neck, the face),
+  -- where the network would then be free to see lesions.
+  local half = math.floor(patch / 2)
+  local function pad(t, value)
+    local s = t:size()
+    local out = lumen.full({ s[1] + 2 * half, s[2] + 2 * half, s[3] + 2 * half }, value, t:dtype())
+    out:narrow(0, half, s[1]):narrow(1, half, s[2]):narrow(2, half, s[3]):copy_(t)
+    return out
+  end
   local function loader_cases(list)
     local l = {}
-    for i, c in ipairs(list) do l[i] = { image = c.x.data, label = c.label, spacing = sp, id = c.id } end
+    for i, c in ipairs(list) do l[i] = { image = pad(c.x.data, bg), label = pad(c.label, 0), spacing = sp, id = c.id } end
     return l
   end
   local transforms = o.flip and { augment.flip { axes = { 0 } } } or {}
@@ -321,7 +334,10 @@ local function train(run)
   local vl = loader.new { cases = loader_cases(val_cases), patch = { patch, patch, patch }, batch = o.batch,
     sampler = 'balanced', foreground = 0.5, cval = bg, seed = o.seed + 1 }
   local val = {}
-  for i = 1, o.val_batches do val[i] = vl:next() end
+  for i = 1, o.val_batches do
+    val[i] = vl:next()
+    if o.device ~= 'cpu' then val[i].image, val[i].label = val[i].image:to(o.device), val[i].label:to(o.device) end
+  end
   vl:close()
 
   local function centre(label)
@@ -372,7 +388,8 @@ local function train(run)
   -- probabilities over the brain's box, without and with the CRF
   local function infer(c)
     local lo, hi = bbox(c.brain, 2)
-    local probs = crop(probabilities(model, c.x.data, { tile = o.tile, bg = bg, lo = lo, hi = hi }), lo, hi)
+    local probs = crop(probabilities(model, c.x.data, { tile = o.tile, bg = bg, lo = lo, hi = hi, device = o.device }),
+      lo, hi)
     local x = crop(c.x.data, lo, hi)
     local r = { probs = probs, x = x, brain = crop(c.brain, lo, hi), truth = crop(c.label, lo, hi), id = c.id,
       n_lesions = c.n_lesions, lo = lo, hi = hi }
@@ -455,7 +472,16 @@ local function train(run)
   }
   if o.crf ~= 'none' then outlines[#outlines + 1] = { mask = fc.refined, color = { 255, 200, 0 }, name = 'DeepMedic + ' .. o.crf .. ' CRF' } end
   outlines[#outlines + 1] = { mask = fc.base, color = { 0, 128, 255 }, name = 'baseline' }
-  plot.overlay(run:figure('test_overlay.png'), fc.x, { outlines = outlines, axis = 2, slices = 6, columns = 3, zoom = 2,
+  -- axial slices through the truth lesions, spread over them
+  local zs, seen = {}, {}
+  for _, row in ipairs(lumen.nonzero(fc.truth):totable()) do
+    if not seen[row[3]] then seen[row[3]] = true zs[#zs + 1] = row[3] end
+  end
+  table.sort(zs)
+  local slices = {}
+  for k = 1, math.min(6, #zs) do slices[k] = zs[1 + math.floor((k - 0.5) * #zs / math.min(6, #zs))] end
+  plot.overlay(run:figure('test_overlay.png'), fc.x, { outlines = outlines, axis = 2, slices = #slices > 0 and slices or 6,
+    columns = 3, zoom = 3, flip = true,
     title = string.format('%s (test): truth, DeepMedic%s, baseline', fc.id, o.crf ~= 'none' and ', +CRF' or '') })
 end
 
@@ -474,7 +500,7 @@ local function predict(run, img)
   run:restore { model = model }
   local x = segment.prepare(img, { spacing = o.spacing })
   local bg = x.data:amin():item()
-  local probs = probabilities(model, x.data, { tile = o.tile, bg = bg })
+  local probs = probabilities(model, x.data, { tile = o.tile, bg = bg, device = o.device })
   probs = refine(probs, x.data, { o.spacing, o.spacing, o.spacing }, o.crf)
   local threshold, min_size = chosen(run)
   local fg = postprocess(probs, nil, threshold, min_size):to('f32')
@@ -509,7 +535,7 @@ return recipe.define {
   },
   -- quick: few, large, bright lesions at 3 mm, so that 40 steps of a tiny
   -- network find them
-  quick = { steps = 40, batch = 4, lr = 5e-3, spacing = 3, channels = { 4, 4, 6, 6, 6, 6, 8, 8 }, fc = 12, tile = 30,
+  quick = { steps = 40, batch = 4, spacing = 3, channels = { 4, 4, 6, 6, 6, 6, 8, 8 }, fc = 12, tile = 30,
     train_cases = 2, test_cases = 1, lesions = { 3, 4 }, radius_mm = { 6, 12 }, contrast = { 0.8, 1 },
     polarity = 'hyper', deform_mm = 0, val_batches = 1, validate_every = 10, log_every = 5, workers = 0 },
   train = train,
