@@ -20,7 +20,9 @@
 -- segment from its centre and average-pools it by 3 for the context, and
 -- returns logits for the central out^3 voxels. The loader cuts the patches
 -- (sampler 'balanced', foreground 0.5: half the segments centred on a
--- lesion voxel, as DeepMedic samples). Inference goes over the volume in
+-- lesion voxel, as DeepMedic samples, the other half anywhere in the
+-- volume padded by half a patch, so that the face and neck are seen too).
+-- Inference goes over the volume in
 -- tiles of `tile`^3 outputs, each from a (tile + 6L)^3 patch; nothing is
 -- averaged or overlapped, the tiles abut (the network is fully
 -- convolutional, so the result is the same as voxel-by-voxel).
@@ -29,12 +31,17 @@
 -- 50, fully connected layers of 32 instead of 150, no residual
 -- connections, Adam instead of RMSProp, 2 mm voxels.
 --
--- Data: cases from lesions.cases (seeded; each a deformed copy of Colin27
+-- Data: cases from lesions.make (seeded; each a deformed copy of Colin27
 -- at the working spacing with 1 to 5 lesions): seeds 1000 seed + 1 ..
 -- train_cases for training, 1000 seed + 501 .. test_cases for testing,
--- 1000 seed + 901 for the validation patches logged during training.
--- Test predictions are restricted to the brain mask (the ROI, as DeepMedic
--- uses one); the classical baseline uses the same mask: |z| > t of the
+-- 1000 seed + 901 for validation (patches logged during training, and the
+-- choice of post-processing).
+-- Post-processing: lesion probability above a threshold, components of
+-- fewer than m voxels removed, both chosen on the validation case (the
+-- balanced sampling makes argmax find too much; metrics.json also gives
+-- argmax alone). Test predictions are restricted to the brain mask (the
+-- ROI, as DeepMedic uses one; --predict has none and segments the whole
+-- volume); the classical baseline uses the same mask: |z| > t of the
 -- intensity z-scored over the brain, components smaller than m voxels
 -- removed, t and m chosen for the best mean Dice on the training cases.
 --
@@ -46,7 +53,6 @@
 local lumen = require 'lumen'
 local nn = require 'lumen.nn'
 local F = nn.F
-local image = require 'lumen.image'
 local recipe = require 'lumen.recipe'
 local segment = require 'lumen.segment'
 local loader = require 'lumen.loader'
