@@ -251,17 +251,24 @@ local function baseline_mask(c, t, m)
   return mask
 end
 
-local function tune_baseline(cases, spacing)
+-- The (t, m) of two grids with the best mean Dice of score(t, m) over a
+-- list of cases.
+local function grid_search(ts, ms, list, score)
   local best = { dice = -1 }
-  for _, t in ipairs { 1.5, 2, 2.5, 3, 3.5, 4 } do
-    for _, m in ipairs { 1, 4, 8, 16 } do
+  for _, t in ipairs(ts) do
+    for _, m in ipairs(ms) do
       local scores = {}
-      for i, c in ipairs(cases) do scores[i] = { dice = metrics.dice(baseline_mask(c, t, m), c.label) } end
+      for i, c in ipairs(list) do scores[i] = { dice = score(c, t, m) } end
       local d = mean_of(scores).dice
       if d > best.dice then best = { dice = d, t = t, m = m } end
     end
   end
   return best
+end
+
+local function tune_baseline(cases)
+  return grid_search({ 1.5, 2, 2.5, 3, 3.5, 4 }, { 1, 4, 8, 16 }, cases,
+    function(c, t, m) return metrics.dice(baseline_mask(c, t, m), c.label) end)
 end
 
 -- The network's post-processing: lesion probability above `threshold`,
@@ -277,16 +284,10 @@ local function postprocess(probs, brain, threshold, min_size)
   return mask
 end
 
-local function tune_postprocess(list, spacing)
-  local best = { dice = -1 }
-  for _, t in ipairs { 0.5, 0.7, 0.8, 0.9, 0.95, 0.98 } do
-    for _, m in ipairs { 1, 4, 8, 16 } do
-      local scores = {}
-      for i, c in ipairs(list) do scores[i] = { dice = metrics.dice(postprocess(c.probs, c.brain, t, m), c.truth) } end
-      local d = mean_of(scores).dice
-      if d > best.dice then best = { dice = d, threshold = t, min_size = m } end
-    end
-  end
+local function tune_postprocess(list)
+  local best = grid_search({ 0.5, 0.7, 0.8, 0.9, 0.95, 0.98 }, { 1, 4, 8, 16 }, list,
+    function(c, t, m) return metrics.dice(postprocess(c.probs, c.brain, t, m), c.truth) end)
+  best.threshold, best.min_size = best.t, best.m
   return best
 end
 
@@ -390,7 +391,7 @@ local function train(run)
       for _, c in ipairs(test_cases) do n = n + c.n_lesions end
       return n
     end)())
-  local tuned = tune_baseline(train_cases, sp)
+  local tuned = tune_baseline(train_cases)
   -- probabilities over the brain's box, without and with the CRF
   local function infer(c)
     local lo, hi = bbox(c.brain, 2)
@@ -406,12 +407,12 @@ local function train(run)
   end
   local val_probs = {}
   for i, c in ipairs(val_cases) do val_probs[i] = infer(c) end
-  local post = tune_postprocess(val_probs, sp)
+  local post = tune_postprocess(val_probs)
   local post_crf
   if o.crf ~= 'none' then
     local list = {}
     for i, v in ipairs(val_probs) do list[i] = v.refined end
-    post_crf = tune_postprocess(list, sp)
+    post_crf = tune_postprocess(list)
   end
   run:say(string.format('post-processing chosen on the validation case: probability > %g, components >= %d voxels ' ..
     '(Dice %.3f)%s', post.threshold, post.min_size, post.dice, post_crf and string.format('; after the %s CRF: > %g, ' ..
