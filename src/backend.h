@@ -352,6 +352,17 @@ typedef struct lm_backend {
   int32_t (*conv_lib)(int32_t kind, int32_t dtype, int64_t n, int64_t img_c, int64_t col_c, int64_t groups,
                       const int64_t *geom, const void *img, const void *w, const void *col, void *out, void *ws,
                       size_t *ws_bytes);
+
+  /* ---- mixed precision (autocast, src/ops/amp.c) ---- */
+
+  /* gemm's product for dtype LM_F32 with a and b read rounded to lowp
+     (1: bf16, 2: f16; to nearest, ties to even, as src/lowp.h) and the
+     products summed in f32; alpha, beta and c as gemm (c is f32). The CUDA
+     backend converts the operands to 16 bits on the device and multiplies
+     them on tensor cores (cublasGemmStridedBatchedEx, f32 compute). */
+  int32_t (*gemm_lowp)(int32_t lowp, int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k,
+                       double alpha, const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb,
+                       int64_t stride_b, double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -48,7 +48,9 @@ inline unsigned grid_for(int64_t n, int threads) {
   lmcuda::random, lmcuda::optim_step, lmcuda::index_along, lmcuda::cumsum,                                  \
   /* layer families */                                                                                     \
   lmcuda::im2col, lmcuda::pool, lmcuda::norm_pass, lmcuda::rnn_cell, lmcuda::interp, lmcuda::grid_sample,   \
-  lmcuda::conv_lib,
+  lmcuda::conv_lib,                                                                                          \
+  /* mixed precision */                                                                                   \
+  lmcuda::gemm_lowp,
 
 /* The op kernels (their files). */
 int32_t elementwise(int32_t op, int32_t dtype, int32_t ndim, const int64_t *shape, int32_t nops, void *const *data,
@@ -58,6 +60,10 @@ int32_t reduce(int32_t op, int32_t dtype, const void *x, int32_t kn, const int64
 int32_t gemm(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha, const void *a,
              int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b, double beta, void *c,
              int64_t ldc, int64_t stride_c, int64_t batch);
+/* blas.cu: autocast's GEMM (bf16 or f16 operands, f32 accumulation) */
+int32_t gemm_lowp(int32_t lowp, int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha,
+                  const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
+                  double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
 /* activation.cu */
 int32_t activation(int32_t kind, int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *g,
