@@ -401,7 +401,7 @@ else
   -- (f32 sums in another order) rounds to the neighbouring value there,
   -- one 16-bit ulp (bf16 2^-8, f16 2^-11) that the later layers carry on
   -- (the fake device: bf16 3.0e-3, f16 1.1e-3 after 2 steps)
-  check('LeNet autocast + GradScaler, cuda vs cpu', function()
+  check('LeNet amp + GradScaler, cuda/cpu', function()
     local parts = {}
     for _, dt in ipairs { 'bf16', 'f16' } do
       local o = { steps = opts.fake and 2 or 5, small = opts.fake ~= nil, root = root, amp = dt }
