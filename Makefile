@@ -12,7 +12,7 @@ NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>
 
 LIB_SRC := $(wildcard src/core/*.c src/ops/*.c src/cpu/*.c src/io/*.c)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
-HEADERS := src/lumen.h src/plugin.h src/backend.h src/core/internal.h
+HEADERS := src/lumen.h src/plugin.h src/backend.h src/lowp.h src/core/internal.h
 
 # Debian packages the build, the tests and the benchmarks need.
 # libmaxflow-dev (35 kB) is the reference max-flow the crf plugin's graph
@@ -93,7 +93,7 @@ $(B)/tests/plugins/clip_relu_abi99.so: tests/plugin/clip_relu.c src/plugin.h src
 
 # A device backend whose memory is host memory, so that the device paths
 # (transfers, the device cache, the CPU ops' refusals) are tested without a GPU.
-$(B)/tests/plugins/fake_device.so: tests/plugin/fake_device.c src/backend.h src/lumen.h
+$(B)/tests/plugins/fake_device.so: tests/plugin/fake_device.c src/backend.h src/lowp.h src/lumen.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -Wl,-z,nodelete -o $@ $<
 

@@ -377,6 +377,17 @@ typedef struct lm_backend {
      until a later synchronize has returned (liblumen's pinned cache
      synchronizes before it hands a block out again). */
   int32_t (*copy_h2d_async)(void *dst, const void *src, size_t nbytes);
+
+  /* ---- mixed precision (autocast, src/ops/amp.c) ---- */
+
+  /* gemm's product for dtype LM_F32 with a and b read rounded to lowp
+     (1: bf16, 2: f16; to nearest, ties to even, as src/lowp.h) and the
+     products summed in f32; alpha, beta and c as gemm (c is f32). The CUDA
+     backend converts the operands to 16 bits on the device and multiplies
+     them on tensor cores (cublasGemmStridedBatchedEx, f32 compute). */
+  int32_t (*gemm_lowp)(int32_t lowp, int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k,
+                       double alpha, const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb,
+                       int64_t stride_b, double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 } lm_backend;
 
 #ifdef __cplusplus

@@ -288,6 +288,19 @@ lm_status lm_custom_op(lm_ctx *ctx, int32_t id, int32_t n_in, lm_tensor *const *
 /* Ids of custom ops whose nodes were freed since the last call (up to max). */
 int32_t lm_custom_freed(lm_ctx *ctx, int32_t *ids, int32_t max);
 
+/* mixed precision (src/ops/amp.c): while autocast is on, f32 convolutions
+   (all of them, transposed too, forward and backward) and matrix products
+   (matmul, addmm and what is built on them) read their operands rounded
+   to bf16 or f16 (to nearest, ties to even) and accumulate in f32; results
+   stay f32 and other dtypes are untouched. An op records the mode in its
+   autograd node, and its backward runs under the same mode. */
+enum { LM_AUTOCAST_OFF = 0, LM_AUTOCAST_BF16 = 1, LM_AUTOCAST_F16 = 2 };
+lm_status lm_set_autocast(lm_ctx *ctx, int32_t mode);
+int32_t lm_autocast(const lm_ctx *ctx);
+/* t (f32, on the CPU) with its values rounded to mode and widened back to
+   f32: what autocast reads (not differentiable). */
+lm_status lm_lowp_round(lm_ctx *ctx, const lm_tensor *t, int32_t mode, lm_tensor **out);
+
 /* neural-network ops: each family's declarations under its own heading */
 /* conv (src/ops/conv.c) */
 /* Convolution over nsp = 1, 2 or 3 spatial dims (f32, f64): x is

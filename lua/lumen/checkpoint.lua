@@ -3,6 +3,7 @@
 --   local checkpoint = require 'lumen.checkpoint'
 --   checkpoint.save(path, {model = m, optimizer = opt, scheduler = sched, step = 1200, extra = {best = 0.91}})
 --   local step, extra = checkpoint.load(path, {model = m, optimizer = opt, scheduler = sched})
+-- (scaler = a GradScaler too, optional: its state_dict goes in the metadata)
 --
 -- The file holds the model's state_dict as tensors 'model.<name>', the
 -- optimizer's state tensors as 'optimizer.state.<id>.<name>' (ids number
@@ -93,16 +94,17 @@ local function check_args(op, level, path, parts)
   if type(path) ~= 'string' then fail(op, level + 1, 'path must be a string, got %s', type(path)) end
   if parts == nil then parts = {} end
   if type(parts) ~= 'table' then fail(op, level + 1, 'expected a table {model=, optimizer=, ...}, got %s', type(parts)) end
-  local allowed = { model = true, optimizer = true, scheduler = true, step = op == 'save', extra = op == 'save' }
+  local allowed = { model = true, optimizer = true, scheduler = true, scaler = true, step = op == 'save', extra = op == 'save' }
   for k in pairs(parts) do
     if not allowed[k] then
       fail(op, level + 1, "unknown field '%s' (expected %s)", tostring(k),
-        op == 'save' and 'model, optimizer, scheduler, step, extra' or 'model, optimizer, scheduler')
+        op == 'save' and 'model, optimizer, scheduler, scaler, step, extra' or 'model, optimizer, scheduler, scaler')
     end
   end
   check_object(op, level + 1, parts.model, 'model', { 'state_dict', 'load_state_dict' })
   check_object(op, level + 1, parts.optimizer, 'optimizer', { 'state_dict', 'load_state_dict' })
   check_object(op, level + 1, parts.scheduler, 'scheduler', { 'state_dict', 'load_state_dict' })
+  check_object(op, level + 1, parts.scaler, 'scaler', { 'state_dict', 'load_state_dict', 'is_enabled' })
   return parts
 end
 
@@ -138,6 +140,7 @@ function checkpoint.save(path, parts)
     meta.optimizer = { kind = opt.kind, param_groups = sd.param_groups, state = state }
   end
   if parts.scheduler then meta.scheduler = parts.scheduler:state_dict() end
+  if parts.scaler then meta.scaler = parts.scaler:state_dict() end
   if parts.extra ~= nil then meta.extra = parts.extra end
   local seed, offset = ffi.new('uint64_t[1]'), ffi.new('uint64_t[1]')
   C.lm_rng_get_state(ctx, seed, offset)
@@ -242,6 +245,14 @@ function checkpoint.load(path, parts)
     end
   end
 
+  if parts.scaler and parts.scaler:is_enabled() then
+    local sc = meta.scaler
+    if type(sc) ~= 'table' then bad('the checkpoint holds no scaler state') end
+    if type(sc.scale) ~= 'number' or type(sc._growth_tracker) ~= 'number' then
+      bad('the scaler state has no scale (saved from a disabled GradScaler?)')
+    end
+  end
+
   if parts.model then
     local names = {}
     for name in pairs(tensors) do
@@ -267,6 +278,7 @@ function checkpoint.load(path, parts)
     if not ok2 then bad('model state: %s', tostring(err)) end
   end
   if parts.scheduler then parts.scheduler:load_state_dict(meta.scheduler) end
+  if parts.scaler then parts.scaler:load_state_dict(meta.scaler) end
   if seed then C.lm_rng_set_state(ctx, seed, offset) end
   return meta.step, meta.extra
 end

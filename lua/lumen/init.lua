@@ -8,7 +8,7 @@ local lumen = { core = core }
 lumen.version = ffi.string(C.lm_version())
 
 -- Each family module adds its functions to lumen and methods to tensors.
-for _, name in ipairs { 'tensor', 'elementwise', 'reduce', 'linalg', 'shape', 'index', 'random', 'io', 'print', 'plugin', 'autograd', 'device' } do
+for _, name in ipairs { 'tensor', 'elementwise', 'reduce', 'linalg', 'shape', 'index', 'random', 'io', 'print', 'plugin', 'autograd', 'device', 'amp' } do
   local ok, mod = pcall(require, 'lumen.' .. name)
   if ok then
     mod(lumen)

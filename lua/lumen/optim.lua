@@ -466,5 +466,7 @@ function optim.clip_grad_norm_(params, max_norm, norm_type, opts)
 end
 
 optim.lr_scheduler = require 'lumen.lr_scheduler'
+-- dynamic loss scaling for f16 training (lua/lumen/amp.lua)
+optim.GradScaler = lumen.amp.GradScaler
 
 return optim

@@ -432,7 +432,12 @@ static lm_status run_node(lm_ctx *ctx, lm_node *n, lm_tensor **gin) {
   lm_status st = LM_OK;
   int32_t made = 0;
   for (; made < n->n_out && !st; made++) st = grad_out_of(ctx, n, made, &gout[made]);
-  if (!st) st = n->backward(ctx, n, gout, gin);
+  if (!st) { /* an op's backward reads its operands as its forward did (autocast) */
+    int32_t was = ctx->autocast;
+    ctx->autocast = n->autocast;
+    st = n->backward(ctx, n, gout, gin);
+    ctx->autocast = was;
+  }
   for (int32_t i = 0; i < made; i++) lm_tensor_release(gout[i]);
   if (gout != gout_buf) free(gout);
   return st;

@@ -53,6 +53,7 @@ struct lm_ctx {
   lm_plugin_op_entry *plugin_ops;
   int32_t n_plugin_ops;
   bool grad_enabled;
+  int32_t autocast;       /* LM_AUTOCAST_*: how f32 GEMM operands are read (src/ops/amp.c) */
   uint32_t walk_epoch;    /* marks the nodes one backward walk has seen */
   int32_t *custom_freed;  /* ids of freed Lua-defined ops, for lm_custom_freed */
   int32_t n_custom_freed, cap_custom_freed;
@@ -181,6 +182,14 @@ void lm_parallel_for(lm_ctx *ctx, int64_t n, int64_t grain, void (*fn)(void *arg
 void lm_gemm(int32_t dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const char *a,
              int64_t lda, const char *b, int64_t ldb, double beta, char *c, int64_t ldc);
 
+/* ---- mixed precision (src/ops/amp.c) ----
+   Under autocast, f32 convolutions and matrix products read their GEMM
+   operands rounded to bf16 or f16 (src/lowp.h) and accumulate in f32. */
+/* The mode an op over dtype uses: ctx's for f32, LM_AUTOCAST_OFF otherwise. */
+int32_t lm_autocast_for(const lm_ctx *ctx, int32_t dtype);
+/* A new contiguous CPU f32 tensor holding t's values rounded to mode. */
+lm_status lm_lowp_copy(lm_ctx *ctx, const char *op, const lm_tensor *t, int32_t mode, lm_tensor **out);
+
 /* ---- dtype conversion ---- */
 /* Converts n elements between dtypes with byte strides. */
 void lm_cast_strided(int32_t dst_dtype, char *dst, int64_t dst_stride, int32_t src_dtype, const char *src, int64_t src_stride, int64_t n);
@@ -220,6 +229,7 @@ struct lm_node {
   void *extra;              /* anything else; freed with extra_free */
   void (*extra_free)(void *);
   int32_t custom_id;        /* Lua-defined ops */
+  int32_t autocast;         /* the forward's LM_AUTOCAST_* mode, which its backward runs under */
   bool freed;               /* saved state released by a backward */
   /* scratch of one backward walk */
   uint32_t epoch;

@@ -258,6 +258,8 @@ lm_backend table = {
     LMCUDA_KERNEL_ENTRIES
     /* pinned host memory */
     cu_host_alloc, cu_host_free, cu_copy_h2d_async,
+    /* mixed precision */
+    lmcuda::gemm_lowp,
 };
 
 } // namespace

@@ -60,6 +60,10 @@ int32_t reduce(int32_t op, int32_t dtype, const void *x, int32_t kn, const int64
 int32_t gemm(int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha, const void *a,
              int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b, double beta, void *c,
              int64_t ldc, int64_t stride_c, int64_t batch);
+/* blas.cu: autocast's GEMM (bf16 or f16 operands, f32 accumulation) */
+int32_t gemm_lowp(int32_t lowp, int32_t dtype, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k, double alpha,
+                  const void *a, int64_t lda, int64_t stride_a, const void *b, int64_t ldb, int64_t stride_b,
+                  double beta, void *c, int64_t ldc, int64_t stride_c, int64_t batch);
 
 /* activation.cu */
 int32_t activation(int32_t kind, int32_t mode, int32_t dtype, int64_t n, void *out, const void *x, const void *g,

@@ -53,6 +53,7 @@ typedef struct conv_geom {
   int64_t cg, mg, ckg;     /* per group: image channels, column channels, rows of A^T */
   int64_t rows, tile_rows, ntiles; /* output rows are (depth, height) pairs of the column grid */
   bool direct;             /* the image is its own column matrix */
+  int32_t lowp;            /* autocast: the GEMMs read their operands as bf16 or f16 (src/ops/amp.c) */
 } conv_geom;
 
 /* Fills in the derived sizes; spatial arrays are right-aligned to 3 dims. */
@@ -384,6 +385,23 @@ static lm_status dev_call(lm_ctx *ctx, const char *op, const lm_backend *be, lm_
   return st ? lm_backend_fail(ctx, op, be, st) : LM_OK;
 }
 
+/* The backend with the entries the device steps use: im2col unless direct,
+   the GEMM, or under autocast the low-precision GEMM. */
+static lm_status dev_backend(lm_ctx *ctx, const char *op, const conv_geom *g, int32_t dev, const lm_backend **be) {
+  lm_status st = g->lowp ? LM_BACKEND_FOR(ctx, op, dev, gemm_lowp, be) : LM_BACKEND_FOR(ctx, op, dev, gemm, be);
+  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, be);
+  return st;
+}
+
+/* The backend's batched GEMM with alpha 1 (gemm_lowp under autocast). */
+static int32_t be_gemm(const lm_backend *be, const conv_geom *g, int32_t ta, int32_t tb, int64_t m, int64_t n,
+                       int64_t k, const void *a, int64_t lda, int64_t sa, const void *b, int64_t ldb, int64_t sb,
+                       double beta, void *c, int64_t ldc, int64_t sc, int64_t batch) {
+  if (g->lowp)
+    return be->gemm_lowp(g->lowp, g->dtype, ta, tb, m, n, k, 1.0, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch);
+  return be->gemm(g->dtype, ta, tb, m, n, k, 1.0, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch);
+}
+
 /* out (N x C x len, contiguous) += bias[c]: the elementwise entry with the
    bias seen as C x 1. */
 static lm_status dev_add_bias(lm_ctx *ctx, const char *op, lm_tensor *out, const lm_tensor *bias, int64_t n, int64_t c,
@@ -409,14 +427,18 @@ static lm_status dev_add_bias(lm_ctx *ctx, const char *op, lm_tensor *out, const
 
 /* The backend's library convolution (cuDNN) for step kind (0 gather, 1
    scatter, 2 weight), when the backend has one, LUMEN_CUDNN is not "0" and
-   the library takes the case; *done says whether it ran (else im2col). */
+   the library takes the case; *done says whether it ran (else im2col).
+   Under autocast it is not asked: conv_lib has no low-precision mode, so
+   the columns go through the backend's gemm_lowp (simple, and rounded
+   exactly as the CPU rounds; cuDNN's bf16 convolutions would need 16-bit
+   copies of the image and the weight, a later step). */
 static lm_status try_conv_lib(lm_ctx *ctx, const char *op, const conv_geom *g, int32_t kind, const lm_tensor *img,
                               const lm_tensor *a, const lm_tensor *col, lm_tensor *out, bool *done) {
   *done = false;
   const lm_backend *be = lm_backend_get(lm_device_of(out));
   const char *env = getenv("LUMEN_CUDNN");
   if (!be || be->size < offsetof(lm_backend, conv_lib) + sizeof be->conv_lib || !be->conv_lib ||
-      (env && !strcmp(env, "0")))
+      (env && !strcmp(env, "0")) || g->lowp)
     return LM_OK;
   int64_t geom[18];
   geom_array(g, geom);
@@ -445,8 +467,7 @@ static lm_status dev_gather(lm_ctx *ctx, const char *op, const conv_geom *g, con
                             const lm_tensor *a, const lm_tensor *bias, lm_tensor *out) {
   int32_t dev = lm_device_of(out), es = g->es;
   const lm_backend *be;
-  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
-  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
+  lm_status st = dev_backend(ctx, op, g, dev, &be);
   if (st || g->n == 0 || g->col_sz == 0) return st;
   if (g->ckg == 0) { /* no input channels: only the bias is left */
     if ((st = lm_fill(ctx, out, 0))) return st;
@@ -468,7 +489,7 @@ static lm_status dev_gather(lm_ctx *ctx, const char *op, const conv_geom *g, con
     for (int64_t gi = 0; gi < g->groups && !st; gi++) {
       const char *b = c ? c + gi * g->ckg * g->col_sz * es : xs + gi * g->cg * g->img_sz * es;
       int64_t sb = c ? per : g->img_c * g->img_sz;
-      st = dev_call(ctx, op, be, be->gemm(g->dtype, 0, 0, g->mg, g->col_sz, g->ckg, 1.0, w + gi * g->mg * g->ckg * es,
+      st = dev_call(ctx, op, be, be_gemm(be, g, 0, 0, g->mg, g->col_sz, g->ckg, w + gi * g->mg * g->ckg * es,
                                           g->ckg, 0, b, g->col_sz, sb, 0.0,
                                           y + (n0 * g->col_c + gi * g->mg) * g->col_sz * es, g->col_sz,
                                           g->col_c * g->col_sz, nb));
@@ -484,8 +505,7 @@ static lm_status dev_scatter(lm_ctx *ctx, const char *op, const conv_geom *g, co
                              const lm_tensor *a, const lm_tensor *bias, lm_tensor *out) {
   int32_t dev = lm_device_of(out), es = g->es;
   const lm_backend *be;
-  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
-  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
+  lm_status st = dev_backend(ctx, op, g, dev, &be);
   if (st || g->n == 0 || g->img_sz == 0 || g->img_c == 0) return st;
   if (g->mg == 0 || g->col_sz == 0) { /* nothing reaches the image */
     if ((st = lm_fill(ctx, out, 0))) return st;
@@ -506,7 +526,7 @@ static lm_status dev_scatter(lm_ctx *ctx, const char *op, const conv_geom *g, co
     for (int64_t gi = 0; gi < g->groups && !st; gi++) {
       char *dst = c ? c + gi * g->ckg * g->col_sz * es : ys + gi * g->cg * g->img_sz * es;
       int64_t sc = c ? per : g->img_c * g->img_sz;
-      st = dev_call(ctx, op, be, be->gemm(g->dtype, 1, 0, g->ckg, g->col_sz, g->mg, 1.0, w + gi * g->mg * g->ckg * es,
+      st = dev_call(ctx, op, be, be_gemm(be, g, 1, 0, g->ckg, g->col_sz, g->mg, w + gi * g->mg * g->ckg * es,
                                           g->ckg, 0, x + (n0 * g->col_c + gi * g->mg) * g->col_sz * es, g->col_sz,
                                           g->col_c * g->col_sz, 0.0, dst, g->col_sz, sc, nb));
     }
@@ -524,8 +544,7 @@ static lm_status dev_weight_grad(lm_ctx *ctx, const char *op, const conv_geom *g
                                  const lm_tensor *img, lm_tensor *out) {
   int32_t dev = lm_device_of(out), es = g->es;
   const lm_backend *be;
-  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
-  if (!st && !g->direct) st = LM_BACKEND_FOR(ctx, op, dev, im2col, &be);
+  lm_status st = dev_backend(ctx, op, g, dev, &be);
   if (st) return st;
   if (g->n == 0 || g->col_sz == 0 || g->mg == 0 || g->ckg == 0) return lm_fill(ctx, out, 0);
   bool done;
@@ -544,7 +563,7 @@ static lm_status dev_weight_grad(lm_ctx *ctx, const char *op, const conv_geom *g
       int64_t n = n0 + i;
       const char *b = c ? c + i * per * es : xs + i * g->img_c * g->img_sz * es;
       int64_t sb = c ? g->ckg * g->col_sz : g->cg * g->img_sz;
-      st = dev_call(ctx, op, be, be->gemm(g->dtype, 0, 1, g->mg, g->ckg, g->col_sz, 1.0,
+      st = dev_call(ctx, op, be, be_gemm(be, g, 0, 1, g->mg, g->ckg, g->col_sz,
                                           dy + n * g->col_c * g->col_sz * es, g->col_sz, g->mg * g->col_sz, b,
                                           g->col_sz, sb, n == 0 ? 0.0 : 1.0, dw, g->ckg, g->mg * g->ckg, g->groups));
     }
@@ -794,6 +813,16 @@ static void save_params(lm_node *node, int32_t nsp, int64_t groups, bool batched
   }
 }
 
+/* What the CPU's GEMMs read of operand t (contiguous): under autocast a
+   copy rounded to the low precision, else t itself (+1 either way). On a
+   device the backend's gemm_lowp rounds instead. */
+static lm_status gemm_operand(lm_ctx *ctx, const char *op, const conv_geom *g, const lm_tensor *t, lm_tensor **out) {
+  if (g->lowp && lm_device_of(t) == LM_CPU) return lm_lowp_copy(ctx, op, t, g->lowp, out);
+  lm_tensor_retain((lm_tensor *)t);
+  *out = (lm_tensor *)t;
+  return LM_OK;
+}
+
 /* The gradient of output 0 as a contiguous tensor (+1). */
 static lm_status grad_out_contiguous(lm_ctx *ctx, lm_tensor *const *gout, lm_tensor **out) {
   return lm_contiguous(ctx, gout[0], out);
@@ -807,14 +836,14 @@ static lm_status grad_out_contiguous(lm_ctx *ctx, lm_tensor *const *gout, lm_ten
    k). The input gradient runs the opposite direction of the forward. */
 static lm_status backward_of(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout, lm_tensor **gin, bool transposed) {
   const char *op = transposed ? "conv_transpose" : "conv";
-  const lm_tensor *x = node->saved[0], *w = node->saved[1];
+  const lm_tensor *sx = node->saved[0], *sw = node->saved[1], *x = sx, *w = sw;
   int32_t nsp = (int32_t)node->ip[IP_NSP];
   bool batched = node->ip[IP_BATCHED];
   int32_t lead = batched ? 2 : 1;
   int64_t groups = node->ip[IP_GROUPS];
   int64_t n = batched ? x->shape[0] : 1, cin = x->shape[lead - 1];
   int64_t cout = transposed ? w->shape[1] * groups : w->shape[0];
-  lm_tensor *dy = NULL, *dx = NULL, *dw = NULL;
+  lm_tensor *dy = NULL, *dx = NULL, *dw = NULL, *dyr = NULL, *xr = NULL, *wr = NULL;
   lm_status st = grad_out_contiguous(ctx, gout, &dy);
   if (st) return st;
   conv_geom g;
@@ -824,21 +853,34 @@ static lm_status backward_of(lm_ctx *ctx, lm_node *node, lm_tensor *const *gout,
   else
     make_geom(&g, x->dtype, n, cin, cout, groups, nsp, x->shape + lead, dy->shape + lead, w->shape + 2,
               node->ip + IP_STRIDE, node->ip + IP_PAD, node->ip + IP_DIL);
+  g.lowp = node->autocast; /* the forward's precision (run_node set it on ctx too) */
+  if ((st = gemm_operand(ctx, op, &g, dy, &dyr)) || (st = gemm_operand(ctx, op, &g, sx, &xr)) ||
+      (st = gemm_operand(ctx, op, &g, sw, &wr)))
+    goto fail;
+  x = xr;
+  w = wr;
   if (node->needs[0]) {
     if ((st = lm_new_on(ctx, op, lm_device_of(x), x->dtype, x->ndim, x->shape, &dx))) goto fail;
-    if ((st = transposed ? gather(ctx, op, &g, dy, w, NULL, dx) : scatter(ctx, op, &g, dy, w, NULL, dx))) goto fail;
+    if ((st = transposed ? gather(ctx, op, &g, dyr, w, NULL, dx) : scatter(ctx, op, &g, dyr, w, NULL, dx))) goto fail;
   }
   if (node->needs[1]) {
     if ((st = lm_new_on(ctx, op, lm_device_of(w), w->dtype, w->ndim, w->shape, &dw))) goto fail;
-    if ((st = transposed ? weight_grad(ctx, op, &g, x, dy, dw) : weight_grad(ctx, op, &g, dy, x, dw))) goto fail;
+    if ((st = transposed ? weight_grad(ctx, op, &g, x, dyr, dw) : weight_grad(ctx, op, &g, dyr, x, dw))) goto fail;
   }
+  /* the bias is no GEMM operand: its gradient sums the f32 dy */
   if (node->needs[2] && (st = bias_grad(ctx, op, dy, n, cout, transposed ? g.img_sz : g.col_sz, &gin[2]))) goto fail;
   gin[0] = dx;
   gin[1] = dw;
   lm_tensor_release(dy);
+  lm_tensor_release(dyr);
+  lm_tensor_release(xr);
+  lm_tensor_release(wr);
   return LM_OK;
 fail:
   lm_tensor_release(dy);
+  lm_tensor_release(dyr);
+  lm_tensor_release(xr);
+  lm_tensor_release(wr);
   lm_tensor_release(dx);
   lm_tensor_release(dw);
   return st;
@@ -859,11 +901,12 @@ static lm_status run_conv(lm_ctx *ctx, const char *op, bool transposed, const co
                           const int64_t *osp, const int64_t *stride, const int64_t *pad, const int64_t *dilation,
                           int64_t groups, lm_tensor **out) {
   lm_status st;
-  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL;
+  lm_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL, *xr = NULL, *wr = NULL;
   if ((st = lm_contiguous(ctx, x, &xc)) || (st = lm_contiguous(ctx, w, &wc))) goto done;
   if (b && (st = lm_contiguous(ctx, b, &bc))) goto done;
+  if ((st = gemm_operand(ctx, op, g, xc, &xr)) || (st = gemm_operand(ctx, op, g, wc, &wr))) goto done;
   if ((st = new_out(ctx, op, lm_device_of(x), x->dtype, batched, n, cout, nsp, osp, &y))) goto done;
-  if ((st = transposed ? scatter(ctx, op, g, xc, wc, bc, y) : gather(ctx, op, g, xc, wc, bc, y))) goto done;
+  if ((st = transposed ? scatter(ctx, op, g, xr, wr, bc, y) : gather(ctx, op, g, xr, wr, bc, y))) goto done;
 
   lm_node *node;
   const lm_tensor *ins[3] = {x, w, b};
@@ -871,10 +914,14 @@ static lm_status run_conv(lm_ctx *ctx, const char *op, bool transposed, const co
                       transposed ? conv_transpose_backward : conv_backward, 3, ins, 1, &y, &node)))
     goto done;
   if (node) {
+    /* the f32 operands: the backward rounds them again under node->autocast */
     if ((st = lm_save(ctx, node, 0, xc)) || (st = lm_save(ctx, node, 1, wc))) goto done;
     save_params(node, nsp, groups, batched, stride, pad, dilation);
+    node->autocast = g->lowp;
   }
 done:
+  lm_tensor_release(xr);
+  lm_tensor_release(wr);
   lm_tensor_release(xc);
   lm_tensor_release(wc);
   lm_tensor_release(bc);
@@ -925,6 +972,7 @@ lm_status lm_conv(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w, const lm_
   conv_geom g;
   make_geom(&g, x->dtype, n, cin, cout, groups, nsp, x->shape + lead, osp, w->shape + 2, stride, pad_lo, dilation);
   if ((st = check_blas_limits(ctx, op, &g))) return st;
+  g.lowp = lm_autocast_for(ctx, x->dtype);
 
   return run_conv(ctx, op, false, &g, x, w, b, batched, n, cout, nsp, osp, stride, pad_lo, dilation, groups, out);
 }
@@ -970,6 +1018,7 @@ lm_status lm_conv_transpose(lm_ctx *ctx, const lm_tensor *x, const lm_tensor *w,
   conv_geom g;
   make_geom(&g, x->dtype, n, cout, cin, groups, nsp, osp, x->shape + lead, w->shape + 2, stride, padding, dilation);
   if ((st = check_blas_limits(ctx, op, &g))) return st;
+  g.lowp = lm_autocast_for(ctx, x->dtype);
 
   return run_conv(ctx, op, true, &g, x, w, b, batched, n, cout, nsp, osp, stride, padding, dilation, groups, out);
 }

@@ -120,10 +120,12 @@ static bool fold_batches(const mm_operand *a, const mm_operand *b, int32_t nbatc
 
 /* batch products c_i = alpha * op(a_i) @ op(b_i) + beta * c_i, a_i at
    a + i * sa elements (b, c alike): on the CPU one BLAS call each, on a
-   device one call of its backend's batched GEMM. */
-static lm_status gemm_call(lm_ctx *ctx, const char *op, int32_t dev, int32_t dt, bool ta, bool tb, int64_t m,
-                           int64_t n, int64_t k, double alpha, const char *a, int64_t lda, int64_t sa, const char *b,
-                           int64_t ldb, int64_t sb, double beta, char *c, int64_t ldc, int64_t sc, int64_t batch) {
+   device one call of its backend's batched GEMM (its low-precision one
+   when lowp: the CPU rounds its operands before, see with_lowp). */
+static lm_status gemm_call(lm_ctx *ctx, const char *op, int32_t dev, int32_t lowp, int32_t dt, bool ta, bool tb,
+                           int64_t m, int64_t n, int64_t k, double alpha, const char *a, int64_t lda, int64_t sa,
+                           const char *b, int64_t ldb, int64_t sb, double beta, char *c, int64_t ldc, int64_t sc,
+                           int64_t batch) {
   if (dev == LM_CPU) {
     int64_t es = lm_dtype_size(dt);
     for (int64_t i = 0; i < batch; i++)
@@ -131,16 +133,23 @@ static lm_status gemm_call(lm_ctx *ctx, const char *op, int32_t dev, int32_t dt,
     return LM_OK;
   }
   const lm_backend *be;
-  lm_status st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
+  lm_status st;
+  if (lowp) {
+    if (!(st = LM_BACKEND_FOR(ctx, op, dev, gemm_lowp, &be)) &&
+        (st = be->gemm_lowp(lowp, dt, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch)))
+      st = lm_backend_fail(ctx, op, be, st);
+    return st;
+  }
+  st = LM_BACKEND_FOR(ctx, op, dev, gemm, &be);
   if (!st && (st = be->gemm(dt, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch)))
     st = lm_backend_fail(ctx, op, be, st);
   return st;
 }
 
 /* res (contiguous, batch x M x N) = alpha * a @ b + beta * res. */
-static lm_status gemm_batched(lm_ctx *ctx, const char *op, const lm_tensor *a, const lm_tensor *b, int32_t nbatch,
-                              const int64_t *bshape, int64_t m, int64_t n, int64_t k, double alpha, double beta,
-                              lm_tensor *res) {
+static lm_status gemm_batched(lm_ctx *ctx, const char *op, int32_t lowp, const lm_tensor *a, const lm_tensor *b,
+                              int32_t nbatch, const int64_t *bshape, int64_t m, int64_t n, int64_t k, double alpha,
+                              double beta, lm_tensor *res) {
   int64_t nout = lm_numel(res);
   int32_t dt = res->dtype, es = lm_dtype_size(dt), dev = lm_device_of(res);
   if (nout == 0) return LM_OK;
@@ -169,7 +178,7 @@ static lm_status gemm_batched(lm_ctx *ctx, const char *op, const lm_tensor *a, c
   char *out = lm_data(res);
   int64_t lda;
   if (fold_batches(&pa, &pb, nbatch, bshape, m, k, &lda) && nout / n <= INT_MAX) {
-    st = gemm_call(ctx, op, dev, dt, false, pb.trans, nout / n, n, k, alpha, pa.data, lda, 0, pb.data, pb.ld, 0, beta,
+    st = gemm_call(ctx, op, dev, lowp, dt, false, pb.trans, nout / n, n, k, alpha, pa.data, lda, 0, pb.data, pb.ld, 0, beta,
                    out, n, 0, 1);
     goto done;
   }
@@ -179,7 +188,7 @@ static lm_status gemm_batched(lm_ctx *ctx, const char *op, const lm_tensor *a, c
   int64_t sa = nbatch > 0 ? pa.bstride[nbatch - 1] : 0, sb = nbatch > 0 ? pb.bstride[nbatch - 1] : 0;
   int64_t idx[LM_MAX_DIMS] = {0}, oa = 0, ob = 0;
   for (int64_t bi = 0; bi < nb && !st; bi++) {
-    st = gemm_call(ctx, op, dev, dt, pa.trans, pb.trans, m, n, k, alpha, pa.data + oa * es, pa.ld, sa,
+    st = gemm_call(ctx, op, dev, lowp, dt, pa.trans, pb.trans, m, n, k, alpha, pa.data + oa * es, pa.ld, sa,
                    pb.data + ob * es, pb.ld, sb, beta, out + bi * inner * m * n * es, n, m * n, inner);
     for (int32_t d = outer_nd - 1; d >= 0; d--) { /* next outer batch position */
       oa += pa.bstride[d];
@@ -252,11 +261,45 @@ done:
   return st;
 }
 
+static lm_status matmul_run(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, int32_t dev, int32_t lowp,
+                            lm_tensor **out);
+
+/* Under autocast (lowp, f32 operands), the CPU multiplies copies of a and b
+   rounded to the low precision (*ra, *rb: +1, else NULL); a device's
+   gemm_lowp entry rounds them itself. Returns the mode left for the GEMM. */
+static lm_status with_lowp(lm_ctx *ctx, const char *op, int32_t dev, int32_t lowp, const lm_tensor **a,
+                           const lm_tensor **b, lm_tensor **ra, lm_tensor **rb, int32_t *gemm_lowp) {
+  *ra = *rb = NULL;
+  *gemm_lowp = dev == LM_CPU ? LM_AUTOCAST_OFF : lowp;
+  if (!lowp || dev != LM_CPU) return LM_OK;
+  lm_status st = lm_lowp_copy(ctx, op, *a, lowp, ra);
+  if (!st) st = lm_lowp_copy(ctx, op, *b, lowp, rb);
+  if (st) {
+    lm_tensor_release(*ra);
+    *ra = NULL;
+    return st;
+  }
+  *a = *ra;
+  *b = *rb;
+  return LM_OK;
+}
+
 static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, lm_tensor **out) {
   const lm_tensor *ts[2] = {a, b};
-  int32_t dev;
+  int32_t dev, lowp;
   lm_status st = check_operands(ctx, "matmul", 2, ts, &dev);
   if (st) return st;
+  lm_tensor *ra, *rb;
+  if ((st = with_lowp(ctx, "matmul", dev, lm_autocast_for(ctx, a->dtype), &a, &b, &ra, &rb, &lowp))) return st;
+  st = matmul_run(ctx, a, b, dev, lowp, out);
+  lm_tensor_release(ra);
+  lm_tensor_release(rb);
+  return st;
+}
+
+static lm_status matmul_run(lm_ctx *ctx, const lm_tensor *a, const lm_tensor *b, int32_t dev, int32_t lowp,
+                            lm_tensor **out) {
+  lm_status st;
   char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF];
   if (a->ndim == 0 || b->ndim == 0)
     return lm_err(ctx, LM_E_SHAPE, "matmul: both operands need at least 1 dimension, got %s and %s", LM_SHP(a, x),
@@ -285,7 +328,7 @@ static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor
   if (!b1) shape[nd++] = n;
   lm_tensor *res;
   if ((st = lm_new_on(ctx, "matmul", dev, a->dtype, nd, shape, &res))) return st;
-  st = gemm_batched(ctx, "matmul", a, b, nbatch, shape, m, n, k, 1.0, 0.0, res);
+  st = gemm_batched(ctx, "matmul", lowp, a, b, nbatch, shape, m, n, k, 1.0, 0.0, res);
   if (st) {
     lm_tensor_release(res);
     return st;
@@ -296,9 +339,10 @@ static lm_status matmul_forward(lm_ctx *ctx, const lm_tensor *a, const lm_tensor
 static lm_status addmm_forward(lm_ctx *ctx, const lm_tensor *c, const lm_tensor *a, const lm_tensor *b, double beta,
                                double alpha, lm_tensor **out) {
   const lm_tensor *ts[3] = {a, b, c};
-  int32_t dev;
+  int32_t dev, lowp;
   lm_status st = check_operands(ctx, "addmm", 3, ts, &dev);
   if (st) return st;
+  lm_tensor *ra = NULL, *rb = NULL, *res = NULL;
   char x[LM_SHAPE_BUF], y[LM_SHAPE_BUF], z[LM_SHAPE_BUF], w[LM_SHAPE_BUF];
   if (a->ndim != 2 || b->ndim != 2)
     return lm_err(ctx, LM_E_SHAPE, "addmm: expected 2-D matrices, got %s and %s", LM_SHP(a, x), LM_SHP(b, y));
@@ -315,13 +359,17 @@ static lm_status addmm_forward(lm_ctx *ctx, const lm_tensor *c, const lm_tensor 
   if (!fits)
     return lm_err(ctx, LM_E_SHAPE, "addmm: input of shape %s does not broadcast to the product's %s (%s @ %s)",
                   LM_SHP(c, z), lm_shape_str(2, shape, x, sizeof x), LM_SHP(a, y), LM_SHP(b, w));
-  lm_tensor *res;
-  if ((st = lm_new_on(ctx, "addmm", dev, a->dtype, 2, shape, &res))) return st;
+  if ((st = with_lowp(ctx, "addmm", dev, lm_autocast_for(ctx, a->dtype), &a, &b, &ra, &rb, &lowp))) return st;
+  if ((st = lm_new_on(ctx, "addmm", dev, a->dtype, 2, shape, &res))) goto fail;
   /* BLAS does not read C when beta is 0, so NaN in c stays out (as in torch) */
   if (beta != 0 && (st = lm_copy_(ctx, res, c))) goto fail;
-  if ((st = gemm_batched(ctx, "addmm", a, b, 0, NULL, m, n, k, alpha, beta, res))) goto fail;
+  if ((st = gemm_batched(ctx, "addmm", lowp, a, b, 0, NULL, m, n, k, alpha, beta, res))) goto fail;
+  lm_tensor_release(ra);
+  lm_tensor_release(rb);
   return lm_finish_out(res, out);
 fail:
+  lm_tensor_release(ra);
+  lm_tensor_release(rb);
   lm_tensor_release(res);
   return st;
 }
@@ -395,6 +443,7 @@ static lm_status record_mm(lm_ctx *ctx, int32_t op, int32_t nin, const lm_tensor
   lm_node *n;
   lm_status st = lm_record(ctx, op, matmul_backward, nin, ins, 1, out, &n);
   if (!st && n) {
+    n->autocast = lm_autocast_for(ctx, a->dtype);
     n->p[0] = alpha;
     n->p[1] = beta;
     if (op == LM_OP_ADDMM) { /* c's shape, for its gradient */

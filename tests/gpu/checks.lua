@@ -23,8 +23,10 @@
 -- from the same weights (losses and gradients compared), the bench
 -- workloads' training steps on the device (ms per step, or the op a
 -- workload still lacks there), convolutions through cuDNN (when found) and
--- im2col (LUMEN_CUDNN=0) against the CPU, timed. To come: the workloads
--- beside PyTorch (docs/ARCHITECTURE.md).
+-- im2col (LUMEN_CUDNN=0) against the CPU, timed, mixed precision (autocast
+-- bf16 and f16 matmul, linear and convolutions against the CPU's emulation,
+-- a bf16 GEMM's speed, LeNet under autocast with a GradScaler on both
+-- devices). To come: the workloads beside PyTorch (docs/ARCHITECTURE.md).
 local opts = ...
 local ffi = require 'ffi'
 local lumen = require 'lumen'
@@ -329,6 +331,90 @@ else
     return string.format('%d steps%s, losses cpu/cuda %s (error %.1e), first gradients error %.1e; %.3f s vs %.3f s',
       #r.cpu, o.loss == 'probe' and ' (probe loss: no cross_entropy on the device yet)' or '', table.concat(lines, ' '),
       r.loss_err, r.grad_err, r.seconds.cpu, r.seconds.dev), status
+  end)
+
+  -- mixed precision: autocast's products and convolutions on the device
+  -- (16-bit copies, cublasGemmStridedBatchedEx on tensor cores) against the
+  -- CPU's emulation (the same rounded operands, f32 BLAS), forward and
+  -- backward, by the largest |cuda - cpu| / (1 + |cpu|) per dtype; then a
+  -- bf16 GEMM's speed beside f32's
+  check('autocast bf16/f16, cuda vs cpu', function()
+    local s = opts.fake and 1 or tonumber(opts.scale) or 8
+    local tol = { bf16 = 1e-2, f16 = 1e-3 }
+    local cases = {
+      { 'matmul', function(a, b) return lumen.matmul(a, b) end, { { 4, 16 * s, 24 * s }, { 24 * s, 8 * s } } },
+      { 'linear', function(x, w, b) return nn.F.linear(x, w, b) end, { { 16 * s, 32 }, { 24, 32 }, { 24 } } },
+      { 'conv2d', function(x, w, b) return nn.F.conv2d(x, w, b, { padding = 1 }) end,
+        { { 2, 8, 8 * s, 8 * s }, { 16, 8, 3, 3 }, { 16 } } },
+      { 'conv3d', function(x, w) return nn.F.conv3d(x, w, nil, { stride = 2, padding = 1, groups = 2 }) end,
+        { { 1, 4, 4 * s, 8, 8 }, { 8, 2, 3, 3, 3 } } },
+      { 'conv_transpose2d', function(x, w) return nn.F.conv_transpose2d(x, w, nil, { stride = 2 }) end,
+        { { 2, 8, 4 * s, 4 * s }, { 8, 4, 2, 2 } } },
+    }
+    local function run(case, dev, dt)
+      lumen.manual_seed(11)
+      local leaves = {}
+      for i, shape in ipairs(case[3]) do leaves[i] = lumen.randn(shape):to(dev):requires_grad_() end
+      local y = lumen.autocast(dt, case[2], unpack(leaves))
+      lumen.manual_seed(12)
+      y:backward(lumen.randn(y:size()):to(dev))
+      local r = { y:detach():cpu() }
+      for i, x in ipairs(leaves) do r[i + 1] = x.grad:cpu() end
+      return r
+    end
+    local parts, worst = {}, {}
+    for _, dt in ipairs { 'bf16', 'f16' } do
+      worst[dt] = 0
+      for _, case in ipairs(cases) do
+        local ref, got = run(case, 'cpu', dt), run(case, 'cuda', dt)
+        for i = 1, #ref do
+          local e = (got[i]:to('f64') - ref[i]:to('f64')):abs():max():item() / (1 + ref[i]:abs():max():item())
+          assert(e <= tol[dt], string.format('%s %s %s: error %.2e, threshold %.0e', case[1], dt,
+            i == 1 and 'forward' or 'gradient ' .. (i - 1), e, tol[dt]))
+          worst[dt] = math.max(worst[dt], e)
+        end
+      end
+      parts[#parts + 1] = string.format('%s largest error %.1e', dt, worst[dt])
+    end
+    if not opts.fake then
+      local k = 4096
+      local m = lumen.randn(k, k):cuda()
+      local function time(fn)
+        fn()
+        lumen.cuda.synchronize()
+        local t0 = lumen.clock()
+        for _ = 1, 5 do fn() end
+        lumen.cuda.synchronize()
+        return (lumen.clock() - t0) / 5
+      end
+      local t32 = time(function() return m:matmul(m) end)
+      local t16 = time(function() return lumen.autocast('bf16', lumen.matmul, m, m) end)
+      parts[#parts + 1] = string.format('%d^2 GEMM f32 %.1f, bf16 autocast %.1f TFLOP/s', k, 2 * k ^ 3 / t32 / 1e12,
+        2 * k ^ 3 / t16 / 1e12)
+    end
+    return string.format('%d cases x 2 dtypes, forward and gradients; %s', #cases, table.concat(parts, ', '))
+  end)
+
+  -- LeNet under autocast with a GradScaler on both devices: same losses,
+  -- same scale decisions. The gradients get 5 times the loss's threshold:
+  -- an activation that lies near a tie of the 16-bit grid on one device
+  -- (f32 sums in another order) rounds to the neighbouring value there,
+  -- one 16-bit ulp (bf16 2^-8, f16 2^-11) that the later layers carry on
+  -- (the fake device: bf16 3.0e-3, f16 1.1e-3 after 2 steps)
+  check('LeNet amp + GradScaler, cuda/cpu', function()
+    local parts = {}
+    for _, dt in ipairs { 'bf16', 'f16' } do
+      local o = { steps = opts.fake and 2 or 5, small = opts.fake ~= nil, root = root, amp = dt }
+      local r = train.compare('lenet', 'cuda', o)
+      local tol = dt == 'bf16' and 1e-2 or 1e-3
+      local sc, sd = table.concat(r.scales.cpu, ' '), table.concat(r.scales.dev, ' ')
+      assert(sc == sd, string.format('%s: scales cpu %s, cuda %s', dt, sc, sd))
+      assert(r.loss_err < tol and r.grad_err < 5 * tol, string.format('%s: losses error %.2e, scaled gradients %.2e (%s)', dt,
+        r.loss_err, r.grad_err, tostring(r.worst_grad)))
+      parts[#parts + 1] = string.format('%s: %d steps, loss error %.1e, gradients %.1e, scales %s', dt, #r.cpu,
+        r.loss_err, r.grad_err, sc)
+    end
+    return table.concat(parts, '; ')
   end)
 
   -- the bench workloads' training steps on the device (informative: a

@@ -12,6 +12,11 @@
 --
 -- opts.loss = 'probe' replaces the workload's loss by sum(out * p) with a
 -- fixed random p (for devices that lack the loss's kernels).
+-- opts.amp = 'bf16' or 'f16' runs the forward and the loss under
+-- lumen.autocast and steps through a GradScaler (init_scale opts.init_scale,
+-- default 2^16): the gradients compared are the scaled ones, and r.scales
+-- lists the scale after each step (the same on both devices unless one of
+-- them overflowed where the other did not).
 local lumen = require 'lumen'
 
 local M = {}
@@ -33,41 +38,56 @@ function M.train(name, device, opts)
   for i, x in ipairs(w.inputs) do inputs[i] = x:to(device) end
   local target = w.target:to(device)
   local probe
-  local losses, grads = {}, {}
-  local t0 = lumen.clock()
-  for s = 1, steps do
-    w.model:zero_grad()
+  local losses, grads, scales = {}, {}, {}
+  local scaler, opt
+  if opts.amp then
+    local optim = require 'lumen.optim'
+    opt = optim.SGD(w.model:parameters(), { lr = lr })
+    scaler = optim.GradScaler { init_scale = opts.init_scale or 2 ^ 16 }
+  end
+  local function forward()
     local out = w.model(unpack(inputs))
-    local loss
     if opts.loss == 'probe' then
       if not probe then
         lumen.manual_seed(7)
         probe = lumen.randn(out:size()):to(out:dtype()):to(device)
       end
-      loss = (out * probe):sum()
-    else
-      loss = w.loss(out, target)
+      return (out * probe):sum()
     end
-    loss:backward()
+    return w.loss(out, target)
+  end
+  local t0 = lumen.clock()
+  for s = 1, steps do
+    w.model:zero_grad()
+    local loss = opts.amp and lumen.autocast(opts.amp, forward) or forward()
+    if scaler then scaler:scale(loss):backward() else loss:backward() end
     losses[s] = loss:item()
     local params = w.model:named_parameters()
     if s == 1 then
-      for _, p in ipairs(params) do grads[p[1]] = p[2].grad and p[2].grad:cpu() end
+      -- a copy: the scaler unscales the gradients in place (and :cpu() of a CPU tensor is itself)
+      for _, p in ipairs(params) do grads[p[1]] = p[2].grad and p[2].grad:cpu():clone() end
     end
-    lumen.no_grad(function()
-      for _, p in ipairs(params) do
-        if p[2].grad then p[2]:copy_(p[2] - p[2].grad * lr) end
-      end
-    end)
+    if scaler then
+      scaler:step(opt)
+      scaler:update()
+      scales[s] = scaler:get_scale()
+    else
+      lumen.no_grad(function()
+        for _, p in ipairs(params) do
+          if p[2].grad then p[2]:copy_(p[2] - p[2].grad * lr) end
+        end
+      end)
+    end
   end
   if device ~= 'cpu' then lumen.cuda.synchronize() end
-  return losses, grads, lumen.clock() - t0
+  return losses, grads, lumen.clock() - t0, scales
 end
 
 function M.compare(name, device, opts)
-  local cpu, gc, tc = M.train(name, 'cpu', opts)
-  local dev, gd, td = M.train(name, device, opts)
-  local r = { cpu = cpu, dev = dev, loss_err = 0, grad_err = 0, seconds = { cpu = tc, dev = td } }
+  local cpu, gc, tc, sc = M.train(name, 'cpu', opts)
+  local dev, gd, td, sd = M.train(name, device, opts)
+  local r = { cpu = cpu, dev = dev, loss_err = 0, grad_err = 0, seconds = { cpu = tc, dev = td },
+    scales = { cpu = sc, dev = sd } }
   for s = 1, #cpu do
     r.loss_err = math.max(r.loss_err, math.abs(dev[s] - cpu[s]) / (1 + math.abs(cpu[s])))
   end

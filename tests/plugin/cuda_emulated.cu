@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "../../src/cuda/common.cuh"
+#include "../../src/lowp.h"
 
 namespace lmcuda {
 
@@ -94,6 +95,41 @@ cublasStatus_t emu_dgemm_batched(cublasHandle_t h, cublasOperation_t ta, cublasO
   return col_major_gemm(ta, tb, m, n, k, *alpha, a, lda, sa, b, ldb, sb, *beta, c, ldc, sc, count);
 }
 
+/* cublasGemmStridedBatchedEx as autocast calls it: A and B of one type
+   (CUDA_R_16BF, CUDA_R_16F or CUDA_R_32F), C CUDA_R_32F, f32 compute. The
+   16-bit values widen exactly to f32 (their products are exact in f32 too)
+   and the sums run in f32, as CUBLAS_COMPUTE_32F does. */
+static float widen(const void *p, cudaDataType t, long long i) {
+  if (t == CUDA_R_16BF) return lm_bf16_to_f32(((const uint16_t *)p)[i]);
+  if (t == CUDA_R_16F) return lm_f16_to_f32(((const uint16_t *)p)[i]);
+  return ((const float *)p)[i];
+}
+
+cublasStatus_t emu_gemm_ex(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                           const void *alpha, const void *a, cudaDataType at, int lda, long long sa, const void *b,
+                           cudaDataType bt, int ldb, long long sb, const void *beta, void *c, cudaDataType ct, int ldc,
+                           long long sc, int count, cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+  bool known = at == bt && (at == CUDA_R_16BF || at == CUDA_R_16F || at == CUDA_R_32F);
+  if (!known || ct != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (m < 0 || n < 0 || k < 0 || count < 0 || ldc < (m > 1 ? m : 1) || lda < ((ta == CUBLAS_OP_N ? m : k) > 1 ? (ta == CUBLAS_OP_N ? m : k) : 1) ||
+      ldb < ((tb == CUBLAS_OP_N ? k : n) > 1 ? (tb == CUBLAS_OP_N ? k : n) : 1))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  float al = *(const float *)alpha, be = *(const float *)beta;
+  for (int q = 0; q < count; q++)
+    for (int i = 0; i < m; i++)
+      for (int j = 0; j < n; j++) {
+        float s = 0;
+        for (int p = 0; p < k; p++) {
+          float x = widen(a, at, q * sa + (ta == CUBLAS_OP_N ? i + (long long)p * lda : p + (long long)i * lda));
+          float y = widen(b, bt, q * sb + (tb == CUBLAS_OP_N ? p + (long long)j * ldb : j + (long long)p * ldb));
+          s += x * y;
+        }
+        float *cp = (float *)c + q * sc + i + (long long)j * ldc;
+        *cp = al * s + (be == 0.0f ? 0.0f : be * *cp);
+      }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 } // namespace lmcuda
 
 /* ---- memory and copies: host memory ---- */
@@ -146,6 +182,8 @@ lm_backend table = {
     LMCUDA_KERNEL_ENTRIES
     /* pinned host memory: ordinary host memory here */
     emu_malloc, emu_free, emu_copy,
+    /* mixed precision */
+    lmcuda::gemm_lowp,
 };
 
 } // namespace

@@ -16,6 +16,7 @@
  * backend the right loops (strides, broadcasting, dtypes, outputs).
  * Not thread-safe beyond what the specs need. */
 #include "backend.h"
+#include "lowp.h"
 #include "lumen.h"
 #include <math.h>
 #include <stdio.h>
@@ -436,6 +437,33 @@ static int32_t fake_gemm(int32_t dt, int32_t ta, int32_t tb, int64_t m, int64_t 
         val r = {alpha * s, 0};
         if (beta != 0) r.f += beta * load(LM_F64, dt, cp).f;
         store(dt, cp, LM_F64, r);
+      }
+  }
+  return 0;
+}
+
+/* autocast's GEMM: the operands rounded to bf16 / f16 (src/lowp.h, the
+   rounding under test elsewhere), products summed in double */
+static int64_t n_gemm_lowp;
+static int32_t fake_gemm_lowp(int32_t lowp, int32_t dt, int32_t ta, int32_t tb, int64_t m, int64_t n, int64_t k,
+                              double alpha, const void *a, int64_t lda, int64_t sa, const void *b, int64_t ldb,
+                              int64_t sb, double beta, void *c, int64_t ldc, int64_t sc, int64_t batch) {
+  n_gemm_lowp++;
+  if (dt != LM_F32 || (lowp != 1 && lowp != 2)) {
+    snprintf(msg, sizeof msg, "fake gemm_lowp: dtype %d, mode %d", dt, lowp);
+    return LM_E_ARG;
+  }
+  for (int64_t q = 0; q < batch; q++) {
+    const float *A = (const float *)a + q * sa, *B = (const float *)b + q * sb;
+    float *Cq = (float *)c + q * sc;
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) {
+        double s = 0;
+        for (int64_t p = 0; p < k; p++)
+          s += (double)lm_round_lowp(A[ta ? p * lda + i : i * lda + p], lowp) *
+               lm_round_lowp(B[tb ? j * ldb + p : p * ldb + j], lowp);
+        float *cp = Cq + i * ldc + j;
+        *cp = (float)(alpha * s + (beta != 0 ? beta * *cp : 0));
       }
   }
   return 0;
@@ -1333,6 +1361,8 @@ static const lm_backend table = {
     fake_grid_sample, fake_conv_lib,
     /* sorting and pinned host memory */
     fake_sort, fake_host_alloc, fake_host_free, fake_h2d_async,
+    /* mixed precision */
+    fake_gemm_lowp,
 };
 
 const lm_backend *lm_fake_backend(void) { return &table; }
@@ -1359,6 +1389,18 @@ void lm_fake_kernel_counts(int64_t *out) {
 
 /* calls of the layer kernels (im2col, ...) */
 int64_t lm_fake_layer_count(void) { return n_layer; }
+
+/* calls of autocast's GEMM */
+int64_t lm_fake_gemm_lowp_count(void) { return n_gemm_lowp; }
+
+/* The table as a library built before autocast gives it (size ends before
+   gemm_lowp): autocast's products must then refuse the device. */
+static lm_backend before_lowp_table;
+const lm_backend *lm_fake_backend_before_lowp(void) {
+  before_lowp_table = table;
+  before_lowp_table.size = (uint32_t)offsetof(lm_backend, gemm_lowp);
+  return &before_lowp_table;
+}
 
 /* convolutions run by the library stand-in */
 int64_t lm_fake_conv_lib_count(void) { return n_conv_lib; }

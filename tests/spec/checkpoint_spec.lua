@@ -242,14 +242,14 @@ describe('checkpoint', function()
     it('bad arguments', function()
       assert.has_error(function() checkpoint.save(1, {}) end, 'lumen.checkpoint.save: path must be a string, got number')
       assert.has_error(function() checkpoint.save(P('x'), { modle = model }) end,
-        "lumen.checkpoint.save: unknown field 'modle' (expected model, optimizer, scheduler, step, extra)")
+        "lumen.checkpoint.save: unknown field 'modle' (expected model, optimizer, scheduler, scaler, step, extra)")
       assert.has_error(function() checkpoint.save(P('x'), { model = {} }) end,
         'lumen.checkpoint.save: model has no state_dict method')
       assert.has_error(function() checkpoint.save(P('x'), { extra = { f = print } }) end,
         'lumen.checkpoint.save: cannot store the metadata as JSON (json.encode: cannot encode a function); ' ..
         'extra must hold tables, strings, numbers and booleans')
       assert.has_error(function() checkpoint.load(P('x'), { step = 1 }) end,
-        "lumen.checkpoint.load: unknown field 'step' (expected model, optimizer, scheduler)")
+        "lumen.checkpoint.load: unknown field 'step' (expected model, optimizer, scheduler, scaler)")
       assert.is_nil(io.open(P('x')))
     end)
   end)
