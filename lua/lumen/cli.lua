@@ -101,7 +101,9 @@ local function script_traceback(e)
   -- a recipe's option errors are the user's, not the script's
   if type(e) == 'string' and (e:match('^lumen%.recipe: ') or e:find('\nstack traceback:')) then return e end
   local tb = traceback(e)
-  local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
+  local here = debug.getinfo(1, 'S').short_src
+  local cut = tb:find('\n%s*' .. here:gsub('%p', '%%%0') .. ':%d+: in function <')
+    or tb:find("\n%s*%[C%]: in function 'xpcall'")
   return cut and tb:sub(1, cut - 1) or tb
 end
 
