@@ -269,7 +269,7 @@ return recipe.define {
   name = 'vnet_dice',
   description = 'V-Net on the deep grey nuclei of Colin27: soft Dice loss against cross-entropy, side by side',
   options = {
-    { 'steps', 200, 'training steps (each trains both networks)' },
+    { 'steps', 400, 'training steps (each trains both networks)' },
     { 'lr', 3e-3, 'learning rate (AdamW, cosine decay)' },
     { 'batch', 2, 'patches per step' },
     { 'patch', { 32, 32, 32 }, 'patch and sliding-window size (voxels, multiples of 2^(levels-1))' },

@@ -40,6 +40,22 @@ describe('brain_unet2d', function()
     assert.are.same(R.json(run .. '/metrics.json').test, R.json(stopped .. '/metrics.json').test)
   end)
 
+  -- the same quick run with --device cuda on the CUDA kernels compiled for
+  -- the host (built where nvcc is)
+  local emulated = R.exe:gsub('lumen$', 'tests/plugins/cuda_emulated.so')
+  local f = io.open(emulated)
+  local have_emulated = f ~= nil
+  if f then f:close() end
+  ;(have_emulated and it or pending)('--device cuda trains and tests on the device kernels like the CPU run', function()
+    local _, err, rc = R.lumen('run tests/helpers/emulated_cuda_run.lua ' .. RECIPE ..
+      ' --progress none --quick --device cuda --out ' .. P('c'))
+    assert.are.equal(0, rc, err)
+    local dev = R.json(R.only_run(P('c'), 'brain_unet2d') .. '/metrics.json')
+    local cpu = R.json(run .. '/metrics.json')
+    assert.is_true(math.abs(dev.test.dice - cpu.test.dice) < 0.02,
+      string.format('test Dice %.4f on the device, %.4f on the CPU', dev.test.dice, cpu.test.dice))
+  end)
+
   it('--predict segments a scan on another grid and orientation, in that grid', function()
     local c27 = require('lumen.data').get('colin27').load {}
     -- 1.5 mm, flipped to LPS, cropped: another size, spacing and orientation
