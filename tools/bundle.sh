@@ -8,7 +8,7 @@
 #                        (LuaJIT, OpenBLAS and its libgfortran, libpng,
 #                        zlib, libgomp, the CUDA runtime libcudart)
 #   lib/plugins/         the built plugins
-#   lua/ datasets/ examples/ bench/ tests/gpu/   the Lua side and scripts
+#   lua/ datasets/ examples/ recipes/ bench/ tests/gpu/ plugins/*/*.lua   the Lua side and scripts
 #
 # Not carried: the C library (glibc, libm, libdl, libpthread, librt), the
 # compiler's C++ runtime (libstdc++, libgcc_s: a GPU machine's cuDNN or
@@ -41,7 +41,9 @@ if [ -n "$missing" ]; then
   echo "make bundle: libraries not found:"; echo "$missing"; exit 1
 fi
 
-cp -r lua datasets examples "$tmp/"
+cp -r lua datasets examples recipes "$tmp/"
+# a plugin's Lua face lives beside its sources (lua/lumen/crf.lua loads it)
+for d in plugins/*/; do mkdir -p "$tmp/$d" && cp "$d"*.lua "$tmp/$d"; done
 mkdir -p "$tmp/bench"
 cp bench/*.lua bench/*.py "$tmp/bench/" 2>/dev/null || true
 cp -r tests/gpu "$tmp/tests/"
@@ -51,6 +53,7 @@ with glibc 2.36 or newer, without LuaJIT, OpenBLAS or a compiler.
 
   bin/lumen info                 what it found: BLAS, the GPU, cuBLAS, cuDNN
   bin/lumen run examples/tour.lua
+  bin/lumen run recipes/segment/brain_unet2d.lua --device cuda
   sh tests/gpu/run.sh            the GPU checks (on a machine with a GPU)
 
 The GPU needs the NVIDIA driver (CUDA 13 or newer). cuBLAS and cuDNN are

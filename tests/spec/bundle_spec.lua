@@ -44,7 +44,7 @@ describe('make bundle', function()
   it('runs from a copy with a clean environment, on its own libraries', function()
     assert.is_true(os.execute(string.format('cp -r %s %s', q(bundle), q(copy))) == 0)
     for _, f in ipairs { 'bin/lumen', 'lib/liblumen.so', 'lib/libluajit-5.1.so.2', 'lib/libopenblas.so.0',
-      'lua/lumen/core.lua', 'README', 'tests/gpu/run.sh' } do
+      'lua/lumen/core.lua', 'README', 'tests/gpu/run.sh', 'recipes/segment/brain_unet2d.lua', 'plugins/crf/crf.lua' } do
       assert.is_truthy(io.open(copy .. '/' .. f), f)
     end
     scratch.write(P('script.lua'), [[
@@ -53,6 +53,7 @@ describe('make bundle', function()
       print('lib=' .. lumen.core.libpath)
       local a = lumen.tensor { { 1, 2 }, { 3, 4 } }
       print('mm=' .. lumen.matmul(a, a):sum():item())
+      print('crf=' .. type(require('lumen.crf').dense))
       for l in io.lines('/proc/self/maps') do
         local p = l:match('%s(/%S+%.so[%.%d]*)$')
         if p then print('so=' .. p) end
@@ -63,6 +64,7 @@ describe('make bundle', function()
     assert.are.equal(copy, out:match('root=([^\n]*)'))
     assert.are.equal(copy .. '/lib/liblumen.so', out:match('lib=([^\n]*)'))
     assert.are.equal('54', out:match('mm=(%d+)')) -- [[7,10],[15,22]]
+    assert.are.equal('function', out:match('crf=(%a+)'))
     local outside = {}
     for p in out:gmatch('so=([^\n]*)') do
       local name = p:match('[^/]*$')
