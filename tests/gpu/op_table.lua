@@ -461,7 +461,8 @@ M.cases = {
   ew('dropout draws its mask where x is', function(x)
     local F = require('lumen.nn').F
     lumen.manual_seed(5)
-    return { F.dropout(x, 0.4), F.dropout2d(x:reshape { 3, 5, 1, 1 }:expand { 3, 5, 2, 2 }, 0.5) }
+    local n = x:size()[2]
+    return { F.dropout(x, 0.4), F.dropout2d(x:reshape { 3, n, 1, 1 }:expand { 3, n, 2, 2 }, 0.5) }
   end, function(s) return { { 3, 5 * s } } end),
   -- sorting (src/cuda/sort.cu): a merge sort of (key, position) pairs, so
   -- ties keep their order, NaN goes last (first when descending), -0 ties +0
