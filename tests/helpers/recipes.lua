@@ -3,6 +3,8 @@
 --   local out, err, rc = R.lumen('run recipes/segment/x.lua --quick --out ' .. dir)
 --   local run = R.only_run(dir, 'x')       -- the run folder it wrote
 --   R.check_run(run)                       -- every file a run must write; returns config, metrics, log lines
+--   R.check_resume(recipe, name, run, dir, stop_at, every)  -- interrupted + resumed = uninterrupted
+--   local pred = R.predict(recipe, run, img, dir)  -- --predict on img, checked to be on img's grid
 local lumen = require 'lumen'
 local json = require 'lumen.json'
 
@@ -75,6 +77,39 @@ function R.check_run(run)
   end
   assert(pngs >= 2, 'figures/ should hold curves and an overlay, found ' .. table.concat(figures, ', '))
   return config, metrics, log, tensors
+end
+
+-- A --quick run of `recipe` stopped at step stop_at (checkpoints every
+-- `every` steps) and resumed ends with the weights and test metrics of the
+-- uninterrupted quick run in folder `run`.
+function R.check_resume(recipe, name, run, dir, stop_at, every)
+  local _, err, rc = R.lumen(string.format('run %s --progress none --quick --out %s --stop_at %d --checkpoint_every %d',
+    recipe, q(dir), stop_at, every))
+  assert(rc == 0, err)
+  local stopped = R.only_run(dir, name)
+  assert(not slurp(stopped .. '/metrics.json'), 'the stopped run wrote its test metrics')
+  _, err, rc = R.lumen(string.format('run %s --progress none --resume %s', recipe, q(stopped)))
+  assert(rc == 0, err)
+  local a, b = lumen.load(run .. '/checkpoint.safetensors'), lumen.load(stopped .. '/checkpoint.safetensors')
+  for k, t in pairs(a) do assert(b[k] and t:eq(b[k]):all():item(), k .. ' differs after resume') end
+  local ma, mb = R.json(run .. '/metrics.json'), R.json(stopped .. '/metrics.json')
+  require('luassert').are.same(ma.test, mb.test)
+end
+
+-- `--predict run` on the lumen.image img (written to dir/other.nii.gz):
+-- the result must have img's shape and affine; returns it.
+function R.predict(recipe, run, img, dir)
+  img:write(dir .. '/other.nii.gz')
+  local _, err, rc = R.lumen(string.format('run %s --progress none --predict %s --input %s --output %s', recipe, q(run),
+    q(dir .. '/other.nii.gz'), q(dir .. '/pred')))
+  assert(rc == 0, err)
+  local image = require 'lumen.image'
+  local pred, back = image.read(dir .. '/pred/other_seg.nii.gz'), image.read(dir .. '/other.nii.gz')
+  assert(table.concat(pred.data:size(), 'x') == table.concat(back.data:size(), 'x'), 'the prediction has another shape')
+  for i = 1, 4 do
+    for j = 1, 4 do assert(math.abs(pred.affine[i][j] - back.affine[i][j]) < 1e-5, 'the prediction has another affine') end
+  end
+  return pred
 end
 
 return R

@@ -30,14 +30,7 @@ describe('brain_unet2d', function()
   end)
 
   it('resumes to the same weights and metrics', function()
-    local _, err, rc = brain('--out ' .. P('b') .. ' --stop_at 25 --checkpoint_every 10')
-    assert.are.equal(0, rc, err)
-    local stopped = R.only_run(P('b'), 'brain_unet2d')
-    _, err, rc = R.lumen('run ' .. RECIPE .. ' --progress none --resume ' .. stopped)
-    assert.are.equal(0, rc, err)
-    local a, b = lumen.load(run .. '/checkpoint.safetensors'), lumen.load(stopped .. '/checkpoint.safetensors')
-    for name, t in pairs(a) do assert.is_true(t:eq(b[name]):all():item(), name .. ' differs after resume') end
-    assert.are.same(R.json(run .. '/metrics.json').test, R.json(stopped .. '/metrics.json').test)
+    R.check_resume(RECIPE, 'brain_unet2d', run, P('b'), 25, 10)
   end)
 
   -- the same quick run with --device cuda on the CUDA kernels compiled for
@@ -63,13 +56,7 @@ describe('brain_unet2d', function()
     other = image.new(other.data[{ { 10, 110 }, {}, { 5, 115 } }]:contiguous(), { affine = other.affine })
     other.affine[1][4] = other.affine[1][4] - 15 -- the crop moved the origin by 10 voxels of -1.5 mm
     other.affine[3][4] = other.affine[3][4] + 7.5
-    other:write(P('other.nii.gz'))
-    local _, err, rc = R.lumen(string.format('run %s --progress none --predict %s --input %s --output %s', RECIPE, run,
-      P('other.nii.gz'), P('pred')))
-    assert.are.equal(0, rc, err)
-    local pred = image.read(P('pred/other_seg.nii.gz'))
-    assert.are.same(other.data:size(), pred.data:size())
-    assert.are.same(other.affine, pred.affine)
+    local pred = R.predict(RECIPE, run, other, dir)
     local truth = c27.brain:resample_to(other, { order = 0 })
     local d = require('lumen.metrics').dice(pred.data, truth.data)
     assert.is_true(d > 0.8, 'Dice on the other grid ' .. d)
