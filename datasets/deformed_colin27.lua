@@ -11,6 +11,13 @@
 --     voxels: case.image(x) = colin27(x + field(x)), see lumen.image.deform),
 --     case.velocity, case.original (the undeformed T1).
 --   dc.cases{n = 2, seed = 0, ...}: seeds seed + 1 .. seed + n.
+--   dc.split{labels = fn, train = 2, seed = 0, spacing =, magnitude_mm =,
+--            rotate_deg =, shift_mm =}: a training, validation and test
+--     split for segmentation: train = Colin27 and `train` deformed copies
+--     (seeds 1..train), val and test = copies deformed and moved (seeds
+--     500 + seed, 1000 + seed); each {id, image, label = labels(aal data)
+--     as an image}; with base (colin27.load's table) and trained_on /
+--     tested_on (what the split is, in words).
 -- spacing (mm) resamples Colin27 first (faster: 2 mm is 8x fewer voxels).
 -- rotate_deg, shift_mm: a head motion after the deformation (a rotation
 -- about a random axis through the centre, a shift in a random direction;
@@ -75,6 +82,31 @@ function dc.cases(opts)
     cases[i] = dc.make(o)
   end
   return cases
+end
+
+function dc.split(opts)
+  local image = require 'lumen.image'
+  local seed, n = opts.seed or 0, opts.train or 2
+  local base = require('lumen.data').get('colin27').load { spacing = opts.spacing, atlases = true, cache = opts.cache,
+    deb_dir = opts.deb_dir }
+  local function case(c, id)
+    local aal = (c or base).atlases.aal
+    return { id = id, image = (c or base).image, label = image.new(opts.labels(aal.data), { affine = aal.affine }) }
+  end
+  local function copy(s, moved)
+    local c = dc.make { base = base, seed = s, magnitude_mm = opts.magnitude_mm, control_mm = 24,
+      rotate_deg = moved and opts.rotate_deg or 0, shift_mm = moved and opts.shift_mm or 0 }
+    return case(c, c.id .. (moved and '_moved' or ''))
+  end
+  local out = { base = base, train = { case(nil, 'colin27') } }
+  for s = 1, n do out.train[#out.train + 1] = copy(s, false) end
+  out.val, out.test = copy(500 + seed, true), copy(1000 + seed, true)
+  local mag, sp = opts.magnitude_mm or 6, base.image:spacing()[1]
+  out.trained_on = string.format('Colin27 (mricron-data) and %d deformed copies (seeds 1-%d, %g mm), %g mm grid', n, n,
+    mag, sp)
+  out.tested_on = string.format('%s: Colin27 deformed (%g mm) and moved (%g deg, %g mm)', out.test.id, mag,
+    opts.rotate_deg or 0, opts.shift_mm or 0)
+  return out
 end
 
 return dc

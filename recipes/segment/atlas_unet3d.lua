@@ -38,7 +38,6 @@ local segment = require 'lumen.segment'
 local models = require 'lumen.models'
 local loader = require 'lumen.loader'
 local augment = require 'lumen.augment'
-local image = require 'lumen.image'
 local data = require 'lumen.data'
 local F = nn.F
 
@@ -65,16 +64,6 @@ end
 
 -- ------------------------------------------------------------------
 -- data
-
--- A deformed and moved copy of Colin27 (base: colin27.load at the working
--- spacing): {image, label (classes), id}.
-local function make_case(base, o, seed, moved)
-  local case = data.get('deformed_colin27').make { base = base, seed = seed, magnitude_mm = o.test_magnitude,
-    control_mm = 24, rotate_deg = moved and o.test_rotate or 0, shift_mm = moved and o.test_shift or 0 }
-  local aal = case.atlases.aal
-  return { id = case.id .. (moved and '_moved' or ''), image = case.image,
-    label = image.new(merge_aal(aal.data), { affine = aal.affine }) }
-end
 
 -- ------------------------------------------------------------------
 -- inference and evaluation
@@ -110,26 +99,17 @@ end
 local function train(run)
   local o = run.opts
   local sp = { o.spacing, o.spacing, o.spacing }
-  local colin = data.get('colin27')
-  local base = colin.load { spacing = sp, atlases = true }
-  -- training cases: Colin27 and deformed copies, on the RAS working grid
+  local split = data.get('deformed_colin27').split { labels = merge_aal, train = o.train_deformed, seed = o.seed,
+    spacing = sp, magnitude_mm = o.test_magnitude, rotate_deg = o.test_rotate, shift_mm = o.test_shift }
+  local base, val, test = split.base, split.val, split.test
+  -- training cases on the RAS working grid
   local cases = {}
-  local function add(img, lab, id)
-    local x = segment.prepare(img, { spacing = sp })
-    local y = segment.prepare_label(lab, { spacing = sp })
-    cases[#cases + 1] = { image = x.data, label = y.data, spacing = sp, id = id }
+  for _, c in ipairs(split.train) do
+    cases[#cases + 1] = { image = segment.prepare(c.image, { spacing = sp }).data,
+      label = segment.prepare_label(c.label, { spacing = sp }).data, spacing = sp, id = c.id }
   end
-  add(base.image, image.new(merge_aal(base.atlases.aal.data), { affine = base.atlases.aal.affine }), 'colin27')
-  for s = 1, o.train_deformed do
-    local c = make_case(base, o, s, false)
-    add(c.image, c.label, c.id)
-  end
-  local val = make_case(base, o, 500 + o.seed, true)
-  local test = make_case(base, o, 1000 + o.seed, true)
-  local trained_on = string.format('Colin27 (mricron-data) and %d deformed copies (seeds 1-%d, %g mm), %g mm grid',
-    o.train_deformed, o.train_deformed, o.test_magnitude, o.spacing)
-  local tested_on = string.format('%s: Colin27 deformed (%g mm) and moved (%g deg, %g mm), AAL merged into %d classes',
-    test.id, o.test_magnitude, o.test_rotate, o.test_shift, #CLASSES)
+  local trained_on = split.trained_on
+  local tested_on = string.format('%s, AAL merged into %d classes', split.tested_on, #CLASSES)
   run:say('trained on: ' .. trained_on)
   run:say('tested on:  ' .. tested_on)
 

@@ -43,7 +43,6 @@ local recipe = require 'lumen.recipe'
 local segment = require 'lumen.segment'
 local loader = require 'lumen.loader'
 local augment = require 'lumen.augment'
-local image = require 'lumen.image'
 local data = require 'lumen.data'
 local F = nn.F
 
@@ -143,16 +142,6 @@ end
 -- ------------------------------------------------------------------
 -- data
 
--- A deformed (and moved) copy of Colin27 (base: colin27.load on the
--- working grid): {image, label (the structure), id}.
-local function make_case(base, o, seed, moved)
-  local case = data.get('deformed_colin27').make { base = base, seed = seed, magnitude_mm = o.magnitude,
-    control_mm = 24, rotate_deg = moved and o.test_rotate or 0, shift_mm = moved and o.test_shift or 0 }
-  local aal = case.atlases.aal
-  return { id = case.id .. (moved and '_moved' or ''), image = case.image,
-    label = image.new(structure_mask(aal.data), { affine = aal.affine }) }
-end
-
 -- ------------------------------------------------------------------
 -- inference and evaluation
 
@@ -170,27 +159,19 @@ end
 local function train(run)
   local o = run.opts
   local sp = { o.spacing, o.spacing, o.spacing }
-  local base = data.get('colin27').load { spacing = sp, atlases = true }
+  local split = data.get('deformed_colin27').split { labels = structure_mask, train = o.train_deformed, seed = o.seed,
+    spacing = sp, magnitude_mm = o.magnitude, rotate_deg = o.test_rotate, shift_mm = o.test_shift }
+  local val, test = split.val, split.test
   local cases = {}
-  local function add(img, lab, id)
-    local x = segment.prepare(img, { spacing = sp })
-    local y = segment.prepare_label(lab, { spacing = sp })
-    cases[#cases + 1] = { image = x.data, label = y.data, spacing = sp, id = id }
+  for _, c in ipairs(split.train) do
+    cases[#cases + 1] = { image = segment.prepare(c.image, { spacing = sp }).data,
+      label = segment.prepare_label(c.label, { spacing = sp }).data, spacing = sp, id = c.id }
   end
-  local aal = base.atlases.aal
-  local truth0 = structure_mask(aal.data)
-  add(base.image, image.new(truth0, { affine = aal.affine }), 'colin27')
-  for s = 1, o.train_deformed do
-    local c = make_case(base, o, s, false)
-    add(c.image, c.label, c.id)
-  end
-  local val = make_case(base, o, 500 + o.seed, true)
-  local test = make_case(base, o, 1000 + o.seed, true)
+  local truth0 = split.train[1].label.data
   local fraction = truth0:to('f64'):mean():item()
-  local trained_on = string.format('Colin27 (mricron-data) and %d deformed copies (seeds 1-%d, %g mm), %g mm grid',
-    o.train_deformed, o.train_deformed, o.magnitude, o.spacing)
-  local tested_on = string.format('%s: Colin27 deformed (%g mm) and moved (%g deg, %g mm); deep grey nuclei '
-    .. '(AAL 71-78), %.2f%% of the volume', test.id, o.magnitude, o.test_rotate, o.test_shift, 100 * fraction)
+  local trained_on = split.trained_on
+  local tested_on = string.format('%s; deep grey nuclei (AAL 71-78), %.2f%% of the volume', split.tested_on,
+    100 * fraction)
   run:say('trained on: ' .. trained_on)
   run:say('tested on:  ' .. tested_on)
 
