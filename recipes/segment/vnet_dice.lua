@@ -2,7 +2,7 @@
 -- Dice loss, against the same network trained with cross-entropy, in one
 -- run, on the same batches.
 --
---   build/lumen run recipes/segment/vnet_dice.lua            (about 6 min on 2 cores)
+--   build/lumen run recipes/segment/vnet_dice.lua            (about 4 min on 2 cores)
 --   build/lumen run recipes/segment/vnet_dice.lua --predict runs/vnet_dice/<run> \
 --     --input scan.nii.gz --output out/
 --
