@@ -14,14 +14,26 @@ local image = require 'lumen.image'
 
 local segment = {}
 
--- Robust intensity normalisation for MR: clip to the 0.5 and 99.5
--- percentiles, then z-score with the mean and deviation of the voxels
--- above the clipped image's mean (the head), so that the field of view and
--- the amount of background do not change the scale.
+-- Robust intensity normalisation for MR: the head is the voxels brighter
+-- than the volume's mean; its 0.5 and 99.5 percentiles clip the image and
+-- its mean and deviation z-score it. Every statistic is the head's, so the
+-- field of view (how much background surrounds it) does not change them.
 function segment.normalize(img)
-  local x = img:clip_percentiles(0.5, 99.5)
-  local mask = x.data:gt(x.data:to('f64'):mean():item())
-  return x:zscore { mask = mask }
+  local d = img.data:to('f64')
+  local head = d:masked_select(d:gt(d:mean():item())):sort()
+  local n = head:numel()
+  if n == 0 then return image.new(lumen.zeros(d:size(), 'f32'), { affine = img.affine, meta = img.meta }) end
+  local function percentile(p) -- linear between ranks, as numpy's default
+    local pos = p / 100 * (n - 1)
+    local i = math.floor(pos)
+    local lo, hi = head[i], head[math.min(i + 1, n - 1)]
+    return lo + (hi - lo) * (pos - i)
+  end
+  local lo, hi = percentile(0.5), percentile(99.5)
+  local clipped = head:clamp(lo, hi)
+  local mean, std = clipped:mean():item(), clipped:std():item()
+  local z = (d:clamp(lo, hi) - mean) / math.max(std, 1e-12)
+  return image.new(z:to('f32'), { affine = img.affine, meta = img.meta })
 end
 
 -- prepare(img, {spacing =, orientation = 'RAS'}): the working grid every
