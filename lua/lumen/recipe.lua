@@ -464,8 +464,8 @@ function Run:say(line, always)
   io.stdout:flush()
 end
 
--- progress(step, total, values): values shown as running means since the
--- last line (loss and friends).
+-- progress(step, total, values): values shown as running means: since the
+-- last line in plain lines, over the last 20 steps or so on the bar.
 function Run:progress(step, total, values)
   if self.mode == 'none' then return end
   local t = now()
@@ -494,6 +494,8 @@ function Run:progress(step, total, values)
     eta = clock_str((total - step) / rate)
   end
   if self.mode == 'bar' then
+    -- the bar shows means over the last 20 steps or so: the sums decay
+    for _, r in pairs(run) do r.sum, r.n = r.sum * 0.95, r.n * 0.95 end
     local width = 24
     local fill = math.floor(width * step / math.max(total, 1))
     io.stdout:write(string.format('\r[%s%s] %d/%d %s ETA %s %s\27[K', string.rep('#', fill), string.rep('.', width - fill),
