@@ -18,7 +18,9 @@ local segment = {}
 -- than the volume's mean; its 0.5 and 99.5 percentiles clip the image and
 -- its mean and deviation z-score it. Every statistic is the head's, so the
 -- field of view (how much background surrounds it) does not change them.
-function segment.normalize(img)
+-- clip = false keeps the extremes (lesions are outliers by nature), or
+-- {lo, hi} sets other percentiles.
+function segment.normalize(img, clip)
   local d = img.data:to('f64')
   local head = d:masked_select(d:gt(d:mean():item())):sort()
   local n = head:numel()
@@ -29,15 +31,16 @@ function segment.normalize(img)
     local lo, hi = head[i], head[math.min(i + 1, n - 1)]
     return lo + (hi - lo) * (pos - i)
   end
-  local lo, hi = percentile(0.5), percentile(99.5)
+  local lo, hi = -math.huge, math.huge
+  if clip ~= false then lo, hi = percentile(clip and clip[1] or 0.5), percentile(clip and clip[2] or 99.5) end
   local clipped = head:clamp(lo, hi)
   local mean, std = clipped:mean():item(), clipped:std():item()
   local z = (d:clamp(lo, hi) - mean) / math.max(std, 1e-12)
   return image.new(z:to('f32'), { affine = img.affine, meta = img.meta })
 end
 
--- prepare(img, {spacing =, orientation = 'RAS'}): the working grid every
--- recipe trains and predicts on.
+-- prepare(img, {spacing =, orientation = 'RAS', clip =}): the working grid
+-- every recipe trains and predicts on (clip as for normalize).
 function segment.prepare(img, opts)
   opts = opts or {}
   local x = img:reorient(opts.orientation or 'RAS')
@@ -46,7 +49,7 @@ function segment.prepare(img, opts)
     local sp = type(opts.spacing) == 'number' and { opts.spacing, opts.spacing, opts.spacing } or opts.spacing
     x = x:resample { spacing = sp, order = 1 }
   end
-  return segment.normalize(x)
+  return segment.normalize(x, opts.clip)
 end
 
 -- The same grid for a label image (nearest neighbour).

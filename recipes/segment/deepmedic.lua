@@ -215,7 +215,7 @@ local function make_cases(o, base, n, seed)
       n_lesions = o.lesions, radius_mm = o.radius_mm, contrast = o.contrast, polarity = o.polarity, deform = deform(o) }
     -- RAS and normalised as predict prepares its inputs (the grid is
     -- already the working one)
-    local x = segment.prepare(img)
+    local x = segment.prepare(img, { clip = false })
     local label = segment.prepare_label(lab).data:ne(0):to('u8'):contiguous()
     local brain = segment.prepare_label(info.brain).data:ne(0):to('u8'):contiguous()
     out[i] = { id = 'lesions_' .. (seed + i), x = x, label = label, brain = brain, n_lesions = #info.lesions }
@@ -505,7 +505,7 @@ local function predict(run, img)
   local o = run.opts
   local model = build(o)
   run:restore { model = model }
-  local x = segment.prepare(img, { spacing = o.spacing })
+  local x = segment.prepare(img, { spacing = o.spacing, clip = false })
   local bg = x.data:amin():item()
   local probs = probabilities(model, x.data, { tile = o.tile, bg = bg, device = o.device })
   probs = refine(probs, x.data, { o.spacing, o.spacing, o.spacing }, o.crf)
