@@ -48,7 +48,7 @@ local function as_slices(vol, axis)
   return vol:permute(axis, others[1], others[2]):unsqueeze(1):contiguous(), others
 end
 
--- Foreground probabilities of a prepared image, 1 x spatial, on its grid.
+-- Class probabilities (background, brain) of a prepared image, 2 x spatial, on its grid.
 local function predict_probs(model, x, o)
   local slices, others = as_slices(x.data, o.axis)
   model:eval()
