@@ -358,15 +358,8 @@ describe('mixed precision', function()
   end)
 
   -- ---- the device paths ----
-  local dir = core.libpath:match('^(.*)/[^/]*$') or 'build'
-  local function load(name, decls)
-    local path = dir .. '/tests/plugins/' .. name .. '.so'
-    local f = io.open(path, 'rb')
-    if not f then return nil end
-    f:close()
-    pcall(ffi.cdef, decls)
-    return ffi.load(path)
-  end
+  local backends = require 'helpers.test_backends'
+  local load, use = backends.load, backends.use
   local fake = load('fake_device', [[
     const lm_backend *lm_fake_backend(void);
     const lm_backend *lm_fake_backend_before_lowp(void);
@@ -374,11 +367,6 @@ describe('mixed precision', function()
     int64_t lm_fake_conv_lib_count(void);
   ]])
   local emulated = load('cuda_emulated', 'const lm_backend *lm_cuda_emulated_backend(void);')
-  local function use(be, label, lib)
-    collectgarbage('collect')
-    lumen.cuda.reset()
-    lumen.cuda.use_backend(be, label, lib)
-  end
 
   describe('on a device', function()
     teardown(function()

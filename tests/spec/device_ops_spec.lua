@@ -13,18 +13,10 @@
 -- entries makes the ops refuse rather than crash.
 local ffi = require 'ffi'
 local lumen = require 'lumen'
-local core = lumen.core
 local ops = require 'gpu.op_table'
 
-local dir = core.libpath:match('^(.*)/[^/]*$') or 'build'
-local function load(name, decls)
-  local path = dir .. '/tests/plugins/' .. name .. '.so'
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  f:close()
-  pcall(ffi.cdef, decls)
-  return ffi.load(path)
-end
+local backends = require 'helpers.test_backends'
+local load, use = backends.load, backends.use
 local fake = load('fake_device', [[
   const lm_backend *lm_fake_backend(void);
   const lm_backend *lm_fake_backend_no_kernels(void);
@@ -43,12 +35,6 @@ local function kernel_counts()
   local c = ffi.new('int64_t[4]')
   fake.lm_fake_kernel_counts(c)
   return { elementwise = tonumber(c[0]), reduce = tonumber(c[1]), gemm = tonumber(c[2]), other = tonumber(c[3]) }
-end
-
-local function use(be, label, lib)
-  collectgarbage('collect')
-  lumen.cuda.reset()
-  lumen.cuda.use_backend(be, label, lib)
 end
 
 -- Runs the whole table; fails with the report's failing lines.
