@@ -361,6 +361,24 @@ local function truncate_log(path, step)
   return history
 end
 
+-- The folder of an earlier run of def (for --resume and --predict) and
+-- its options, with this invocation's session options over them: the
+-- others cannot change, as the run's weights were made with them.
+local function existing_run(def, flag, dir, opts, given)
+  dir = dir:gsub('/+$', '')
+  local config = read_json(dir .. '/config.json', flag)
+  if config.recipe ~= def.name then
+    fail("%s: '%s' is a run of %s, not of %s", flag, dir, tostring(config.recipe), def.name)
+  end
+  if not exists(dir .. '/checkpoint.safetensors') then fail("%s: '%s' has no checkpoint.safetensors", flag, dir) end
+  for k in pairs(given) do
+    if not SESSION[k] then fail('%s keeps the options of the run; --%s cannot change', flag, k) end
+  end
+  local merged = config.options
+  for k in pairs(SESSION) do merged[k] = opts[k] end
+  return dir, merged
+end
+
 -- execute(def, args, script) runs a recipe from command-line arguments.
 function recipe.execute(def, args, script)
   local opts, given = recipe.parse(def, args)
@@ -371,18 +389,7 @@ function recipe.execute(def, args, script)
   if opts.predict ~= '' then return recipe.predict(def, opts, given, script) end
   local dir, resumed
   if opts.resume ~= '' then
-    dir = opts.resume:gsub('/+$', '')
-    local config = read_json(dir .. '/config.json', '--resume')
-    if config.recipe ~= def.name then
-      fail("--resume: '%s' is a run of %s, not of %s", dir, tostring(config.recipe), def.name)
-    end
-    if not exists(dir .. '/checkpoint.safetensors') then fail("--resume: '%s' has no checkpoint.safetensors", dir) end
-    for k in pairs(given) do
-      if not SESSION[k] then fail('--resume takes the options of the run it continues; --%s cannot change', k) end
-    end
-    local session = opts
-    opts = config.options
-    for k in pairs(SESSION) do opts[k] = session[k] end
+    dir, opts = existing_run(def, '--resume', opts.resume, opts, given)
     resumed = true
   else
     dir = timestamp_dir(opts.out, def.name)
@@ -576,20 +583,10 @@ end
 
 function recipe.predict(def, opts, given, script)
   if type(def.predict) ~= 'function' then fail("recipe '%s' cannot --predict (it has no predict function)", def.name) end
-  local dir = opts.predict:gsub('/+$', '')
-  local config = read_json(dir .. '/config.json', '--predict')
-  if config.recipe ~= def.name then
-    fail("--predict: '%s' is a run of %s, not of %s", dir, tostring(config.recipe), def.name)
-  end
-  if not exists(dir .. '/checkpoint.safetensors') then fail("--predict: '%s' has no checkpoint.safetensors", dir) end
+  local dir
+  dir, opts = existing_run(def, '--predict', opts.predict, opts, given)
   if #opts.input == 0 then fail('--predict needs --input PATH (one or more images)') end
   if opts.output == '' then fail('--predict needs --output DIR') end
-  for k in pairs(given) do
-    if not SESSION[k] then fail('--predict uses the options the run was trained with; --%s cannot change', k) end
-  end
-  local session = opts
-  opts = config.options
-  for k in pairs(SESSION) do opts[k] = session[k] end
   apply_session(opts)
   mkdir(opts.output)
   local run = new_run(def, opts, dir)
